@@ -1,0 +1,284 @@
+"""``export_model``: a PyTorch classifier + a target layer -> a model directory.
+
+Everything is written to a temporary directory beside ``out_dir`` and renamed into place at the
+end, so a failed export leaves nothing half-written. Each graph is checked against the eager
+PyTorch functions it was traced from before the directory is published.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import camserve
+from camserve.errors import ExportError, InvalidArgumentError, NotFoundError
+from camserve.export.graphs import SplitModel
+from camserve.export.tracing import OPSET, export_onnx
+from camserve.modeldir import GraphFile, Manifest, ModelDirectory, sha256_file
+
+log = logging.getLogger(__name__)
+
+GRAPHS = ("explain", "forward", "head", "guided")
+_BATCH = {0: "batch"}
+
+
+def export_model(
+    model: nn.Module,
+    layer: str,
+    input_size: Sequence[int],
+    out_dir: str | Path,
+    *,
+    name: str,
+    architecture: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str] | None = None,
+    force: bool = False,
+    layout: str | None = None,
+    prefix_tokens: int | None = None,
+    graphs: Sequence[str] = GRAPHS,
+    verify: bool = True,
+) -> ModelDirectory:
+    """Export ``model`` cut at ``layer`` to ``out_dir``; the model itself is not modified."""
+    out_dir = Path(out_dir)
+    input_size = _check_input_size(input_size)
+    unknown = set(graphs) - set(GRAPHS)
+    if unknown or "explain" not in graphs:
+        raise InvalidArgumentError("graphs", f"choose from {', '.join(GRAPHS)} (explain is required)")
+    if out_dir.exists() and not force:
+        raise ExportError(f"output directory {out_dir} exists; pass --force (force=True) to replace it")
+    split = SplitModel(model, layer, input_size, layout=layout, prefix_tokens=prefix_tokens)
+    if class_names is None:
+        class_names = [str(i) for i in range(split.num_classes)]
+    if len(class_names) != split.num_classes:
+        raise InvalidArgumentError(
+            "class_names", f"{len(class_names)} names for a model with {split.num_classes} classes"
+        )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        files, acts_shape, cam = _write_graphs(split, staging, graphs, verify)
+        manifest = Manifest(
+            name=name,
+            architecture=architecture,
+            target_layer=layer,
+            input_size=list(input_size),
+            mean=[float(v) for v in mean],
+            std=[float(v) for v in std],
+            class_names=list(class_names),
+            activation_shape=list(acts_shape),
+            layout=split.layout.kind,
+            prefix_tokens=split.layout.prefix,
+            graphs=files,
+            cam_weights=cam,
+            versions=_versions(),
+            opset=OPSET,
+        )
+        (staging / "manifest.json").write_text(manifest.to_json())
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported %s (layer %s) to %s", name, layer, out_dir)
+    return ModelDirectory(out_dir)
+
+
+def _check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3 or size[0] != 3 or min(size) < 1:
+        raise InvalidArgumentError("input_size", f"expected 3xHxW with 3 colour channels, got {size}")
+    return size
+
+
+def _write_graphs(
+    split: SplitModel, staging: Path, graphs: Sequence[str], verify: bool
+) -> tuple[dict[str, GraphFile], tuple[int, ...], GraphFile | None]:
+    example = torch.randn(2, *split.input_size, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[-1, 0], [1, -2]], dtype=torch.int64)
+    with torch.no_grad():
+        reference = split.explain(example, targets)
+    tokens = split.layout.prefix > 0
+    acts, extra = reference[1], (reference[4] if tokens else None)
+    head_inputs = (acts, extra) if tokens else (acts,)
+    specs = {
+        "explain": (
+            split.explain,
+            (example, targets),
+            ["images", "targets"],
+            ["logits", "activations", "gradients", "target_ids"] + (["extra_tokens"] if tokens else []),
+            {"images": _BATCH, "targets": {0: "batch", 1: "targets"}},
+        ),
+        "forward": (split.forward, (example,), ["images"], ["logits"], {"images": _BATCH}),
+        "head": (
+            split.head,
+            head_inputs,
+            ["activations"] + (["extra_tokens"] if tokens else []),
+            ["logits"],
+            {"activations": _BATCH, "extra_tokens": _BATCH},
+        ),
+        "guided": (
+            split.guided,
+            (example, targets),
+            ["images", "targets"],
+            ["input_gradients"],
+            {"images": _BATCH, "targets": {0: "batch", 1: "targets"}},
+        ),
+    }
+    files: dict[str, GraphFile] = {}
+    for graph in graphs:
+        fn, inputs, in_names, out_names, dims = specs[graph]
+        path = staging / f"{graph}.onnx"
+        log.info("tracing the %s graph", graph)
+        export_onnx(fn, inputs, in_names, out_names, dims, path)
+        if verify:
+            _verify_graph(graph, path, fn, inputs, in_names)
+        files[graph] = GraphFile(path.name, sha256_file(path))
+    cam = _cam_weights(split, acts, extra, staging)
+    return files, tuple(acts.shape[1:]), cam
+
+
+def _verify_graph(graph: str, path: Path, fn, inputs, in_names) -> None:
+    """The ONNX graph must give the eager function's numbers (on a fresh batch of 3)."""
+    import onnxruntime as ort
+
+    gen = torch.Generator().manual_seed(1)
+    fresh = []
+    for x in inputs:  # batch of 3 instead of 2: checks the dynamic batch dimension too
+        if x.dtype == torch.int64:
+            fresh.append(torch.cat([x, x[:1]]))
+        else:
+            fresh.append(torch.randn(3, *x.shape[1:], generator=gen) * x.std() + x.mean())
+    with torch.no_grad():
+        expected = fn(*fresh)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: x.numpy() for n, x in zip(in_names, fresh, strict=True)})
+    for out, ref, want in zip(session.get_outputs(), got, expected, strict=True):
+        want = want.numpy()
+        scale = max(float(np.abs(want).max()), 1e-30)
+        err = float(np.abs(ref - want).max()) / scale
+        # max-pool near-ties can move single gradient elements; everything else must agree closely
+        if err > 1e-3:
+            raise ExportError(
+                f"the exported {graph} graph disagrees with PyTorch on output {out.name!r}: "
+                f"max error {err:.2e} of its largest value"
+            )
+
+
+def _cam_weights(split: SplitModel, acts: torch.Tensor, extra, staging: Path) -> GraphFile | None:
+    """If the head is GAP -> linear (logits = W · mean_ij A + b), save W [C,K] and b [C] for CAM.
+
+    Found numerically, without knowing the architecture: spatially constant one-hot activations give
+    the columns of W, and a random activation must then be reproduced exactly.
+    """
+    k = acts.shape[1]
+    h, w = acts.shape[2:]
+    extra1 = None if extra is None else extra[:1]
+    with torch.no_grad():
+        bias = split.head(acts.new_zeros(1, k, h, w), extra1)[0]
+        columns = []
+        for start in range(0, k, 256):
+            stop = min(start + 256, k)
+            basis = torch.zeros(stop - start, k, h, w)
+            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            ex = None if extra is None else extra[:1].expand(stop - start, *extra.shape[1:])
+            columns.append(split.head(basis, ex) - bias)
+        weight = torch.cat(columns).t()  # [C, K]
+        probe = torch.randn(2, k, h, w, generator=torch.Generator().manual_seed(2)).abs()
+        ex = None if extra is None else extra[:1].expand(2, *extra.shape[1:])
+        got = split.head(probe, ex)
+        want = probe.mean(dim=(2, 3)) @ weight.t() + bias
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(got.abs().max())):
+        return None
+    path = staging / "cam_weights.npz"
+    np.savez(path, weight=weight.numpy().astype(np.float32), bias=bias.numpy().astype(np.float32))
+    return GraphFile(path.name, sha256_file(path))
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+        old.rmdir()
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "camserve": camserve.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict (or a checkpoint holding one under 'state_dict' / 'model') into ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidArgumentError("weights", f"{path} is not a readable PyTorch weights file ({exc})") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise InvalidArgumentError("weights", f"{path} holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:4])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (first: {'; '.join(shapes[:3])})")
+        raise InvalidArgumentError("weights", f"{path} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+    return model
+
+
+def build_from_import_path(spec: str) -> nn.Module:
+    """``package.module:factory`` -> factory() (a callable returning an nn.Module, or a Module class)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidArgumentError("module", f"expected 'package.module:factory', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise NotFoundError(f"cannot import {module_name!r}: {exc}") from None
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise NotFoundError(f"{module_name!r} has no attribute {attr!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError("module", f"{spec} returned a {type(model).__name__}, not an nn.Module")
+    return model

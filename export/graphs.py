@@ -1,0 +1,218 @@
+"""The four functions camserve exports, written once in plain PyTorch.
+
+``SplitModel`` cuts a classifier at its target layer. Its methods are ordinary eager functions
+(the reference runner calls them directly) and are also what ``export.tracing`` traces to ONNX:
+
+- ``explain(images, targets)``: the body runs once on N images; the layer's output A is captured,
+  repeated T times and the *head* (everything after the layer) runs on the N·T copies, so the
+  backward pass ``torch.autograd.grad`` of the selected logits runs through the head only;
+- ``forward(images)``: logits only;
+- ``head(activations, extra)``: logits from given activations (the body is not run);
+- ``guided(images, targets)``: guided-backprop input gradients (ReLU backward passes only positive
+  gradients at positive inputs), T copies of the image, one backward pass.
+
+The layer must be a *cut*: the head may read nothing computed before the layer except through it
+(a layer inside a residual block, whose skip connection bypasses it, is refused with a clear error).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from camserve.errors import ExportError
+from camserve.export.layers import Layout, find_layer, guess_layout_kind
+
+
+def resolve_targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Targets [N,T]: t >= 0 is a class id, t = -k the k-th highest-scoring class (torch.topk order)."""
+    order = torch.topk(logits, logits.shape[1], dim=1).indices  # ONNX TopK: the same order as torch.topk
+    rank = (-targets - 1).clamp(min=0, max=logits.shape[1] - 1)
+    return torch.where(targets >= 0, targets, torch.gather(order, 1, rank))
+
+
+def _select(ids: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot rows [N·T, C]: the vector-Jacobian product with it is d logit[id] / d input."""
+    flat = ids.reshape(-1, 1)
+    return torch.zeros(flat.shape[0], num_classes, dtype=dtype, device=ids.device).scatter(1, flat, 1.0)
+
+
+def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
+    """[N,...] -> [N·times,...], each row repeated ``times`` times consecutively."""
+    return x.unsqueeze(1).expand(x.shape[0], times, *x.shape[1:]).reshape(-1, *x.shape[1:])
+
+
+class _GuidedReluMode(TorchDispatchMode):
+    """Guided backprop (Springenberg et al. 2015): the ReLU backward ``threshold_backward(g, x, 0)``
+    becomes g · [x > 0] · [g > 0]. Implemented at the aten level, so it applies to every ReLU
+    (modules, functional and in-place) without touching the model, eagerly and under tracing."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten.threshold_backward.default:
+            grad, inp, threshold = args
+            keep = (inp > threshold) & (grad > 0)
+            return torch.where(keep, grad, torch.zeros_like(grad))
+        return func(*args, **kwargs)
+
+
+@dataclass
+class _Capture:
+    acts: torch.Tensor | None = None
+    extra: torch.Tensor | None = None
+    leaf: torch.Tensor | None = None
+    calls: int = 0
+
+
+class SplitModel(nn.Module):
+    """A classifier cut at ``layer``; never modifies the given model (it keeps a frozen copy)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        input_size: tuple[int, int, int],
+        layout: str | None = None,
+        prefix_tokens: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.layer_name = layer
+        self.input_size = tuple(input_size)
+        self._layer = find_layer(self.model, layer)
+        self.layout, self.num_classes = self._probe(layout, prefix_tokens)
+
+    # -- the exported functions -------------------------------------------------------------
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor):
+        n, t = targets.shape
+        cap = _Capture()
+
+        def hook(_module, _inputs, raw):
+            cap.calls += 1
+            acts, extra = self.layout.to_nkhw(raw.detach())
+            cap.acts = acts.clone()  # a copy: an in-place op after the layer must not change it
+            cap.extra = None if extra is None else extra.clone()
+            cap.leaf = _repeat(cap.acts, t).requires_grad_(True)
+            extra_rep = None if extra is None else _repeat(cap.extra, t)
+            return self.layout.from_nkhw(cap.leaf, extra_rep).clone()
+
+        with torch.enable_grad(), _hooked(self._layer, hook):
+            logits_rep = self.model(images)
+        logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
+        ids = resolve_targets(targets, logits)
+        (grads,) = torch.autograd.grad(logits_rep, cap.leaf, grad_outputs=_select(ids, logits.shape[1], logits.dtype))
+        grads = grads.reshape(n, t, *cap.acts.shape[1:])
+        outs = (logits, cap.acts, grads, ids)
+        return outs + ((cap.extra,) if cap.extra is not None else ())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def head(self, activations: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from activations; the body runs on a zero image whose result is discarded (dead code
+        that tracing removes: the head graph contains the head only)."""
+
+        def hook(_module, _inputs, _raw):
+            return self.layout.from_nkhw(activations, extra)
+
+        dummy = activations.new_zeros((activations.shape[0], *self.input_size))
+        with _hooked(self._layer, hook):
+            return self.model(dummy)
+
+    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, t = targets.shape
+        with torch.enable_grad():
+            rep = _repeat(images, t).detach().requires_grad_(True)
+            logits_rep = self.model(rep)
+            logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
+            ids = resolve_targets(targets, logits)
+            with _GuidedReluMode():
+                (grads,) = torch.autograd.grad(
+                    logits_rep, rep, grad_outputs=_select(ids, logits.shape[1], logits.dtype)
+                )
+        return grads.reshape(n, t, *images.shape[1:])
+
+    # -- checks done once, eagerly ------------------------------------------------------------
+
+    def _probe(self, layout: str | None, prefix_tokens: int | None) -> tuple[Layout, int]:
+        """Run the model once to learn the layer's output shape and check that it is a usable cut."""
+        example = torch.zeros(2, *self.input_size)
+        seen: list[torch.Tensor] = []
+
+        def record(_module, _inputs, raw):
+            if not isinstance(raw, torch.Tensor):
+                raise ExportError(
+                    f"layer {self.layer_name!r} returns {type(raw).__name__}, not a tensor; "
+                    "choose a layer whose output is one feature tensor"
+                )
+            seen.append(raw.detach())
+
+        try:
+            with torch.no_grad(), _hooked(self._layer, record):
+                logits = self.model(example)
+        except ExportError:
+            raise
+        except Exception as exc:  # the model cannot take this input size
+            raise ExportError(
+                f"the model fails on an input of size {'x'.join(map(str, self.input_size))}: {exc}"
+            ) from exc
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise ExportError(f"the model must return logits [N,C]; it returned {_describe(logits)}")
+        if not seen:
+            raise ExportError(f"layer {self.layer_name!r} is not called by the model's forward pass")
+        if len(seen) > 1:
+            raise ExportError(f"layer {self.layer_name!r} is called {len(seen)} times per forward pass; "
+                              "choose a module that runs once")
+        raw = seen[0]
+        kind, prefix = guess_layout_kind(raw.shape)
+        kind = layout or kind
+        prefix = prefix if prefix_tokens is None else prefix_tokens
+        lay = Layout.infer(raw.shape, kind, prefix, self.input_size[1:])
+        self.layout = lay
+        self._check_cut(lay.to_nkhw(raw)[0], lay.to_nkhw(raw)[1])
+        return lay, logits.shape[1]
+
+    def _check_cut(self, acts: torch.Tensor, extra: torch.Tensor | None) -> None:
+        acts = acts.clone().requires_grad_(True)
+        dummy = torch.zeros(acts.shape[0], *self.input_size, requires_grad=True)
+
+        def hook(_module, _inputs, _raw):
+            return self.layout.from_nkhw(acts, extra)
+
+        with torch.enable_grad(), _hooked(self._layer, hook):
+            logits = self.model(dummy)
+        g_acts, g_body = torch.autograd.grad(logits.sum(), (acts, dummy), allow_unused=True)
+        if g_acts is None:
+            raise ExportError(f"the output of layer {self.layer_name!r} does not reach the logits")
+        if g_body is not None:
+            raise ExportError(
+                f"layer {self.layer_name!r} is not a cut of the network: the layers after it also read "
+                "tensors computed before it (a skip connection bypasses it, e.g. a layer inside a residual "
+                "block). Choose the output of a whole block or stage (e.g. 'layer4' for a ResNet)."
+            )
+
+
+class _hooked:
+    """A forward hook that is removed on exit, whatever happens."""
+
+    def __init__(self, module: nn.Module, hook) -> None:
+        self.module, self.hook, self.handle = module, hook, None
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+        return False
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

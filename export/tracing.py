@@ -1,0 +1,172 @@
+"""Trace a PyTorch function — forward *and* ``torch.autograd.grad`` — to an ONNX file.
+
+``torch.onnx.export(dynamo=True)`` cannot export a module that calls ``autograd.grad`` in its
+forward, and the TorchScript exporter cannot take decomposed backward graphs. What works:
+
+1. ``make_fx`` (symbolic shapes) traces the whole function, backward included, to core aten ops
+   (core-aten and backward decompositions), giving a plain fx graph with no autograd in it;
+2. ``torch.export`` re-exports that graph with dynamic batch (and target) dimensions;
+3. the dynamo ONNX exporter writes it (opset 18).
+
+Two kernels need a nudge before tracing: scaled-dot-product attention is traced with the math
+backend (the CPU flash-attention backward has no ONNX translation), and the adaptive-average-pool
+backward is decomposed (see ``_decompositions``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch._decomp import core_aten_decompositions, get_decompositions
+from torch.export import Dim
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from camserve.errors import ExportError
+
+log = logging.getLogger(__name__)
+OPSET = 18
+MAX_BATCH = 4096
+
+
+def _decompositions() -> dict:
+    table = dict(core_aten_decompositions())
+    table.update(
+        get_decompositions(
+            [
+                torch.ops.aten._adaptive_avg_pool2d_backward,
+                torch.ops.aten.avg_pool2d_backward,
+                torch.ops.aten.threshold_backward,
+                torch.ops.aten.native_layer_norm_backward,
+                torch.ops.aten.native_batch_norm_backward,
+                torch.ops.aten.gelu_backward,
+                torch.ops.aten.hardswish_backward,
+                torch.ops.aten.hardsigmoid_backward,
+                torch.ops.aten.silu_backward,
+                torch.ops.aten._softmax_backward_data,
+                torch.ops.aten.embedding_dense_backward,
+            ]
+        )
+    )
+    table[torch.ops.aten.convolution_backward.default] = _convolution_backward
+    table[torch.ops.aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward
+    return table
+
+
+def _convolution_backward(
+    grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
+):
+    """Input gradient of a 2-d convolution as a transposed convolution (ONNX ConvTranspose).
+
+    Only the input gradient is ever asked for: parameters are constants of the exported graphs.
+    """
+    if transposed or weight.dim() != 4 or output_mask[1] or output_mask[2]:
+        return NotImplemented
+    grad_input = None
+    if output_mask[0]:
+        kernel = weight.shape[2:]
+        extra = [
+            int(inp.shape[2 + i])
+            - ((int(grad_out.shape[2 + i]) - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1)
+            for i in range(2)
+        ]
+        grad_input = torch.ops.aten.convolution.default(
+            grad_out, weight, None, stride, padding, dilation, True, extra, groups
+        )
+    return grad_input, None, None
+
+
+def _pool_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
+    """[out, in] averaging matrix of adaptive average pooling along one axis (PyTorch's windows:
+    start = floor(i·in/out), end = ceil((i+1)·in/out))."""
+    rows = [[0.0] * size_in for _ in range(size_out)]
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        rows[i][start:end] = [1.0 / (end - start)] * (end - start)
+    # built from Python numbers so that tracing records one constant, not the ops that filled it
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
+def _adaptive_avg_pool2d_backward(grad_out, inp):
+    """Adaptive average pooling is linear, out = P_h · x · P_wᵀ, so grad_in = P_hᵀ · grad · P_w
+    (two MatMuls in ONNX; the aten backward kernel has no ONNX translation)."""
+    p_h = _pool_matrix(int(inp.shape[-2]), int(grad_out.shape[-2]), grad_out)
+    p_w = _pool_matrix(int(inp.shape[-1]), int(grad_out.shape[-1]), grad_out)
+    return torch.matmul(torch.matmul(p_h.t(), grad_out), p_w)
+
+
+class _GraphModule(torch.nn.Module):
+    """Wraps a traced fx graph so that torch.export sees named tensor inputs."""
+
+    def __init__(self, graph: torch.fx.GraphModule, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.graph_module = graph
+        self.input_names = list(input_names)
+
+    def forward(self, *inputs):
+        out = self.graph_module(*inputs)
+        return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+
+
+def trace(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
+    """Forward + backward of ``fn`` as one aten-level fx graph with symbolic shapes."""
+    def call(*args):  # a plain function: make_fx inspects the signature of what it traces
+        return fn(*args)
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        graph = make_fx(
+            call,
+            decomposition_table=_decompositions(),
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,  # the model's parameters become constants of the graph
+        )(*example_inputs)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
+
+
+def export_onnx(
+    fn: Callable,
+    example_inputs: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_dims: dict[str, dict[int, str]],
+    path: Path,
+) -> None:
+    """Trace ``fn`` and write it to ``path`` as ONNX with the given dynamic dimensions.
+
+    ``dynamic_dims`` maps an input name to {axis: dimension name}; equal names share one symbol.
+    """
+    graph = trace(fn, example_inputs)
+    dims: dict[str, Dim] = {}
+    dynamic_shapes = []
+    for name in input_names:
+        axes = dynamic_dims.get(name, {})
+        spec = {}
+        for axis, dim_name in axes.items():
+            if dim_name not in dims:
+                dims[dim_name] = Dim(dim_name, min=1, max=MAX_BATCH)
+            spec[axis] = dims[dim_name]
+        dynamic_shapes.append(spec)
+    module = _GraphModule(graph, input_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.export.export(module, tuple(example_inputs), dynamic_shapes={"inputs": tuple(dynamic_shapes)})
+            onnx_program = torch.onnx.export(
+                program,
+                tuple(example_inputs),
+                input_names=list(input_names),
+                output_names=list(output_names),
+                opset_version=OPSET,
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as exc:
+            raise ExportError(f"ONNX export of the {path.stem} graph failed: {type(exc).__name__}: {exc}") from exc
+    onnx_program.save(str(path), external_data=False)
