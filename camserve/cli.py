@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # the ONNX exporter's passes log every rewrite at INFO
+        for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except CamserveError as exc:

@@ -42,6 +42,7 @@ class ExplainOptions:
     eps: float = 1e-7  # min-max denominator: (m - min) / (max - min + eps)
     smooth_n: int = 8  # Smooth Grad-CAM++ noisy copies
     smooth_sigma: float = 0.15  # noise std as a fraction of the input's value range (max - min)
+    smooth_seed: int = 0  # seed of the Smooth Grad-CAM++ noise: the same request gives the same map
     score_top_n: int = 0  # Score-CAM: 0 = all channels, else the N with largest mean activation
     topk_predictions: int = 5  # predictions returned with each result
 

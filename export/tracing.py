@@ -25,6 +25,7 @@ from torch._decomp import core_aten_decompositions, get_decompositions
 from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from camserve.errors import ExportError
 
@@ -80,6 +81,23 @@ def _convolution_backward(
     return grad_input, None, None
 
 
+class _ExportFriendlyOps(TorchFunctionMode):
+    """Rewrites, above autograd, the few PyTorch calls whose traced form ONNX cannot express.
+
+    Global average pooling (output 1x1) becomes a plain mean: PyTorch's composite kernel re-strides
+    its result to the input's memory format with ``as_strided_`` (Swin's channels-last head), whose
+    backward is an ``as_strided_scatter`` with no ONNX translation.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.adaptive_avg_pool2d:
+            x, size = args[0], args[1] if len(args) > 1 else kwargs["output_size"]
+            if size in (1, (1, 1), [1, 1]):
+                return x.mean(dim=(-2, -1), keepdim=True)
+        return func(*args, **kwargs)
+
+
 def _pool_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
     """[out, in] averaging matrix of adaptive average pooling along one axis (PyTorch's windows:
     start = floor(i·in/out), end = ceil((i+1)·in/out))."""
@@ -117,7 +135,7 @@ def trace(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> torch.fx.Grap
     def call(*args):  # a plain function: make_fx inspects the signature of what it traces
         return fn(*args)
 
-    with sdpa_kernel([SDPBackend.MATH]):
+    with sdpa_kernel([SDPBackend.MATH]), _ExportFriendlyOps():
         graph = make_fx(
             call,
             decomposition_table=_decompositions(),

@@ -45,6 +45,13 @@ def weighted_sum_relu(activations: torch.Tensor, weights: torch.Tensor) -> torch
     return torch.einsum("ntk,nkhw->nthw", weights, activations).clamp_min(0)
 
 
+def gradient_weighted_cam(
+    activations: torch.Tensor, gradients: torch.Tensor, method: WeightMethod
+) -> torch.Tensor:
+    """ReLU(sum_k w_k A^k) with w = channel_weights(A, G, method): -> [N,T,h,w]."""
+    return weighted_sum_relu(activations, channel_weights(activations, gradients, method))
+
+
 def elementwise_sum_relu(activations: torch.Tensor, gradients: torch.Tensor, relu_gradients: bool) -> torch.Tensor:
     """Per-pixel weighting: ReLU(sum_k f(g^k) * A^k) -> [N,T,h,w].
 

@@ -1,0 +1,131 @@
+"""The embedded default model: DigitCamNet trained on the digits localisation task.
+
+Its weights ship with camserve (``weights.pt``, ~200 kB, reproducible with
+``python -m camserve.default_model.train``), so ``camserve explain`` and ``camserve serve`` work
+with no model argument and no download: the first use exports the model directory into the
+cache (``default_model_dir``) and later uses find it there.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from camserve.default_model.data import CLASS_NAMES
+from camserve.default_model.net import INPUT_SIZE, MEAN, STD, TARGET_LAYER, DigitCamNet
+from camserve.errors import CamserveError, InvalidArgumentError, NotFoundError
+from camserve.modeldir import ModelDirectory, sha256_file
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_PATH = Path(__file__).with_name("weights.pt")
+TRAINING_RECORD_PATH = Path(__file__).with_name("training.json")
+MODEL_NAME = "digits"
+ARCHITECTURE = "camserve-digits"
+SHORT_SHA = 12  # hex digits of the weights' sha256 in the cache folder's name
+
+__all__ = [
+    "ARCHITECTURE",
+    "MODEL_NAME",
+    "WEIGHTS_PATH",
+    "DigitCamNet",
+    "default_model_dir",
+    "export_default_model",
+    "load_default_model",
+]
+
+
+def load_default_model(weights: str | Path | None = None) -> DigitCamNet:
+    """A DigitCamNet in eval mode with the committed weights (or the state_dict at ``weights``)."""
+    path = WEIGHTS_PATH if weights is None else Path(weights).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"weights: no such file {path}")
+    model = DigitCamNet(num_classes=len(CLASS_NAMES))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, EOFError) as exc:  # not a DigitCamNet state_dict
+        raise InvalidArgumentError("weights", f"{path} is not a DigitCamNet state_dict: {exc}") from None
+    return model.eval()
+
+
+def export_default_model(out_dir: str | Path, weights: str | Path | None = None, force: bool = False) -> Path:
+    """Export the default model (committed weights, or ``weights``) to the model directory ``out_dir``."""
+    from camserve.export import export_model
+
+    model_dir = export_model(
+        load_default_model(weights),
+        TARGET_LAYER,
+        INPUT_SIZE,
+        Path(out_dir).expanduser(),
+        name=MODEL_NAME,
+        architecture=ARCHITECTURE,
+        mean=list(MEAN),
+        std=list(STD),
+        class_names=list(CLASS_NAMES),
+        force=force,
+    )
+    return model_dir.path
+
+
+def default_model_dir(
+    cache_dir: str = "~/.cache/camserve", rebuild: bool = False, weights: str | Path | None = None
+) -> Path:
+    """The default model's exported directory, ``<cache_dir>/default-model-<sha of weights>``.
+
+    Exported from the committed weights (or ``weights``) on first use, or again when ``rebuild``
+    is set or the cached copy fails its checksums. Safe when several processes start at once:
+    each exports into its own staging folder and renames it into place; a process that finds
+    the place taken uses the winner's directory.
+    """
+    weights_path = WEIGHTS_PATH if weights is None else Path(weights).expanduser()
+    if not weights_path.is_file():
+        raise NotFoundError(f"weights: no such file {weights_path}")
+    root = Path(cache_dir).expanduser()
+    final = root / f"default-model-{sha256_file(weights_path)[:SHORT_SHA]}"
+    if final.exists() and not rebuild:
+        try:
+            ModelDirectory(final)
+            return final
+        except CamserveError as exc:
+            logger.warning("cached default model %s is unusable (%s); exporting it again", final, exc)
+            rebuild = True
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-staging-", dir=root))
+    except OSError as exc:
+        raise InvalidArgumentError("cache_dir", f"cannot write to {root}: {exc}") from None
+    try:
+        logger.info("exporting the default model to %s", final)
+        export_default_model(staging / "model", weights_path)
+        _move_into_place(staging / "model", final, replace=rebuild, trash=staging / "replaced")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _move_into_place(built: Path, final: Path, replace: bool, trash: Path) -> None:
+    """Rename ``built`` to ``final``. If ``final`` exists: keep it (another process won the race)
+    unless ``replace``, in which case it is moved aside to ``trash`` first."""
+    for _ in range(5):
+        try:
+            os.rename(built, final)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        if not replace:
+            ModelDirectory(final)  # the winner's copy must be complete
+            return
+        try:
+            os.rename(final, trash)
+        except FileNotFoundError:
+            pass  # someone else moved it; try again
+        shutil.rmtree(trash, ignore_errors=True)
+    raise CamserveError(f"could not move the exported default model into {final}: it keeps reappearing")

@@ -1,0 +1,40 @@
+# camserve explanation service image.
+#   CPU: docker build -t camserve .
+#   GPU: docker build -t camserve:gpu --build-arg EXTRAS=gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+# Serves every model directory mounted under /models (see docker-compose.yml); with none mounted,
+# set CAMSERVE_SERVICE_MODELS="" to serve the embedded default model, which is exported at build time.
+FROM python:3.11-slim
+
+ARG EXTRAS=""
+# CPU-only torch wheels keep the image small; the GPU build points this at a CUDA wheel index.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CAMSERVE_RUNTIME_CACHE_DIR=/opt/camserve/cache \
+    CAMSERVE_SERVICE_HOST=0.0.0.0 \
+    CAMSERVE_SERVICE_PORT=50051 \
+    CAMSERVE_SERVICE_MODELS=/models
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY camserve camserve
+COPY export export
+COPY kernels kernels
+COPY service service
+COPY proto proto
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" ".${EXTRAS:+[${EXTRAS}]}" \
+    && python -c "from camserve.default_model import default_model_dir; default_model_dir('/opt/camserve/cache')" \
+    && useradd --system --uid 10001 --home-dir /nonexistent camserve \
+    && mkdir -p /models \
+    && chown -R camserve /opt/camserve
+
+USER camserve
+WORKDIR /home/camserve
+EXPOSE 50051
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "camserve.service.healthcheck"]
+CMD ["camserve", "serve"]

@@ -1,0 +1,232 @@
+"""Benchmark: the fused Triton CAM kernels vs the unfused torch chain (``kernels/reference.py``).
+
+Shapes: ResNet-50 layer4 (K=2048, 7x7) and VGG-16 features (K=512, 14x14), batch 64, T=1 target,
+maps upsampled to 224x224 and min-max normalised. On a CUDA machine every path is timed with
+torch.cuda.Event (warm-up first, L2 flushed before each timed call, median of --reps), and the
+Triton paths' achieved bytes/s are compared with a measured device-to-device copy bandwidth. On the
+CPU it times the torch chain only (the Triton interpreter is no benchmark).
+
+    python bench/kernels/bench_cam_kernels.py                 # all paths, both shapes
+    python bench/kernels/bench_cam_kernels.py --batch 8 --uint8
+
+Rows: "<method> map" is A, G -> 224x224 map; the Triton path is the fused weights+combine kernel then
+the upsample-normalise kernel (two launches). "gradcam map, unfused" runs the weights, combine and
+upsample kernels (three launches). "weights x3" computes the weights of Grad-CAM, Grad-CAM++ and
+XGrad-CAM (one launch vs three torch chains).
+
+"MB" is what the Triton path moves: A and G (or the small maps) read once, the output written once,
+plus the small [N,T,h,w] map (and, unfused, the weights) between its kernels; GB/s = MB / triton
+time. The torch chain moves more (weights, intermediate maps, the full-size map several times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from camserve.kernels import reference
+
+from camserve import kernels
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    channels: int
+    height: int
+    width: int
+
+
+SHAPES = (Shape("resnet50.layer4", 2048, 7, 7), Shape("vgg16.features", 512, 14, 14))
+
+
+@dataclass(frozen=True)
+class Path:
+    name: str
+    torch_fn: Callable[[], torch.Tensor]
+    triton_fn: Callable[[], torch.Tensor]
+    min_bytes: int
+    triton_variant: bool = False  # same torch chain as the row above: a GPU-only comparison
+
+
+def _paths(
+    a: torch.Tensor, g: torch.Tensor, maps: torch.Tensor, size: tuple[int, int], to_uint8: bool
+) -> list[Path]:
+    n, t, k, h, w = g.shape
+    elem = a.element_size()
+    read_ag = a.numel() * elem + g.numel() * elem
+    out_bytes = n * t * size[0] * size[1] * (1 if to_uint8 else elem)
+    map_bytes = n * t * h * w * elem  # the small map, written by one kernel and read by the next
+    paths = []
+
+    def cam_chain(method: str, backend: str) -> Callable[[], torch.Tensor]:
+        if backend == "torch":
+            return lambda: reference.upsample_normalize(
+                reference.weighted_sum_relu(a, reference.channel_weights(a, g, method)),
+                size,
+                True,
+                1e-7,
+                to_uint8,
+            )
+        return lambda: kernels.upsample_normalize(
+            kernels.gradient_weighted_cam(a, g, method, backend="triton"),
+            size,
+            True,
+            1e-7,
+            to_uint8,
+            "triton",
+        )
+
+    for method in ("gradcam", "gradcam++", "xgradcam"):
+        paths.append(
+            Path(
+                f"{method} map",
+                cam_chain(method, "torch"),
+                cam_chain(method, "triton"),
+                read_ag + 2 * map_bytes + out_bytes,
+            )
+        )
+    paths.append(
+        Path(
+            "gradcam map, unfused",
+            cam_chain("gradcam", "torch"),
+            lambda: kernels.upsample_normalize(
+                kernels.weighted_sum_relu(a, kernels.channel_weights(a, g, "gradcam", "triton"), "triton"),
+                size,
+                True,
+                1e-7,
+                to_uint8,
+                "triton",
+            ),
+            read_ag + 2 * n * t * k * elem + 2 * map_bytes + out_bytes,  # + weights written and read
+            triton_variant=True,
+        )
+    )
+    paths.append(
+        Path(
+            "layercam map",
+            lambda: reference.upsample_normalize(
+                reference.elementwise_sum_relu(a, g, True), size, True, 1e-7, to_uint8
+            ),
+            lambda: kernels.upsample_normalize(
+                kernels.elementwise_sum_relu(a, g, True, "triton"), size, True, 1e-7, to_uint8, "triton"
+            ),
+            read_ag + 2 * map_bytes + out_bytes,
+        )
+    )
+    methods = ("gradcam", "gradcam++", "xgradcam")
+    paths.append(
+        Path(
+            "weights x3 (one pass)",
+            lambda: torch.stack([reference.channel_weights(a, g, m) for m in methods]),
+            lambda: torch.stack(list(kernels.channel_weights_for_methods(a, g, methods, "triton").values())),
+            read_ag + 3 * n * t * k * elem,
+        )
+    )
+    paths.append(
+        Path(
+            "upsample+normalize",
+            lambda: reference.upsample_normalize(maps, size, True, 1e-7, to_uint8),
+            lambda: kernels.upsample_normalize(maps, size, True, 1e-7, to_uint8, "triton"),
+            map_bytes + out_bytes,
+        )
+    )
+    return paths
+
+
+def _time_cuda(fn: Callable[[], torch.Tensor], reps: int, flush: torch.Tensor) -> float:
+    """Median milliseconds of ``fn`` with a cold L2 (``flush`` overwritten before each call)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _time_cpu(fn: Callable[[], torch.Tensor], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _copy_bandwidth(device: torch.device, reps: int) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write) of a 1 GiB buffer."""
+    src = torch.empty(256 * 2**20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = _time_cuda(lambda: dst.copy_(src), reps, torch.empty(0, device=device))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def _max_error(x: torch.Tensor, y: torch.Tensor) -> float:
+    return (x.double() - y.double()).abs().max().item()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--targets", type=int, default=1)
+    parser.add_argument("--size", type=int, default=224, help="output maps are size x size")
+    parser.add_argument("--reps", type=int, default=0, help="timed calls per path (default 50 GPU, 5 CPU)")
+    parser.add_argument("--uint8", action="store_true", help="quantise the output maps to uint8")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    args = parser.parse_args(argv)
+
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    reps = args.reps or (50 if cuda else 5)
+    size = (args.size, args.size)
+    torch.manual_seed(0)
+
+    if cuda:
+        bandwidth = _copy_bandwidth(device, reps)
+        flush = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=device)  # 256 MiB > any L2
+        print(f"device: {torch.cuda.get_device_name(device)}; copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    else:
+        print(f"device: CPU ({torch.get_num_threads()} threads); torch chain only")
+    dtype_out = "uint8" if args.uint8 else "float32"
+    print(f"batch {args.batch}, T={args.targets}, output {args.size}x{args.size}, {dtype_out}")
+
+    header = f"{'shape':<17} {'path':<24} {'torch ms':>9}"
+    if cuda:
+        header += f" {'triton ms':>9} {'speedup':>7} {'MB':>7} {'GB/s':>6} {'% copy':>6} {'max err':>8}"
+    print(header)
+    print("-" * len(header))
+    for shape in SHAPES:
+        n, t, k, h, w = args.batch, args.targets, shape.channels, shape.height, shape.width
+        a = torch.randn(n, k, h, w, device=device).clamp_min(0)
+        g = 1e-3 * torch.randn(n, t, k, h, w, device=device)
+        maps = torch.rand(n, t, h, w, device=device)
+        for path in _paths(a, g, maps, size, args.uint8):
+            if not cuda:
+                if path.triton_variant:
+                    continue
+                print(f"{shape.name:<17} {path.name:<24} {_time_cpu(path.torch_fn, reps):9.3f}")
+                continue
+            torch_ms = _time_cuda(path.torch_fn, reps, flush)
+            triton_ms = _time_cuda(path.triton_fn, reps, flush)
+            rate = path.min_bytes / (triton_ms * 1e-3)
+            err = _max_error(path.triton_fn(), path.torch_fn())
+            print(
+                f"{shape.name:<17} {path.name:<24} {torch_ms:9.3f} {triton_ms:9.3f} "
+                f"{torch_ms / triton_ms:6.2f}x {path.min_bytes / 1e6:7.1f} {rate / 1e9:6.0f} "
+                f"{100 * rate / bandwidth:5.0f}% {err:8.1e}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""The Python client of the gRPC service: the same ``explain`` call and ExplainResult as the in-process
+:class:`camserve.Explainer`, computed by a camserve server.
+
+>>> from camserve import Client
+>>> with Client("127.0.0.1:50051") as client:
+...     result = client.explain(["cat.png"], methods=["gradcam"], targets=[[-1, -2]])
+>>> result.maps["gradcam"].shape                 # [N, T, H, W]
+(1, 2, 64, 64)
+
+Image files, PIL images and uint8 pixels travel as PNG/JPEG bytes (the server preprocesses them
+exactly as the Explainer does); float32 tensors travel as they are.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+from google.protobuf.message import Message
+
+from camserve.config import ExplainOptions
+from camserve.errors import CamserveError, InvalidArgumentError, NotFoundError
+from camserve.images import ImageLike, preprocess
+from camserve.methods.compute import parse_output_size
+from camserve.methods.targets import parse_targets
+from camserve.result import ExplainResult, Prediction
+from camserve.service.tensors import array_to_tensor, tensor_to_array
+from camserve.v1 import camserve_pb2 as pb
+from camserve.v1 import camserve_pb2_grpc as pb_grpc
+
+DEFAULT_METHODS = ("gradcam", "gradcam++")
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ServerError(CamserveError):
+    """The server answered a call with an error status; ``code`` is its grpc.StatusCode."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.grpc_code = code.name
+        super().__init__(f"server: {code.name}: {details}")
+
+
+class Client:
+    """A connection to a camserve server.
+
+    address   "host:port"
+    model     the model to use when a call names none; None: the server's only model
+    options   ExplainOptions sent with every call that passes none; None: the server's defaults
+    timeout_s deadline of each call
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        model: str | None = None,
+        options: ExplainOptions | None = None,
+        timeout_s: float | None = 60.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.options = options
+        self._model = model
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = pb_grpc.ExplainServiceStub(self._channel)
+        self._models: dict[str, pb.ModelInfo] = {}
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        reply = self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return list(reply.models)
+
+    def model_info(self, model: str | None = None) -> pb.ModelInfo:
+        """The model's input size, preprocessing, classes and supported methods (cached)."""
+        name = model or self._model
+        if name is None:
+            served = self.list_models()
+            if len(served) != 1:
+                names = ", ".join(m.name for m in served)
+                raise InvalidArgumentError("model", f"the server serves several models ({names}); name one")
+            self._model = name = served[0].name
+            self._models[name] = served[0]
+        if name not in self._models:
+            self._models[name] = self._call(self._stub.GetModel, pb.GetModelRequest(name=name))
+        return self._models[name]
+
+    @property
+    def supported_methods(self) -> list[str]:
+        """The methods the default model (``model`` given to the constructor) supports."""
+        return list(self.model_info().supported_methods)
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike], model: str | None = None) -> torch.Tensor:
+        """Images -> float32 [N,3,H,W] model input, as the server and the Explainer preprocess them."""
+        info = self.model_info(model)
+        return preprocess(images, list(info.input_size), list(info.mean), list(info.std))
+
+    def explain(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        methods: str | Sequence[str] = DEFAULT_METHODS,
+        targets: object = None,
+        options: ExplainOptions | None = None,
+        model: str | None = None,
+    ) -> ExplainResult:
+        """As :meth:`camserve.Explainer.explain`; ``options`` None: the client's, else the server's."""
+        info = self.model_info(model)
+        input_size, mean, std = list(info.input_size), list(info.mean), list(info.std)
+        batch = preprocess(images, input_size, mean, std)  # validates like the Explainer; kept for overlays
+        table = parse_targets(targets, batch.shape[0], info.num_classes).tolist()
+        request = pb.ExplainRequest(
+            model=info.name,
+            methods=[methods] if isinstance(methods, str) else list(methods),
+            images=[
+                pb.Image(targets=row, **source)
+                for row, source in zip(table, _image_sources(images, batch), strict=True)
+            ],
+        )
+        options = options if options is not None else self.options
+        if options is not None:
+            _set_options(request, options)
+        reply: pb.ExplainResponse = self._call(self._stub.Explain, request)
+        return _result(reply, info, batch.numpy())
+
+    def _call(self, method: Callable[..., Any], request: Message) -> Any:
+        try:
+            return method(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFoundError(f"server {self.address}: {exc.details()}") from None
+            raise ServerError(exc.code(), exc.details() or "") from None
+
+
+def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor) -> list[dict[str, object]]:
+    """One ``pb.Image`` source per image: encoded bytes for files and pixels, tensors for float32."""
+    from PIL import Image
+
+    items = list(images) if isinstance(images, list | tuple) else [images]
+    sources: list[dict[str, object]] = []
+    for item in items:
+        if isinstance(item, str | os.PathLike) and Path(item).suffix.lower() != ".npy":
+            sources.append({"encoded": Path(item).read_bytes()})
+        elif isinstance(item, Image.Image):
+            sources.append({"encoded": _png(np.asarray(item.convert("RGB")))})
+        else:
+            if isinstance(item, str | os.PathLike):
+                array = np.load(item, allow_pickle=False)
+            elif isinstance(item, torch.Tensor):
+                array = item.detach().cpu().numpy()
+            else:
+                array = np.asarray(item)
+            if array.dtype == np.uint8:
+                pixels = array if array.ndim == 4 else array[None]
+                sources.extend({"encoded": _png(p)} for p in pixels)
+            else:
+                tensors = array if array.ndim == 4 else array[None]
+                sources.extend(
+                    {"tensor": array_to_tensor(np.ascontiguousarray(t, np.float32))} for t in tensors
+                )
+    if len(sources) != batch.shape[0]:
+        raise InvalidArgumentError("images", f"{len(sources)} images encoded for a batch of {batch.shape[0]}")
+    return sources
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), mode="RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _set_options(request: pb.ExplainRequest, options: ExplainOptions) -> None:
+    out, method = request.output, request.method_options
+    if options.output_size == "input":
+        out.size = pb.OUTPUT_SIZE_INPUT
+    elif options.output_size == "feature":
+        out.size = pb.OUTPUT_SIZE_FEATURE
+    else:
+        height, width = parse_output_size(options.output_size, input_size=(0, 0), feature_size=(0, 0))
+        out.size, out.height, out.width = pb.OUTPUT_SIZE_CUSTOM, height, width
+    out.normalize = options.normalize
+    out.eps = options.eps
+    out.top_k_predictions = options.topk_predictions
+    method.smooth_n = options.smooth_n
+    method.smooth_sigma = options.smooth_sigma
+    method.smooth_seed = options.smooth_seed
+    method.score_top_n = options.score_top_n
+
+
+def _result(reply: pb.ExplainResponse, info: pb.ModelInfo, images: np.ndarray) -> ExplainResult:
+    maps: dict[str, list[list[np.ndarray]]] = {}
+    rgb: dict[str, list[list[np.ndarray]]] = {}
+    for n, image in enumerate(reply.images):
+        for entry in image.maps:
+            per_image = maps.setdefault(entry.method, [[] for _ in reply.images])[n]
+            per_image.append(tensor_to_array(entry.data, f"images[{n}].maps[{entry.method}]"))
+            if entry.HasField("rgb"):
+                rgb.setdefault(entry.method, [[] for _ in reply.images])[n].append(
+                    tensor_to_array(entry.rgb, f"images[{n}].maps[{entry.method}].rgb")
+                )
+    logits = np.stack(
+        [tensor_to_array(image.logits, f"images[{n}].logits") for n, image in enumerate(reply.images)]
+    )
+    return ExplainResult(
+        maps={method: np.stack([np.stack(targets) for targets in rows]) for method, rows in maps.items()},
+        logits=logits,
+        probabilities=torch.softmax(torch.from_numpy(logits), dim=1).numpy(),
+        target_ids=np.asarray([list(image.target_ids) for image in reply.images], dtype=np.int64),
+        predictions=[
+            [Prediction(p.class_id, p.name, p.probability) for p in image.predictions]
+            for image in reply.images
+        ],
+        images=images,
+        class_names=list(info.class_names),
+        mean=list(info.mean),
+        std=list(info.std),
+        rgb={method: np.stack([np.stack(targets) for targets in rows]) for method, rows in rgb.items()},
+        model_name=reply.model,
+    )

@@ -1,0 +1,82 @@
+"""``camserve default-model build``: export (and optionally retrain) the embedded default model."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+
+from camserve.config import CamserveConfig
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "default-model",
+        help="the embedded default model (digits CNN)",
+        description="The embedded default model: a small CNN trained on digits pasted on 64x64 canvases.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = actions.add_parser(
+        "build",
+        help="export the default model's directory and print where it is",
+        description="Export the default model's directory (into the cache unless --out is given) and "
+        "print its path.",
+    )
+    build.add_argument("--out", type=Path, help="export here instead of <cache_dir>/default-model-<sha>")
+    build.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the weights from scratch first (about a minute on 2 idle cores), not the shipped ones",
+    )
+    build.add_argument("--force", action="store_true", help="export again even if the directory exists")
+    build.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from camserve.default_model import WEIGHTS_PATH, default_model_dir, export_default_model
+
+    config = CamserveConfig.load(args.config)
+    cache_dir = Path(config.runtime.cache_dir).expanduser()
+    weights = _retrain(cache_dir) if args.retrain else WEIGHTS_PATH
+    if args.out is not None:
+        path = export_default_model(args.out, weights, force=args.force)
+    else:
+        path = default_model_dir(str(cache_dir), rebuild=args.force, weights=weights)
+    print(path)
+    return 0
+
+
+def _retrain(cache_dir: Path) -> Path:
+    """Train with the shipped plan; the weights (and training.json) go to <cache_dir>/retrained-<sha>/."""
+    from camserve.default_model import WEIGHTS_PATH
+    from camserve.default_model.train import TrainingPlan, train, write_weights
+
+    plan = TrainingPlan()
+    result = train(plan)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".retrained-", dir=cache_dir))
+    record = write_weights(result, plan, staging / "weights.pt")
+    sha = str(record["weights_sha256"])
+    folder = cache_dir / f"retrained-{sha[:12]}"
+    if folder.exists():
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+    else:
+        staging.rename(folder)
+    shipped = hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest()
+    if sha == shipped:
+        logger.info("retrained weights are bit-identical to the shipped ones (sha256 %s)", sha)
+    else:
+        logger.warning(
+            "retrained weights differ from the shipped ones (sha256 %s vs %s): another machine or torch "
+            "build gives other float rounding; test accuracy %.4f",
+            sha[:12],
+            shipped[:12],
+            result.test_accuracy,
+        )
+    return folder / "weights.pt"

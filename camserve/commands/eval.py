@@ -1,0 +1,308 @@
+"""``camserve eval``: faithfulness and localisation metrics of CAM methods -> a report folder.
+
+    camserve eval --model DIR --data DIR --method gradcam --method gradcam++ --out report/
+
+Without --data it evaluates on the generated localisation benchmark (digits with exact boxes,
+single-instance and multi-instance images); without --model, on the embedded default model. It
+writes metrics.csv (one row per image and map), summary.md (maps x metrics, mean ± 95 % CI, the case
+studies and the sanity check) and PNG figures. Progress goes to stderr.
+
+--data is a folder of images with PASCAL-VOC XML boxes (Annotations/ + JPEGImages/, or an .xml beside
+each image); object names must be the model's class names. The sanity check (cascading weight
+randomisation) needs the PyTorch model: it is built in for the default model; for an exported
+torchvision or module:... architecture pass its weights with --sanity-weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+NOT_CAMS = ("guidedbackprop", "guidedgradcam")  # pixel-level evidence, left out unless asked for
+SINGLE_IMAGES = 200
+MULTI_IMAGES = 100
+SANITY_IMAGES = 16
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate CAM methods: faithfulness, localisation, sanity check",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--model", metavar="DIR", help="model directory (default: the built-in model)")
+    parser.add_argument(
+        "--data", metavar="DIR", help="images with PASCAL-VOC XML boxes (default: the generated benchmark)"
+    )
+    parser.add_argument("--image-set", metavar="NAME", help="VOC layout: only ImageSets/Main/NAME.txt")
+    parser.add_argument(
+        "--method",
+        action="append",
+        dest="methods",
+        metavar="NAME",
+        help="a CAM method; repeat for several (default: every CAM method the model supports)",
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        metavar="N",
+        help=f"single-instance benchmark images (default {SINGLE_IMAGES}), or the first N of --data "
+        "(default all)",
+    )
+    parser.add_argument(
+        "--multi-images",
+        type=int,
+        default=MULTI_IMAGES,
+        metavar="N",
+        help=f"multi-instance (2-4 copies) benchmark images (default {MULTI_IMAGES}; 0: none)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="benchmark images and random baseline maps")
+    parser.add_argument("--fraction", type=float, default=0.25, help="top fraction of pixels (default 0.25)")
+    parser.add_argument(
+        "--threshold", type=float, default=0.15, help="segment threshold, fraction of the max (default 0.15)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="PX",
+        help="pointing-game tolerance (default: 15 px at 224 px, scaled)",
+    )
+    parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    parser.add_argument(
+        "--fill",
+        choices=("black", "mean"),
+        default="black",
+        help="what removed pixels become: black (the image x map of the papers) or the mean colour",
+    )
+    parser.add_argument(
+        "--insertion-start",
+        choices=("blur", "fill"),
+        default="blur",
+        help="insertion starts from a blurred image (RISE, default) or the fill",
+    )
+    parser.add_argument("--no-curves", action="store_true", help="skip deletion/insertion (the slowest part)")
+    parser.add_argument(
+        "--road", action="store_true", help="add ROAD (MoRF/LeRF with noisy linear imputation; slow)"
+    )
+    parser.add_argument(
+        "--sanity-images",
+        type=int,
+        default=SANITY_IMAGES,
+        metavar="N",
+        help=f"images for the randomisation sanity check (default {SANITY_IMAGES}; 0: skip it)",
+    )
+    parser.add_argument(
+        "--sanity-weights", metavar="FILE", help="PyTorch weights of the exported model, for the sanity check"
+    )
+    parser.add_argument("--batch-size", type=int, metavar="N", help="images per graph run (default: config)")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads for ONNX Runtime and torch (default: config)"
+    )
+    parser.add_argument(
+        "--examples", type=int, default=4, help="images of each subset in the figure grid (default 4)"
+    )
+    parser.add_argument("--no-figures", action="store_true", help="write no PNG figures")
+    parser.add_argument("--out", default="report", metavar="DIR", help="report folder (default: report/)")
+    parser.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from camserve.errors import InvalidArgumentError
+
+    for name in ("images", "multi_images", "sanity_images", "examples"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')}", f"must be >= 0, got {value}")
+    if args.images == 0 and (args.data is not None or args.multi_images == 0):
+        raise InvalidArgumentError("--images", "no images to evaluate")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InvalidArgumentError("--batch-size", f"must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise InvalidArgumentError("--threads", f"must be >= 1, got {args.threads}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError("--out", f"{out} exists and is not a directory")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as a user would type it, from the parsed flags that differ from the defaults."""
+    words = ["camserve", "eval"]
+    for flag, value in (
+        ("--model", args.model),
+        ("--data", args.data),
+        ("--image-set", args.image_set),
+        ("--images", args.images),
+        ("--multi-images", None if args.multi_images == MULTI_IMAGES else args.multi_images),
+        ("--seed", args.seed or None),
+        ("--fraction", None if args.fraction == 0.25 else args.fraction),
+        ("--threshold", None if args.threshold == 0.15 else args.threshold),
+        ("--tolerance", args.tolerance),
+        ("--steps", None if args.steps == 16 else args.steps),
+        ("--fill", None if args.fill == "black" else args.fill),
+        ("--insertion-start", None if args.insertion_start == "blur" else args.insertion_start),
+        ("--sanity-images", None if args.sanity_images == SANITY_IMAGES else args.sanity_images),
+        ("--sanity-weights", args.sanity_weights),
+        ("--out", args.out),
+    ):
+        if value is not None:
+            words += [flag, str(value)]
+    for name in args.methods or []:
+        words += ["--method", name]
+    switches = (("--no-curves", args.no_curves), ("--road", args.road), ("--no-figures", args.no_figures))
+    words += [flag for flag, on in switches if on]
+    return shlex.join(words)
+
+
+def torch_model_for(explainer, weights: str | None):
+    """The PyTorch model behind the explainer's model directory, or None (with the reason logged)."""
+    from camserve.default_model import ARCHITECTURE, load_default_model
+
+    manifest = explainer.manifest
+    arch = manifest.architecture
+    if arch == ARCHITECTURE:
+        return load_default_model(weights)
+    if weights is None:
+        log.warning(
+            "sanity check skipped: it needs the PyTorch model of %r; pass its weights with --sanity-weights",
+            manifest.name,
+        )
+        return None
+    from camserve.export import build_from_import_path, load_weights
+
+    if ":" in arch:
+        model = build_from_import_path(arch.removeprefix("module:"))
+    else:
+        from camserve.export.architectures import build_torchvision
+
+        model = build_torchvision(arch, tuple(manifest.input_size), manifest.num_classes)
+    return load_weights(model, weights).eval()
+
+
+def _agrees(explainer, model, images) -> bool:
+    """Whether the PyTorch model computes the exported graph's logits (else its maps mean nothing)."""
+    import torch
+
+    with torch.no_grad():
+        ours = model(images)
+    theirs = explainer.runner.forward(images).to(ours)
+    error = float((ours - theirs).abs().max())
+    tolerance = 1e-3 * (1.0 + float(theirs.abs().max()))
+    if error > tolerance:
+        log.warning(
+            "sanity check skipped: the PyTorch model's logits differ from the exported graph's by %.3g "
+            "(other weights?)",
+            error,
+        )
+        return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    import torch
+
+    from camserve.config import CamserveConfig
+
+    runtime = {}
+    if args.batch_size is not None:
+        runtime["max_graph_batch"] = args.batch_size
+    if args.threads is not None:
+        runtime["intra_op_threads"] = args.threads
+    config = CamserveConfig.load(args.config, overrides={"runtime": runtime} if runtime else None)
+    threads = torch.get_num_threads()
+    if config.runtime.intra_op_threads > 0:
+        # the metrics' perturbations and boxes are torch ops on the CPU: same budget as ONNX Runtime
+        torch.set_num_threads(config.runtime.intra_op_threads)
+    try:
+        return _evaluate(args, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(args: argparse.Namespace, config) -> int:
+    from camserve.errors import CamserveError
+    from camserve.eval.data import BenchmarkData, VocFolder
+    from camserve.eval.evaluate import EvalSettings, Progress, evaluate
+    from camserve.eval.report import ReportContext, write_report
+    from camserve.eval.sanity import explainer_sanity_check
+    from camserve.explainer import Explainer
+    from camserve.images import normalize
+
+    explainer = Explainer(args.model, config=config)
+    manifest = explainer.manifest
+    if args.methods:
+        methods = list(dict.fromkeys(args.methods))
+    else:
+        methods = [m for m in explainer.supported_methods if m not in NOT_CAMS]
+    explainer.check_methods(methods)
+    size = (int(manifest.input_size[1]), int(manifest.input_size[2]))
+
+    if args.data is not None:
+        data = VocFolder(args.data, manifest.class_names, size, image_set=args.image_set)
+        subsets = [(data, args.images)]
+        description = f"PASCAL-VOC folder {args.data} ({min(len(data), args.images or len(data))} images)"
+    else:
+        single = SINGLE_IMAGES if args.images is None else args.images
+        subsets = []
+        if single:
+            subsets.append((BenchmarkData(single, seed=args.seed, size=size), None))
+        if args.multi_images:
+            subsets.append(
+                (BenchmarkData(args.multi_images, seed=args.seed + 1, instances=(2, 4), size=size), None)
+            )
+        description = (
+            f"the generated localisation benchmark (test-split digits, seed {args.seed}): {single} "
+            f"single-instance and {args.multi_images} multi-instance (2-4 copies) images"
+        )
+
+    settings = EvalSettings(
+        methods=tuple(methods),
+        fraction=args.fraction,
+        threshold=args.threshold,
+        tolerance=args.tolerance,
+        steps=args.steps,
+        curves=not args.no_curves,
+        road=args.road,
+        fill=args.fill,
+        insertion_start=args.insertion_start,
+        batch_size=config.runtime.max_graph_batch,
+        seed=args.seed,
+        examples=args.examples,
+    )
+    total = sum(min(len(data), limit or len(data)) for data, limit in subsets)
+    log.info("evaluating %s on %d images: %s + baselines", manifest.name, total, ", ".join(methods))
+    results = evaluate(explainer, subsets, settings, Progress(total, "eval"))
+
+    sanity = None
+    if args.sanity_images:
+        data, limit = subsets[0]
+        batch = data.batch(range(min(args.sanity_images, len(data), limit or len(data))))
+        images = normalize(batch.images, manifest.mean, manifest.std)
+        try:
+            model = torch_model_for(explainer, args.sanity_weights)
+        except CamserveError as exc:  # the report is still worth writing without it
+            log.warning("sanity check skipped: cannot build the PyTorch model (%s)", exc)
+            model = None
+        if model is not None and _agrees(explainer, model, images):
+            log.info("sanity check: cascading randomisation on %d images", len(batch))
+            sanity = explainer_sanity_check(
+                explainer, model, images, batch.labels[:, None], methods, args.seed
+            )
+
+    notes = [
+        f"Model: {manifest.name} ({manifest.architecture}), target layer `{manifest.target_layer}`, "
+        f"input {size[0]}x{size[1]}."
+    ]
+    context = ReportContext(manifest.name, description, command_line(args), settings, notes)
+    written = write_report(
+        results, Path(args.out), context, manifest.class_names, sanity, not args.no_figures
+    )
+    for name in written:
+        log.info("wrote %s", Path(args.out) / name)
+    return 0

@@ -1,0 +1,196 @@
+"""``camserve explain``: CAM maps for image files or preprocessed tensors -> .npz, overlays, a grid.
+
+    camserve explain --method gradcam --method scorecam --target -1 --out result.npz \\
+        --overlay overlays/ --grid grid.png cat.png dog.jpg
+
+IMAGES are image files (resized and normalised as the model's manifest says) or .npy float32
+tensors [N,3,H,W] already preprocessed (used as they are). Without --model the embedded default
+model is used, and without IMAGES it explains a few built-in sample images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from camserve.errors import InvalidArgumentError
+
+SAMPLE_IMAGES = 4  # built-in samples explained when no IMAGES are given with the default model
+SAMPLE_SEED = 2024
+DEFAULT_METHODS = ("gradcam", "gradcam++")  # camserve.explainer.DEFAULT_METHODS (not imported: torch)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="compute class activation maps for images",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGES", help="image files or .npy [N,3,H,W] float32 tensors"
+    )
+    parser.add_argument(
+        "--model", metavar="DIR", help="model directory from `camserve export` (default: built-in)"
+    )
+    parser.add_argument(
+        "--method",
+        action="append",
+        dest="methods",
+        metavar="NAME",
+        help=f"a CAM method; repeat for several (default: {' '.join(DEFAULT_METHODS)}; see --list-methods)",
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        dest="targets",
+        type=int,
+        metavar="CLASS",
+        help="class id to explain, or -k for each image's k-th best class; repeat for several (default: -1)",
+    )
+    parser.add_argument(
+        "--out", metavar="FILE.npz", help="write maps [N,T,H,W] per method, logits, target_ids"
+    )
+    parser.add_argument("--overlay", metavar="DIR", help="write one PNG per image, method and target")
+    parser.add_argument(
+        "--grid", metavar="FILE.png", help="write one figure of images x methods (first target)"
+    )
+    parser.add_argument(
+        "--output-size", metavar="SIZE", help="'input' (default), 'feature' or HxW, e.g. 224x224"
+    )
+    parser.add_argument("--raw", action="store_true", help="do not min-max normalise the maps")
+    parser.add_argument("--smooth-n", type=int, metavar="N", help="Smooth Grad-CAM++ noisy copies")
+    parser.add_argument(
+        "--smooth-sigma", type=float, metavar="S", help="Smooth Grad-CAM++ noise, fraction of range"
+    )
+    parser.add_argument(
+        "--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels"
+    )
+    parser.add_argument("--topk", type=int, metavar="K", help="predictions listed per image (default 5)")
+    parser.add_argument(
+        "--list-methods", action="store_true", help="list the methods this model supports and exit"
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="ask a `camserve serve` server instead of running locally; --model is then a model NAME",
+    )
+    parser.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    """Configuration file (--config) and environment, then this command's flags."""
+    from camserve.config import CamserveConfig
+
+    flags = {
+        "output_size": args.output_size,
+        "normalize": False if args.raw else None,
+        "smooth_n": args.smooth_n,
+        "smooth_sigma": args.smooth_sigma,
+        "score_top_n": args.score_top_n,
+        "topk_predictions": args.topk,
+    }
+    explain = {name: value for name, value in flags.items() if value is not None}
+    return CamserveConfig.load(args.config, overrides={"explain": explain} if explain else None)
+
+
+def build_explainer(args: argparse.Namespace, config):
+    """The object whose ``explain(images, methods, targets)`` answers this command: a local Explainer
+    on --model (None: the default model). A remote explainer (``--server host:port``, talking to
+    ``camserve serve``) belongs here, returning an object with the same ``explain`` signature."""
+    if args.server:
+        return _remote_explainer(args, config)
+    from camserve.explainer import Explainer
+
+    return Explainer(args.model, config=config)
+
+
+def _remote_explainer(args: argparse.Namespace, config):
+    """--server: a camserve.Client, which has the Explainer's explain / preprocess / supported_methods;
+    --model names one of the server's models (default: its only one), the explain options go along."""
+    from camserve.client import Client
+
+    return Client(args.server, model=args.model, options=config.explain)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    _check_output_paths(args)
+    explainer = build_explainer(args, config)
+    if args.list_methods:
+        from camserve.methods import method_class
+
+        for name in explainer.supported_methods:
+            print(f"{name:16s} {method_class(name).cost}")
+        return 0
+    images, names = _load_inputs(args, explainer)
+    methods = args.methods or list(DEFAULT_METHODS)
+    targets = [args.targets] if args.targets else None  # [1,T]: the same targets for every image
+    result = explainer.explain(images, methods=methods, targets=targets)
+
+    written: list[Path] = []
+    if args.out:
+        written.append(result.save_npz(args.out))
+    if args.overlay or args.grid:
+        from camserve.visualize import save_grid, save_overlays
+
+        normalised = config.explain.normalize
+        if args.overlay:
+            written.extend(save_overlays(result, args.overlay, names=names, normalised=normalised))
+        if args.grid:
+            written.append(save_grid(result, args.grid, names=names, normalised=normalised))
+
+    for index, name in enumerate(names):
+        best = result.predictions[index][0]
+        explained = ", ".join(result.class_name(int(c)) for c in result.target_ids[index])
+        print(f"{name}: predicted {best.name!r} (p = {best.probability:.3f}); explained: {explained}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse unusable output paths before any work is done."""
+    for flag, value in (("out", args.out), ("grid", args.grid)):
+        if value is None:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise InvalidArgumentError(flag, f"{path} is a directory; give a file name")
+        if not path.parent.is_dir():
+            raise InvalidArgumentError(flag, f"directory {path.parent} does not exist")
+    if args.overlay is not None and Path(args.overlay).exists() and not Path(args.overlay).is_dir():
+        raise InvalidArgumentError("overlay", f"{args.overlay} exists and is not a directory")
+
+
+def _load_inputs(args: argparse.Namespace, explainer):
+    """The preprocessed batch [N,3,H,W] and one display name per image."""
+    import torch
+
+    if not args.images:
+        if args.model is not None:
+            raise InvalidArgumentError(
+                "IMAGES",
+                "give at least one image file or .npy tensor (only the default model has built-in samples)",
+            )
+        return _sample_images(explainer)
+    batches, names = [], []
+    for item in args.images:
+        batch = explainer.preprocess(item)
+        batches.append(batch)
+        stem = Path(item).stem
+        names.extend([stem] if batch.shape[0] == 1 else [f"{stem}-{i}" for i in range(batch.shape[0])])
+    return torch.cat(batches), names
+
+
+def _sample_images(explainer):
+    """A few images of the default model's test split, as uint8 pixels through normal preprocessing."""
+    import torch
+
+    from camserve.default_model.data import make_localisation_dataset
+
+    dataset = make_localisation_dataset(SAMPLE_IMAGES, seed=SAMPLE_SEED, split="test")
+    pixels = (dataset.images * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
+    names = [f"sample{i}-digit{int(label)}" for i, label in enumerate(dataset.labels)]
+    return explainer.preprocess(pixels), names

@@ -1,0 +1,94 @@
+"""``camserve serve``: the gRPC explanation service.
+
+    camserve serve                                   # the embedded default model on 127.0.0.1:50051
+    camserve serve --models ./models --host 0.0.0.0 --port 50051
+
+Every model directory under --models is served under its directory's name. Flags override the
+configuration (file given with --config, then CAMSERVE_* variables, then these flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from camserve.config import CamserveConfig
+
+# flag -> (config section, field); flags left unset keep the configured value.
+_FLAGS: dict[str, tuple[str, str]] = {
+    "models": ("service", "models"),
+    "host": ("service", "host"),
+    "port": ("service", "port"),
+    "max_batch_size": ("service", "max_batch_size"),
+    "max_queue_delay_ms": ("service", "max_queue_delay_ms"),
+    "max_queue_size": ("service", "max_queue_size"),
+    "max_message_bytes": ("service", "max_message_bytes"),
+    "grace_period_s": ("service", "grace_period_s"),
+    "metrics_port": ("service", "metrics_port"),
+    "device": ("runtime", "device"),
+    "kernels": ("runtime", "kernels"),
+    "intra_op_threads": ("runtime", "intra_op_threads"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve CAM explanations over gRPC",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "--models", metavar="DIR", help="directory of model directories (default: the default model)"
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
+    parser.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    parser.add_argument("--max-batch-size", type=int, help="images coalesced into one run")
+    parser.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a fuller batch")
+    parser.add_argument(
+        "--max-queue-size", type=int, help="images waiting per model before RESOURCE_EXHAUSTED"
+    )
+    parser.add_argument("--max-message-bytes", type=int, help="largest request or response message")
+    parser.add_argument("--grace-period-s", type=float, help="time requests in flight get on shutdown")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: none)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--kernels", choices=("auto", "triton", "torch"))
+    parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per run (0: all cores)")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> CamserveConfig:
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, (section, name) in _FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.setdefault(section, {})[name] = value
+    return CamserveConfig.load(args.config, overrides=overrides)
+
+
+def model_directories(config: CamserveConfig) -> dict[str, Path]:
+    """Name -> model directory: everything under service.models, or the embedded default model."""
+    from camserve.service.models import discover_models
+
+    if config.service.models:
+        return discover_models(config.service.models)
+    from camserve.default_model import default_model_dir
+    from camserve.modeldir import ModelDirectory
+
+    path = Path(default_model_dir(cache_dir=config.runtime.cache_dir))
+    # Its cache folder is named after the weights' checksum; clients know it by its manifest name.
+    return {ModelDirectory(path, verify=False).name: path}
+
+
+def run(args: argparse.Namespace) -> int:
+    from camserve.service.models import ModelRegistry
+    from camserve.service.server import check_service_config, serve
+
+    config = config_from_args(args)
+    check_service_config(config.service)  # before the models load
+    models = ModelRegistry.load(model_directories(config), config)
+    asyncio.run(serve(config, models))
+    return 0

@@ -1,0 +1,68 @@
+"""DigitCamNet: the small CNN of the default model.
+
+    image [3,64,64] -> features (4 conv blocks, stride 4 in all) -> A [64,16,16]
+                    -> pool (global average) -> fc (linear, 10 classes) -> logits
+
+The head is exactly GAP -> linear, so the original CAM (Zhou et al. 2016) applies, and the target
+layer is the module named ``features``: its output is the last conv block's ReLU, before pooling.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+TARGET_LAYER = "features"
+INPUT_SIZE: tuple[int, int, int] = (3, 64, 64)
+# Per-channel statistics of the training images (make_localisation_dataset(4096, seed=0,
+# instances=(1, 4))), rounded; the images fed to the model are (x - MEAN) / STD.
+MEAN: list[float] = [0.24, 0.24, 0.24]
+STD: list[float] = [0.17, 0.17, 0.17]
+
+
+def conv_block(in_channels: int, out_channels: int, stride: int, dilation: int) -> nn.Sequential:
+    """3x3 conv (no bias: BatchNorm follows) -> BatchNorm -> ReLU."""
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(
+                in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+            ),
+            bn=nn.BatchNorm2d(out_channels),
+            relu=nn.ReLU(),
+        )
+    )
+
+
+class DigitCamNet(nn.Module):
+    """Four conv blocks (64x64 -> 32x32 -> 32x32 -> 16x16 -> 16x16), GAP, one linear layer."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, ...] = (16, 32, 48, 64),
+        strides: tuple[int, ...] = (2, 2, 1, 1),
+        dilations: tuple[int, ...] = (1, 1, 1, 2),
+    ) -> None:
+        super().__init__()
+        blocks = OrderedDict()
+        in_channels = INPUT_SIZE[0]
+        for index, (width, stride, dilation) in enumerate(zip(widths, strides, dilations, strict=True), start=1):
+            blocks[f"block{index}"] = conv_block(in_channels, width, stride, dilation)
+            in_channels = width
+        self.features = nn.Sequential(blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N,3,64,64], already normalised with MEAN/STD -> logits [N,num_classes]."""
+        return self.fc(self.flatten(self.pool(self.features(images))))
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """[N,3,H,W] images in [0,1] -> the model's input, (x - MEAN) / STD per channel."""
+    mean = torch.tensor(MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std

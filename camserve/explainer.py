@@ -1,0 +1,217 @@
+"""The Python API: ``Explainer(model).explain(images, methods, targets)`` -> ExplainResult.
+
+>>> from camserve import Explainer
+>>> explainer = Explainer()                      # the embedded default model
+>>> result = explainer.explain(["cat.png"], methods=["gradcam", "scorecam"], targets=[[-1, -2]])
+>>> result.maps["gradcam"].shape                 # [N, T, H, W]
+(1, 2, 64, 64)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camserve.config import CamserveConfig, ExplainOptions, RuntimeConfig
+from camserve.errors import InvalidArgumentError, UnsupportedError
+from camserve.images import ImageLike, preprocess
+from camserve.methods import ComputedMaps, compute_maps, known_methods, method_class, parse_methods
+from camserve.methods.targets import TargetsLike
+from camserve.modeldir import ModelDirectory
+from camserve.outputs import GraphRunner
+from camserve.result import ExplainResult, Prediction
+
+DEFAULT_METHODS = ("gradcam", "gradcam++")
+CAM_WEIGHTS_KEY = "weight"  # cam_weights.npz: "weight" [C,K] and "bias" [C], as camserve.export writes them
+
+# Why a method cannot run on a model that lacks one of its requirements.
+_MISSING = {
+    "cam_weights": "its head is not global average pooling followed by one linear layer, so it has no "
+    "class weights for CAM (gradcam gives CAM's map on such heads)",
+    "guided": "it was exported without a guided-backprop graph",
+    "forward": "it was exported without a forward graph",
+    "head": "it was exported without a head graph (the layers after the target layer could not be cut out)",
+}
+
+
+class Explainer:
+    """Explains one model's predictions with CAM methods.
+
+    model   a model directory (``camserve export`` output) as a path or ModelDirectory; None: the
+            embedded default model, built into ``config.runtime.cache_dir`` on first use
+    config  None: ``CamserveConfig.load()`` (defaults, then ``CAMSERVE_*`` environment variables)
+    runner  what runs the graphs; None: ONNX Runtime on the model directory's graphs
+            (``camserve.runtime.OnnxGraphRunner``). Pass ``camserve.export.reference.TorchGraphRunner``
+            to run eager PyTorch instead.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | ModelDirectory | None = None,
+        config: CamserveConfig | None = None,
+        runner: GraphRunner | None = None,
+    ) -> None:
+        self.config = config if config is not None else CamserveConfig.load()
+        self.model_dir = _model_directory(model, self.config.runtime)
+        self.manifest = self.model_dir.manifest
+        self.runner = runner if runner is not None else _onnx_runner(self.model_dir, self.config.runtime)
+        self.cam_weights = _cam_weights(self.model_dir)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest.class_names)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        channels, height, width = self.manifest.input_size
+        return int(channels), int(height), int(width)
+
+    @property
+    def supported_methods(self) -> list[str]:
+        """The methods this model can run: ``cam`` only with classifier weights (GAP -> linear head),
+        the guided ones only with a guided graph, and so on."""
+        return [name for name in known_methods() if not self._missing(name)]
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
+        """Images in any accepted form (see ``camserve.images``) -> float32 [N,3,H,W] model input."""
+        return preprocess(images, self.manifest.input_size, self.manifest.mean, self.manifest.std)
+
+    def explain(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        methods: str | Sequence[str] = DEFAULT_METHODS,
+        targets: TargetsLike = None,
+        options: ExplainOptions | None = None,
+    ) -> ExplainResult:
+        """Maps of every method for every image and target.
+
+        images   file paths, PIL images, uint8 [H,W,3] pixels or float32 [N,3,H,W] preprocessed
+                 tensors, alone or in a list (``camserve.images``)
+        methods  names from ``supported_methods``; all gradient methods share one explain run
+        targets  None (explain each prediction), an int for all images, or an [N,T] / [1,T] table
+                 of class ids where -k means the k-th best class (``camserve.methods.targets``)
+        options  None: ``config.explain``
+        """
+        options = options if options is not None else self.config.explain
+        method_names = [method.name for method in parse_methods(methods)]
+        self.check_methods(method_names)
+        batch = self.preprocess(images)
+        computed = self.compute(batch, targets, method_names, options)
+        return self._result(batch, computed, options)
+
+    def compute(
+        self,
+        images: torch.Tensor,
+        targets: TargetsLike,
+        methods: Sequence[str],
+        options: ExplainOptions | None = None,
+    ) -> ComputedMaps:
+        """The tensor-level call under :meth:`explain`: preprocessed images [N,3,H,W] in, torch maps
+        out (for callers that stay in torch, such as the service's batcher)."""
+        self.check_methods(methods)
+        return compute_maps(
+            self.runner,
+            images,
+            targets,
+            methods,
+            num_classes=self.manifest.num_classes,
+            options=options if options is not None else self.config.explain,
+            runtime=self.config.runtime,
+            cam_weights=self.cam_weights,
+            model_name=self.name,
+        )
+
+    def check_methods(self, methods: Sequence[str]) -> None:
+        """InvalidArgumentError for unknown names, UnsupportedError (with why) for methods this model
+        cannot run."""
+        for name in methods:
+            missing = self._missing(name)
+            if missing:
+                raise UnsupportedError(
+                    f"methods: {name!r} cannot run on model {self.name!r}: {_MISSING.get(missing, missing)} "
+                    f"(supported: {', '.join(self.supported_methods)})"
+                )
+
+    def _missing(self, name: str) -> str | None:
+        for requirement in sorted(method_class(name).requires):
+            if requirement == "cam_weights":
+                if self.cam_weights is None:
+                    return requirement
+            elif not self.model_dir.has_graph(requirement):
+                return requirement
+        return None
+
+    def _result(self, images: torch.Tensor, computed: ComputedMaps, options: ExplainOptions) -> ExplainResult:
+        logits = computed.logits.detach().to("cpu", torch.float32)
+        probabilities = torch.softmax(logits, dim=1)
+        top = probabilities.topk(min(options.topk_predictions, probabilities.shape[1]), dim=1)
+        names = self.class_names
+        predictions = [
+            [
+                Prediction(int(class_id), names[int(class_id)], float(probability))
+                for probability, class_id in zip(row_probabilities, row_ids, strict=True)
+            ]
+            for row_probabilities, row_ids in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ]
+        return ExplainResult(
+            maps={method: _numpy(maps) for method, maps in computed.maps.items()},
+            logits=logits.numpy(),
+            probabilities=probabilities.numpy(),
+            target_ids=computed.target_ids.detach().to("cpu", torch.int64).numpy(),
+            predictions=predictions,
+            images=_numpy(images),
+            class_names=names,
+            mean=list(self.manifest.mean),
+            std=list(self.manifest.std),
+            rgb={method: _numpy(rgb) for method, rgb in computed.rgb.items()},
+            model_name=self.name,
+        )
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def _model_directory(
+    model: str | os.PathLike[str] | ModelDirectory | None, runtime: RuntimeConfig
+) -> ModelDirectory:
+    if isinstance(model, ModelDirectory):
+        return model
+    if model is None:
+        from camserve.default_model import default_model_dir
+
+        found = default_model_dir(cache_dir=runtime.cache_dir)
+        return found if isinstance(found, ModelDirectory) else ModelDirectory(found)
+    if isinstance(model, str | os.PathLike):
+        return ModelDirectory(Path(model))
+    raise InvalidArgumentError(
+        "model", f"expected a model directory path, a ModelDirectory or None, got {type(model).__name__}"
+    )
+
+
+def _onnx_runner(model_dir: ModelDirectory, runtime: RuntimeConfig) -> GraphRunner:
+    from camserve.runtime import OnnxGraphRunner  # imports onnxruntime: only when it is needed
+
+    return OnnxGraphRunner(model_dir, runtime)
+
+
+def _cam_weights(model_dir: ModelDirectory) -> torch.Tensor | None:
+    """Classifier W [C,K] from cam_weights.npz, None when the head is not GAP -> linear."""
+    entry = model_dir.manifest.cam_weights
+    if entry is None:
+        return None
+    path = model_dir.path / entry.file
+    with np.load(path, allow_pickle=False) as data:
+        if CAM_WEIGHTS_KEY not in data.files:
+            raise InvalidArgumentError(
+                "model", f"{path}: no {CAM_WEIGHTS_KEY!r} array (has {', '.join(data.files)})"
+            )
+        return torch.from_numpy(np.ascontiguousarray(data[CAM_WEIGHTS_KEY], dtype=np.float32))

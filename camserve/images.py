@@ -1,0 +1,172 @@
+"""Turning what users pass as images into the model's input: a float32 tensor [N,3,H,W].
+
+Accepted, alone or in a list (mixed freely; results are concatenated in order):
+
+* a file path (str or os.PathLike): an image file (anything Pillow reads) -> resized, normalised;
+  a ``.npy`` file -> a float32 array [N,3,H,W] or [3,H,W], already preprocessed, used as it is;
+* a PIL image (any mode; converted to RGB) -> resized, normalised;
+* a uint8 array or tensor, [H,W,3] or [N,H,W,3] (channels last, as PIL and numpy have them)
+  -> resized, normalised;
+* a float32 array or tensor, [3,H,W] or [N,3,H,W] (channels first) -> already preprocessed: used as
+  it is, so H x W must be the model's input size.
+
+The dtype decides which: uint8 is pixels, float32 is a preprocessed tensor; anything else is
+refused. Preprocessing follows the manifest: bilinear resize to the input size (antialiased, plain
+stretch, no crop), /255, then (x - mean) / std per channel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from camserve.errors import InvalidArgumentError, NotFoundError
+
+ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+def preprocess(
+    images: ImageLike | Sequence[ImageLike],
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """Images in any accepted form -> float32 [N,3,H,W] on the CPU, normalised as the model expects.
+
+    input_size is the manifest's [3, H, W]. Raises InvalidArgumentError("images[i]", ...) naming
+    the offending item (NotFoundError for a missing file); never returns an empty batch.
+    """
+    channels, height, width = (int(v) for v in input_size)
+    items = list(images) if isinstance(images, list | tuple) else [images]
+    if not items:
+        raise InvalidArgumentError("images", "no images given")
+    single = len(items) == 1 and not isinstance(images, list | tuple)
+    batches = []
+    for index, item in enumerate(items):
+        name = "images" if single else f"images[{index}]"
+        batch = _one_item(item, name, (height, width), mean, std)
+        if batch.shape[1:] != (channels, height, width):
+            raise InvalidArgumentError(
+                name,
+                f"preprocessed input must be [N,{channels},{height},{width}] (the model's input size), "
+                f"got {list(batch.shape)}",
+            )
+        batches.append(batch)
+    batch = torch.cat(batches)
+    if batch.shape[0] == 0:
+        raise InvalidArgumentError("images", "no images given (empty batch)")
+    finite = torch.isfinite(batch).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(torch.nonzero(~finite)[0])
+        raise InvalidArgumentError("images", f"image {bad} has NaN or infinite values")
+    return batch
+
+
+def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x - mean) / std per channel, for images [N,3,H,W] with values in [0, 1]."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device).reshape(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device).reshape(1, -1, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The inverse of :func:`normalize`, clamped to [0, 1]: preprocessed input back to pixels."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).reshape(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).reshape(1, -1, 1, 1)
+    return (images * std_t + mean_t).clamp(0.0, 1.0)
+
+
+def _one_item(
+    item: ImageLike, name: str, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    from PIL import Image
+
+    if isinstance(item, str | os.PathLike):
+        path = Path(item)
+        if not path.is_file():
+            raise NotFoundError(f"{name}: no such file: {path}")
+        if path.suffix.lower() == ".npy":
+            return _preprocessed(torch.from_numpy(_load_npy(path, name)), name)
+        return _pixels(_read_image(path, name), name, size, mean, std)
+    if isinstance(item, Image.Image):
+        return _pixels(torch.from_numpy(np.asarray(item.convert("RGB")).copy()), name, size, mean, std)
+    if isinstance(item, np.ndarray):
+        contiguous = np.ascontiguousarray(item)
+        # torch wants writable memory (e.g. np.asarray(PIL image) is read-only)
+        item = torch.from_numpy(contiguous if contiguous.flags.writeable else contiguous.copy())
+    if isinstance(item, torch.Tensor):
+        tensor = item.detach().cpu()
+        if tensor.dtype == torch.uint8:
+            return _pixels(tensor, name, size, mean, std)
+        if tensor.dtype == torch.float32:
+            return _preprocessed(tensor, name)
+        raise InvalidArgumentError(
+            name,
+            f"dtype {str(tensor.dtype).removeprefix('torch.')} is not accepted: pass uint8 pixels [H,W,3] "
+            "or a float32 preprocessed tensor [N,3,H,W]",
+        )
+    raise InvalidArgumentError(
+        name, f"expected a file path, PIL image, numpy array or torch tensor, got {type(item).__name__}"
+    )
+
+
+def _preprocessed(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    if tensor.dtype != torch.float32:
+        raise InvalidArgumentError(name, f"a preprocessed tensor must be float32, got {tensor.dtype}")
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 4 or tensor.shape[1] != 3:
+        raise InvalidArgumentError(
+            name, f"a preprocessed tensor must be [N,3,H,W] or [3,H,W], got shape {list(tensor.shape)}"
+        )
+    return tensor
+
+
+def _pixels(
+    pixels: torch.Tensor, name: str, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 [H,W,3] or [N,H,W,3] -> resized, normalised float32 [N,3,H,W]."""
+    if pixels.ndim == 3:
+        pixels = pixels.unsqueeze(0)
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        hint = (
+            " (a channels-first uint8 tensor needs .permute(1, 2, 0))" if pixels.shape[-3:-2] == (3,) else ""
+        )
+        raise InvalidArgumentError(
+            name, f"uint8 pixels must be [H,W,3] or [N,H,W,3] RGB, got shape {list(pixels.shape)}{hint}"
+        )
+    if pixels.shape[1] == 0 or pixels.shape[2] == 0:
+        raise InvalidArgumentError(name, f"the image is empty (shape {list(pixels.shape)})")
+    unit = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    if tuple(unit.shape[-2:]) != size:
+        unit = F.interpolate(unit, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(
+            0, 1
+        )
+    return normalize(unit, mean, std)
+
+
+def _read_image(path: Path, name: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise InvalidArgumentError(name, f"{path} is not a readable image ({exc})") from None
+    return torch.from_numpy(np.asarray(rgb).copy())
+
+
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InvalidArgumentError(name, f"{path} is not a readable .npy array ({exc})") from None
+    if array.dtype != np.float32:
+        raise InvalidArgumentError(name, f"{path}: a preprocessed .npy must be float32, got {array.dtype}")
+    return np.ascontiguousarray(array)

@@ -1,0 +1,144 @@
+"""The base class every CAM method derives from, the context it reads, and the method registry.
+
+A method turns what the graphs returned into maps. It never runs the explain graph itself: the
+explainer runs it once for all requested methods (``camserve.methods.compute``) and hands each
+method a :class:`MethodContext`. Methods that need more (Score-CAM's masked images, Ablation-CAM's
+head runs, guided backprop) ask the runner through the context, in batches of
+``runtime.max_graph_batch``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from camserve import kernels
+from camserve.config import ExplainOptions, RuntimeConfig
+from camserve.errors import InvalidArgumentError
+from camserve.outputs import ExplainOutputs, GraphRunner
+
+#: What a method may need beyond the explain graph: graph names of the model directory, plus
+#: "cam_weights" (the classifier's W [C,K], present only for GAP -> linear heads).
+Requirement = str
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may read for one batch of N images and T targets per image.
+
+    images          [N,3,H,W] preprocessed input (what the explain graph saw)
+    outputs         the explain graph's outputs for ``images``; ``outputs.target_ids`` are resolved
+    noisy_gradients [S,N,T,K,h,w] gradients of S noisy copies of every image (same target ids), or
+                    None when no method asked for noisy copies
+    cam_weights     classifier W [C,K] when the head is GAP -> linear, else None
+    """
+
+    runner: GraphRunner
+    images: torch.Tensor
+    outputs: ExplainOutputs
+    options: ExplainOptions
+    runtime: RuntimeConfig
+    noisy_gradients: torch.Tensor | None = None
+    cam_weights: torch.Tensor | None = None
+    model_name: str = "model"
+    weight_rules: tuple[str, ...] = ()  # channel-weight rules the batch's methods read (one pass for all)
+    _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.images.shape[-2]), int(self.images.shape[-1])
+
+    @property
+    def backend(self) -> str:
+        return self.runtime.kernels
+
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(activations, gradients) of each target layer; model directories have one layer today."""
+        return [(self.outputs.activations, self.outputs.gradients)]
+
+    def shared(self, key: str, make: Callable[[], _T]) -> _T:
+        """``make()`` computed once per batch: products several methods use (guided gradients,
+        the Grad-CAM map under guided Grad-CAM) are not computed twice."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
+
+
+@dataclass
+class MethodMaps:
+    """What a method returns: maps [N,T,h,w] (ReLU'd, not normalised) at ``resolution``
+    ("feature": the target layer's h x w; "input": H x W), and, for methods whose evidence has
+    colour channels (guided backprop), the raw signed per-channel array [N,T,3,H,W]."""
+
+    maps: torch.Tensor
+    resolution: str = "feature"
+    rgb: torch.Tensor | None = None
+
+
+class CamMethod(ABC):
+    """A CAM method. Subclasses set the class attributes and implement :meth:`compute`; their
+    docstring carries the paper's formula and citation.
+
+    ``requires``: graphs (and "cam_weights") the model directory must have besides "explain".
+    ``cost``: what one call costs beyond the shared explain run, for docs and ``known_methods``.
+    ``weight_rules``: the ``kernels.channel_weights`` rules the method reads, so that a batch asking
+    for several gets all their weights from one pass over A and g.
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[Requirement]] = frozenset()
+    weight_rules: ClassVar[tuple[str, ...]] = ()
+    cost: ClassVar[str] = "nothing beyond the shared explain run"
+    class_agnostic: ClassVar[bool] = False
+
+    def noisy_copies(self, options: ExplainOptions) -> int:
+        """How many noisy copies of each image this method needs in the explain run."""
+        return 0
+
+    @abstractmethod
+    def compute(self, ctx: MethodContext) -> MethodMaps:
+        """Maps for every image and target of ``ctx``."""
+
+    @staticmethod
+    def weighted_maps(ctx: MethodContext, weights: torch.Tensor) -> torch.Tensor:
+        """ReLU(sum_k w_k A^k) with channel weights [N,T,K] on the explain run's activations."""
+        return kernels.weighted_sum_relu(ctx.outputs.activations, weights, backend=ctx.backend)
+
+
+_REGISTRY: dict[str, type[CamMethod]] = {}
+
+_M = TypeVar("_M", bound=type[CamMethod])
+
+
+def register(cls: _M) -> _M:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"CAM method {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def known_methods() -> list[str]:
+    """Names of every registered method, in registration order."""
+    return list(_REGISTRY)
+
+
+def method_class(name: str) -> type[CamMethod]:
+    """The class registered under ``name``; an unknown name lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InvalidArgumentError(
+            "methods", f"unknown method {name!r}; known: {', '.join(known_methods())}"
+        ) from None
+
+
+def get_method(name: str) -> CamMethod:
+    return method_class(name)()

@@ -1,0 +1,211 @@
+"""Plans and runs one explanation batch: one explain-graph run shared by every requested method,
+then each method's maps, resized to the requested output size and min-max normalised.
+
+This is the tensor-level entry point (the Python API, the CLI and the service all end here);
+``camserve.Explainer`` wraps it with image loading, target parsing and numpy results.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from camserve import kernels
+from camserve.config import ExplainOptions, RuntimeConfig
+from camserve.errors import InvalidArgumentError
+from camserve.methods.base import CamMethod, MethodContext, MethodMaps, get_method
+from camserve.methods.targets import parse_targets, resolve_targets
+from camserve.outputs import ExplainOutputs, GraphRunner
+
+MAX_OUTPUT_SIDE = 8192  # "HxW" output sizes beyond this are refused rather than allocated
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+@dataclass
+class ComputedMaps:
+    """maps[method] [N,T,H',W'] float32 (H'xW' the output size); rgb[method] [N,T,3,H,W] for methods
+    with colour evidence (guided); logits [N,C]; target_ids [N,T] resolved; feature_size (h, w)."""
+
+    maps: dict[str, torch.Tensor]
+    rgb: dict[str, torch.Tensor]
+    logits: torch.Tensor
+    target_ids: torch.Tensor
+    feature_size: tuple[int, int]
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[CamMethod]:
+    """Method objects for ``methods`` (a name or a sequence of names), duplicates dropped."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise InvalidArgumentError("methods", "no method given")
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidArgumentError("methods", f"expected method names, got {name!r}")
+    return [get_method(name) for name in dict.fromkeys(names)]
+
+
+def check_options(options: ExplainOptions) -> None:
+    """InvalidArgumentError naming the field for options no method could honour."""
+    parse_output_size(options.output_size, input_size=(1, 1), feature_size=(1, 1))
+    if not options.eps >= 0:
+        raise InvalidArgumentError("options.eps", f"must be >= 0, got {options.eps}")
+    if options.smooth_n < 1:
+        raise InvalidArgumentError("options.smooth_n", f"must be >= 1, got {options.smooth_n}")
+    if not options.smooth_sigma >= 0:
+        raise InvalidArgumentError("options.smooth_sigma", f"must be >= 0, got {options.smooth_sigma}")
+    if options.score_top_n < 0:
+        raise InvalidArgumentError("options.score_top_n", f"must be >= 0 (0: all), got {options.score_top_n}")
+    if options.topk_predictions < 1:
+        raise InvalidArgumentError(
+            "options.topk_predictions", f"must be >= 1, got {options.topk_predictions}"
+        )
+
+
+def parse_output_size(
+    output_size: str, input_size: tuple[int, int], feature_size: tuple[int, int]
+) -> tuple[int, int]:
+    """ "input" -> the model's input H x W; "feature" -> the target layer's h x w; "HxW" -> (H, W)."""
+    if output_size == "input":
+        return input_size
+    if output_size == "feature":
+        return feature_size
+    match = _SIZE.match(output_size) if isinstance(output_size, str) else None
+    if match is None:
+        raise InvalidArgumentError(
+            "options.output_size",
+            f"expected 'input', 'feature' or 'HxW' (e.g. '224x224'), got {output_size!r}",
+        )
+    size = int(match.group(1)), int(match.group(2))
+    if not all(1 <= side <= MAX_OUTPUT_SIDE for side in size):
+        raise InvalidArgumentError(
+            "options.output_size", f"each side must be in [1, {MAX_OUTPUT_SIDE}], got {output_size!r}"
+        )
+    return size
+
+
+def compute_maps(
+    runner: GraphRunner,
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+    methods: str | Sequence[str],
+    *,
+    num_classes: int,
+    options: ExplainOptions | None = None,
+    runtime: RuntimeConfig | None = None,
+    cam_weights: torch.Tensor | None = None,
+    model_name: str = "model",
+) -> ComputedMaps:
+    """Maps of ``methods`` for preprocessed ``images`` [N,3,H,W] and ``targets`` (see
+    ``camserve.methods.targets``) from one explain-graph run plus what each method adds."""
+    options = options or ExplainOptions()
+    runtime = runtime or RuntimeConfig()
+    method_objects = parse_methods(methods)
+    check_options(options)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise InvalidArgumentError(
+            "images", f"expected a non-empty [N,3,H,W] batch, got shape {list(images.shape)}"
+        )
+    num_images = images.shape[0]
+    target_table = parse_targets(targets, num_images, num_classes)
+
+    copies = max(method.noisy_copies(options) for method in method_objects)
+    noisy_gradients = None
+    if copies == 0:
+        outputs = _explain_batched(runner, images, target_table, runtime.max_graph_batch)
+    else:
+        if bool((target_table < 0).any()):
+            # Noisy copies must explain the clean image's class, not their own top class.
+            logits = _forward_batched(runner, images, runtime.max_graph_batch)
+            target_table = resolve_targets(target_table, logits)
+        noisy = _noisy_copies(images, copies, options.smooth_sigma, options.smooth_seed)
+        batch = torch.cat([images, noisy.flatten(0, 1)])
+        everything = _explain_batched(
+            runner, batch, target_table.repeat(copies + 1, 1), runtime.max_graph_batch
+        )
+        outputs = ExplainOutputs(
+            logits=everything.logits[:num_images],
+            activations=everything.activations[:num_images],
+            gradients=everything.gradients[:num_images],
+            target_ids=everything.target_ids[:num_images],
+            extra_tokens=None if everything.extra_tokens is None else everything.extra_tokens[:num_images],
+        )
+        noisy_gradients = everything.gradients[num_images:].unflatten(0, (copies, num_images))
+
+    ctx = MethodContext(
+        runner=runner,
+        images=images,
+        outputs=outputs,
+        options=options,
+        runtime=runtime,
+        noisy_gradients=noisy_gradients,
+        cam_weights=cam_weights,
+        model_name=model_name,
+        weight_rules=tuple(dict.fromkeys(rule for method in method_objects for rule in method.weight_rules)),
+    )
+    input_size = (int(images.shape[-2]), int(images.shape[-1]))
+    feature_size = (int(outputs.activations.shape[-2]), int(outputs.activations.shape[-1]))
+    size = parse_output_size(options.output_size, input_size, feature_size)
+    maps: dict[str, torch.Tensor] = {}
+    rgb: dict[str, torch.Tensor] = {}
+    for method in method_objects:
+        result = method.compute(ctx)
+        maps[method.name] = _finish(result, size, options, runtime.kernels).to(torch.float32)
+        if result.rgb is not None:
+            rgb[method.name] = result.rgb.to(torch.float32)
+    return ComputedMaps(maps, rgb, outputs.logits, outputs.target_ids, feature_size)
+
+
+def _finish(result: MethodMaps, size: tuple[int, int], options: ExplainOptions, backend: str) -> torch.Tensor:
+    """Resize to ``size`` and min-max normalise (unless options.normalize is False)."""
+    maps = result.maps
+    if result.resolution == "input" and tuple(maps.shape[-2:]) != size:
+        # Input-resolution evidence (guided gradients) is high-frequency: a smaller output averages
+        # each output pixel's footprint (bilinear sampling would keep arbitrary pixels); a larger
+        # one is bilinear.
+        n, t, h, w = maps.shape
+        flat = maps.reshape(n * t, 1, h, w)
+        if size[0] <= h and size[1] <= w:
+            flat = F.adaptive_avg_pool2d(flat, size)
+        else:
+            flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+        maps = flat.reshape(n, t, *size)
+        return kernels.upsample_normalize(maps, None, options.normalize, options.eps, backend=backend)
+    return kernels.upsample_normalize(maps, size, options.normalize, options.eps, backend=backend)
+
+
+def _noisy_copies(images: torch.Tensor, copies: int, sigma_fraction: float, seed: int) -> torch.Tensor:
+    """[S,N,3,H,W]: images + N(0, sigma^2), sigma = sigma_fraction * (max - min) of each image."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn((copies, *images.shape), generator=generator, dtype=torch.float32)
+    value_range = images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))  # [N]
+    sigma = (sigma_fraction * value_range).reshape(1, -1, 1, 1, 1)
+    return images.unsqueeze(0) + noise.to(images.device) * sigma
+
+
+def _explain_batched(
+    runner: GraphRunner, images: torch.Tensor, targets: torch.Tensor, batch: int
+) -> ExplainOutputs:
+    if images.shape[0] <= batch:
+        return runner.explain(images, targets)
+    parts = [
+        runner.explain(images[start : start + batch], targets[start : start + batch])
+        for start in range(0, images.shape[0], batch)
+    ]
+    extra = None if parts[0].extra_tokens is None else torch.cat([p.extra_tokens for p in parts])
+    return ExplainOutputs(
+        logits=torch.cat([p.logits for p in parts]),
+        activations=torch.cat([p.activations for p in parts]),
+        gradients=torch.cat([p.gradients for p in parts]),
+        target_ids=torch.cat([p.target_ids for p in parts]),
+        extra_tokens=extra,
+    )
+
+
+def _forward_batched(runner: GraphRunner, images: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat(
+        [runner.forward(images[start : start + batch]) for start in range(0, images.shape[0], batch)]
+    )

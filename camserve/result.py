@@ -1,0 +1,96 @@
+"""What ``Explainer.explain`` returns: maps per method, logits, targets and predictions, as numpy."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camserve.errors import InvalidArgumentError
+from camserve.images import denormalize
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_id: int
+    name: str
+    probability: float  # softmax of the logits
+
+
+@dataclass
+class ExplainResult:
+    """Maps and predictions for N images and T targets per image.
+
+    maps[method]  float32 [N,T,H',W']  ReLU'd maps, min-max normalised to [0, 1] per map unless
+                                       ExplainOptions.normalize is False; H'xW' is the output size
+    rgb[method]   float32 [N,T,3,H,W]  signed colour evidence of guidedbackprop / guidedgradcam
+    logits        float32 [N,C]
+    probabilities float32 [N,C]        softmax of the logits
+    target_ids    int64   [N,T]        the classes explained (negative targets resolved)
+    predictions   per image, the top-k classes by probability
+    images        float32 [N,3,H,W]    the preprocessed input the graphs saw (for overlays)
+    """
+
+    maps: dict[str, np.ndarray]
+    logits: np.ndarray
+    probabilities: np.ndarray
+    target_ids: np.ndarray
+    predictions: list[list[Prediction]]
+    images: np.ndarray
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    rgb: dict[str, np.ndarray] = field(default_factory=dict)
+    model_name: str = ""
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.maps)
+
+    def class_name(self, class_id: int) -> str:
+        return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else str(class_id)
+
+    def pixels(self) -> np.ndarray:
+        """The input as displayable RGB [N,H,W,3] in [0, 1] (preprocessing undone)."""
+        pixels = denormalize(torch.from_numpy(self.images), self.mean, self.std)
+        return pixels.permute(0, 2, 3, 1).numpy()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What :meth:`save_npz` writes: one array per method, ``<method>_rgb`` for colour evidence,
+        ``logits``, ``target_ids``, ``probabilities`` and ``class_names``."""
+        out: dict[str, np.ndarray] = dict(self.maps)
+        out.update({f"{method}_rgb": array for method, array in self.rgb.items()})
+        out["logits"] = self.logits
+        out["target_ids"] = self.target_ids
+        out["probabilities"] = self.probabilities
+        out["class_names"] = np.asarray(self.class_names, dtype=str)
+        return out
+
+    def save_npz(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`arrays` to ``path`` atomically (a temporary file in the same directory, then
+        a rename): a reader never sees a partial file, and a failure leaves none behind."""
+        return save_npz_atomic(path, self.arrays())
+
+
+def save_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
+    """np.savez of ``arrays`` to ``path`` through a temporary file and os.replace."""
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidArgumentError("out", f"{target} is a directory; give a file name such as result.npz")
+    if not target.parent.is_dir():
+        raise InvalidArgumentError("out", f"directory {target.parent} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)  # a file object: savez would append ".npz" to a name
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,182 @@
+"""Pictures of an ExplainResult: one overlay per image, method and target, and a grid of images x
+methods like the comparison tables of CAM papers.
+
+Heatmaps use the "jet" colour map at 50% opacity over the (de-normalised) input, the convention of
+the Grad-CAM papers; normalised maps are drawn on a fixed [0, 1] scale, raw maps on their own range.
+Files are written atomically (temporary file + rename). Matplotlib's object API is used (no pyplot
+state), so this is safe to call from threads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+
+from camserve.errors import InvalidArgumentError
+from camserve.result import ExplainResult
+
+COLORMAP = "jet"
+HEATMAP_ALPHA = 0.5
+
+
+def method_slug(method: str) -> str:
+    """A file-name-safe form of a method name: "gradcam++" -> "gradcampp"."""
+    return re.sub(r"[^A-Za-z0-9_-]", "", method.replace("+", "p"))
+
+
+def image_labels(count: int, names: Sequence[str] | None) -> list[str]:
+    """File-name stems for ``count`` images: ``names`` made safe and unique, or 000, 001, ..."""
+    if names is None:
+        return [f"{i:03d}" for i in range(count)]
+    if len(names) != count:
+        raise InvalidArgumentError("names", f"{len(names)} names for {count} images")
+    safe = [re.sub(r"[^A-Za-z0-9_.-]", "_", Path(name).stem) or f"{i:03d}" for i, name in enumerate(names)]
+    if len(set(safe)) != len(safe):
+        safe = [f"{i:03d}_{stem}" for i, stem in enumerate(safe)]
+    return safe
+
+
+def target_title(result: ExplainResult, image: int, target: int) -> str:
+    """ "class 'cat' (id 3), p = 0.91": the class a map explains and its predicted probability."""
+    class_id = int(result.target_ids[image, target])
+    probability = float(result.probabilities[image, class_id])
+    return f"class {result.class_name(class_id)!r} (id {class_id}), p = {probability:.2f}"
+
+
+def _draw(axes, pixels: np.ndarray, heatmap: np.ndarray, normalised: bool):
+    """The image, then the heatmap stretched over it (maps may be at feature resolution)."""
+    height, width = pixels.shape[:2]
+    axes.imshow(pixels, interpolation="nearest")
+    scale = {"vmin": 0.0, "vmax": 1.0} if normalised else {}
+    shown = axes.imshow(
+        heatmap,
+        cmap=COLORMAP,
+        alpha=HEATMAP_ALPHA,
+        extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+        interpolation="bilinear",
+        **scale,
+    )
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return shown
+
+
+def _opaque(shown) -> ScalarMappable:
+    """The heatmap's colour scale without its transparency, for the colour bar."""
+    return ScalarMappable(norm=shown.norm, cmap=shown.cmap)
+
+
+def overlay_figure(
+    result: ExplainResult,
+    image: int,
+    method: str,
+    target: int,
+    normalised: bool = True,
+    pixels: np.ndarray | None = None,
+) -> Figure:
+    """One image with one method's map for one target, a colour bar, and the class and probability
+    in the title. ``pixels``: ``result.pixels()`` if the caller already has it."""
+    pixels = result.pixels() if pixels is None else pixels
+    figure = Figure(figsize=(4.4, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    shown = _draw(axes, pixels[image], result.maps[method][image, target], normalised)
+    figure.colorbar(_opaque(shown), ax=axes, fraction=0.046, pad=0.04)
+    axes.set_title(f"{method}: {target_title(result, image, target)}", fontsize=9)
+    return figure
+
+
+def save_overlays(
+    result: ExplainResult,
+    out_dir: str | os.PathLike[str],
+    names: Sequence[str] | None = None,
+    normalised: bool = True,
+) -> list[Path]:
+    """One PNG per image, method and target in ``out_dir`` (created if missing), named
+    ``<image>_<method>_t<target>.png``; returns the paths written."""
+    directory = Path(out_dir)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidArgumentError("overlay", f"{directory} exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    labels = image_labels(result.images.shape[0], names)
+    pixels = result.pixels()
+    written = []
+    for image, label in enumerate(labels):
+        for method in result.methods:
+            for target in range(result.target_ids.shape[1]):
+                figure = overlay_figure(result, image, method, target, normalised, pixels)
+                path = directory / f"{label}_{method_slug(method)}_t{target}.png"
+                written.append(save_figure(figure, path))
+    return written
+
+
+def grid_figure(
+    result: ExplainResult, target: int = 0, names: Sequence[str] | None = None, normalised: bool = True
+) -> Figure:
+    """Rows: images; columns: the input, then one column per method (target ``target`` of each
+    image); one shared colour bar."""
+    num_targets = result.target_ids.shape[1]
+    if not 0 <= target < num_targets:
+        raise InvalidArgumentError(
+            "target", f"the result has {num_targets} targets per image, got index {target}"
+        )
+    methods = result.methods
+    rows, columns = result.images.shape[0], len(methods) + 1
+    figure = Figure(figsize=(1.9 * columns + 0.6, 1.9 * rows + 0.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    pixels = result.pixels()
+    labels = names if names is not None else [f"image {i}" for i in range(rows)]
+    shown = None
+    for row in range(rows):
+        grid[row, 0].imshow(pixels[row], interpolation="nearest")
+        grid[row, 0].set_xticks([])
+        grid[row, 0].set_yticks([])
+        class_id = int(result.target_ids[row, target])
+        grid[row, 0].set_ylabel(
+            f"{Path(labels[row]).name}\n{result.class_name(class_id)} "
+            f"p={float(result.probabilities[row, class_id]):.2f}",
+            fontsize=8,
+        )
+        for column, method in enumerate(methods, start=1):
+            shown = _draw(grid[row, column], pixels[row], result.maps[method][row, target], normalised)
+    grid[0, 0].set_title("input", fontsize=9)
+    for column, method in enumerate(methods, start=1):
+        grid[0, column].set_title(method, fontsize=9)
+    if shown is not None:
+        figure.colorbar(_opaque(shown), ax=grid, fraction=0.02, pad=0.01)
+    return figure
+
+
+def save_grid(
+    result: ExplainResult,
+    path: str | os.PathLike[str],
+    target: int = 0,
+    names: Sequence[str] | None = None,
+    normalised: bool = True,
+) -> Path:
+    """:func:`grid_figure` written as a PNG to ``path``."""
+    return save_figure(grid_figure(result, target, names, normalised), Path(path))
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """PNG of ``figure`` at ``path`` via a temporary file in the same directory and a rename."""
+    if not path.parent.is_dir():
+        raise InvalidArgumentError("grid", f"directory {path.parent} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            figure.savefig(fh, format="png")
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

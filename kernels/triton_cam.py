@@ -1,0 +1,664 @@
+"""Triton kernels for the CAM maths; ``kernels/reference.py`` defines the numbers they must match.
+
+Use them through ``camserve.kernels`` (the backend switch); importing this module imports triton.
+Triton decides when a ``@triton.jit`` function is *decorated*, i.e. when this module is imported,
+whether the kernels are compiled for the GPU or run by the Triton interpreter (numpy, any tensor
+on the CPU). So ``TRITON_INTERPRET=1`` must be in the environment before this module is first
+imported for CPU tensors to work; ``INTERPRETED`` records what Triton decided.
+
+Layouts: A [N,K,h,w], G [N,T,K,h,w], weights [N,T,K], maps [N,T,h,w]. The launchers make each h*w
+plane contiguous (a no-op for the graphs' outputs) and pass the outer strides, so views such as
+``G[:, 2:3]`` are not copied. Program ids are widened to int64 before they multiply the batch
+stride, so a batch may exceed 2**31 elements; offsets inside one image are int32 and the launchers
+refuse an image whose slice spans 2**31 elements or more. Loads are in the input dtype
+(float32/float16/bfloat16), all arithmetic is float32, stores cast to the output dtype.
+
+Tiles are [BLOCK_T, BLOCK_K, BLOCK_HW] (targets x channels x pixels) with at most
+``_TILE_ELEMENTS`` elements: a few such float32 tiles stay in registers with 8 warps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from camserve.errors import UnsupportedError
+
+#: Whether Triton decorated the kernels below for its interpreter (TRITON_INTERPRET set at import).
+INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+
+WEIGHT_METHOD_CODES: dict[str, int] = {"gradcam": 0, "gradcam++": 1, "xgradcam": 2}
+
+_TILE_ELEMENTS = 4096
+_MAX_FUSED_PLANE = 1024  # h*w up to 32x32 fits one tile: weights and combine fuse into one kernel
+_MAX_TARGET_BLOCK = 4
+_INT32_LIMIT = 2**31
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared pieces (inlined into the kernels by Triton)
+
+# The kernels use only Triton builtins, never the @jit functions of Triton's standard library
+# (tl.sum, tl.min, tl.max, tl.zeros, ...): those are decorated when triton is imported, so if another
+# library imported triton before TRITON_INTERPRET was set they are compiled-mode functions the
+# interpreter cannot call. Reductions therefore call the builtin tl.reduce with the combine functions
+# tl.sum / tl.min / tl.max use (the interpreter reduces those with numpy; compiled code is the same
+# as tl.sum's), and tl.full(..., 0.0) stands in for tl.zeros.
+
+
+@triton.jit
+def _sum(x, AXIS: tl.constexpr):
+    return tl.reduce(x, AXIS, tl.standard._sum_combine)
+
+
+@triton.jit
+def _min_all(x):
+    return tl.reduce(x, None, tl.standard._elementwise_min)
+
+
+@triton.jit
+def _max_all(x):
+    return tl.reduce(x, None, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _gradcam_sums(g):
+    """sum_ij g over a pixel tile: [BT,BK,BHW] -> [BT,BK]."""
+    return _sum(g, 2)
+
+
+@triton.jit
+def _gradcampp_sums(g, sum_a):
+    """sum_ij alpha_ij ReLU(g_ij) over a pixel tile; alpha as in the reference, 0 where its
+    denominator is 0 (g = 0, and the masked padding). g [BT,BK,BHW], sum_a [BK] -> [BT,BK]."""
+    g2 = g * g
+    denom = 2.0 * g2 + sum_a[None, :, None] * g2 * g
+    nonzero = denom != 0.0
+    alpha = tl.where(nonzero, g2 / tl.where(nonzero, denom, 1.0), 0.0)
+    return _sum(alpha * tl.maximum(g, 0.0), 2)
+
+
+@triton.jit
+def _xgradcam_sums(a, g):
+    """sum_ij A_ij g_ij over a pixel tile: a [BK,BHW], g [BT,BK,BHW] -> [BT,BK]."""
+    return _sum(a[None, :, :] * g, 2)
+
+
+@triton.jit
+def _xgradcam_finish(sums, sum_a):
+    """sum_ij A g / sum_ij A, 0 where sum_ij A = 0 (an all-zero channel)."""
+    nonzero = sum_a != 0.0
+    return tl.where(nonzero[None, :], sums / tl.where(nonzero, sum_a, 1.0)[None, :], 0.0)
+
+
+@triton.jit
+def _round_half_to_even(x):
+    """torch.round semantics (ties to even) without libdevice, so the interpreter runs it too."""
+    down = tl.floor(x)
+    frac = x - down
+    down_is_odd = (down - 2.0 * tl.floor(down * 0.5)) != 0.0
+    up = (frac > 0.5) | ((frac == 0.5) & down_is_odd)
+    return tl.where(up, down + 1.0, down)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Channel weights: one spatial reduction per (image, target, channel), several methods at once
+
+
+@triton.jit
+def _channel_weights_kernel(
+    a_ptr,
+    g_ptr,
+    w_gradcam_ptr,
+    w_gradcampp_ptr,
+    w_xgradcam_ptr,
+    T,
+    K,
+    HW,
+    stride_an,
+    stride_ak,
+    stride_gn,
+    stride_gt,
+    stride_gk,
+    stride_wn,
+    stride_wt,
+    GRADCAM: tl.constexpr,
+    GRADCAMPP: tl.constexpr,
+    XGRADCAM: tl.constexpr,
+    NEED_SUM_A: tl.constexpr,
+    ONE_HW_TILE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """Weights [N,T,K] of each flagged method; grid (N, cdiv(K, BLOCK_K), cdiv(T, BLOCK_T)).
+
+    Bytes per image: reads K*h*w*s of A (only when Grad-CAM++ or XGrad-CAM is flagged: they need
+    sum_ij A; once per block of BLOCK_T <= 4 targets) and T*K*h*w*s of G, writes T*K*s per method
+    (s = element size). Every element of G enters every flagged weight, so reading it once is the
+    minimum; A is read once because the plane of BLOCK_K channels is one register tile when
+    h*w <= BLOCK_HW (ONE_HW_TILE), and otherwise a second time (from L2, by the same program) for
+    XGrad-CAM: a pass for sum_ij A, then one for A*g.
+    Grad-CAM++'s alpha needs sum_ij A before any pixel is summed; that is why A comes first.
+    """
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_k = tl.program_id(1)
+    pid_t = tl.program_id(2)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    p = tl.arange(0, BLOCK_HW)
+    k_ok = k < K
+    t_ok = t < T
+    a_rows = a_ptr + pid_n * stride_an + k[:, None] * stride_ak  # [BK,1]
+    g_rows = g_ptr + pid_n * stride_gn + t[:, None, None] * stride_gt + k[None, :, None] * stride_gk
+    g_rows_ok = t_ok[:, None, None] & k_ok[None, :, None]
+
+    sum_a = tl.full([BLOCK_K], 0.0, dtype=tl.float32)
+    sums_gradcam = tl.full([BLOCK_T, BLOCK_K], 0.0, dtype=tl.float32)
+    sums_gradcampp = tl.full([BLOCK_T, BLOCK_K], 0.0, dtype=tl.float32)
+    sums_xgradcam = tl.full([BLOCK_T, BLOCK_K], 0.0, dtype=tl.float32)
+    if ONE_HW_TILE:
+        p_ok = p < HW
+        g = tl.load(g_rows + p[None, None, :], mask=g_rows_ok & p_ok[None, None, :], other=0.0)
+        g = g.to(tl.float32)
+        if NEED_SUM_A:
+            a = tl.load(a_rows + p[None, :], mask=k_ok[:, None] & p_ok[None, :], other=0.0).to(tl.float32)
+            sum_a = _sum(a, 1)
+            if XGRADCAM:
+                sums_xgradcam = _xgradcam_sums(a, g)
+        if GRADCAM:
+            sums_gradcam = _gradcam_sums(g)
+        if GRADCAMPP:
+            sums_gradcampp = _gradcampp_sums(g, sum_a)
+    else:
+        if NEED_SUM_A:
+            for start in range(0, HW, BLOCK_HW):
+                pp = start + p
+                a = tl.load(a_rows + pp[None, :], mask=k_ok[:, None] & (pp < HW)[None, :], other=0.0)
+                sum_a += _sum(a.to(tl.float32), 1)
+        for start in range(0, HW, BLOCK_HW):
+            pp = start + p
+            pp_ok = pp < HW
+            g = tl.load(g_rows + pp[None, None, :], mask=g_rows_ok & pp_ok[None, None, :], other=0.0)
+            g = g.to(tl.float32)
+            if GRADCAM:
+                sums_gradcam += _gradcam_sums(g)
+            if GRADCAMPP:
+                sums_gradcampp += _gradcampp_sums(g, sum_a)
+            if XGRADCAM:
+                a = tl.load(a_rows + pp[None, :], mask=k_ok[:, None] & pp_ok[None, :], other=0.0)
+                sums_xgradcam += _xgradcam_sums(a.to(tl.float32), g)
+
+    w_offsets = pid_n * stride_wn + t[:, None] * stride_wt + k[None, :]
+    w_ok = t_ok[:, None] & k_ok[None, :]
+    if GRADCAM:
+        w = sums_gradcam / HW
+        tl.store(w_gradcam_ptr + w_offsets, w.to(w_gradcam_ptr.dtype.element_ty), mask=w_ok)
+    if GRADCAMPP:
+        tl.store(w_gradcampp_ptr + w_offsets, sums_gradcampp.to(w_gradcampp_ptr.dtype.element_ty), mask=w_ok)
+    if XGRADCAM:
+        w = _xgradcam_finish(sums_xgradcam, sum_a)
+        tl.store(w_xgradcam_ptr + w_offsets, w.to(w_xgradcam_ptr.dtype.element_ty), mask=w_ok)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Combine: per pixel, ReLU(sum_k c_k A^k) with c a channel weight or a per-pixel gradient
+
+
+@triton.jit
+def _channel_sum_relu_kernel(
+    a_ptr,
+    c_ptr,
+    out_ptr,
+    T,
+    K,
+    HW,
+    stride_an,
+    stride_ak,
+    stride_cn,
+    stride_ct,
+    stride_ck,
+    stride_on,
+    stride_ot,
+    PER_PIXEL: tl.constexpr,
+    RELU_COEFFS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """Maps [N,T,h,w]; grid (N, cdiv(h*w, BLOCK_HW), cdiv(T, BLOCK_T)).
+
+    PER_PIXEL False: c = weights [N,T,K] (Grad-CAM family, ReLU(sum_k w_k A^k)).
+    PER_PIXEL True:  c = gradients [N,T,K,h,w]; RELU_COEFFS True is Layer-CAM (ReLU(g)), False
+    HiRes-CAM (g).
+    Bytes per image: reads K*h*w*s of A once per block of BLOCK_T targets (once for T <= 4), plus
+    4*T*K of weights or T*K*h*w*s of gradients, writes T*h*w*s. Each output pixel needs every
+    channel of A at that pixel, so A and the coefficients are each read once: the minimum.
+    """
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_p = tl.program_id(1)
+    pid_t = tl.program_id(2)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    p = pid_p * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    t_ok = t < T
+    p_ok = p < HW
+    a_base = a_ptr + pid_n * stride_an
+    c_base = c_ptr + pid_n * stride_cn
+    acc = tl.full([BLOCK_T, BLOCK_HW], 0.0, dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        a_ok = k_ok[:, None] & p_ok[None, :]
+        a = tl.load(a_base + k[:, None] * stride_ak + p[None, :], mask=a_ok, other=0.0).to(tl.float32)
+        if PER_PIXEL:
+            c_offsets = t[:, None, None] * stride_ct + k[None, :, None] * stride_ck + p[None, None, :]
+            c_ok = t_ok[:, None, None] & k_ok[None, :, None] & p_ok[None, None, :]
+            c = tl.load(c_base + c_offsets, mask=c_ok, other=0.0).to(tl.float32)
+            if RELU_COEFFS:
+                c = tl.maximum(c, 0.0)
+            acc += _sum(c * a[None, :, :], 1)
+        else:
+            c_offsets = t[:, None] * stride_ct + k[None, :] * stride_ck
+            c = tl.load(c_base + c_offsets, mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            acc += _sum(c[:, :, None] * a[None, :, :], 1)
+    cam = tl.maximum(acc, 0.0)
+    out_offsets = pid_n * stride_on + t[:, None] * stride_ot + p[None, :]
+    tl.store(out_ptr + out_offsets, cam.to(out_ptr.dtype.element_ty), mask=t_ok[:, None] & p_ok[None, :])
+
+
+# --------------------------------------------------------------------------------------------------
+# 1+2 fused: weights and combine in one pass over A and G (planes up to _MAX_FUSED_PLANE pixels)
+
+
+@triton.jit
+def _gradient_weighted_cam_kernel(
+    a_ptr,
+    g_ptr,
+    out_ptr,
+    T,
+    K,
+    HW,
+    stride_an,
+    stride_ak,
+    stride_gn,
+    stride_gt,
+    stride_gk,
+    stride_on,
+    stride_ot,
+    METHOD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """ReLU(sum_k w_k A^k) with w from METHOD (0 Grad-CAM, 1 Grad-CAM++, 2 XGrad-CAM), the
+    weights never leaving registers; grid (N, cdiv(T, BLOCK_T)), one whole h*w plane per tile.
+
+    Bytes per image: reads K*h*w*s of A and T*K*h*w*s of G once (T <= 4), writes T*h*w*s. The
+    unfused chain also writes and re-reads the weights and reads A a second time: for T = 1 this
+    kernel moves about 2/3 of its bytes. Reading A and G once is the minimum: every element enters
+    the map.
+    """
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    p = tl.arange(0, BLOCK_HW)
+    t_ok = t < T
+    p_ok = p < HW
+    a_base = a_ptr + pid_n * stride_an
+    g_base = g_ptr + pid_n * stride_gn
+    acc = tl.full([BLOCK_T, BLOCK_HW], 0.0, dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        a_ok = k_ok[:, None] & p_ok[None, :]
+        a = tl.load(a_base + k[:, None] * stride_ak + p[None, :], mask=a_ok, other=0.0).to(tl.float32)
+        g_offsets = t[:, None, None] * stride_gt + k[None, :, None] * stride_gk + p[None, None, :]
+        g_ok = t_ok[:, None, None] & k_ok[None, :, None] & p_ok[None, None, :]
+        g = tl.load(g_base + g_offsets, mask=g_ok, other=0.0).to(tl.float32)
+        if METHOD == 0:
+            w = _gradcam_sums(g) / HW
+        elif METHOD == 1:
+            w = _gradcampp_sums(g, _sum(a, 1))
+        else:
+            w = _xgradcam_finish(_xgradcam_sums(a, g), _sum(a, 1))
+        acc += _sum(w[:, :, None] * a[None, :, :], 1)
+    cam = tl.maximum(acc, 0.0)
+    out_offsets = pid_n * stride_on + t[:, None] * stride_ot + p[None, :]
+    tl.store(out_ptr + out_offsets, cam.to(out_ptr.dtype.element_ty), mask=t_ok[:, None] & p_ok[None, :])
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Bilinear upsampling fused with per-map min-max normalisation and uint8 quantisation
+
+
+@triton.jit
+def _bilinear_tile(src, y, x, h, w, scale_h, scale_w, y_ok, x_ok, RESIZE: tl.constexpr):
+    """Values of the [BH,BW] output tile at rows y [BH], columns x [BW] of one map at ``src``.
+
+    Source coordinates as F.interpolate(mode="bilinear", align_corners=False): s = scale*(d+0.5)-0.5,
+    clamped below at 0; s0 = floor(s), s1 = s0+1 except on the last row/column; lerp weight s-s0.
+    ATen's compiled code evaluates s as one fused multiply-add (CPU and CUDA); float64 gives that
+    correctly rounded float32 everywhere (the product is exact in 53 bits; the interpreter's fma is
+    not fused). Values are lerps (v0 + l*(v1-v0)) rather than weight sums: equal up to an ulp, but
+    a constant map stays exactly constant, so its min-max range is exactly 0.
+    """
+    ok = y_ok[:, None] & x_ok[None, :]
+    if RESIZE:
+        # float32 scale x float64 tensor promotes to float64 (the scale is exact in either)
+        sy = (scale_h * (y.to(tl.float64) + 0.5) - 0.5).to(tl.float32)
+        sx = (scale_w * (x.to(tl.float64) + 0.5) - 0.5).to(tl.float32)
+        sy = tl.maximum(sy, 0.0)
+        sx = tl.maximum(sx, 0.0)
+        y0 = tl.minimum(sy.to(tl.int32), h - 1)  # truncation is floor: s >= 0
+        x0 = tl.minimum(sx.to(tl.int32), w - 1)
+        ly = sy - y0.to(tl.float32)
+        lx = sx - x0.to(tl.float32)
+        y1 = tl.where(y0 < h - 1, y0 + 1, y0)
+        x1 = tl.where(x0 < w - 1, x0 + 1, x0)
+        v00 = tl.load(src + y0[:, None] * w + x0[None, :], mask=ok, other=0.0).to(tl.float32)
+        v01 = tl.load(src + y0[:, None] * w + x1[None, :], mask=ok, other=0.0).to(tl.float32)
+        v10 = tl.load(src + y1[:, None] * w + x0[None, :], mask=ok, other=0.0).to(tl.float32)
+        v11 = tl.load(src + y1[:, None] * w + x1[None, :], mask=ok, other=0.0).to(tl.float32)
+        top = v00 + lx[None, :] * (v01 - v00)
+        bottom = v10 + lx[None, :] * (v11 - v10)
+        v = top + ly[:, None] * (bottom - top)
+    else:
+        v = tl.load(src + y[:, None] * w + x[None, :], mask=ok, other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _upsample_normalize_kernel(
+    src_ptr,
+    out_ptr,
+    h,
+    w,
+    H,
+    W,
+    scale_h,
+    scale_w,
+    eps,
+    stride_src,
+    stride_out,
+    RESIZE: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    TO_UINT8: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    """One [H,W] output map per program from its [h,w] source map; grid (N*T,).
+
+    NORMALIZE: a first pass computes every output value for min and max without writing, the
+    second recomputes and writes (m - min) / (max - min), or zeros where max - min <= eps.
+    Bytes per map: reads h*w*s once from global memory (the later gathers hit L1: the plane is a
+    few hundred bytes), writes H*W*s (float) or H*W (uint8). Writing the output once is the
+    minimum; recomputing an interpolated value costs a few cached loads and FMAs, cheaper than
+    writing unnormalised values and reading them back. (Fusing this into the combine kernel would
+    save only the h*w map's write and read, so it is a separate launch.)
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    src = src_ptr + pid * stride_src
+    dst = out_ptr + pid * stride_out
+    rows = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK_W)
+    if NORMALIZE:
+        lo = tl.full([BLOCK_H, BLOCK_W], float("inf"), dtype=tl.float32)
+        hi = tl.full([BLOCK_H, BLOCK_W], float("-inf"), dtype=tl.float32)
+        for y0 in range(0, H, BLOCK_H):
+            y = y0 + rows
+            for x0 in range(0, W, BLOCK_W):
+                x = x0 + cols
+                y_ok = y < H
+                x_ok = x < W
+                v = _bilinear_tile(src, y, x, h, w, scale_h, scale_w, y_ok, x_ok, RESIZE)
+                ok = y_ok[:, None] & x_ok[None, :]
+                lo = tl.minimum(lo, tl.where(ok, v, float("inf")))
+                hi = tl.maximum(hi, tl.where(ok, v, float("-inf")))
+        low = _min_all(lo)
+        spread = _max_all(hi) - low
+        has_range = spread > eps
+        divisor = tl.where(has_range, spread, 1.0)
+    for y0 in range(0, H, BLOCK_H):
+        y = y0 + rows
+        for x0 in range(0, W, BLOCK_W):
+            x = x0 + cols
+            y_ok = y < H
+            x_ok = x < W
+            v = _bilinear_tile(src, y, x, h, w, scale_h, scale_w, y_ok, x_ok, RESIZE)
+            if NORMALIZE:
+                v = tl.where(has_range, (v - low) / divisor, 0.0)
+            if TO_UINT8:
+                v = _round_half_to_even(v * 255.0)
+            offsets = y[:, None] * W + x[None, :]
+            tl.store(dst + offsets, v.to(out_ptr.dtype.element_ty), mask=y_ok[:, None] & x_ok[None, :])
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers. Inputs are validated by camserve.kernels; these only lay out, size and launch.
+
+
+def _device_context(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Triton launches on the current CUDA device: make it the tensors' device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _plane_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """The kernels index a pixel as plane offset y*w + x: make the last two dims row-major."""
+    h, w = x.shape[-2], x.shape[-1]
+    if (w == 1 or x.stride(-1) == 1) and (h == 1 or x.stride(-2) == w):
+        return x
+    return x.contiguous()
+
+
+def _check_image_offsets(name: str, x: torch.Tensor) -> None:
+    """In-image offsets are int32 in the kernels: the largest offset inside one image must fit."""
+    largest = sum((size - 1) * stride for size, stride in zip(x.shape[1:], x.stride()[1:], strict=True))
+    if largest >= _INT32_LIMIT:
+        raise UnsupportedError(
+            f"{name}: one image spans {largest + 1} elements, more than the triton kernels index "
+            f"(2**31); use the torch backend"
+        )
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _blocks(targets: int, channels: int, pixels: int) -> tuple[int, int, int]:
+    """BLOCK_T, BLOCK_K, BLOCK_HW with BLOCK_T*BLOCK_K*BLOCK_HW <= _TILE_ELEMENTS."""
+    block_t = min(_pow2(targets), _MAX_TARGET_BLOCK)
+    block_hw = min(_pow2(pixels), _MAX_FUSED_PLANE)  # larger planes: several programs / tiles
+    block_k = max(1, min(_pow2(channels), _TILE_ELEMENTS // (block_t * block_hw)))
+    return block_t, block_k, block_hw
+
+
+def _num_warps(tile_elements: int) -> int:
+    return 8 if tile_elements >= 2048 else 4
+
+
+def channel_weights(
+    activations: torch.Tensor, gradients: torch.Tensor, methods: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Weights [N,T,K] for each of ``methods`` (names of ``reference.WEIGHT_METHODS``) in one launch."""
+    a = _plane_contiguous(activations)
+    g = _plane_contiguous(gradients)
+    n, t, k, h, w = g.shape
+    hw = h * w
+    _check_image_offsets("activations", a)
+    _check_image_offsets("gradients", g)
+    out = torch.empty((len(methods), n, t, k), dtype=g.dtype, device=g.device)
+    slots = {method: out[i] for i, method in enumerate(methods)}
+    if out.numel() == 0:
+        return slots
+    block_t, block_k, block_hw = _blocks(t, k, hw)
+    grid = (n, triton.cdiv(k, block_k), triton.cdiv(t, block_t))
+    unused = out[0]  # never written: its method's constexpr flag is off
+    with _device_context(g.device):
+        _channel_weights_kernel[grid](
+            a,
+            g,
+            slots.get("gradcam", unused),
+            slots.get("gradcam++", unused),
+            slots.get("xgradcam", unused),
+            t,
+            k,
+            hw,
+            a.stride(0),
+            a.stride(1),
+            g.stride(0),
+            g.stride(1),
+            g.stride(2),
+            out.stride(1),
+            out.stride(2),
+            GRADCAM="gradcam" in slots,
+            GRADCAMPP="gradcam++" in slots,
+            XGRADCAM="xgradcam" in slots,
+            NEED_SUM_A="gradcam++" in slots or "xgradcam" in slots,
+            ONE_HW_TILE=hw <= block_hw,
+            BLOCK_T=block_t,
+            BLOCK_K=block_k,
+            BLOCK_HW=block_hw,
+            num_warps=_num_warps(block_t * block_k * block_hw),
+        )
+    return slots
+
+
+def _channel_sum_relu(
+    activations: torch.Tensor, coeffs: torch.Tensor, per_pixel: bool, relu_coeffs: bool
+) -> torch.Tensor:
+    a = _plane_contiguous(activations)
+    c = _plane_contiguous(coeffs) if per_pixel else coeffs
+    n, k, h, w = a.shape
+    t = c.shape[1]
+    hw = h * w
+    _check_image_offsets("activations", a)
+    _check_image_offsets("gradients" if per_pixel else "weights", c)
+    out = torch.empty((n, t, h, w), dtype=a.dtype, device=a.device)
+    if out.numel() == 0:
+        return out
+    block_t, block_k, block_hw = _blocks(t, k, hw)
+    grid = (n, triton.cdiv(hw, block_hw), triton.cdiv(t, block_t))
+    with _device_context(a.device):
+        _channel_sum_relu_kernel[grid](
+            a,
+            c,
+            out,
+            t,
+            k,
+            hw,
+            a.stride(0),
+            a.stride(1),
+            c.stride(0),
+            c.stride(1),
+            c.stride(2),
+            out.stride(0),
+            out.stride(1),
+            PER_PIXEL=per_pixel,
+            RELU_COEFFS=relu_coeffs,
+            BLOCK_T=block_t,
+            BLOCK_K=block_k,
+            BLOCK_HW=block_hw,
+            num_warps=_num_warps(block_t * block_k * block_hw),
+        )
+    return out
+
+
+def weighted_sum_relu(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_k w_k A^k): A [N,K,h,w], w [N,T,K] -> [N,T,h,w]."""
+    return _channel_sum_relu(activations, weights, per_pixel=False, relu_coeffs=False)
+
+
+def elementwise_sum_relu(
+    activations: torch.Tensor, gradients: torch.Tensor, relu_gradients: bool
+) -> torch.Tensor:
+    """ReLU(sum_k f(g^k) A^k), f = ReLU (Layer-CAM) or identity (HiRes-CAM) -> [N,T,h,w]."""
+    return _channel_sum_relu(activations, gradients, per_pixel=True, relu_coeffs=relu_gradients)
+
+
+def gradient_weighted_cam(activations: torch.Tensor, gradients: torch.Tensor, method: str) -> torch.Tensor:
+    """ReLU(sum_k w_k A^k) with w = channel_weights(A, G, method), fused when the h*w plane fits
+    one tile (<= 1024 pixels); larger planes run the weights and combine kernels one after the other."""
+    a = _plane_contiguous(activations)
+    g = _plane_contiguous(gradients)
+    n, t, k, h, w = g.shape
+    hw = h * w
+    if hw > _MAX_FUSED_PLANE:
+        return weighted_sum_relu(a, channel_weights(a, g, [method])[method])
+    _check_image_offsets("activations", a)
+    _check_image_offsets("gradients", g)
+    out = torch.empty((n, t, h, w), dtype=g.dtype, device=g.device)
+    if out.numel() == 0:
+        return out
+    block_t, block_k, block_hw = _blocks(t, k, hw)
+    grid = (n, triton.cdiv(t, block_t))
+    with _device_context(g.device):
+        _gradient_weighted_cam_kernel[grid](
+            a,
+            g,
+            out,
+            t,
+            k,
+            hw,
+            a.stride(0),
+            a.stride(1),
+            g.stride(0),
+            g.stride(1),
+            g.stride(2),
+            out.stride(0),
+            out.stride(1),
+            METHOD=WEIGHT_METHOD_CODES[method],
+            BLOCK_T=block_t,
+            BLOCK_K=block_k,
+            BLOCK_HW=block_hw,
+            num_warps=_num_warps(block_t * block_k * block_hw),
+        )
+    return out
+
+
+def _float32_ratio(numerator: int, denominator: int) -> float:
+    """in/out as a float32 division, as ATen computes the bilinear scale (not a rounded float64)."""
+    return float(np.float32(numerator) / np.float32(denominator))
+
+
+def upsample_normalize(
+    maps: torch.Tensor, size: tuple[int, int], normalize: bool, eps: float, to_uint8: bool
+) -> torch.Tensor:
+    """maps [N,T,h,w] -> [N,T,H,W] (uint8 when ``to_uint8``): bilinear resize, per-map min-max."""
+    n, t, h, w = maps.shape
+    out_h, out_w = size
+    src = maps.reshape(n * t, h * w)  # a copy only for a non-contiguous map: h*w elements each
+    if h * w > 1 and src.stride(1) != 1:
+        src = src.contiguous()
+    out = torch.empty((n, t, out_h, out_w), dtype=torch.uint8 if to_uint8 else maps.dtype, device=maps.device)
+    if out.numel() == 0:
+        return out
+    if out_h * out_w >= _INT32_LIMIT or h * w >= _INT32_LIMIT:
+        raise UnsupportedError(f"size: {out_h}x{out_w} maps exceed what the triton kernel indexes (2**31)")
+    block_w = min(_pow2(out_w), 256)
+    block_h = max(1, min(_pow2(out_h), 2048 // block_w))
+    with _device_context(maps.device):
+        _upsample_normalize_kernel[(n * t,)](
+            src,
+            out,
+            h,
+            w,
+            out_h,
+            out_w,
+            _float32_ratio(h, out_h),
+            _float32_ratio(w, out_w),
+            float(eps),
+            src.stride(0),
+            out_h * out_w,
+            RESIZE=(out_h, out_w) != (h, w),
+            NORMALIZE=normalize,
+            TO_UINT8=to_uint8,
+            BLOCK_H=block_h,
+            BLOCK_W=block_w,
+            num_warps=8,
+        )
+    return out

@@ -1,0 +1,38 @@
+"""The one place where exceptions become gRPC status codes.
+
+camserve's own errors carry their code (``CamserveError.grpc_code``); the two below exist only in the
+service. Anything else is a bug: it becomes INTERNAL and a log line with the traceback, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from camserve.errors import CamserveError
+
+log = logging.getLogger(__name__)
+
+
+class DeadlineExceededError(CamserveError):
+    """The request's deadline passed before its work could run."""
+
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class UnavailableError(CamserveError):
+    """The server is shutting down and takes no new work."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a failed request gets for ``exc``."""
+    if isinstance(exc, CamserveError):
+        return grpc.StatusCode[exc.grpc_code], str(exc)
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED, "request cancelled"
+    log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"

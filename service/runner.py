@@ -1,0 +1,96 @@
+"""What the batcher runs for one model: a batch of preprocessed images -> one Explainer run -> one
+result per image. This is the only service module that talks to the Explainer.
+
+Items share a batch when their ``BatchKey`` is equal: same number of targets, same options and the
+same set of methods that cost extra runs (Score-CAM, Ablation-CAM, Smooth Grad-CAM++...). Methods that
+only read the shared explain run (Grad-CAM, Grad-CAM++, Layer-CAM...) are not part of the key: the
+batch computes the union of its items' cheap methods, and each item keeps the maps it asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from camserve.config import ExplainOptions
+from camserve.explainer import Explainer
+from camserve.methods.base import method_class
+from camserve.result import Prediction
+
+log = logging.getLogger(__name__)
+
+#: Graphs a method may need that cost nothing per extra method (read once per model).
+_FREE_REQUIREMENTS = frozenset({"cam_weights"})
+
+
+def shares_explain_run(method: str, options: ExplainOptions) -> bool:
+    """True for methods whose maps come from the one explain run alone (no extra graph runs)."""
+    cls = method_class(method)
+    return not (cls.requires - _FREE_REQUIREMENTS) and cls().noisy_copies(options) == 0
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    num_targets: int
+    costly_methods: tuple[str, ...]  # sorted; methods that run extra graphs
+    options: ExplainOptions
+
+
+@dataclass(frozen=True)
+class ImageWork:
+    """One image of a request: the batcher's payload."""
+
+    image: np.ndarray  # float32 [3,H,W], preprocessed
+    targets: tuple[int, ...]
+    methods: tuple[str, ...]  # what this image's request asked for, in its order
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    maps: dict[str, np.ndarray]  # method -> float32 [T,H,W]
+    rgb: dict[str, np.ndarray]  # method -> float32 [T,3,H,W], for methods with colour evidence
+    logits: np.ndarray  # float32 [C]
+    target_ids: np.ndarray  # int64 [T]
+    predictions: list[Prediction]
+
+
+def batch_key(work: ImageWork, options: ExplainOptions) -> BatchKey:
+    costly = tuple(sorted(m for m in work.methods if not shares_explain_run(m, options)))
+    return BatchKey(len(work.targets), costly, options)
+
+
+class ExplainBatchRunner:
+    """``runner(key, works)`` for the DynamicBatcher: one Explainer run for the whole batch."""
+
+    def __init__(self, explainer: Explainer) -> None:
+        self.explainer = explainer
+
+    def __call__(self, key: BatchKey, works: list[ImageWork]) -> Sequence[ImageResult]:
+        if any(method_class(m)().noisy_copies(key.options) for m in key.costly_methods):
+            # Noise is drawn for the whole batch, so an image's noisy copies would depend on its
+            # neighbours: run such images alone to give each request the map it gets in-process.
+            return [result for work in works for result in self._run([work], key.options)]
+        return self._run(works, key.options)
+
+    def _run(self, works: list[ImageWork], options: ExplainOptions) -> list[ImageResult]:
+        methods: list[str] = []
+        for work in works:
+            methods.extend(m for m in work.methods if m not in methods)
+        images = torch.from_numpy(np.stack([w.image for w in works]))
+        targets = [list(w.targets) for w in works]
+        log.debug("explain run: images=%d methods=%s", len(works), ",".join(methods))
+        result = self.explainer.explain(images, methods=methods, targets=targets, options=options)
+        return [
+            ImageResult(
+                maps={m: result.maps[m][n] for m in work.methods},
+                rgb={m: result.rgb[m][n] for m in work.methods if m in result.rgb},
+                logits=result.logits[n],
+                target_ids=result.target_ids[n],
+                predictions=list(result.predictions[n]),
+            )
+            for n, work in enumerate(works)
+        ]

@@ -1,0 +1,103 @@
+"""default_model_dir and `camserve default-model build`: export on first use, reuse, rebuild, races."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from camserve.cli import main
+from camserve.config import RuntimeConfig
+from camserve.default_model import WEIGHTS_PATH, default_model_dir, load_default_model
+from camserve.default_model.data import make_localisation_dataset
+from camserve.default_model.net import normalize
+from camserve.errors import NotFoundError
+from camserve.modeldir import ModelDirectory, sha256_file
+from tests.default_model.autograd_cam import activations_and_gradients
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`camserve default-model build` into a fresh cache named by the environment, as users run it."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAMSERVE_RUNTIME_CACHE_DIR", str(cache))
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            assert main(["default-model", "build"]) == 0
+    printed = Path(output.getvalue().strip())
+    assert printed.parent == cache
+    return printed
+
+
+def test_first_use_exports_the_committed_weights(exported: Path) -> None:
+    assert exported.name == f"default-model-{sha256_file(WEIGHTS_PATH)[:12]}"
+    assert [p.name for p in exported.parent.iterdir()] == [exported.name], "staging folders left behind"
+    manifest = ModelDirectory(exported).manifest
+    assert manifest.name == "digits" and manifest.architecture == "camserve-digits"
+    assert manifest.target_layer == "features"
+    assert manifest.input_size == [3, 64, 64]
+    assert manifest.activation_shape == [64, 16, 16]
+    assert manifest.class_names == [str(d) for d in range(10)]
+    assert manifest.cam_weights is not None  # the head is GAP -> linear
+    weights = np.load(exported / manifest.cam_weights.file)  # the keys camserve.export writes
+    model = load_default_model()
+    torch.testing.assert_close(torch.from_numpy(weights["weight"]), model.fc.weight.detach())
+    torch.testing.assert_close(torch.from_numpy(weights["bias"]), model.fc.bias.detach())
+
+
+def test_later_uses_reuse_the_cached_directory(exported: Path) -> None:
+    stamp = (exported / "manifest.json").stat().st_mtime_ns
+    assert default_model_dir(str(exported.parent)) == exported
+    assert (exported / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_a_damaged_cache_is_exported_again(exported: Path, tmp_path: Path) -> None:
+    path = tmp_path / exported.name
+    shutil.copytree(exported, path)
+    graph = ModelDirectory(path).graph_path("explain")
+    graph.write_bytes(graph.read_bytes()[:-10])
+    assert default_model_dir(str(tmp_path)) == path
+    ModelDirectory(path)  # checksums pass again
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_explain_graph_matches_torch_autograd(exported: Path) -> None:
+    from camserve.runtime import OnnxGraphRunner
+
+    ds = make_localisation_dataset(3, seed=4, split="test")
+    runner = OnnxGraphRunner(ModelDirectory(exported), RuntimeConfig(device="cpu"))
+    outputs = runner.explain(normalize(ds.images), ds.labels[:, None])
+    activations, gradients = activations_and_gradients(load_default_model(), ds.images, ds.labels)
+    torch.testing.assert_close(outputs.activations, activations, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs.gradients, gradients, rtol=1e-4, atol=1e-6)
+    assert torch.equal(outputs.target_ids, ds.labels[:, None])
+
+
+def test_two_processes_building_at_once_agree(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        paths = pool.map(default_model_dir, [str(tmp_path)] * 2)
+    assert paths[0] == paths[1]
+    ModelDirectory(paths[0])
+    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]
+
+
+def test_cli_build_refuses_an_existing_out_without_force(
+    exported: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stamp = (exported / "manifest.json").stat().st_mtime_ns
+    assert main(["default-model", "build", "--out", str(exported)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (exported / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="weights"):
+        default_model_dir(str(tmp_path), weights=tmp_path / "nope.pt")

@@ -1,0 +1,79 @@
+"""A tiny classifier exported once per session (real ONNX graphs), and a copy of its directory
+without the guided graph and the CAM weights (a model whose head is not GAP -> linear)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from camserve.export import export_model
+from torch import nn
+
+from camserve.modeldir import MANIFEST_NAME, ModelDirectory
+
+INPUT_SIZE = (3, 16, 16)
+MEAN = [0.5, 0.4, 0.3]
+STD = [0.25, 0.2, 0.3]
+CLASS_NAMES = ["ant", "bee", "cat", "dog"]
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),  # "3": the target layer, 8 channels at 8x8
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> nn.Module:
+    return tiny_net()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model) -> ModelDirectory:
+    return export_model(
+        tiny_model,
+        "3",
+        INPUT_SIZE,
+        tmp_path_factory.mktemp("models") / "tiny",
+        name="tiny",
+        architecture="module:tests:tiny_net",
+        mean=MEAN,
+        std=STD,
+        class_names=CLASS_NAMES,
+        verify=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def bare_model_dir(tmp_path_factory, tiny_model_dir) -> ModelDirectory:
+    """The tiny model without a guided graph and without CAM weights."""
+    path = tmp_path_factory.mktemp("models") / "bare"
+    shutil.copytree(tiny_model_dir.path, path)
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    del manifest["graphs"]["guided"]
+    manifest["cam_weights"] = None
+    manifest["name"] = "bare"
+    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return ModelDirectory(path)
+
+
+@pytest.fixture()
+def png_file(tmp_path) -> Path:
+    """A 24x20 RGB PNG: red square top-left on a grey background."""
+    from PIL import Image
+
+    pixels = torch.full((20, 24, 3), 128, dtype=torch.uint8)
+    pixels[2:8, 3:9] = torch.tensor([255, 0, 0], dtype=torch.uint8)
+    path = tmp_path / "square.png"
+    Image.fromarray(pixels.numpy()).save(path)
+    return path

@@ -1,0 +1,114 @@
+"""``camserve explain`` end to end (in-process through camserve.cli.main), and the pictures it draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASS_NAMES, INPUT_SIZE
+from PIL import Image
+
+import camserve
+from camserve.cli import main
+from camserve.config import CamserveConfig
+from camserve.visualize import method_slug, save_grid, save_overlays
+
+
+def test_explain_writes_npz_overlays_and_grid(tiny_model_dir, png_file, tmp_path, capsys):
+    batch = torch.randn(2, *INPUT_SIZE, generator=torch.Generator().manual_seed(0))
+    np.save(tmp_path / "batch.npy", batch.numpy())
+    out, overlays, grid = tmp_path / "result.npz", tmp_path / "overlays", tmp_path / "grid.png"
+    status = main(
+        [
+            "explain",
+            "--model", str(tiny_model_dir.path),
+            "--method", "gradcam", "--method", "gradcam++", "--method", "scorecam",
+            "--target", "-1", "--target", "2",
+            "--out", str(out), "--overlay", str(overlays), "--grid", str(grid),
+            str(png_file), str(tmp_path / "batch.npy"),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    with np.load(out) as data:
+        for method in ("gradcam", "gradcam++", "scorecam"):
+            assert data[method].shape == (3, 2, 16, 16)
+        assert data["logits"].shape == (3, 4)
+        assert data["target_ids"][:, 1].tolist() == [2, 2, 2]
+    # the .npy tensors were used as they are: the same maps as the Python API on the same tensor
+    api = camserve.Explainer(tiny_model_dir, config=CamserveConfig()).explain(batch, ["gradcam"], [[-1, 2]])
+    with np.load(out) as data:
+        np.testing.assert_allclose(data["gradcam"][1:], api.maps["gradcam"], atol=1e-6)
+    names = sorted(p.name for p in overlays.iterdir())
+    assert len(names) == 3 * 3 * 2  # images x methods x targets
+    assert "square_gradcampp_t1.png" in names and "batch-1_scorecam_t0.png" in names
+    with Image.open(grid) as picture:
+        assert picture.size == (
+            round(100 * (1.9 * 4 + 0.6)),
+            round(100 * (1.9 * 3 + 0.4)),
+        )  # 4 columns, 3 rows
+    printed = capsys.readouterr().out
+    assert "square: predicted" in printed and f"wrote {out}" in printed
+
+
+def test_errors_exit_2_with_one_line_and_leave_no_files(tiny_model_dir, png_file, tmp_path, capsys):
+    out = tmp_path / "result.npz"
+    common = ["explain", "--model", str(tiny_model_dir.path), "--out", str(out)]
+    assert main([*common, "--method", "gradcams", str(png_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("camserve explain: error: methods: unknown method 'gradcams'; known: cam,")
+    assert "\n" not in err
+    assert main([*common, "--target", "7", str(png_file)]) == 2
+    assert "targets: class 7 is out of range" in capsys.readouterr().err
+    assert main([*common]) == 2
+    assert "IMAGES: give at least one image" in capsys.readouterr().err
+    assert main([*common, str(tmp_path / "nope.png")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main([*common[:-1], str(tmp_path / "missing" / "r.npz"), str(png_file)]) == 2
+    assert "out: directory" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [png_file]
+
+
+def test_list_methods(bare_model_dir, capsys):
+    assert main(["explain", "--model", str(bare_model_dir.path), "--list-methods"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert "gradcam" in listed and "scorecam" in listed
+    assert "cam" not in listed and "guidedbackprop" not in listed
+
+
+def test_flags_become_explain_options(tiny_model_dir, png_file, tmp_path):
+    out = tmp_path / "r.npz"
+    args = [
+        "explain",
+        "--model",
+        str(tiny_model_dir.path),
+        "--output-size",
+        "feature",
+        "--raw",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--method", "layercam", str(png_file)]) == 0
+    with np.load(out) as data:
+        assert data["layercam"].shape == (1, 1, 8, 8)  # feature resolution
+        assert data["layercam"].max() != pytest.approx(1.0)  # raw, not min-max normalised
+
+
+def test_overlays_and_grid_from_the_api(tiny_model_dir, tmp_path):
+    explainer = camserve.Explainer(tiny_model_dir, config=CamserveConfig())
+    images = torch.randn(2, *INPUT_SIZE, generator=torch.Generator().manual_seed(3))
+    result = explainer.explain(images, ["gradcam++", "guidedbackprop"], targets=[[0]])
+    paths = save_overlays(result, tmp_path / "over", names=["a/x.png", "b/x.png"])
+    # duplicate stems get their index in front
+    assert sorted(p.name for p in paths) == [
+        "000_x_gradcampp_t0.png",
+        "000_x_guidedbackprop_t0.png",
+        "001_x_gradcampp_t0.png",
+        "001_x_guidedbackprop_t0.png",
+    ]
+    with Image.open(paths[0]) as picture:
+        assert picture.size == (440, 400)
+    grid = save_grid(result, tmp_path / "grid.png")
+    with Image.open(grid) as picture:
+        assert picture.size == (round(100 * (1.9 * 3 + 0.6)), round(100 * (1.9 * 2 + 0.4)))
+    assert method_slug("smoothgradcam++") == "smoothgradcampp"
+    assert result.class_name(int(result.target_ids[0, 0])) == CLASS_NAMES[0]

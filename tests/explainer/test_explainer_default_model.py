@@ -1,0 +1,79 @@
+"""The embedded default model (exported on first use into a temporary cache): every method's map
+peaks inside a true digit box for most test images, and `camserve explain` with no model and no
+images explains the built-in samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from camserve.cli import main
+from camserve.config import CamserveConfig, RuntimeConfig
+from camserve.default_model.data import make_localisation_dataset
+from camserve.explainer import Explainer
+from camserve.methods import known_methods
+
+IMAGES = 24
+# Lowest share of the IMAGES test images whose map peaks inside a true box, per method; measured
+# rates are in docs/readme/methods.md (scripts/measure_methods.py), these leave a margin below them.
+MIN_PEAK_IN_BOX = {
+    "cam": 0.9,
+    "eigencam": 0.5,
+    "scorecam": 0.8,
+    "ablationcam": 0.9,
+    "gradcam": 0.9,
+    "gradcam++": 0.9,
+    "xgradcam": 0.9,
+    "smoothgradcam++": 0.9,
+    "layercam": 0.9,
+    "hirescam": 0.9,
+    "guidedbackprop": 0.5,
+    "guidedgradcam": 0.8,
+}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def explainer(cache_dir) -> Explainer:
+    return Explainer(config=CamserveConfig(runtime=RuntimeConfig(cache_dir=cache_dir)))
+
+
+def peak_in_box_rate(maps: np.ndarray, boxes: list[torch.Tensor]) -> float:
+    """maps [N,H,W]: share of images whose argmax pixel lies in one of the image's boxes."""
+    hits = 0
+    for image_map, image_boxes in zip(maps, boxes, strict=True):
+        y, x = np.unravel_index(int(image_map.argmax()), image_map.shape)
+        hits += any(x0 <= x < x1 and y0 <= y < y1 for x0, y0, x1, y1 in image_boxes.tolist())
+    return hits / len(boxes)
+
+
+def test_every_method_peaks_inside_the_true_box(explainer):
+    assert explainer.supported_methods == known_methods()  # GAP -> linear head, guided graph
+    dataset = make_localisation_dataset(IMAGES, seed=11, split="test")
+    pixels = (dataset.images * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
+    targets = dataset.labels.reshape(-1, 1)  # explain the true class
+    result = explainer.explain(pixels.numpy(), methods=known_methods(), targets=targets)
+    assert (result.logits.argmax(axis=1) == dataset.labels.numpy()).mean() >= 0.9
+    rates = {method: peak_in_box_rate(result.maps[method][:, 0], dataset.boxes) for method in known_methods()}
+    failing = {m: rate for m, rate in rates.items() if rate < MIN_PEAK_IN_BOX[m]}
+    assert not failing, f"peak-in-box rates below the bar: {failing} (all: {rates})"
+
+
+def test_cli_explains_built_in_samples_with_the_default_model(cache_dir, tmp_path, capsys):
+    config = tmp_path / "camserve.toml"
+    config.write_text(f'[runtime]\ncache_dir = "{cache_dir}"\n')
+    out = tmp_path / "samples.npz"
+    status = main(
+        ["--config", str(config), "explain", "--method", "cam", "--target", "-1", "--out", str(out)]
+    )
+    assert status == 0
+    with np.load(out) as data:
+        assert data["cam"].shape == (4, 1, 64, 64)
+        assert data["class_names"].tolist() == [str(d) for d in range(10)]
+    printed = capsys.readouterr().out
+    assert printed.count("sample") >= 4

@@ -1,0 +1,55 @@
+"""Tiny models for export tests, importable as ``tests.export.nets:<factory>``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyGapNet(nn.Module):
+    """conv -> ReLU -> conv (the target, 'features') -> GAP -> linear: CAM applies."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(nn.Conv2d(8, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(self.stem(x)).mean(dim=(2, 3)))
+
+
+class ResidualNet(nn.Module):
+    """A skip connection around 'inner': 'inner' is not a cut, 'block' is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Module()
+        self.inner = nn.Conv2d(4, 4, 3, padding=1)
+        self.unused = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = h + self.inner(h)
+        self.unused(h)  # computed, never used: its output does not reach the logits
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+class MaxPoolHead(nn.Module):
+    """'body' -> MaxPool2d(2) -> linear: a head whose gradient depends on max-pool tie-breaking."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(2 * 2 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.body(x)).flatten(1))
+
+
+def build_tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyGapNet()

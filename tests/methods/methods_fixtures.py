@@ -1,0 +1,212 @@
+"""Runners and autograd references shared by the method tests.
+
+``ScriptedRunner`` serves hand-written tensors (golden tests); ``CountingRunner`` wraps any runner
+and records the batch size of every graph call; the ``reference_*`` functions compute what the
+papers define with plain hooks and ``torch.autograd.grad`` on the model itself, independently of
+camserve's graphs and kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from camserve.export.graphs import resolve_targets
+from camserve.export.reference import TorchGraphRunner
+from torch import nn
+
+from camserve.config import ExplainOptions, RuntimeConfig
+from camserve.methods import MethodContext
+from camserve.outputs import ExplainOutputs
+
+# The golden tensors (K = 2 channels, 2x2 maps) whose maps the golden tests work out by hand.
+A1 = [[1.0, 2.0], [0.0, 1.0]]  # sum 4, mean 1
+A2 = [[0.0, 1.0], [4.0, 0.0]]  # sum 5, mean 1.25
+G1 = [[1.0, 1.0], [1.0, 1.0]]  # dy0/dA^1: constant 1
+G2 = [[1.0, -1.0], [1.0, 0.0]]  # dy0/dA^2
+HEAD_W = [[1.0, 2.0], [3.0, -1.0]]  # head y_c = sum_k W_ck mean(A^k): y0 = 3.5, y1 = 1.75
+
+
+def golden_activations() -> torch.Tensor:
+    return torch.tensor([[A1, A2]])  # [1,2,2,2]
+
+
+class ScriptedRunner:
+    """A GraphRunner over fixed tensors: activations [N,K,h,w]; class_gradients [N,C,K,h,w] (what
+    dy_c/dA would be); the head is GAP then the linear map ``head_weights`` [C,K]; forward(x) scores
+    class c as forward_signs[c] * (sum of x's first colour channel); guided returns ``guided_gradients``."""
+
+    def __init__(
+        self,
+        activations: torch.Tensor,
+        class_gradients: torch.Tensor,
+        head_weights: torch.Tensor,
+        forward_signs: torch.Tensor | None = None,
+        guided_gradients: torch.Tensor | None = None,
+    ) -> None:
+        self.activations = activations
+        self.class_gradients = class_gradients
+        self.head_weights = head_weights
+        self.forward_signs = forward_signs
+        self.guided_gradients = guided_gradients
+        self.calls: dict[str, list[int]] = defaultdict(list)
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
+        self.calls["explain"].append(images.shape[0])
+        logits = self.activations.mean(dim=(-2, -1)) @ self.head_weights.T
+        ids = resolve_targets(targets, logits)
+        rows = torch.arange(ids.shape[0]).unsqueeze(1)
+        return ExplainOutputs(logits, self.activations, self.class_gradients[rows, ids], ids)
+
+    def head(self, activations: torch.Tensor, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls["head"].append(activations.shape[0])
+        return activations.mean(dim=(-2, -1)) @ self.head_weights.T
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls["forward"].append(images.shape[0])
+        return images[:, 0].sum(dim=(-2, -1)).unsqueeze(1) * self.forward_signs.unsqueeze(0)
+
+    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.calls["guided"].append(images.shape[0])
+        return self.guided_gradients
+
+
+def golden_runner() -> ScriptedRunner:
+    """A1, A2 with gradients G1, G2 for class 0 (class 1 gets their negatives) and the HEAD_W head."""
+    grads_class0 = torch.tensor([G1, G2])
+    class_gradients = torch.stack([grads_class0, -grads_class0]).unsqueeze(0)  # [1,C=2,K=2,2,2]
+    return ScriptedRunner(
+        golden_activations(),
+        class_gradients,
+        torch.tensor(HEAD_W),
+        forward_signs=torch.tensor([1.0, -1.0]),
+    )
+
+
+def context_for(outputs: ExplainOutputs, images: torch.Tensor, **kwargs) -> MethodContext:
+    """A MethodContext as compute_maps builds it, for calling one method directly."""
+    return MethodContext(
+        runner=kwargs.pop("runner", None),
+        images=images,
+        outputs=outputs,
+        options=kwargs.pop("options", ExplainOptions()),
+        runtime=kwargs.pop("runtime", RuntimeConfig(kernels="torch")),
+        **kwargs,
+    )
+
+
+class CountingRunner:
+    """Wraps a runner; ``calls[graph]`` lists the batch size of every call, ``seen[graph]`` the inputs."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: dict[str, list[int]] = defaultdict(list)
+        self.seen: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def _record(self, graph: str, tensor: torch.Tensor) -> None:
+        self.calls[graph].append(int(tensor.shape[0]))
+        self.seen[graph].append(tensor.detach().clone())
+
+    def explain(self, images, targets):
+        self._record("explain", images)
+        return self.inner.explain(images, targets)
+
+    def forward(self, images):
+        self._record("forward", images)
+        return self.inner.forward(images)
+
+    def head(self, activations, extra_tokens=None):
+        self._record("head", activations)
+        return self.inner.head(activations, extra_tokens)
+
+    def guided(self, images, targets):
+        self._record("guided", images)
+        return self.inner.guided(images, targets)
+
+
+class GapLinearHeadRunner(TorchGraphRunner):
+    """TorchGraphRunner on a torchvision ResNet cut at ``layer4`` whose head runs only avgpool + fc,
+    as the exported head graph does. (The eager SplitModel.head also runs the body on a dummy image,
+    which makes hundreds of ablation runs slow on a CPU; the tests check both heads agree.)"""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+        super().__init__(model, "layer4", input_size)
+        self.fc = copy.deepcopy(model.fc).eval().requires_grad_(False)
+
+    def head(self, activations: torch.Tensor, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.fc(activations.mean(dim=(-2, -1)))
+
+
+# -- autograd references --------------------------------------------------------------------------
+
+
+def reference_layer_gradients(
+    model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [N,C], A [N,K,h,w] and dy_c/dA [N,K,h,w] for one class per image (classes [N]), by a
+    forward hook that makes the layer's output a leaf, and torch.autograd.grad."""
+    captured = {}
+
+    def hook(_module, _inputs, output):
+        leaf = output.detach().clone().requires_grad_(True)
+        captured["A"] = leaf
+        return leaf
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+            score = logits.gather(1, classes.unsqueeze(1)).sum()
+            (grads,) = torch.autograd.grad(score, captured["A"])
+    finally:
+        handle.remove()
+    return logits.detach(), captured["A"].detach(), grads
+
+
+def minmax(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-map min-max over the last two dims; constant maps -> 0."""
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - lo
+    return torch.where(span > eps, (maps - lo) / span.clamp_min(eps), torch.zeros_like(maps))
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[..., h, w] -> [..., H, W], bilinear with half-pixel centres."""
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:])
+    return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
+
+
+class _GuidedReLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0) * (grad > 0)
+
+
+class _GuidedReLU(nn.Module):
+    def forward(self, x):
+        return _GuidedReLUFunction.apply(x)
+
+
+def reference_guided_gradients(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Guided backprop [N,3,H,W] on a copy of ``model`` whose nn.ReLU modules pass back only positive
+    gradients at positive inputs (Springenberg et al.)."""
+    guided = copy.deepcopy(model).eval()
+    for module in list(guided.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(module, child_name, _GuidedReLU())
+    x = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        score = guided(x).gather(1, classes.unsqueeze(1)).sum()
+        (grads,) = torch.autograd.grad(score, x)
+    return grads

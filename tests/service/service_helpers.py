@@ -1,0 +1,145 @@
+"""Helpers of the service tests: real `camserve serve` processes on 127.0.0.1 with a free port
+(port 0; the bound port is read from the server's log), images and requests.
+
+Every wait has a timeout; ``ServerProcess.stop`` sends SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+from camserve.v1 import camserve_pb2 as pb
+from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+MODEL = "digits"
+SLOW_SMOOTH_N = 256  # noisy copies per image in slow_request
+SLOW_METHODS = ("smoothgradcam++", "scorecam")
+START_TIMEOUT_S = 90.0  # a cold start imports torch and onnxruntime on a busy 2-core machine
+STOP_TIMEOUT_S = 30.0
+_LISTENING = re.compile(r"camserve listening on [^\s:]+:(\d+)")
+
+
+class ServerProcess:
+    """A `camserve serve` child process whose stdout and stderr go to a log file."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # closed in stop()
+        self.proc = subprocess.Popen(
+            list(argv), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self.port = self._wait_for_port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            match = _LISTENING.search(self.log())
+            if match:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start within {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request_lines(self) -> list[str]:
+        return [line for line in self.log().splitlines() if "camserve.service.requests" in line]
+
+    def health(self, service: str = "") -> str:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._log.close()
+
+
+def serve_argv(models_root: Path | None, *flags: str) -> list[str]:
+    """`camserve --verbose serve` (debug log: the explain runs) on the models under ``models_root``
+    (None: no --models, the default model), on a free port, plus ``flags``."""
+    models = [] if models_root is None else ["--models", str(models_root)]
+    return [sys.executable, "-m", "camserve.cli", "--verbose", "serve", *models, "--port", "0", *flags]
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def stub(address: str) -> tuple[grpc.Channel, pb_grpc.ExplainServiceStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, pb_grpc.ExplainServiceStub(channel)
+
+
+def slow_request(pixels: np.ndarray, request_id: str, count: int = 2) -> pb.ExplainRequest:
+    """A request that keeps the model busy for a while (about a second per image on a loaded
+    2-core machine): Smooth Grad-CAM++ with many noisy copies, and Score-CAM."""
+    return pb.ExplainRequest(
+        id=request_id,
+        model=MODEL,
+        methods=list(SLOW_METHODS),
+        images=[pb.Image(encoded=png_bytes(p)) for p in pixels[:count]],
+        method_options=pb.MethodOptions(smooth_n=SLOW_SMOOTH_N),
+    )
+
+
+def wait_for_log(server: ServerProcess, needle: str, timeout_s: float = 30.0) -> str:
+    """The first request log line containing ``needle``, once it is written."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in server.request_lines():
+            if needle in line:
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no request log line with {needle!r} within {timeout_s} s:\n{server.log()}")
+
+
+def slow_runs(server: ServerProcess) -> int:
+    """How many explain runs of slow_request's methods the server has started (its debug log)."""
+    return server.log().count(f"explain run: images=1 methods={','.join(SLOW_METHODS)}")
+
+
+def wait_until_slow_run_starts(server: ServerProcess, runs_before: int, timeout_s: float = 30.0) -> None:
+    """Block until the server started a slow run more than ``runs_before`` had been started."""
+    deadline = time.monotonic() + timeout_s
+    while slow_runs(server) <= runs_before:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the slow request did not start within {timeout_s} s:\n{server.log()}")
+        time.sleep(0.02)
+
+
+def environ(**changes: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(changes)
+    return env
