@@ -9,6 +9,11 @@
 
 Image files, PIL images and uint8 pixels travel as PNG/JPEG bytes (the server preprocesses them
 exactly as the Explainer does); float32 tensors travel as they are.
+
+A server with TLS, mTLS or a bearer token (see the README's operations section):
+
+>>> Client("camserve.example:50051", ca_file="ca.pem", cert_file="client.pem", key_file="client.key",
+...        token=open("token.txt").read().strip())
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from camserve.images import ImageLike, preprocess
 from camserve.methods.compute import parse_output_size
 from camserve.methods.targets import parse_targets
 from camserve.result import ExplainResult, Prediction
+from camserve.service.security import open_channel, token_metadata
 from camserve.service.tensors import array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
@@ -54,6 +60,12 @@ class Client:
     model     the model to use when a call names none; None: the server's only model
     options   ExplainOptions sent with every call that passes none; None: the server's defaults
     timeout_s deadline of each call
+    tls       use TLS (verified against the system's root certificates unless ca_file is given);
+              implied by any of the certificate files
+    ca_file   PEM certificate(s) that verify the server (a private CA or a self-signed certificate)
+    cert_file, key_file   the client's own certificate and key, for servers that require them (mTLS)
+    token     bearer token sent as ``authorization: Bearer <token>`` with every call
+    server_name  the name to check the server's certificate against, when the address is not it
     """
 
     def __init__(
@@ -63,13 +75,26 @@ class Client:
         options: ExplainOptions | None = None,
         timeout_s: float | None = 60.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        tls: bool = False,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self.options = options
         self._model = model
-        self._channel = grpc.insecure_channel(
+        self._metadata = token_metadata(token)
+        self._channel = open_channel(
             address,
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            server_name=server_name,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -144,7 +169,7 @@ class Client:
 
     def _call(self, method: Callable[..., Any], request: Message) -> Any:
         try:
-            return method(request, timeout=self.timeout_s)
+            return method(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFoundError(f"server {self.address}: {exc.details()}") from None

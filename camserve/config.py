@@ -39,7 +39,7 @@ class ExplainOptions:
 
     output_size: str = "input"  # "input", "feature" or "HxW"
     normalize: bool = True  # per-map min-max; False returns raw ReLU'd maps
-    eps: float = 1e-7  # min-max denominator: (m - min) / (max - min + eps)
+    eps: float = 1e-7  # min-max: (m - min) / (max - min); a map with max - min <= eps becomes all zeros
     smooth_n: int = 8  # Smooth Grad-CAM++ noisy copies
     smooth_sigma: float = 0.15  # noise std as a fraction of the input's value range (max - min)
     smooth_seed: int = 0  # seed of the Smooth Grad-CAM++ noise: the same request gives the same map
@@ -60,6 +60,12 @@ class ServiceConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     grace_period_s: float = 10.0
     metrics_port: int = 0  # 0: no Prometheus endpoint
+    # Transport security (off by default; see the README's operations section for production):
+    tls_cert: str = ""  # PEM server certificate (chain); with tls_key the server speaks TLS only
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mTLS)
+    auth_token: str = ""  # bearer token every call must carry (authorization: Bearer <token>)
+    auth_token_file: str = ""  # the same, read from a file (preferred: keeps it out of ps and env)
 
 
 @dataclass(frozen=True)

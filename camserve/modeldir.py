@@ -7,7 +7,7 @@ Layout::
     DIR/forward.onnx       images -> logits (forward only; Score-CAM, evaluation)
     DIR/head.onnx          activations [M,K,h,w] (+ extra_tokens) -> logits (Ablation-CAM)
     DIR/guided.onnx        images, targets -> guided-backprop input gradients [N,T,3,H,W]
-    DIR/cam_weights.npz    classifier W [C,K] and b [C], only when the head is GAP -> linear (CAM)
+    DIR/cam_weights.npz    arrays 'weight' [C,K] and 'bias' [C], only when the head is GAP -> linear (CAM)
 """
 
 from __future__ import annotations

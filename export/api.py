@@ -160,8 +160,11 @@ def _verify_graph(graph: str, path: Path, fn, inputs, in_names) -> None:
     with torch.no_grad():
         expected = fn(*fresh)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: x.numpy() for n, x in zip(in_names, fresh, strict=True)})
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {n: x.numpy() for n, x in zip(in_names, fresh, strict=True)})
+    except Exception as exc:  # ONNX Runtime rejects the graph: report it as an export failure
+        raise ExportError(f"ONNX Runtime cannot run the exported {graph} graph: {exc}") from exc
     for out, ref, want in zip(session.get_outputs(), got, expected, strict=True):
         want = want.numpy()
         scale = max(float(np.abs(want).max()), 1e-30)

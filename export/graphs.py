@@ -118,7 +118,8 @@ class SplitModel(nn.Module):
         that tracing removes: the head graph contains the head only)."""
 
         def hook(_module, _inputs, _raw):
-            return self.layout.from_nkhw(activations, extra)
+            # a copy: an in-place op after the layer (DenseNet's ReLU) must not write into the caller's tensor
+            return self.layout.from_nkhw(activations, extra).clone()
 
         dummy = activations.new_zeros((activations.shape[0], *self.input_size))
         with _hooked(self._layer, hook):
@@ -182,7 +183,7 @@ class SplitModel(nn.Module):
         dummy = torch.zeros(acts.shape[0], *self.input_size, requires_grad=True)
 
         def hook(_module, _inputs, _raw):
-            return self.layout.from_nkhw(acts, extra)
+            return self.layout.from_nkhw(acts, extra).clone()  # in-place ops after the layer need a non-leaf
 
         with torch.enable_grad(), _hooked(self._layer, hook):
             logits = self.model(dummy)

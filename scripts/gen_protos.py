@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Generate the Python gRPC stubs for proto/camserve/v1/*.proto (checked in next to the .proto files).
+"""Generate the Python gRPC stubs for proto/camserve/v1/*.proto and proto/camserve/inference/*.proto
+(checked in next to the .proto files).
 
-    python scripts/gen_protos.py               # regenerate into proto/camserve/v1/
-    python scripts/gen_protos.py --out DIR     # write DIR/camserve/v1/*_pb2*.py(i) instead (staleness test)
+    python scripts/gen_protos.py               # regenerate into proto/camserve/{v1,inference}/
+    python scripts/gen_protos.py --out DIR     # write DIR/camserve/{v1,inference}/*_pb2*.py(i) instead
+                                               # (staleness test)
 
-The stubs import each other as ``camserve.v1.<name>_pb2``, which is where pyproject.toml maps
-proto/camserve/v1/. Regenerate with the grpcio-tools version pinned in the ``dev`` extra: the generated
-files name it, and tests/service/test_protos.py fails when the checked-in ones differ.
+The stubs import each other as ``camserve.v1.<name>_pb2`` and ``camserve.inference.<name>_pb2``, which
+is where pyproject.toml maps proto/camserve/v1/ and proto/camserve/inference/ (the Open Inference
+Protocol, proto package ``inference``). Regenerate with the grpcio-tools version pinned in the ``dev``
+extra: the generated files name it, and tests/service/test_protos.py fails when the checked-in ones differ.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import sys
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"
-PACKAGE_DIR = Path("camserve") / "v1"
+PACKAGE_DIRS = (Path("camserve") / "v1", Path("camserve") / "inference")
 
 
 def proto_files(root: Path = PROTO_ROOT) -> list[Path]:
     """The .proto files, relative to ``root`` (protoc derives import paths from these)."""
-    return sorted(p.relative_to(root) for p in (root / PACKAGE_DIR).glob("*.proto"))
+    return sorted(p.relative_to(root) for d in PACKAGE_DIRS for p in (root / d).glob("*.proto"))
 
 
 def generate(out: Path, root: Path = PROTO_ROOT) -> list[Path]:
@@ -32,7 +35,7 @@ def generate(out: Path, root: Path = PROTO_ROOT) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = proto_files(root)
     if not files:
-        raise SystemExit(f"no .proto files under {root / PACKAGE_DIR}")
+        raise SystemExit(f"no .proto files under {', '.join(str(root / d) for d in PACKAGE_DIRS)}")
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     argv = [
         "grpc_tools.protoc",
@@ -46,7 +49,7 @@ def generate(out: Path, root: Path = PROTO_ROOT) -> list[Path]:
     status = protoc.main(argv)
     if status != 0:
         raise SystemExit(f"protoc failed with status {status}")
-    return sorted((out / PACKAGE_DIR).glob("*_pb2*.py*"))
+    return sorted(p for d in PACKAGE_DIRS for p in (out / d).glob("*_pb2*.py*"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,9 @@ class DynamicBatcher(Generic[P, R]):
         max_queue_delay_ms: float,
         max_queue_size: int,
         name: str = "batcher",
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``on_batch(batch_size, compute_ms)`` is called on the event loop after every successful run."""
         if max_batch_size < 1:
             raise InvalidArgumentError("max_batch_size", f"must be at least 1, got {max_batch_size}")
         if max_queue_size < 1:
@@ -81,6 +83,7 @@ class DynamicBatcher(Generic[P, R]):
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self._runner = runner
+        self._on_batch = on_batch
         # One thread: batches of one model run one after another; the queue fills meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
         self._queues: dict[Hashable, deque[_Item[P, R]]] = {}
@@ -232,6 +235,8 @@ class DynamicBatcher(Generic[P, R]):
                 await self._execute(key, [item])
             return
         compute_ms = (time.monotonic() - started) * 1e3
+        if self._on_batch is not None:
+            self._on_batch(len(items), compute_ms)
         for item, result in zip(items, results, strict=True):
             if not item.future.done():
                 stats = BatchStats((started - item.enqueued_at) * 1e3, compute_ms, len(items))

@@ -1,10 +1,31 @@
-"""Prometheus metrics of the explanation service, served on ServiceConfig.metrics_port when it is not 0."""
+"""Prometheus metrics of the explanation service, served on ServiceConfig.metrics_port when it is not 0.
+
+Two families: ``camserve_*`` (requests by status code, latency) and Triton-like ``nv_inference_*``
+(the names Triton Inference Server uses, so its dashboards and alerts carry over; counters get the
+client library's ``_total`` suffix). Both APIs (camserve.v1 and inference.GRPCInferenceService) count
+in both. Request counters are per model and method (a request asking for two methods counts once for
+each); durations are microseconds, per model:
+
+nv_inference_request_success_total{model,version,method}         requests answered OK
+nv_inference_request_failure_total{model,version,method,reason}  failed requests; reason: gRPC code name
+nv_inference_count_total{model,version,method}                    images explained (inferences)
+nv_inference_exec_count_total{model,version}                      batches run (model executions)
+nv_inference_request_duration_us{model,version}                   histogram: receipt to answer, OK requests
+nv_inference_queue_duration_us{model,version}                     histogram: a request's wait in the queue
+nv_inference_compute_infer_duration_us{model,version}             histogram: one batch run
+nv_inference_batch_size{model,version}                            histogram: images per batch run
+nv_inference_pending_request_count{model,version}                 gauge: images waiting in the queue
+
+Requests for a model the server does not hold count under model="unknown"; requests that failed
+before their methods were checked count under method="".
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +53,88 @@ BATCH_SIZE = Histogram(
 )
 
 
+MODEL_VERSION = "1"  # every model is served as version "1" (see service/oip.py)
+_US_BUCKETS = (100, 250, 500, 1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7)
+
+NV_SUCCESS = Counter("nv_inference_request_success", "Requests answered OK", ["model", "version", "method"])
+NV_FAILURE = Counter(
+    "nv_inference_request_failure",
+    "Failed requests; reason is the gRPC status code name",
+    ["model", "version", "method", "reason"],
+)
+NV_COUNT = Counter(
+    "nv_inference_count", "Images explained (inferences), per method", ["model", "version", "method"]
+)
+NV_EXEC_COUNT = Counter("nv_inference_exec_count", "Batches run (model executions)", ["model", "version"])
+NV_REQUEST_US = Histogram(
+    "nv_inference_request_duration_us",
+    "Time from receiving a request to its answer, requests answered OK (microseconds)",
+    ["model", "version"],
+    buckets=_US_BUCKETS,
+)
+NV_QUEUE_US = Histogram(
+    "nv_inference_queue_duration_us",
+    "Time a request's images waited in the batcher's queue (microseconds)",
+    ["model", "version"],
+    buckets=_US_BUCKETS,
+)
+NV_COMPUTE_US = Histogram(
+    "nv_inference_compute_infer_duration_us",
+    "Duration of one batch run (microseconds)",
+    ["model", "version"],
+    buckets=_US_BUCKETS,
+)
+NV_BATCH_SIZE = Histogram(
+    "nv_inference_batch_size",
+    "Images per batch run (the effective batch size)",
+    ["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+NV_PENDING = Gauge(
+    "nv_inference_pending_request_count", "Images waiting in the batcher's queue", ["model", "version"]
+)
+AUTH_FAILURES = Counter(
+    "camserve_auth_failures", "Calls refused for a missing or wrong bearer token", ["reason"]
+)
+
+
+def observe_request(
+    model: str, methods: Sequence[str], code: str, images: int, queue_ms: float, total_ms: float
+) -> None:
+    """The nv_inference_* figures of one finished request (``code``: its gRPC status code name)."""
+    labels = methods or ("",)
+    if code == "OK":
+        for method in labels:
+            NV_SUCCESS.labels(model, MODEL_VERSION, method).inc()
+            NV_COUNT.labels(model, MODEL_VERSION, method).inc(images)
+        NV_REQUEST_US.labels(model, MODEL_VERSION).observe(total_ms * 1e3)
+        NV_QUEUE_US.labels(model, MODEL_VERSION).observe(queue_ms * 1e3)
+    else:
+        for method in labels:
+            NV_FAILURE.labels(model, MODEL_VERSION, method, code).inc()
+
+
+def batch_observer(model: str) -> Callable[[int, float], None]:
+    """The batcher's ``on_batch(batch_size, compute_ms)`` hook for ``model``."""
+    execs = NV_EXEC_COUNT.labels(model, MODEL_VERSION)
+    compute = NV_COMPUTE_US.labels(model, MODEL_VERSION)
+    sizes = NV_BATCH_SIZE.labels(model, MODEL_VERSION)
+
+    def on_batch(batch_size: int, compute_ms: float) -> None:
+        execs.inc()
+        compute.observe(compute_ms * 1e3)
+        sizes.observe(batch_size)
+
+    return on_batch
+
+
+def track_pending(model: str, queued: Callable[[], int]) -> None:
+    """Report ``queued()`` (images waiting) as the model's pending count at every scrape."""
+    NV_PENDING.labels(model, MODEL_VERSION).set_function(queued)
+
+
 def serve_metrics(host: str, port: int) -> None:
     """Start the /metrics HTTP endpoint in a daemon thread."""
+    disable_created_metrics()  # no *_created series: counters and histograms only
     start_http_server(port, addr=host)
     log.info("Prometheus metrics on http://%s:%d/metrics", host, port)

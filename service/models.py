@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from camserve.service import metrics
 from camserve.service.batcher import DynamicBatcher
 from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 from PIL import Image, UnidentifiedImageError
@@ -151,10 +152,13 @@ class ModelRegistry:
 def make_batcher(
     name: str, explainer: Explainer, service: ServiceConfig
 ) -> DynamicBatcher[ImageWork, ImageResult]:
-    return DynamicBatcher(
+    batcher: DynamicBatcher[ImageWork, ImageResult] = DynamicBatcher(
         ExplainBatchRunner(explainer),
         max_batch_size=service.max_batch_size,
         max_queue_delay_ms=service.max_queue_delay_ms,
         max_queue_size=service.max_queue_size,
         name=name,
+        on_batch=metrics.batch_observer(name),
     )
+    metrics.track_pending(name, lambda: batcher.queued)
+    return batcher

@@ -70,10 +70,8 @@ class ExplainBatchRunner:
         self.explainer = explainer
 
     def __call__(self, key: BatchKey, works: list[ImageWork]) -> Sequence[ImageResult]:
-        if any(method_class(m)().noisy_copies(key.options) for m in key.costly_methods):
-            # Noise is drawn for the whole batch, so an image's noisy copies would depend on its
-            # neighbours: run such images alone to give each request the map it gets in-process.
-            return [result for work in works for result in self._run([work], key.options)]
+        # Smooth Grad-CAM++'s noise is the same for every image of a batch, so coalescing requests
+        # never changes an image's maps.
         return self._run(works, key.options)
 
     def _run(self, works: list[ImageWork], options: ExplainOptions) -> list[ImageResult]:

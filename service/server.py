@@ -1,5 +1,7 @@
-"""The gRPC server: ExplainService, grpc.health.v1.Health (one entry per model, plus "" overall) and
-server reflection on one grpc.aio server, with graceful shutdown on SIGTERM / SIGINT.
+"""The gRPC server: ExplainService, the Open Inference Protocol's inference.GRPCInferenceService,
+grpc.health.v1.Health (one entry per model, plus "" overall) and server reflection on one grpc.aio
+server, with graceful shutdown on SIGTERM / SIGINT. TLS / mTLS and the bearer-token check are set up
+here from ServiceConfig (camserve.service.security).
 
 Shutdown: health goes NOT_SERVING, new Explain requests get UNAVAILABLE, requests in flight finish
 (at most ServiceConfig.grace_period_s), then the server stops.
@@ -15,6 +17,13 @@ import time
 import grpc
 from camserve.service.metrics import serve_metrics
 from camserve.service.models import ModelRegistry
+from camserve.service.security import (
+    BearerTokenInterceptor,
+    check_security_config,
+    load_token,
+    server_credentials,
+    warn_if_exposed,
+)
 from camserve.service.servicer import ExplainServicer
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
@@ -41,7 +50,9 @@ class ExplainServer:
         service = config.service
         self.servicer = ExplainServicer(models, config.explain, service.max_batch_size)
         self.health = health_aio.HealthServicer()
+        token = load_token(service)
         self.server = grpc.aio.server(
+            interceptors=[BearerTokenInterceptor(token)] if token else None,
             options=[
                 ("grpc.max_send_message_length", service.max_message_bytes),
                 ("grpc.max_receive_message_length", service.max_message_bytes),
@@ -49,10 +60,17 @@ class ExplainServer:
             ]
         )
         pb_grpc.add_ExplainServiceServicer_to_server(self.servicer, self.server)
+        # Imported here, not at module level: see camserve.inference (tritonclient shares its names).
+        from camserve.service.oip import INFERENCE_SERVICE, InferenceServicer, add_inference_service
+
+        self.inference = InferenceServicer(models, self.servicer, config)
+        add_inference_service(self.server, self.inference)
+        self.inference_service = INFERENCE_SERVICE
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
                 EXPLAIN_SERVICE,
+                INFERENCE_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -64,15 +82,19 @@ class ExplainServer:
     @property
     def health_names(self) -> list[str]:
         """Health service names: "" (overall), the API service and every model."""
-        return ["", EXPLAIN_SERVICE, *self.models.names]
+        return ["", EXPLAIN_SERVICE, self.inference_service, *self.models.names]
 
     async def start(self) -> int:
         """Bind, start the batchers and the server, report SERVING; returns the bound port."""
         service = self.config.service
         check_service_config(service)
         address = f"{service.host}:{service.port}"
+        credentials = server_credentials(service)
         try:
-            self.port = self.server.add_insecure_port(address)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise InvalidArgumentError("service.port", f"cannot listen on {address} ({exc})") from None
         if self.port == 0:
@@ -83,14 +105,18 @@ class ExplainServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if service.metrics_port:
             serve_metrics(service.host, service.metrics_port)
+        warn_if_exposed(service)
         log.info(
-            "camserve listening on %s:%d models=%s max_batch_size=%d max_queue_delay_ms=%g max_queue_size=%d",
+            "camserve listening on %s:%d models=%s max_batch_size=%d max_queue_delay_ms=%g max_queue_size=%d"
+            " tls=%s auth=%s",
             service.host,
             self.port,
             ",".join(self.models.names),
             service.max_batch_size,
             service.max_queue_delay_ms,
             service.max_queue_size,
+            ("mtls" if service.tls_client_ca else "on") if service.tls_cert else "off",
+            "bearer-token" if service.auth_token or service.auth_token_file else "off",
         )
         return self.port
 
@@ -146,6 +172,7 @@ def check_service_config(service: ServiceConfig) -> None:
         )
     if not service.grace_period_s >= 0:
         raise InvalidArgumentError("service.grace_period_s", f"must be >= 0, got {service.grace_period_s}")
+    check_security_config(service)
 
 
 async def serve(config: CamserveConfig, models: ModelRegistry) -> None:

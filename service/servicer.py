@@ -8,12 +8,13 @@ model, images, methods, queue ms, compute ms, batch size and status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -45,12 +46,16 @@ class RequestRecord:
     compute_ms: float = 0.0
     batch_size: int = 0
     started: float = field(default_factory=time.monotonic)
+    kind: str = "explain"  # the log line's first word: "explain" (camserve.v1) or "infer" (inference.*)
+    # The request's methods once checked against the model (metric labels; never raw client strings).
+    method_labels: tuple[str, ...] = ()
 
     def log(self, code: grpc.StatusCode, served: bool, error: str = "") -> None:
         total_ms = (time.monotonic() - self.started) * 1e3
         request_log.info(
-            "explain id=%s model=%s images=%d methods=%s queue_ms=%.2f compute_ms=%.2f batch_size=%d "
+            "%s id=%s model=%s images=%d methods=%s queue_ms=%.2f compute_ms=%.2f batch_size=%d "
             "total_ms=%.2f status=%s%s",
+            self.kind,
             _logfmt(self.id),
             _logfmt(self.model),
             self.images,
@@ -69,6 +74,7 @@ class RequestRecord:
             metrics.REQUEST_SECONDS.labels(label).observe(total_ms / 1e3)
             metrics.QUEUE_SECONDS.labels(label).observe(self.queue_ms / 1e3)
             metrics.BATCH_SIZE.labels(label).observe(self.batch_size)
+        metrics.observe_request(label, self.method_labels, code.name, self.images, self.queue_ms, total_ms)
 
 
 def _logfmt(value: str) -> str:
@@ -91,6 +97,19 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     async def wait_idle(self) -> None:
         """Return once no Explain request is in progress."""
         await self._idle.wait()
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count a request of another API on this server (inference.GRPCInferenceService) as in
+        progress, so that shutdown waits for it too."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     async def Explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
@@ -196,28 +215,42 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         # Decoding PNG/JPEG bytes takes real time: keep it off the event loop.
         decoded: DecodedRequest = await asyncio.to_thread(decode_request, request, model, self.defaults)
         record.methods = ",".join(decoded.works[0].methods)
-        groups: dict[Hashable, list[int]] = defaultdict(list)
-        for i, work in enumerate(decoded.works):
-            groups[batch_key(work, decoded.options)].append(i)
-        futures: dict[int, asyncio.Future[Completed[ImageResult]]] = {}
-        try:
-            for key, indices in groups.items():
-                submitted = model.batcher.submit(key, [decoded.works[i] for i in indices], deadline)
-                futures.update(zip(indices, submitted, strict=True))
-            completed = await asyncio.gather(*(futures[i] for i in range(len(decoded.works))))
-        except BaseException:
-            # A full queue for one group, a failed image or a cancelled call: drop the rest of it.
-            for future in futures.values():
-                future.cancel()
-            raise
-        record.queue_ms = max(c.stats.queue_ms for c in completed)
-        record.compute_ms = max(c.stats.compute_ms for c in completed)
-        record.batch_size = max(c.stats.batch_size for c in completed)
+        record.method_labels = decoded.works[0].methods
+        completed = await run_works(model, decoded.works, decoded.options, deadline, record)
         if decoded.output.overlay:
             images = await asyncio.to_thread(_encode_all, completed, decoded)
         else:
             images = _encode_all(completed, decoded)
         return pb.ExplainResponse(id=request.id, model=model.name, images=images)
+
+
+async def run_works(
+    model: ServedModel,
+    works: Sequence[ImageWork],
+    options: ExplainOptions,
+    deadline: float | None,
+    record: RequestRecord,
+) -> list[Completed[ImageResult]]:
+    """Queue one request's images on the model's batcher and wait for all of them (one result per
+    work, in order); fills the record's queue, compute and batch figures."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, work in enumerate(works):
+        groups[batch_key(work, options)].append(i)
+    futures: dict[int, asyncio.Future[Completed[ImageResult]]] = {}
+    try:
+        for key, indices in groups.items():
+            submitted = model.batcher.submit(key, [works[i] for i in indices], deadline)
+            futures.update(zip(indices, submitted, strict=True))
+        completed = await asyncio.gather(*(futures[i] for i in range(len(works))))
+    except BaseException:
+        # A full queue for one group, a failed image or a cancelled call: drop the rest of it.
+        for future in futures.values():
+            future.cancel()
+        raise
+    record.queue_ms = max(c.stats.queue_ms for c in completed)
+    record.compute_ms = max(c.stats.compute_ms for c in completed)
+    record.batch_size = max(c.stats.batch_size for c in completed)
+    return completed
 
 
 def _encode_all(

@@ -1,4 +1,9 @@
-"""``camserve export``: a PyTorch classifier -> a model directory (explain / forward / head / guided graphs)."""
+"""``camserve export``: a PyTorch classifier -> a model directory (explain / forward / head / guided graphs).
+
+With ``--triton-repository DIR`` it also writes a Triton Inference Server model repository for the
+explain graph; ``--from-model MODEL_DIR --triton-repository DIR`` writes one for an existing model
+directory without exporting anything.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--arch", help=f"torchvision architecture: {', '.join(ARCHITECTURES)}")
     source.add_argument("--module", help="import path of a factory returning an nn.Module: pkg.mod:build")
-    weights = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--from-model", metavar="MODEL_DIR", help="an existing model directory (with --triton-repository)"
+    )
+    # One of the two is required unless --from-model (checked in run()).
+    weights = p.add_mutually_exclusive_group()
     weights.add_argument("--weights", help="state dict file (.pth/.pt) to load")
     weights.add_argument(
         "--random-weights", action="store_true", help="seeded random weights (tests and benchmarks only)"
@@ -44,8 +53,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix-tokens", type=int, help="tokens layout: leading class/register tokens")
     p.add_argument("--graphs", default=",".join(GRAPHS), help=f"graphs to write (default {','.join(GRAPHS)})")
     p.add_argument("--name", help="model name (default: the output directory's name)")
-    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--out", help="output model directory (required unless --from-model)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument(
+        "--triton-repository",
+        metavar="DIR",
+        help="also write a Triton model repository for the explain graph: DIR/<name>/config.pbtxt, "
+        "DIR/<name>/1/model.onnx",
+    )
+    p.add_argument("--triton-max-batch-size", type=int, default=16, help="Triton max_batch_size (default 16)")
+    p.add_argument(
+        "--triton-instance-kind",
+        choices=("KIND_AUTO", "KIND_CPU", "KIND_GPU"),
+        default="KIND_AUTO",
+        help="Triton instance_group kind (default KIND_AUTO)",
+    )
     p.set_defaults(func=run)
 
 
@@ -77,10 +99,42 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
     return size
 
 
+def _write_triton_repository(args: argparse.Namespace, model_dir: Path | str) -> None:
+    from camserve.export.triton_repository import write_triton_repository
+
+    target = write_triton_repository(
+        model_dir,
+        args.triton_repository,
+        force=args.force,
+        max_batch_size=args.triton_max_batch_size,
+        instance_kind=args.triton_instance_kind,
+    )
+    print(f"Triton model repository: {target}/config.pbtxt, {target}/1/model.onnx")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.from_model:
+        if not args.triton_repository:
+            raise InvalidArgumentError("--from-model", "only used with --triton-repository DIR")
+        if args.weights or args.random_weights or args.out:
+            raise InvalidArgumentError(
+                "--from-model",
+                "reads an existing model directory: --weights, --random-weights and --out do not apply",
+            )
+        _write_triton_repository(args, args.from_model)
+        return 0
+    if not (args.weights or args.random_weights):
+        raise InvalidArgumentError("--weights", "one of --weights FILE or --random-weights is required")
+    if not args.out:
+        raise InvalidArgumentError("--out", "the output model directory is required")
     out = Path(args.out)
     if out.exists() and not args.force:
         raise InvalidArgumentError("--out", f"{out} exists; pass --force to replace it")
+    triton_target = Path(args.triton_repository) / (args.name or out.name) if args.triton_repository else None
+    if triton_target is not None and triton_target.exists() and not args.force:
+        raise InvalidArgumentError(
+            "--triton-repository", f"{triton_target} exists; pass --force to replace it"
+        )
     layout, prefix = args.layout, args.prefix_tokens
     if args.random_weights:
         log.warning("exporting with seeded random weights: the maps will mean nothing")
@@ -129,4 +183,6 @@ def run(args: argparse.Namespace) -> int:
     cam = "yes" if m.cam_weights else "no (head is not GAP -> linear)"
     print(f"exported {m.architecture} layer {m.target_layer} -> {model_dir.path}")
     print(f"  activations [N,{','.join(map(str, m.activation_shape))}], {m.num_classes} classes, CAM: {cam}")
+    if args.triton_repository:
+        _write_triton_repository(args, model_dir.path)
     return 0

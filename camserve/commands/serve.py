@@ -2,6 +2,7 @@
 
     camserve serve                                   # the embedded default model on 127.0.0.1:50051
     camserve serve --models ./models --host 0.0.0.0 --port 50051
+    camserve serve --tls-cert server.pem --tls-key server.key --auth-token-file token.txt
 
 Every model directory under --models is served under its directory's name. Flags override the
 configuration (file given with --config, then CAMSERVE_* variables, then these flags).
@@ -27,6 +28,10 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "max_message_bytes": ("service", "max_message_bytes"),
     "grace_period_s": ("service", "grace_period_s"),
     "metrics_port": ("service", "metrics_port"),
+    "tls_cert": ("service", "tls_cert"),
+    "tls_key": ("service", "tls_key"),
+    "tls_client_ca": ("service", "tls_client_ca"),
+    "auth_token_file": ("service", "auth_token_file"),
     "device": ("runtime", "device"),
     "kernels": ("runtime", "kernels"),
     "intra_op_threads": ("runtime", "intra_op_threads"),
@@ -54,6 +59,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-message-bytes", type=int, help="largest request or response message")
     parser.add_argument("--grace-period-s", type=float, help="time requests in flight get on shutdown")
     parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: none)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="server certificate (chain): serve TLS only")
+    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)"
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        metavar="FILE",
+        help="require `authorization: Bearer <token>` with the token in FILE "
+        "(or set CAMSERVE_SERVICE_AUTH_TOKEN)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--kernels", choices=("auto", "triton", "torch"))
     parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per run (0: all cores)")

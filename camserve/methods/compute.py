@@ -178,9 +178,12 @@ def _finish(result: MethodMaps, size: tuple[int, int], options: ExplainOptions, 
 
 
 def _noisy_copies(images: torch.Tensor, copies: int, sigma_fraction: float, seed: int) -> torch.Tensor:
-    """[S,N,3,H,W]: images + N(0, sigma^2), sigma = sigma_fraction * (max - min) of each image."""
+    """[S,N,3,H,W]: images + N(0, sigma^2), sigma = sigma_fraction * (max - min) of each image.
+
+    Every image gets the same S noise patterns (drawn from ``seed``), so an image's map does not
+    depend on which other images share its batch (the service coalesces requests)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn((copies, *images.shape), generator=generator, dtype=torch.float32)
+    noise = torch.randn((copies, 1, *images.shape[1:]), generator=generator, dtype=torch.float32)
     value_range = images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))  # [N]
     sigma = (sigma_fraction * value_range).reshape(1, -1, 1, 1, 1)
     return images.unsqueeze(0) + noise.to(images.device) * sigma

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from camserve.kernels.reference import channel_weights, upsample_normalize, weighted_sum_relu
 
 from camserve.default_model.net import TARGET_LAYER, normalize
+from camserve.kernels.reference import channel_weights, upsample_normalize, weighted_sum_relu
 
 
 def activations_and_gradients(

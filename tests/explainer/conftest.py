@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from camserve.export import export_model
 from torch import nn
 
+from camserve.export import export_model
 from camserve.modeldir import MANIFEST_NAME, ModelDirectory
 
 INPUT_SIZE = (3, 16, 16)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from camserve.export.reference import TorchGraphRunner
 from conftest import CLASS_NAMES, INPUT_SIZE, MEAN, STD
 from PIL import Image
 
 import camserve
 from camserve.config import CamserveConfig, ExplainOptions
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
+from camserve.export.reference import TorchGraphRunner
 from camserve.methods import known_methods
 
 CONFIG = CamserveConfig(explain=ExplainOptions(smooth_n=2, topk_predictions=3))

@@ -1,5 +1,5 @@
 """The embedded default model (exported on first use into a temporary cache): every method's map
-peaks inside a true digit box for most test images, and `camserve explain` with no model and no
+peaks inside the true digit box for most test images, and `camserve explain` with no model and no
 images explains the built-in samples."""
 
 from __future__ import annotations
@@ -14,23 +14,10 @@ from camserve.default_model.data import make_localisation_dataset
 from camserve.explainer import Explainer
 from camserve.methods import known_methods
 
-IMAGES = 24
-# Lowest share of the IMAGES test images whose map peaks inside a true box, per method; measured
-# rates are in docs/readme/methods.md (scripts/measure_methods.py), these leave a margin below them.
-MIN_PEAK_IN_BOX = {
-    "cam": 0.9,
-    "eigencam": 0.5,
-    "scorecam": 0.8,
-    "ablationcam": 0.9,
-    "gradcam": 0.9,
-    "gradcam++": 0.9,
-    "xgradcam": 0.9,
-    "smoothgradcam++": 0.9,
-    "layercam": 0.9,
-    "hirescam": 0.9,
-    "guidedbackprop": 0.5,
-    "guidedgradcam": 0.8,
-}
+IMAGES = 48
+# Every method's map must peak inside a true digit box in at least this share of the IMAGES test
+# images. Measured on them (docs/readme/methods.md): 0.92 (CAM, Grad-CAM, XGrad-CAM, HiRes-CAM) to 1.0.
+MIN_PEAK_IN_BOX = 0.85
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +31,8 @@ def explainer(cache_dir) -> Explainer:
 
 
 def peak_in_box_rate(maps: np.ndarray, boxes: list[torch.Tensor]) -> float:
-    """maps [N,H,W]: share of images whose argmax pixel lies in one of the image's boxes."""
+    """maps [N,H,W]: share of images whose argmax pixel lies in one of the image's boxes (half-open
+    x0, y0, x1, y1)."""
     hits = 0
     for image_map, image_boxes in zip(maps, boxes, strict=True):
         y, x = np.unravel_index(int(image_map.argmax()), image_map.shape)
@@ -58,10 +46,13 @@ def test_every_method_peaks_inside_the_true_box(explainer):
     pixels = (dataset.images * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
     targets = dataset.labels.reshape(-1, 1)  # explain the true class
     result = explainer.explain(pixels.numpy(), methods=known_methods(), targets=targets)
-    assert (result.logits.argmax(axis=1) == dataset.labels.numpy()).mean() >= 0.9
-    rates = {method: peak_in_box_rate(result.maps[method][:, 0], dataset.boxes) for method in known_methods()}
-    failing = {m: rate for m, rate in rates.items() if rate < MIN_PEAK_IN_BOX[m]}
-    assert not failing, f"peak-in-box rates below the bar: {failing} (all: {rates})"
+    rates = {m: peak_in_box_rate(result.maps[m][:, 0], dataset.boxes) for m in known_methods()}
+    failing = {m: rate for m, rate in rates.items() if rate < MIN_PEAK_IN_BOX}
+    assert not failing, f"methods whose peak misses the digit too often: {failing} (all: {rates})"
+    # A map that ignores the image does not pass: the centre pixel lies in a box far less often.
+    centre = np.zeros((IMAGES, 64, 64), dtype=np.float32)
+    centre[:, 32, 32] = 1.0
+    assert peak_in_box_rate(centre, dataset.boxes) < 0.5
 
 
 def test_cli_explains_built_in_samples_with_the_default_model(cache_dir, tmp_path, capsys):

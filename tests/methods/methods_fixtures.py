@@ -13,11 +13,11 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from camserve.export.graphs import resolve_targets
-from camserve.export.reference import TorchGraphRunner
 from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
+from camserve.export.graphs import resolve_targets
+from camserve.export.reference import TorchGraphRunner
 from camserve.methods import MethodContext
 from camserve.outputs import ExplainOutputs
 

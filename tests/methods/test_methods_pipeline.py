@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from camserve.export.graphs import resolve_targets as graph_resolve_targets
-from camserve.export.reference import TorchGraphRunner
 from methods_fixtures import CountingRunner, golden_runner
 from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.errors import InvalidArgumentError, UnsupportedError
+from camserve.export.graphs import resolve_targets as graph_resolve_targets
+from camserve.export.reference import TorchGraphRunner
 from camserve.methods import compute_maps, known_methods, parse_targets, resolve_targets
 
 IMAGE = torch.ones(1, 3, 2, 2)

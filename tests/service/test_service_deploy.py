@@ -31,7 +31,7 @@ def compose() -> dict:
     shutil.which("docker-compose") is None,
     reason="docker-compose is not installed (Debian: apt-get install docker-compose)",
 )
-@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]])
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"], ["--profile", "scale"]])
 def test_docker_compose_config_is_valid(profile):
     done = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE_FILE), *profile, "config", "-q"],

@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""Soak test of `camserve serve`: many clients for a minute; requests served, errors, latency
+percentiles and the server's memory (RSS) at the start and the end. Prints its figures (not a test).
+
+    python bench/soak.py                                   # 16 clients x 60 s on the default model
+    python bench/soak.py --clients 16 --seconds 60 --methods gradcam,gradcam++ --json soak.json
+    python bench/soak.py --server 127.0.0.1:50051 --pid 1234   # a running server (RSS needs its pid)
+
+Each client has its own channel and sends one image per request, back to back, alternating the two
+APIs: camserve.v1 Explain (PNG bytes) and the Open Inference Protocol's ModelInfer (UINT8 pixels,
+through tritonclient). Every answer's map is checked against the first answer for the same image and
+API, so a wrong answer counts as an error. A warm-up (--warmup seconds of the same load, not counted)
+runs first; RSS "start" is read after it, so pools and caches that fill once are not taken for a leak.
+RSS is read from /proc/<pid>/status (Linux).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from camserve.v1 import camserve_pb2 as pb
+from camserve.v1 import camserve_pb2_grpc as pb_grpc
+
+START_TIMEOUT_S = 120.0
+IMAGES = 32
+CALL_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Figures:
+    clients: int
+    seconds: float
+    methods: str
+    requests: int = 0
+    errors: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+    requests_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    rss_after_start_mib: float = 0.0
+    rss_start_mib: float = 0.0  # after the warm-up
+    rss_end_mib: float = 0.0
+    rss_growth_percent: float = 0.0
+    rss_samples_mib: list[float] = field(default_factory=list)
+
+
+def rss_mib(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", text, re.M).group(1)) / 1024
+
+
+def digit_pixels(count: int) -> np.ndarray:
+    import torch
+
+    from camserve.default_model.data import make_localisation_dataset
+
+    dataset = make_localisation_dataset(count, seed=11, split="test")
+    return (dataset.images * 255.0).round().to(dtype=torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def start_server(flags: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    argv = [sys.executable, "-m", "camserve.cli", "serve", "--port", "0", *flags]
+    log = open(log_path, "wb")  # noqa: SIM115 -- the server writes to it until it stops
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        match = re.search(r"camserve listening on [^\s:]+:(\d+)", log_path.read_text(errors="replace"))
+        if match:
+            return proc, f"127.0.0.1:{match.group(1)}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"the server did not start:\n{log_path.read_text(errors='replace')}")
+
+
+class Client(threading.Thread):
+    """Sends requests back to back until ``stop``; records latencies after ``measure`` is set."""
+
+    def __init__(
+        self,
+        index: int,
+        address: str,
+        model: str,
+        methods: list[str],
+        pixels: np.ndarray,
+        measure: threading.Event,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"soak-client-{index}", daemon=True)
+        self.index, self.address, self.model, self.methods = index, address, model, methods
+        self.pixels = pixels
+        self.pngs = [png(p) for p in pixels]
+        self.measure, self.stop = measure, stop
+        self.latencies_ms: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.reference: dict[tuple[str, int], np.ndarray] = {}
+
+    def run(self) -> None:
+        import tritonclient.grpc as triton
+        from tritonclient.utils import InferenceServerException
+
+        from camserve.service.tensors import tensor_to_array
+
+        with (
+            grpc.insecure_channel(self.address) as channel,
+            triton.InferenceServerClient(self.address) as oip,
+        ):
+            explain = pb_grpc.ExplainServiceStub(channel).Explain
+            k = self.index
+            while not self.stop.is_set():
+                n = k % len(self.pixels)
+                api = "explain" if k % 2 == 0 else "infer"
+                started = time.perf_counter()
+                try:
+                    if api == "explain":
+                        request = pb.ExplainRequest(
+                            model=self.model, methods=self.methods, images=[pb.Image(encoded=self.pngs[n])]
+                        )
+                        reply = explain(request, timeout=CALL_TIMEOUT_S)
+                        got = tensor_to_array(reply.images[0].maps[0].data, "map")
+                    else:
+                        pixels = triton.InferInput("PIXELS", [1, *self.pixels.shape[1:]], "UINT8")
+                        pixels.set_data_from_numpy(self.pixels[n : n + 1])
+                        answer = oip.infer(
+                            self.model,
+                            [pixels],
+                            parameters={"methods": ",".join(self.methods)},
+                            client_timeout=CALL_TIMEOUT_S,
+                        )
+                        got = answer.as_numpy(f"SALIENCY_{self.methods[0].upper()}")[0, 0]
+                    code = self._check(api, n, got)
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                except InferenceServerException as exc:
+                    code = str(exc.status()).removeprefix("StatusCode.")
+                elapsed_ms = (time.perf_counter() - started) * 1e3
+                if self.measure.is_set() and not self.stop.is_set():
+                    self.latencies_ms.append(elapsed_ms)
+                    if code != "OK":
+                        self.errors[code] += 1
+                k += 1
+
+    def _check(self, api: str, n: int, got: np.ndarray) -> str:
+        reference = self.reference.setdefault((api, n), got)
+        return "OK" if np.allclose(got, reference, atol=1e-4) else "WRONG_ANSWER"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", help="host:port of a running server (default: start one)")
+    parser.add_argument("--pid", type=int, help="process id of --server, for its RSS")
+    parser.add_argument("--model", default="digits", help="model name (default: digits)")
+    parser.add_argument("--methods", default="gradcam", help="comma-separated CAM methods")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before")
+    parser.add_argument("--server-flag", action="append", default=[], help="extra `camserve serve` flag")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    pixels = digit_pixels(IMAGES)
+    proc = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.server:
+            address, pid = args.server, args.pid
+        else:
+            proc, address = start_server(args.server_flag, Path(tmp) / "serve.log")
+            pid = proc.pid
+        try:
+            figures = Figures(args.clients, args.seconds, ",".join(methods))
+            if pid:
+                figures.rss_after_start_mib = rss_mib(pid)
+            measure, stop = threading.Event(), threading.Event()
+            clients = [
+                Client(i, address, args.model, methods, pixels, measure, stop) for i in range(args.clients)
+            ]
+            for client in clients:
+                client.start()
+            time.sleep(args.warmup)
+            if pid:
+                figures.rss_start_mib = rss_mib(pid)
+            measure.set()
+            started = time.monotonic()
+            next_sample = started
+            while (now := time.monotonic()) < started + args.seconds:
+                if pid and now >= next_sample:
+                    figures.rss_samples_mib.append(round(rss_mib(pid), 1))
+                    next_sample += 10.0
+                time.sleep(min(0.5, max(0.0, started + args.seconds - now)))
+            stop.set()
+            for client in clients:
+                client.join(CALL_TIMEOUT_S + 5)
+            if pid:
+                figures.rss_end_mib = rss_mib(pid)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=60)
+    latencies = np.array([ms for c in clients for ms in c.latencies_ms])
+    errors: Counter[str] = Counter()
+    for client in clients:
+        errors.update(client.errors)
+    figures.requests = int(latencies.size) - sum(errors.values())
+    figures.errors = sum(errors.values())
+    figures.error_codes = dict(errors)
+    figures.requests_per_s = figures.requests / args.seconds
+    if latencies.size:
+        figures.p50_ms, figures.p90_ms, figures.p99_ms = (
+            float(np.percentile(latencies, q)) for q in (50, 90, 99)
+        )
+        figures.max_ms = float(latencies.max())
+    if figures.rss_start_mib:
+        figures.rss_growth_percent = 100.0 * (figures.rss_end_mib / figures.rss_start_mib - 1.0)
+
+    print(f"soak: {args.clients} clients x {args.seconds:.0f} s, methods {figures.methods}, both APIs")
+    print(f"  requests served  {figures.requests}  ({figures.requests_per_s:.1f}/s)")
+    print(f"  errors           {figures.errors}  {figures.error_codes or ''}")
+    print(
+        f"  latency ms       p50 {figures.p50_ms:.1f}  p90 {figures.p90_ms:.1f}  "
+        f"p99 {figures.p99_ms:.1f}  max {figures.max_ms:.1f}"
+    )
+    if figures.rss_start_mib:
+        print(
+            f"  server RSS MiB   after start {figures.rss_after_start_mib:.1f}, after warm-up "
+            f"{figures.rss_start_mib:.1f}, end {figures.rss_end_mib:.1f} "
+            f"({figures.rss_growth_percent:+.1f} %); every 10 s: {figures.rss_samples_mib}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(figures), indent=2))
+    return 0 if figures.errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,486 @@
+"""Open Inference Protocol (inference.*) messages <-> the service's work items and results. Every check
+of an inference request lives here, and every error names what was wrong (``inputs[1] (TARGETS)``,
+``parameters.smooth_n``, ``outputs[0]``).
+
+What a camserve model looks like over this protocol (ModelMetadata says the same):
+
+inputs   IMAGES      FP32  [N, 3, H, W]  preprocessed (the model's input size, mean and std)
+         PIXELS      UINT8 [N, h, w, 3]  raw RGB pixels of any size; the server resizes and normalises
+                                         them from the manifest (exactly one of IMAGES and PIXELS)
+         TARGETS     INT64 [N, T]        optional: class ids, or -k for the k-th best class; default -1
+outputs  LOGITS      FP32  [N, C]
+         TARGET_IDS  INT64 [N, T]        the classes explained (negative targets resolved)
+         SALIENCY_<METHOD>  FP32 [N, T, H', W']  one per method, e.g. SALIENCY_GRADCAM, SALIENCY_GRADCAM++
+
+Methods come from the request parameter ``methods`` ("gradcam,gradcam++") and from requested
+``SALIENCY_<METHOD>`` outputs; with neither, Grad-CAM. With no requested outputs the answer holds
+LOGITS, TARGET_IDS and every method's map; otherwise exactly the requested outputs, in their order.
+Other request parameters: see ``PARAMETERS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from camserve.config import ExplainOptions
+from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
+from camserve.images import preprocess
+from camserve.inference import grpc_service_pb2 as ip
+from camserve.methods.compute import MAX_OUTPUT_SIDE
+from camserve.service.codec import MAX_SMOOTH_N
+from camserve.service.models import MAX_IMAGE_PIXELS, ServedModel
+from camserve.service.runner import ImageResult, ImageWork
+
+MODEL_VERSION = "1"  # a model directory is one version
+PLATFORM = "camserve"
+IMAGES, PIXELS, TARGETS = "IMAGES", "PIXELS", "TARGETS"
+LOGITS, TARGET_IDS = "LOGITS", "TARGET_IDS"
+SALIENCY_PREFIX = "SALIENCY_"
+
+#: Datatype name -> little-endian numpy dtype, for the datatypes camserve reads or writes.
+DTYPES: dict[str, np.dtype] = {
+    "FP32": np.dtype("<f4"),
+    "FP16": np.dtype("<f2"),
+    "UINT8": np.dtype("u1"),
+    "INT64": np.dtype("<i8"),
+}
+#: Which InferTensorContents field holds each datatype (the spec's table).
+_CONTENTS_FIELD = {"FP32": "fp32_contents", "UINT8": "uint_contents", "INT64": "int64_contents"}
+_SALIENCY_DATATYPES = ("FP32", "FP16", "UINT8")
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+#: Request parameters: name -> (kind, what it sets). "priority" is accepted and has no effect: the
+#: batcher treats all requests alike. "timeout" (microseconds) shortens the call's deadline.
+PARAMETERS: dict[str, tuple[str, str]] = {
+    "methods": ("string", "comma-separated CAM methods, e.g. gradcam,gradcam++"),
+    "output_size": ("string", "input, feature or HxW"),
+    "normalize": ("bool", "per-map min-max to [0, 1] (false: raw ReLU'd maps)"),
+    "eps": ("double", "min-max denominator epsilon"),
+    "saliency_datatype": ("string", "FP32, FP16 or UINT8 (UINT8 needs normalize)"),
+    "smooth_n": ("int", "Smooth Grad-CAM++ noisy copies"),
+    "smooth_sigma": ("double", "Smooth Grad-CAM++ noise std (fraction of the input range)"),
+    "smooth_seed": ("int", "Smooth Grad-CAM++ noise seed"),
+    "score_top_n": ("int", "Score-CAM channels (0: all)"),
+    "timeout": ("int", "microseconds; shortens the call's deadline"),
+    "priority": ("int", "accepted; all requests have the same priority"),
+}
+
+
+def saliency_output(method: str) -> str:
+    """``gradcam++`` -> ``SALIENCY_GRADCAM++``."""
+    return SALIENCY_PREFIX + method.upper()
+
+
+@dataclass(frozen=True)
+class DecodedInfer:
+    works: list[ImageWork]
+    options: ExplainOptions
+    outputs: list[str]  # output names, in answer order
+    saliency_datatype: str
+    timeout_s: float | None  # from the "timeout" parameter
+
+
+def check_version(version: str, model: ServedModel) -> None:
+    if version not in ("", MODEL_VERSION):
+        raise NotFoundError(
+            f"model {model.name!r} has no version {version!r} (served: {MODEL_VERSION!r}, or leave it empty)"
+        )
+
+
+def decode_infer_request(
+    request: ip.ModelInferRequest, model: ServedModel, defaults: ExplainOptions
+) -> DecodedInfer:
+    """Check ``request`` against ``model`` and turn it into one work item per image."""
+    check_version(request.model_version, model)
+    params = _Parameters(request.parameters, "parameters")
+    methods = _methods(params, request.outputs, model)
+    outputs = _outputs(request.outputs, methods)
+    options = _options(params, defaults)
+    datatype = params.string("saliency_datatype") or "FP32"
+    if datatype not in _SALIENCY_DATATYPES:
+        raise InvalidArgumentError(
+            "parameters.saliency_datatype", f"{datatype!r} is not one of {', '.join(_SALIENCY_DATATYPES)}"
+        )
+    if datatype == "UINT8" and not options.normalize:
+        raise InvalidArgumentError(
+            "parameters.saliency_datatype", "UINT8 maps need normalize = true (raw maps are unbounded)"
+        )
+    timeout_us = params.integer("timeout")
+    if timeout_us is not None and timeout_us <= 0:
+        raise InvalidArgumentError("parameters.timeout", f"must be > 0 microseconds, got {timeout_us}")
+    params.integer("priority")
+    images, targets = _inputs(request, model)
+    works = [ImageWork(image, tuple(row), methods) for image, row in zip(images, targets, strict=True)]
+    return DecodedInfer(works, options, outputs, datatype, None if timeout_us is None else timeout_us / 1e6)
+
+
+# -- parameters ------------------------------------------------------------------------------------
+
+
+class _Parameters:
+    """Typed reads of a parameters map; unknown names are refused up front."""
+
+    def __init__(self, params: Mapping[str, ip.InferParameter], field: str) -> None:
+        self.params = params
+        self.field = field
+        for name in params:
+            if name in ("sequence_id", "sequence_start", "sequence_end"):
+                raise UnsupportedError(f"{field}.{name}: camserve models are stateless (no sequences)")
+            if name not in PARAMETERS:
+                raise InvalidArgumentError(
+                    f"{field}.{name}", f"unknown parameter (known: {', '.join(PARAMETERS)})"
+                )
+
+    def _get(self, name: str, kinds: tuple[str, ...], expected: str) -> object | None:
+        if name not in self.params:
+            return None
+        param = self.params[name]
+        kind = param.WhichOneof("parameter_choice")
+        if kind not in kinds:
+            raise InvalidArgumentError(
+                f"{self.field}.{name}", f"expected {expected}, got {kind or 'nothing'}"
+            )
+        return getattr(param, kind)
+
+    def string(self, name: str) -> str | None:
+        return self._get(name, ("string_param",), "a string")
+
+    def boolean(self, name: str) -> bool | None:
+        return self._get(name, ("bool_param",), "a bool")
+
+    def integer(self, name: str) -> int | None:
+        return self._get(name, ("int64_param", "uint64_param"), "an integer")
+
+    def number(self, name: str) -> float | None:
+        value = self._get(name, ("double_param", "int64_param", "uint64_param"), "a number")
+        if value is not None and not math.isfinite(value):
+            raise InvalidArgumentError(f"{self.field}.{name}", f"must be finite, got {value}")
+        return value
+
+
+def _methods(
+    params: _Parameters,
+    outputs: Sequence[ip.ModelInferRequest.InferRequestedOutputTensor],
+    model: ServedModel,
+) -> tuple[str, ...]:
+    supported = model.supported_methods
+    named: list[tuple[str, str]] = []  # (field, method)
+    text = params.string("methods")
+    if text is not None:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise InvalidArgumentError("parameters.methods", f"empty method name in {text!r}")
+        named.extend((f"parameters.methods[{i}]", part.lower()) for i, part in enumerate(parts))
+    for i, output in enumerate(outputs):
+        if output.name.startswith(SALIENCY_PREFIX):
+            named.append((f"outputs[{i}] ({output.name})", output.name[len(SALIENCY_PREFIX) :].lower()))
+    methods: list[str] = []
+    for field, method in named:
+        if method not in supported:
+            raise UnsupportedError(
+                f"{field}: {method!r} is not supported by model {model.name!r} "
+                f"(supported: {', '.join(supported)})"
+            )
+        if method not in methods:
+            methods.append(method)
+    return tuple(methods) or ("gradcam",)
+
+
+def _outputs(
+    requested: Sequence[ip.ModelInferRequest.InferRequestedOutputTensor], methods: tuple[str, ...]
+) -> list[str]:
+    if not requested:
+        return [LOGITS, TARGET_IDS, *(saliency_output(m) for m in methods)]
+    names: list[str] = []
+    for i, output in enumerate(requested):
+        if output.parameters:
+            raise UnsupportedError(
+                f"outputs[{i}] ({output.name}).parameters: {', '.join(sorted(output.parameters))} "
+                "not supported (camserve outputs take no parameters)"
+            )
+        if output.name in names:
+            raise InvalidArgumentError(f"outputs[{i}]", f"{output.name!r} is requested twice")
+        if output.name not in (LOGITS, TARGET_IDS) and not output.name.startswith(SALIENCY_PREFIX):
+            raise InvalidArgumentError(
+                f"outputs[{i}]",
+                f"unknown output {output.name!r} "
+                f"(outputs: {LOGITS}, {TARGET_IDS}, {SALIENCY_PREFIX}<METHOD>)",
+            )
+        names.append(output.name)
+    return names
+
+
+def _options(params: _Parameters, defaults: ExplainOptions) -> ExplainOptions:
+    changes: dict[str, object] = {}
+    size = params.string("output_size")
+    if size is not None:
+        match = _SIZE.match(size)
+        if size in ("input", "feature"):
+            changes["output_size"] = size
+        elif match and all(1 <= int(v) <= MAX_OUTPUT_SIDE for v in match.groups()):
+            changes["output_size"] = size
+        else:
+            raise InvalidArgumentError(
+                "parameters.output_size",
+                f"expected input, feature or HxW with sides in 1..{MAX_OUTPUT_SIDE}, got {size!r}",
+            )
+    normalize = params.boolean("normalize")
+    if normalize is not None:
+        changes["normalize"] = normalize
+    eps = params.number("eps")
+    if eps is not None:
+        if eps < 0:
+            raise InvalidArgumentError("parameters.eps", f"must be >= 0, got {eps}")
+        changes["eps"] = eps
+    smooth_n = params.integer("smooth_n")
+    if smooth_n is not None:
+        if not 1 <= smooth_n <= MAX_SMOOTH_N:
+            raise InvalidArgumentError("parameters.smooth_n", f"must be in 1..{MAX_SMOOTH_N}, got {smooth_n}")
+        changes["smooth_n"] = smooth_n
+    sigma = params.number("smooth_sigma")
+    if sigma is not None:
+        if sigma < 0:
+            raise InvalidArgumentError("parameters.smooth_sigma", f"must be >= 0, got {sigma}")
+        changes["smooth_sigma"] = sigma
+    seed = params.integer("smooth_seed")
+    if seed is not None:
+        changes["smooth_seed"] = seed
+    top_n = params.integer("score_top_n")
+    if top_n is not None:
+        if top_n < 0:
+            raise InvalidArgumentError("parameters.score_top_n", f"must be >= 0, got {top_n}")
+        changes["score_top_n"] = top_n
+    return dataclasses.replace(defaults, **changes)
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> tuple[list[np.ndarray], list[list[int]]]:
+    """The request's images as float32 [3,H,W] arrays (preprocessed) and each image's targets."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgumentError(
+            "raw_input_contents",
+            f"has {len(raw)} entries for {len(request.inputs)} inputs (one per input, in order)",
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        field = f"inputs[{i}] ({tensor.name})" if tensor.name else f"inputs[{i}]"
+        if tensor.name not in (IMAGES, PIXELS, TARGETS):
+            raise InvalidArgumentError(
+                field, f"unknown input {tensor.name!r} (inputs: {IMAGES} or {PIXELS}, and {TARGETS})"
+            )
+        if tensor.name in arrays:
+            raise InvalidArgumentError(field, f"{tensor.name} is given twice")
+        if tensor.parameters:
+            names = ", ".join(sorted(tensor.parameters))
+            raise UnsupportedError(f"{field}.parameters: {names} not supported (no shared memory inputs)")
+        arrays[tensor.name] = _tensor(tensor, raw[i] if raw else None, field)
+    if (IMAGES in arrays) == (PIXELS in arrays):
+        raise InvalidArgumentError(
+            "inputs", f"give exactly one of {IMAGES} (FP32 [N,3,H,W]) and {PIXELS} (UINT8 [N,H,W,3])"
+        )
+    field = _field(request, IMAGES if IMAGES in arrays else PIXELS)
+    images = (
+        _images(arrays[IMAGES], field, model) if IMAGES in arrays else _pixels(arrays[PIXELS], field, model)
+    )
+    count = len(images)
+    if TARGETS not in arrays:
+        return images, [[-1]] * count
+    return images, _targets(arrays[TARGETS], _field(request, TARGETS), count, model.manifest.num_classes)
+
+
+def _field(request: ip.ModelInferRequest, name: str) -> str:
+    index = next(i for i, t in enumerate(request.inputs) if t.name == name)
+    return f"inputs[{index}] ({name})"
+
+
+def _tensor(tensor: ip.ModelInferRequest.InferInputTensor, raw: bytes | None, field: str) -> np.ndarray:
+    """The input's data as an array of its shape; nothing is allocated from an unchecked shape."""
+    if tensor.datatype not in DTYPES:
+        raise InvalidArgumentError(
+            f"{field}.datatype", f"{tensor.datatype!r} is not one of {', '.join(DTYPES)}"
+        )
+    dtype = DTYPES[tensor.datatype]
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgumentError(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
+    count = math.prod(shape)
+    if raw is not None:
+        if tensor.HasField("contents"):
+            raise InvalidArgumentError(
+                f"{field}.contents", "set either raw_input_contents (for every input) or contents"
+            )
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidArgumentError(
+                f"raw_input_contents ({tensor.name})",
+                f"holds {len(raw)} bytes but {tensor.datatype} {list(shape)} needs {count * dtype.itemsize}",
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+    contents_field = _CONTENTS_FIELD.get(tensor.datatype)
+    if contents_field is None:
+        raise InvalidArgumentError(f"{field}.contents", f"{tensor.datatype} data goes in raw_input_contents")
+    values = getattr(tensor.contents, contents_field)
+    if len(values) != count:
+        raise InvalidArgumentError(
+            f"{field}.contents.{contents_field}",
+            f"holds {len(values)} values but shape {list(shape)} needs {count}",
+        )
+    if tensor.datatype == "UINT8" and any(v > 255 for v in values):
+        raise InvalidArgumentError(f"{field}.contents.uint_contents", "UINT8 values must be in 0..255")
+    return np.asarray(values, dtype=dtype.newbyteorder("=")).reshape(shape)
+
+
+def _images(array: np.ndarray, field: str, model: ServedModel) -> list[np.ndarray]:
+    if array.dtype != np.float32:
+        raise InvalidArgumentError(f"{field}.datatype", "IMAGES are preprocessed FP32 (raw pixels: PIXELS)")
+    expected = list(model.manifest.input_size)
+    if array.ndim != 4 or list(array.shape[1:]) != expected or array.shape[0] == 0:
+        raise InvalidArgumentError(
+            f"{field}.shape",
+            f"expected [N, {', '.join(map(str, expected))}] with N >= 1, got {list(array.shape)}",
+        )
+    finite = np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)
+    if not finite.all():
+        raise InvalidArgumentError(field, f"image {int(np.argmin(finite))} has NaN or infinite values")
+    return list(array)
+
+
+def _pixels(array: np.ndarray, field: str, model: ServedModel) -> list[np.ndarray]:
+    if array.dtype != np.uint8:
+        raise InvalidArgumentError(f"{field}.datatype", "PIXELS are UINT8 (preprocessed images: IMAGES)")
+    if array.ndim != 4 or array.shape[3] != 3 or min(array.shape[:3]) == 0:
+        raise InvalidArgumentError(
+            f"{field}.shape", f"expected [N, H, W, 3] RGB pixels with N, H, W >= 1, got {list(array.shape)}"
+        )
+    if array.shape[1] * array.shape[2] > MAX_IMAGE_PIXELS:
+        raise InvalidArgumentError(
+            f"{field}.shape",
+            f"images are {array.shape[2]}x{array.shape[1]}; at most {MAX_IMAGE_PIXELS} pixels",
+        )
+    m = model.manifest
+    return list(preprocess(np.ascontiguousarray(array), m.input_size, m.mean, m.std).numpy())
+
+
+def _targets(array: np.ndarray, field: str, count: int, num_classes: int) -> list[list[int]]:
+    if array.dtype != np.int64:
+        raise InvalidArgumentError(f"{field}.datatype", "TARGETS are INT64")
+    if array.ndim != 2 or array.shape[0] != count or not 1 <= array.shape[1] <= num_classes:
+        raise InvalidArgumentError(
+            f"{field}.shape",
+            f"expected [{count}, T] (one row per image, 1 <= T <= {num_classes}), got {list(array.shape)}",
+        )
+    bad = np.argwhere((array < -num_classes) | (array >= num_classes))
+    if len(bad):
+        n, t = (int(v) for v in bad[0])
+        raise InvalidArgumentError(
+            f"{field}[{n}][{t}]",
+            f"{int(array[n, t])} is out of range: class ids are 0..{num_classes - 1}, "
+            f"or -1..-{num_classes} for the k-th best class",
+        )
+    return array.tolist()
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+
+def encode_infer_response(
+    request: ip.ModelInferRequest, model: ServedModel, decoded: DecodedInfer, results: Sequence[ImageResult]
+) -> ip.ModelInferResponse:
+    """The requested outputs of all images, stacked along the batch dimension, as raw contents."""
+    response = ip.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
+    for name in decoded.outputs:
+        if name == LOGITS:
+            array, datatype = np.stack([r.logits for r in results]).astype("<f4", copy=False), "FP32"
+        elif name == TARGET_IDS:
+            array, datatype = np.stack([r.target_ids for r in results]).astype("<i8", copy=False), "INT64"
+        else:
+            method = name[len(SALIENCY_PREFIX) :].lower()
+            maps = np.stack([r.maps[method] for r in results])
+            array, datatype = _saliency(maps, decoded.saliency_datatype), decoded.saliency_datatype
+        response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return response
+
+
+def _saliency(maps: np.ndarray, datatype: str) -> np.ndarray:
+    if datatype == "UINT8":
+        return np.rint(np.clip(maps, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return maps.astype(DTYPES[datatype], copy=False)
+
+
+# -- metadata --------------------------------------------------------------------------------------
+
+
+def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
+    m = model.manifest
+    tensor = ip.ModelMetadataResponse.TensorMetadata
+    return ip.ModelMetadataResponse(
+        name=model.name,
+        versions=[MODEL_VERSION],
+        platform=PLATFORM,
+        inputs=[
+            tensor(name=IMAGES, datatype="FP32", shape=[-1, *m.input_size]),
+            tensor(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, 3]),
+            tensor(name=TARGETS, datatype="INT64", shape=[-1, -1]),
+        ],
+        outputs=[
+            tensor(name=LOGITS, datatype="FP32", shape=[-1, m.num_classes]),
+            tensor(name=TARGET_IDS, datatype="INT64", shape=[-1, -1]),
+            *(
+                tensor(name=saliency_output(x), datatype="FP32", shape=[-1] * 4)
+                for x in model.supported_methods
+            ),
+        ],
+    )
+
+
+def model_config(
+    model: ServedModel, max_batch_size: int, max_queue_delay_ms: float, instance_kind: int
+) -> ip.ModelConfig:
+    """Triton's view of the model: dims without the batch dimension (max_batch_size > 0). IMAGES and
+    PIXELS are both optional: a request carries exactly one of them."""
+    m = model.manifest
+    return ip.ModelConfig(
+        name=model.name,
+        platform=PLATFORM,
+        backend=PLATFORM,
+        max_batch_size=max_batch_size,
+        input=[
+            ip.ModelInput(
+                name=IMAGES,
+                data_type=ip.TYPE_FP32,
+                format=ip.ModelInput.FORMAT_NCHW,
+                dims=list(m.input_size),
+                optional=True,
+            ),
+            ip.ModelInput(
+                name=PIXELS,
+                data_type=ip.TYPE_UINT8,
+                format=ip.ModelInput.FORMAT_NHWC,
+                dims=[-1, -1, 3],
+                optional=True,
+            ),
+            ip.ModelInput(name=TARGETS, data_type=ip.TYPE_INT64, dims=[-1], optional=True),
+        ],
+        output=[
+            ip.ModelOutput(name=LOGITS, data_type=ip.TYPE_FP32, dims=[m.num_classes]),
+            ip.ModelOutput(name=TARGET_IDS, data_type=ip.TYPE_INT64, dims=[-1]),
+            *(
+                ip.ModelOutput(name=saliency_output(x), data_type=ip.TYPE_FP32, dims=[-1, -1, -1])
+                for x in model.supported_methods
+            ),
+        ],
+        instance_group=[ip.ModelInstanceGroup(count=1, kind=instance_kind)],
+        dynamic_batching=ip.ModelDynamicBatching(
+            preferred_batch_size=[max_batch_size],
+            max_queue_delay_microseconds=round(max_queue_delay_ms * 1000),
+        ),
+    )

@@ -1,0 +1,220 @@
+"""Transport security and authentication: TLS / mTLS server credentials, the bearer-token interceptor,
+and the matching client-side channel (used by ``camserve.Client`` and the health check).
+
+Both are off by default (the server listens on 127.0.0.1). With ``service.tls_cert`` and
+``service.tls_key`` the port speaks TLS only; ``service.tls_client_ca`` also requires a client
+certificate signed by that CA (mTLS). With ``service.auth_token`` or ``service.auth_token_file`` every
+call must carry ``authorization: Bearer <token>`` metadata, except the gRPC health service (container
+and load-balancer probes carry no token; it reveals only serving status).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from camserve.config import ServiceConfig
+from camserve.errors import InvalidArgumentError, NotFoundError
+from camserve.service import metrics
+
+log = logging.getLogger(__name__)
+
+AUTH_METADATA_KEY = "authorization"
+BEARER = "bearer "
+#: Methods under these prefixes need no token.
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+_LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
+
+
+def _read(path: str, setting: str) -> bytes:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise NotFoundError(f"service.{setting}: no such file: {file}")
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise InvalidArgumentError(f"service.{setting}", f"cannot read {file} ({exc})") from None
+
+
+def check_security_config(service: ServiceConfig) -> None:
+    """InvalidArgumentError / NotFoundError naming the setting for an unusable TLS or token setup."""
+    if bool(service.tls_cert) != bool(service.tls_key):
+        missing = "tls_key" if service.tls_cert else "tls_cert"
+        raise InvalidArgumentError(f"service.{missing}", "tls_cert and tls_key go together; set both")
+    if service.tls_client_ca and not service.tls_cert:
+        raise InvalidArgumentError(
+            "service.tls_client_ca", "client certificates (mTLS) need TLS: set tls_cert and tls_key too"
+        )
+    for setting in ("tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(service, setting):
+            _read(getattr(service, setting), setting)
+    if service.auth_token and service.auth_token_file:
+        raise InvalidArgumentError("service.auth_token", "set auth_token or auth_token_file, not both")
+    load_token(service)
+
+
+def server_credentials(service: ServiceConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials for the listening port; None when TLS is off."""
+    if not service.tls_cert:
+        return None
+    key = _read(service.tls_key, "tls_key")
+    cert = _read(service.tls_cert, "tls_cert")
+    ca = _read(service.tls_client_ca, "tls_client_ca") if service.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def load_token(service: ServiceConfig) -> str | None:
+    """The bearer token clients must send; None when token checks are off."""
+    if service.auth_token_file:
+        token = _read(service.auth_token_file, "auth_token_file").decode("utf-8", "replace").strip()
+        setting = "auth_token_file"
+    elif service.auth_token:
+        token, setting = service.auth_token.strip(), "auth_token"
+    else:
+        return None
+    if not token or any(c.isspace() for c in token):
+        raise InvalidArgumentError(f"service.{setting}", "the token must be non-empty, without whitespace")
+    return token
+
+
+def warn_if_exposed(service: ServiceConfig) -> None:
+    """Log a warning when the server listens beyond loopback without TLS or without a token."""
+    if service.host in _LOOPBACK:
+        return
+    if not service.tls_cert:
+        log.warning(
+            "listening on %s without TLS: requests and answers travel in clear text "
+            "(set service.tls_cert / tls_key, or terminate TLS in front of the server)",
+            service.host,
+        )
+    if not (service.auth_token or service.auth_token_file or service.tls_client_ca):
+        log.warning(
+            "listening on %s without authentication: anyone who reaches the port may call it "
+            "(set service.auth_token_file or service.tls_client_ca)",
+            service.host,
+        )
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without ``authorization: Bearer <token>`` metadata with UNAUTHENTICATED.
+
+    The handler that refuses reads no request message, so an unauthenticated caller's payload is never
+    parsed. Calls under ``UNAUTHENTICATED_PREFIXES`` (health checks) pass without a token.
+    """
+
+    def __init__(self, token: str, exempt: Sequence[str] = UNAUTHENTICATED_PREFIXES) -> None:
+        self._token = token.encode()
+        self._exempt = tuple(exempt)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(self._exempt):
+            return handler
+        reason = self._refusal(handler_call_details.invocation_metadata or ())
+        if reason is None:
+            return handler
+        metrics.AUTH_FAILURES.labels(reason).inc()
+        log.info("refused %s: %s bearer token", handler_call_details.method, reason)
+        message = (
+            "missing `authorization: Bearer <token>` metadata"
+            if reason == "missing"
+            else "the bearer token is not valid"
+        )
+        return _refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+
+    def _refusal(self, metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+        values = [value for key, value in metadata if key.lower() == AUTH_METADATA_KEY]
+        if not values:
+            return "missing"
+        value = values[0] if isinstance(values[0], str) else values[0].decode("latin-1")
+        if len(values) != 1 or not value.lower().startswith(BEARER):
+            return "invalid"
+        offered = value[len(BEARER) :].strip().encode("utf-8", "replace")
+        return None if hmac.compare_digest(offered, self._token) else "invalid"
+
+
+def _refusing_handler(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that aborts every call with ``code``."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - abort raises; this makes the function an async generator
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def channel_credentials(
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """Client TLS credentials: ``ca_file`` verifies the server (None: the system's roots); ``cert_file``
+    and ``key_file`` are the client's own certificate for mTLS."""
+    if (cert_file is None) != (key_file is None):
+        raise InvalidArgumentError("cert_file", "a client certificate needs its key: pass both or neither")
+
+    def read(path: str | Path | None, name: str) -> bytes | None:
+        if path is None:
+            return None
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise NotFoundError(f"{name}: no such file: {file}")
+        return file.read_bytes()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file, "ca_file"),
+        private_key=read(key_file, "key_file"),
+        certificate_chain=read(cert_file, "cert_file"),
+    )
+
+
+def open_channel(
+    address: str,
+    *,
+    tls: bool = False,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+    server_name: str | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A blocking channel to a camserve server: TLS when ``tls`` or any certificate file is given.
+
+    ``server_name`` overrides the name the server's certificate is checked against (when the address
+    is an IP or an alias the certificate does not list).
+    """
+    options = list(options)
+    if not (tls or ca_file or cert_file or key_file):
+        if server_name:
+            raise InvalidArgumentError("server_name", "only used with TLS")
+        return grpc.insecure_channel(address, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(address, channel_credentials(ca_file, cert_file, key_file), options=options)
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``token`` (empty without one)."""
+    return ((AUTH_METADATA_KEY, f"Bearer {token}"),) if token else ()

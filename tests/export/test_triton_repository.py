@@ -1,0 +1,172 @@
+"""Triton model repositories: config.pbtxt parses with Triton's own model_config.proto (tritonclient's
+copy) and matches the explain graph's inputs and outputs; model.onnx is the explain graph; the
+`camserve export` flags write one after an export or from an existing model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from google.protobuf import text_format
+from onnx import TensorProto, helper
+
+from camserve.cli import main
+from camserve.config import CamserveConfig
+from camserve.errors import InvalidArgumentError
+from camserve.export.triton_repository import triton_config, write_triton_repository
+from camserve.modeldir import ModelDirectory
+
+TRITON_TYPES = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.INT64: "TYPE_INT64"}
+
+
+@pytest.fixture(scope="module")
+def digits() -> ModelDirectory:
+    from camserve.default_model import default_model_dir
+
+    return ModelDirectory(default_model_dir(cache_dir=CamserveConfig.load().runtime.cache_dir))
+
+
+def parse_config(path: Path):
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def graph_tensors(values) -> list[tuple[str, str, list[int]]]:
+    """(name, Triton type, dims with -1 for dynamic) of ONNX graph inputs or outputs."""
+    return [
+        (
+            v.name,
+            TRITON_TYPES[v.type.tensor_type.elem_type],
+            [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+        )
+        for v in values
+    ]
+
+
+def test_the_config_matches_the_explain_graph(digits, tmp_path):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    folder = write_triton_repository(digits, tmp_path / "repo")
+    assert folder == tmp_path / "repo" / "digits"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
+        "1",
+        "1/model.onnx",
+        "config.pbtxt",
+    ]
+    assert (folder / "1" / "model.onnx").read_bytes() == digits.graph_path("explain").read_bytes()
+    config = parse_config(folder / "config.pbtxt")
+    graph = onnx.load(str(folder / "1" / "model.onnx"))
+    assert config.name == "digits" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 16
+    # Every input and output, in the graph's order, with its type and its dims after the batch one.
+    for entries, values in ((config.input, graph.graph.input), (config.output, graph.graph.output)):
+        expected = graph_tensors(values)
+        assert all(dims[0] == -1 for _, _, dims in expected)  # dynamic batch dimension
+        got = [(e.name, mc.DataType.Name(e.data_type), list(e.dims)) for e in entries]
+        assert got == [(name, kind, dims[1:]) for name, kind, dims in expected]
+    assert [(e.name, list(e.dims)) for e in config.input] == [("images", [3, 64, 64]), ("targets", [-1])]
+    assert [(e.name, list(e.dims)) for e in config.output] == [
+        ("logits", [10]),
+        ("activations", [64, 16, 16]),
+        ("gradients", [-1, 64, 16, 16]),
+        ("target_ids", [-1]),
+    ]
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    (group,) = config.instance_group
+    assert group.count == 1 and group.kind == mc.ModelInstanceGroup.KIND_AUTO
+
+
+def test_the_model_in_the_repository_runs_a_batch_with_the_configured_shapes(digits, tmp_path):
+    import onnxruntime as ort
+
+    folder = write_triton_repository(
+        digits, tmp_path, name="cams", max_batch_size=4, instance_kind="KIND_CPU"
+    )
+    config = parse_config(folder / "config.pbtxt")
+    assert config.name == "cams" and config.max_batch_size == 4
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    batch = config.max_batch_size
+    feeds = {
+        "images": np.zeros((batch, *config.input[0].dims), np.float32),
+        "targets": np.full((batch, 2), -1, np.int64),
+    }
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+    for entry in config.output:
+        shape = outputs[entry.name].shape
+        assert shape[0] == batch
+        assert all(d == -1 or d == s for d, s in zip(entry.dims, shape[1:], strict=True)), entry.name
+
+
+def test_a_graph_without_a_dynamic_batch_dimension_is_not_batched():
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", 8])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "h", 8])]
+    graph = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", inputs, outputs)
+    )
+    config = triton_config(graph, "fixed")
+    assert config.max_batch_size == 0 and config.preferred_batch_sizes == ()
+    assert config.inputs[0].dims == (1, 3, -1, 8)
+    text = config.to_pbtxt()
+    assert "dynamic_batching" not in text
+    from tritonclient.grpc import model_config_pb2
+
+    parsed = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert list(parsed.input[0].dims) == [1, 3, -1, 8] and parsed.max_batch_size == 0
+
+
+def test_bad_settings_are_refused_and_nothing_is_half_written(digits, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="preferred_batch_sizes: must be in 1..4"):
+        write_triton_repository(digits, tmp_path, max_batch_size=4, preferred_batch_sizes=[8])
+    with pytest.raises(InvalidArgumentError, match="name: '../x'"):
+        write_triton_repository(digits, tmp_path, name="../x")
+    with pytest.raises(InvalidArgumentError, match="instance_kind"):
+        write_triton_repository(digits, tmp_path, instance_kind="KIND_TPU")
+    assert list(tmp_path.iterdir()) == []
+    write_triton_repository(digits, tmp_path)
+    with pytest.raises(InvalidArgumentError, match="exists; pass --force"):
+        write_triton_repository(digits, tmp_path)
+    write_triton_repository(digits, tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]
+
+
+def test_cli_writes_a_repository_from_an_existing_model_directory(digits, tmp_path, capsys):
+    out = tmp_path / "repo"
+    code = main(["export", "--from-model", str(digits.path), "--triton-repository", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert parse_config(out / "digits" / "config.pbtxt").max_batch_size == 16
+    assert main(["export", "--from-model", str(digits.path)]) == 2
+    assert "--from-model: only used with --triton-repository" in capsys.readouterr().err
+    argv = ["export", "--from-model", str(digits.path), "--triton-repository", str(out), "--random-weights"]
+    assert main(argv) == 2
+    assert "--weights, --random-weights and --out do not apply" in capsys.readouterr().err
+
+
+def test_cli_export_with_a_triton_repository_writes_both(tmp_path, capsys):
+    model, repo = tmp_path / "tiny", tmp_path / "repo"
+    argv = ["export", "--module", "tests.export.nets:build_tiny", "--layer", "features", "--random-weights"]
+    argv += ["--input-size", "3x16x16", "--out", str(model), "--triton-repository", str(repo)]
+    argv += ["--triton-max-batch-size", "8"]
+    assert main(argv) == 0, capsys.readouterr().err
+    config = parse_config(repo / "tiny" / "config.pbtxt")
+    assert config.max_batch_size == 8 and [e.name for e in config.input] == ["images", "targets"]
+    assert list(config.input[0].dims) == [3, 16, 16]
+    explain = ModelDirectory(model).graph_path("explain")
+    assert (repo / "tiny" / "1" / "model.onnx").read_bytes() == explain.read_bytes()
+    # An existing repository entry is refused before anything is exported.
+    again = [*argv[:-6], "--out", str(tmp_path / "other"), "--name", "tiny", "--triton-repository", str(repo)]
+    assert main(again) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_cli_export_still_needs_weights_and_out(tmp_path, capsys):
+    base = ["export", "--module", "tests.export.nets:build_tiny", "--layer", "features"]
+    assert main([*base, "--out", str(tmp_path / "m")]) == 2
+    assert "--weights: one of --weights FILE or --random-weights is required" in capsys.readouterr().err
+    assert main([*base, "--random-weights"]) == 2
+    assert "--out: the output model directory is required" in capsys.readouterr().err
