@@ -36,7 +36,9 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def eager_gradcam_inputs(model: torch.nn.Module, layer: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def eager_gradcam_inputs(
+    model: torch.nn.Module, layer: str, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations and gradients the way pytorch-grad-cam gets them: hooks, full .backward()."""
     store = {}
     module = dict(model.named_modules())[layer]
@@ -73,9 +75,18 @@ def main() -> None:
             defaults = ARCHITECTURES[arch]
             model = build_torchvision(arch, (3, args.size, args.size)).eval()
             model_dir = export_model(
-                model, defaults.layer, (3, args.size, args.size), Path(tmp) / arch, name=arch,
-                architecture=arch, mean=[0.0] * 3, std=[1.0] * 3, layout=defaults.layout,
-                prefix_tokens=defaults.prefix_tokens, graphs=("explain", "forward"), verify=False,
+                model,
+                defaults.layer,
+                (3, args.size, args.size),
+                Path(tmp) / arch,
+                name=arch,
+                architecture=arch,
+                mean=[0.0] * 3,
+                std=[1.0] * 3,
+                layout=defaults.layout,
+                prefix_tokens=defaults.prefix_tokens,
+                graphs=("explain", "forward"),
+                verify=False,
             )
             runner = OnnxGraphRunner(model_dir, runtime)
             images = torch.randn(args.batch, 3, args.size, args.size)
@@ -83,10 +94,15 @@ def main() -> None:
             t_explain = _median_seconds(lambda: runner.explain(images, targets), args.repeats)
             t_forward = _median_seconds(lambda: runner.forward(images), args.repeats)
             model.requires_grad_(True)
-            t_eager = _median_seconds(lambda: eager_gradcam_inputs(model, defaults.layer, images), args.repeats)
+            t_eager = _median_seconds(
+                lambda: eager_gradcam_inputs(model, defaults.layer, images), args.repeats
+            )
             rows.append((arch, t_forward, t_explain, t_eager))
-            print(f"{arch:20s} forward {t_forward*1e3:8.1f} ms  explain {t_explain*1e3:8.1f} ms  "
-                  f"eager fwd+bwd {t_eager*1e3:8.1f} ms", flush=True)
+            print(
+                f"{arch:20s} forward {t_forward * 1e3:8.1f} ms  explain {t_explain * 1e3:8.1f} ms  "
+                f"eager fwd+bwd {t_eager * 1e3:8.1f} ms",
+                flush=True,
+            )
     print()
     print(f"batch {args.batch}, {args.size}x{args.size}, {args.threads} threads, median of {args.repeats}")
     print(f"{'arch':20s} {'explain/forward':>16s} {'goal':>6s} {'eager/explain':>14s} {'goal':>6s}")

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from PIL import Image
+
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
-from PIL import Image
 
 START_TIMEOUT_S = 120.0
 IMAGES = 64  # distinct images cycled through by the clients

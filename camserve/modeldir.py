@@ -82,7 +82,9 @@ class ModelDirectory:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST_NAME
         if not manifest_path.is_file():
-            raise NotFoundError(f"model directory {self.path}: no {MANIFEST_NAME} (run `camserve export` first)")
+            raise NotFoundError(
+                f"model directory {self.path}: no {MANIFEST_NAME} (run `camserve export` first)"
+            )
         try:
             self.manifest = Manifest.from_dict(json.loads(manifest_path.read_text()))
         except (TypeError, json.JSONDecodeError) as exc:

@@ -134,7 +134,9 @@ class OnnxGraphRunner:
             result[name] = buffer
             if buffer.numel() == 0:
                 continue
-            binding.bind_output(name, device_type, device_id, _NP_DTYPES[dtype], list(shape), buffer.data_ptr())
+            binding.bind_output(
+                name, device_type, device_id, _NP_DTYPES[dtype], list(shape), buffer.data_ptr()
+            )
         if device_type == "cuda":
             binding.synchronize_inputs()
         session.run_with_iobinding(binding)

@@ -238,7 +238,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InvalidArgumentError("weights", f"{path} is not a readable PyTorch weights file ({exc})") from None
+        raise InvalidArgumentError(
+            "weights", f"{path} is not a readable PyTorch weights file ({exc})"
+        ) from None
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in state and isinstance(state[key], dict):

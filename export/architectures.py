@@ -55,7 +55,9 @@ def arch_defaults(arch: str) -> ArchDefaults:
     return ARCHITECTURES[arch]
 
 
-def build_torchvision(arch: str, input_size: tuple[int, int, int] | None = None, num_classes: int = 1000) -> nn.Module:
+def build_torchvision(
+    arch: str, input_size: tuple[int, int, int] | None = None, num_classes: int = 1000
+) -> nn.Module:
     """An untrained torchvision model (weights are loaded from a file afterwards)."""
     arch_defaults(arch)
     kwargs: dict = {"num_classes": num_classes}

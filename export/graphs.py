@@ -105,7 +105,9 @@ class SplitModel(nn.Module):
             logits_rep = self.model(images)
         logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
         ids = resolve_targets(targets, logits)
-        (grads,) = torch.autograd.grad(logits_rep, cap.leaf, grad_outputs=_select(ids, logits.shape[1], logits.dtype))
+        (grads,) = torch.autograd.grad(
+            logits_rep, cap.leaf, grad_outputs=_select(ids, logits.shape[1], logits.dtype)
+        )
         grads = grads.reshape(n, t, *cap.acts.shape[1:])
         outs = (logits, cap.acts, grads, ids)
         return outs + ((cap.extra,) if cap.extra is not None else ())
@@ -167,8 +169,10 @@ class SplitModel(nn.Module):
         if not seen:
             raise ExportError(f"layer {self.layer_name!r} is not called by the model's forward pass")
         if len(seen) > 1:
-            raise ExportError(f"layer {self.layer_name!r} is called {len(seen)} times per forward pass; "
-                              "choose a module that runs once")
+            raise ExportError(
+                f"layer {self.layer_name!r} is called {len(seen)} times per forward pass; "
+                "choose a module that runs once"
+            )
         raw = seen[0]
         kind, prefix = guess_layout_kind(raw.shape)
         kind = layout or kind

@@ -59,7 +59,17 @@ def _decompositions() -> dict:
 
 
 def _convolution_backward(
-    grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
+    grad_out,
+    inp,
+    weight,
+    bias_sizes,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
 ):
     """Input gradient of a 2-d convolution as a transposed convolution (ONNX ConvTranspose).
 
@@ -72,7 +82,12 @@ def _convolution_backward(
         kernel = weight.shape[2:]
         extra = [
             int(inp.shape[2 + i])
-            - ((int(grad_out.shape[2 + i]) - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1)
+            - (
+                (int(grad_out.shape[2 + i]) - 1) * stride[i]
+                - 2 * padding[i]
+                + dilation[i] * (kernel[i] - 1)
+                + 1
+            )
             for i in range(2)
         ]
         grad_input = torch.ops.aten.convolution.default(
@@ -132,6 +147,7 @@ class _GraphModule(torch.nn.Module):
 
 def trace(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
     """Forward + backward of ``fn`` as one aten-level fx graph with symbolic shapes."""
+
     def call(*args):  # a plain function: make_fx inspects the signature of what it traces
         return fn(*args)
 
@@ -174,7 +190,9 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.export.export(module, tuple(example_inputs), dynamic_shapes={"inputs": tuple(dynamic_shapes)})
+            program = torch.export.export(
+                module, tuple(example_inputs), dynamic_shapes={"inputs": tuple(dynamic_shapes)}
+            )
             onnx_program = torch.onnx.export(
                 program,
                 tuple(example_inputs),
@@ -186,5 +204,7 @@ def export_onnx(
                 verbose=False,
             )
         except Exception as exc:
-            raise ExportError(f"ONNX export of the {path.stem} graph failed: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(
+                f"ONNX export of the {path.stem} graph failed: {type(exc).__name__}: {exc}"
+            ) from exc
     onnx_program.save(str(path), external_data=False)

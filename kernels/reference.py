@@ -52,7 +52,9 @@ def gradient_weighted_cam(
     return weighted_sum_relu(activations, channel_weights(activations, gradients, method))
 
 
-def elementwise_sum_relu(activations: torch.Tensor, gradients: torch.Tensor, relu_gradients: bool) -> torch.Tensor:
+def elementwise_sum_relu(
+    activations: torch.Tensor, gradients: torch.Tensor, relu_gradients: bool
+) -> torch.Tensor:
     """Per-pixel weighting: ReLU(sum_k f(g^k) * A^k) -> [N,T,h,w].
 
     relu_gradients=True is Layer-CAM (f = ReLU); False is HiRes-CAM (f = identity).
@@ -77,7 +79,9 @@ def upsample_normalize(
     out = maps
     if size is not None and tuple(size) != tuple(maps.shape[-2:]):
         n, t, h, w = maps.shape
-        out = F.interpolate(maps.reshape(n * t, 1, h, w), size=tuple(size), mode="bilinear", align_corners=False)
+        out = F.interpolate(
+            maps.reshape(n * t, 1, h, w), size=tuple(size), mode="bilinear", align_corners=False
+        )
         out = out.reshape(n, t, *size)
     if normalize:
         lo = out.amin(dim=(-2, -1), keepdim=True)

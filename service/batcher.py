@@ -19,9 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from camserve.service.errors import DeadlineExceededError, UnavailableError
-
 from camserve.errors import InvalidArgumentError, ResourceExhaustedError
+from camserve.service.errors import DeadlineExceededError, UnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from camserve.config import ExplainOptions
+from camserve.errors import InvalidArgumentError, UnsupportedError
+from camserve.methods.compute import MAX_OUTPUT_SIDE
 from camserve.service.models import ServedModel
 from camserve.service.overlay import overlay_png
 from camserve.service.runner import ImageResult, ImageWork
 from camserve.service.tensors import array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
-
-from camserve.config import ExplainOptions
-from camserve.errors import InvalidArgumentError, UnsupportedError
-from camserve.methods.compute import MAX_OUTPUT_SIDE
 
 MAX_SMOOTH_N = 256  # noisy copies multiply the batch: more would let one request stall a model
 

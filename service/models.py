@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from camserve.service import metrics
-from camserve.service.batcher import DynamicBatcher
-from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 from PIL import Image, UnidentifiedImageError
 
 from camserve.config import CamserveConfig, ServiceConfig
@@ -24,6 +21,9 @@ from camserve.errors import InvalidArgumentError, NotFoundError
 from camserve.explainer import Explainer
 from camserve.images import preprocess
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
+from camserve.service import metrics
+from camserve.service.batcher import DynamicBatcher
+from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,12 @@ import signal
 import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from camserve.config import CamserveConfig, ServiceConfig
+from camserve.errors import InvalidArgumentError
 from camserve.service.metrics import serve_metrics
 from camserve.service.models import ModelRegistry
 from camserve.service.security import (
@@ -27,12 +33,6 @@ from camserve.service.security import (
 from camserve.service.servicer import ExplainServicer
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
-
-from camserve.config import CamserveConfig, ServiceConfig
-from camserve.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ExplainServer:
                 ("grpc.max_send_message_length", service.max_message_bytes),
                 ("grpc.max_receive_message_length", service.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-            ]
+            ],
         )
         pb_grpc.add_ExplainServiceServicer_to_server(self.servicer, self.server)
         # Imported here, not at module level: see camserve.inference (tritonclient shares its names).

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+
+from camserve.config import ExplainOptions
 from camserve.service import metrics
 from camserve.service.batcher import Completed
 from camserve.service.codec import DecodedRequest, decode_request, encode_image_result, model_info
@@ -26,8 +28,6 @@ from camserve.service.models import ModelRegistry, ServedModel
 from camserve.service.runner import ImageResult, ImageWork, batch_key
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
-
-from camserve.config import ExplainOptions
 
 request_log = logging.getLogger("camserve.service.requests")
 DEADLINE_SLACK_S = 0.05

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from camserve.v1 import camserve_pb2 as pb
 
 from camserve.errors import InvalidArgumentError
+from camserve.v1 import camserve_pb2 as pb
 
 _NUMPY_DTYPES: dict[int, np.dtype] = {
     pb.DATA_TYPE_UNSPECIFIED: np.dtype("<f4"),

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from camserve.kernels import reference
 
 from camserve import kernels
+from camserve.kernels import reference
 
 
 @dataclass(frozen=True)

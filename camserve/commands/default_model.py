@@ -7,8 +7,12 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camserve.config import CamserveConfig
+
+if TYPE_CHECKING:
+    from camserve.default_model.train import TrainingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--retrain",
         action="store_true",
-        help="train the weights from scratch first (about a minute on 2 idle cores), not the shipped ones",
+        help="train the weights from scratch first (1-2 min on 2 idle cores, longer on a busy machine)",
     )
     build.add_argument("--force", action="store_true", help="export again even if the directory exists")
     build.set_defaults(func=run)
@@ -50,12 +54,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retrain(cache_dir: Path) -> Path:
-    """Train with the shipped plan; the weights (and training.json) go to <cache_dir>/retrained-<sha>/."""
+def _retrain(cache_dir: Path, plan: TrainingPlan | None = None) -> Path:
+    """Train (with the shipped plan unless told otherwise); the weights and their training.json go
+    to <cache_dir>/retrained-<sha>/. Returns the weights' path."""
     from camserve.default_model import WEIGHTS_PATH
     from camserve.default_model.train import TrainingPlan, train, write_weights
 
-    plan = TrainingPlan()
+    plan = plan or TrainingPlan()
     result = train(plan)
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".retrained-", dir=cache_dir))

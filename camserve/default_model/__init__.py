@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,8 +51,9 @@ def load_default_model(weights: str | Path | None = None) -> DigitCamNet:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, KeyError, EOFError) as exc:  # not a DigitCamNet state_dict
-        raise InvalidArgumentError("weights", f"{path} is not a DigitCamNet state_dict: {exc}") from None
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, TypeError, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidArgumentError("weights", f"{path} is not a DigitCamNet state_dict ({reason})") from None
     return model.eval()
 
 

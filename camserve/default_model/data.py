@@ -2,8 +2,9 @@
 
 Each image is a ``canvas`` x ``canvas`` RGB picture: a mildly textured, tinted, noisy background
 with one or several copies (all of the same class) of grey handwritten digits pasted on it, each
-copy scaled to 12-28 px. The box of each copy is the exact extent of its nonzero pixels, so a
-saliency map can be scored against ground truth without any labelling noise.
+copy scaled to 12-28 px, squeezed to at most 3:4 and rotated by up to 12 degrees. The box of each
+copy is the exact extent of its nonzero pixels, so a saliency map can be scored against ground
+truth without any labelling noise.
 
 The 1797 scikit-learn digits are split by index: every fourth digit (index % 4 == 3, 449 digits)
 feeds the "test" split, the other 1348 the "train" split, so test images never reuse a training
@@ -169,12 +170,14 @@ def make_localisation_dataset(
         choice = by_class[label][torch.randperm(len(by_class[label]), generator=generator)[:copies]]
         # Several copies must fit side by side: shrink the largest allowed size until they do.
         max_size = min(MAX_SIZE, canvas // math.ceil(math.sqrt(copies)))
-        while True:
+        for _ in range(50):
             sizes = torch.randint(MIN_SIZE, max_size + 1, (copies,), generator=generator).tolist()
             corners = _place_squares(sizes, canvas, generator)
             if corners is not None:
                 break
             max_size = max(MIN_SIZE, max_size - 2)
+        else:
+            raise InvalidArgumentError("canvas", f"{canvas} px is too small for {copies} separate copies")
         image = make_background(canvas, textured, generator)
         image_boxes = []
         for digit, size, (x, y) in zip(choice.tolist(), sizes, corners, strict=True):

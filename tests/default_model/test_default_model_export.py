@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from camserve.config import RuntimeConfig
 from camserve.default_model import WEIGHTS_PATH, default_model_dir, load_default_model
 from camserve.default_model.data import make_localisation_dataset
 from camserve.default_model.net import normalize
-from camserve.errors import NotFoundError
+from camserve.errors import InvalidArgumentError, NotFoundError
 from camserve.modeldir import ModelDirectory, sha256_file
 from tests.default_model.autograd_cam import activations_and_gradients
 
@@ -101,3 +102,30 @@ def test_cli_build_refuses_an_existing_out_without_force(
 def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="weights"):
         default_model_dir(str(tmp_path), weights=tmp_path / "nope.pt")
+
+
+def test_retrain_keeps_weights_and_record_under_their_sha(tmp_path: Path) -> None:
+    from camserve.commands.default_model import _retrain
+    from camserve.default_model.train import TrainingPlan
+
+    plan = TrainingPlan(train_images=64, epochs=1, batch_size=32, test_images=10)
+    weights = _retrain(tmp_path, plan)
+    sha = sha256_file(weights)
+    assert weights == tmp_path / f"retrained-{sha[:12]}" / "weights.pt"
+    record = json.loads((weights.parent / "training.json").read_text())
+    assert record["weights_sha256"] == sha and record["steps"] == 2
+    load_default_model(weights)  # a loadable DigitCamNet state_dict
+    assert _retrain(tmp_path, plan) == weights  # same plan, same bits: the folder is reused
+    assert sorted(p.name for p in tmp_path.iterdir()) == [weights.parent.name]
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_weights_that_are_not_a_digitcamnet_are_a_clear_error(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "weights.pt"
+    if content is None:
+        torch.save({"x": torch.zeros(2)}, path)  # a real checkpoint of something else
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InvalidArgumentError, match="not a DigitCamNet state_dict") as info:
+        load_default_model(path)
+    assert info.value.argument == "weights"

@@ -11,7 +11,12 @@ from torch import nn
 
 
 def autograd_explain(
-    model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor, to_nkhw, from_nkhw,
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    to_nkhw,
+    from_nkhw,
     activations: torch.Tensor | None = None,
 ):
     """logits [N,C], A [N,K,h,w], dY/dA [N,T,K,h,w], ids [N,T].

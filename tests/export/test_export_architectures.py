@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from camserve.errors import ExportError
 from camserve.export import export_model
 from camserve.export.architectures import ARCHITECTURES, build_torchvision
 from camserve.export.layers import Layout
@@ -31,16 +32,33 @@ def _model(arch: str, size: int) -> torch.nn.Module:
     return model
 
 
+# Swin-T: the ONNX exporter's constant folder turns one of its [3,3] tensor constants into a scalar and
+# ONNX Runtime refuses the graph; camserve reports it as an ExportError. Known, not yet worked around.
+_KNOWN_FAILURES = {
+    "swin_t": pytest.mark.xfail(
+        raises=ExportError, strict=True, reason="ONNX constant folding breaks Swin's graph"
+    )
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=_KNOWN_FAILURES.get(a, ())) for a in ARCHITECTURES])
 def test_explain_graph_matches_autograd(arch: str, tmp_path) -> None:
     size = SIZES.get(arch, 64)
     model = _model(arch, size)
     defaults = ARCHITECTURES[arch]
     model_dir = export_model(
-        model, defaults.layer, (3, size, size), tmp_path / arch, name=arch, architecture=arch,
-        mean=[0.0] * 3, std=[1.0] * 3, layout=defaults.layout, prefix_tokens=defaults.prefix_tokens,
-        graphs=("explain", "head"), verify=False,
+        model,
+        defaults.layer,
+        (3, size, size),
+        tmp_path / arch,
+        name=arch,
+        architecture=arch,
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        layout=defaults.layout,
+        prefix_tokens=defaults.prefix_tokens,
+        graphs=("explain", "head"),
     )
     manifest = ModelDirectory(model_dir.path).manifest
     layout = Layout(manifest.layout, manifest.prefix_tokens, tuple(manifest.activation_shape[1:]))
@@ -54,13 +72,24 @@ def test_explain_graph_matches_autograd(arch: str, tmp_path) -> None:
             if targets_per_image == 3:
                 targets[:, 2] = -3  # the third best
             got = runner.explain(images, targets)
-            logits, acts, _, ids = autograd_explain(model, defaults.layer, images, targets, layout.to_nkhw,
-                                                    layout.from_nkhw)
-            _, _, grads_at_ort, _ = autograd_explain(model, defaults.layer, images, targets, layout.to_nkhw,
-                                                layout.from_nkhw, activations=got.activations)
+            logits, acts, _, ids = autograd_explain(
+                model, defaults.layer, images, targets, layout.to_nkhw, layout.from_nkhw
+            )
+            _, _, grads_at_ort, _ = autograd_explain(
+                model,
+                defaults.layer,
+                images,
+                targets,
+                layout.to_nkhw,
+                layout.from_nkhw,
+                activations=got.activations,
+            )
             where = f"{arch} batch={batch} T={targets_per_image}"
-            for name, mine, ref in (("logits", got.logits, logits), ("activations", got.activations, acts),
-                                    ("gradients", got.gradients, grads_at_ort)):
+            for name, mine, ref in (
+                ("logits", got.logits, logits),
+                ("activations", got.activations, acts),
+                ("gradients", got.gradients, grads_at_ort),
+            ):
                 scale = ref.abs().max().item()
                 assert scale > 0, f"{where}: reference {name} all zero"
                 err = (mine - ref).abs().max().item()
@@ -72,4 +101,6 @@ def test_explain_graph_matches_autograd(arch: str, tmp_path) -> None:
                 assert torch.equal(got.target_ids[:, 2], top3[:, 2])
     # the head graph re-runs only the head: the logits come back from the activations alone
     head_logits = runner.head(got.activations, got.extra_tokens)
-    np.testing.assert_allclose(head_logits.numpy(), got.logits.numpy(), atol=1e-4 * got.logits.abs().max().item())
+    np.testing.assert_allclose(
+        head_logits.numpy(), got.logits.numpy(), atol=1e-4 * got.logits.abs().max().item()
+    )

@@ -32,8 +32,18 @@ def test_unknown_architecture(capsys, tmp_path) -> None:
 
 
 def test_layer_not_found_lists_nearest_names(capsys, tmp_path) -> None:
-    code, err = _run(capsys, "--arch", "resnet18", "--random-weights", "--layer", "layer5",
-                     "--input-size", "3x32x32", "--out", str(tmp_path / "m"))
+    code, err = _run(
+        capsys,
+        "--arch",
+        "resnet18",
+        "--random-weights",
+        "--layer",
+        "layer5",
+        "--input-size",
+        "3x32x32",
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert code == 2
     assert "layer 'layer5' not found" in err and "layer4" in err
     assert _leftovers(tmp_path) == []
@@ -53,8 +63,19 @@ def test_weights_missing_unreadable_and_mismatched(capsys, tmp_path) -> None:
     state["features.0.weight"] = torch.zeros(1, 1, 1, 1)
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
-    code, err = _run(capsys, "--module", "tests.export.nets:build_tiny", "--layer", "features", "--weights",
-                     str(bad), "--input-size", "3x16x16", "--out", out)
+    code, err = _run(
+        capsys,
+        "--module",
+        "tests.export.nets:build_tiny",
+        "--layer",
+        "features",
+        "--weights",
+        str(bad),
+        "--input-size",
+        "3x16x16",
+        "--out",
+        out,
+    )
     assert code == 2
     assert "1 missing keys (first: fc.bias)" in err
     assert "1 unexpected keys (first: extra.weight)" in err
@@ -63,8 +84,18 @@ def test_weights_missing_unreadable_and_mismatched(capsys, tmp_path) -> None:
 
 
 def test_input_size_the_model_cannot_take(capsys, tmp_path) -> None:
-    code, err = _run(capsys, "--module", "tests.export.nets:build_tiny", "--layer", "features",
-                     "--random-weights", "--input-size", "1x16x16", "--out", str(tmp_path / "m"))
+    code, err = _run(
+        capsys,
+        "--module",
+        "tests.export.nets:build_tiny",
+        "--layer",
+        "features",
+        "--random-weights",
+        "--input-size",
+        "1x16x16",
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert code == 2 and "input_size" in err and "3 colour channels" in err
     # the ViT position embedding fixes the input size: a different size fails inside the model
     with pytest.raises(ExportError, match="fails on an input of size 3x48x48"):
@@ -79,8 +110,17 @@ def test_output_exists_is_refused_unless_force(capsys, tmp_path) -> None:
     out = tmp_path / "m"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    args = ["--module", "tests.export.nets:build_tiny", "--layer", "features", "--random-weights",
-            "--input-size", "3x16x16", "--out", str(out)]
+    args = [
+        "--module",
+        "tests.export.nets:build_tiny",
+        "--layer",
+        "features",
+        "--random-weights",
+        "--input-size",
+        "3x16x16",
+        "--out",
+        str(out),
+    ]
     code, err = _run(capsys, *args)
     assert code == 2 and "exists; pass --force" in err
     assert (out / "keep.txt").read_text() == "mine"
@@ -102,8 +142,16 @@ def test_layer_inside_a_residual_block_is_not_a_cut(tmp_path) -> None:
 
 
 def test_unknown_module_path(capsys, tmp_path) -> None:
-    code, err = _run(capsys, "--module", "tests.export.nets:nope", "--layer", "x", "--random-weights",
-                     "--out", str(tmp_path / "m"))
+    code, err = _run(
+        capsys,
+        "--module",
+        "tests.export.nets:nope",
+        "--layer",
+        "x",
+        "--random-weights",
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert code == 2 and "has no attribute 'nope'" in err
     with pytest.raises(NotFoundError, match="cannot import"):
         from camserve.export import build_from_import_path

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from camserve.kernels import reference
 
 from camserve import kernels
 from camserve.errors import InvalidArgumentError, UnsupportedError
+from camserve.kernels import reference
 from tests.kernels.kernel_cases import cam_inputs
 
 REPO = Path(__file__).resolve().parents[2]

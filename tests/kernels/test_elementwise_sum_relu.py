@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from camserve.kernels import reference
 
 from camserve import kernels
+from camserve.kernels import reference
 from tests.kernels.kernel_cases import assert_close, cam_inputs
 
 SHAPES = [(2, 1, 37, 7, 7), (1, 5, 6, 14, 14), (3, 2, 4, 1, 1), (1, 2, 130, 5, 9), (1, 1, 3, 40, 33)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from camserve.kernels import reference
 
 from camserve import kernels
+from camserve.kernels import reference
 from tests.kernels.kernel_cases import assert_close, cam_inputs
 
 METHODS = ("gradcam", "gradcam++", "xgradcam")

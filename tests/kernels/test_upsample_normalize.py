@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from camserve.kernels import reference
 
 from camserve import kernels
+from camserve.kernels import reference
 from tests.kernels.kernel_cases import assert_close, assert_uint8_close, random_maps
 
 # (h, w) -> size: unchanged, 7x7 -> 224x224 (integer factor), 14x14 -> 23x17 (non-integer, non-square),

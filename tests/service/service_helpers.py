@@ -18,10 +18,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from camserve.v1 import camserve_pb2 as pb
-from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+
+from camserve.v1 import camserve_pb2 as pb
+from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
 MODEL = "digits"
 SLOW_SMOOTH_N = 256  # noisy copies per image in slow_request
@@ -127,7 +128,9 @@ def wait_for_log(server: ServerProcess, needle: str, timeout_s: float = 30.0) ->
 
 def slow_runs(server: ServerProcess) -> int:
     """How many explain runs of slow_request's methods the server has started (its debug log)."""
-    return server.log().count(f"explain run: images=1 methods={','.join(SLOW_METHODS)}")
+    # Any number of images: Smooth Grad-CAM++ images now share batches (batch-invariant noise).
+    pattern = rf"explain run: images=\d+ methods={re.escape(','.join(SLOW_METHODS))}\n"
+    return len(re.findall(pattern, server.log()))
 
 
 def wait_until_slow_run_starts(server: ServerProcess, runs_before: int, timeout_s: float = 30.0) -> None:

@@ -8,10 +8,10 @@ import threading
 import time
 
 import pytest
-from camserve.service.batcher import DynamicBatcher
-from camserve.service.errors import DeadlineExceededError, UnavailableError
 
 from camserve.errors import ResourceExhaustedError
+from camserve.service.batcher import DynamicBatcher
+from camserve.service.errors import DeadlineExceededError, UnavailableError
 
 WAIT_S = 5.0  # upper bound for every await in these tests
 

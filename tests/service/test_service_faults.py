@@ -13,8 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from camserve.service.tensors import array_to_tensor
-from camserve.v1 import camserve_pb2 as pb
 from service_helpers import (
     MODEL,
     ServerProcess,
@@ -26,6 +24,9 @@ from service_helpers import (
     wait_for_log,
     wait_until_slow_run_starts,
 )
+
+from camserve.service.tensors import array_to_tensor
+from camserve.v1 import camserve_pb2 as pb
 
 WAIT_S = 60.0
 

@@ -8,7 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from camserve.v1 import camserve_pb2 as pb
 from service_helpers import (
     MODEL,
     ServerProcess,
@@ -18,6 +17,8 @@ from service_helpers import (
     stub,
     wait_until_slow_run_starts,
 )
+
+from camserve.v1 import camserve_pb2 as pb
 
 IN_FLIGHT = 3
 

@@ -13,10 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from camserve.service.errors import DeadlineExceededError, UnavailableError, status_for
-from camserve.service.healthcheck import local_address
-from camserve.service.models import ModelRegistry, decode_image, discover_models
-from camserve.service.server import check_service_config
 from PIL import Image
 
 from camserve.commands import serve as serve_command
@@ -29,6 +25,10 @@ from camserve.errors import (
     ResourceExhaustedError,
     UnsupportedError,
 )
+from camserve.service.errors import DeadlineExceededError, UnavailableError, status_for
+from camserve.service.healthcheck import local_address
+from camserve.service.models import ModelRegistry, decode_image, discover_models
+from camserve.service.server import check_service_config
 
 
 def fake_model(path: Path) -> Path:
