@@ -33,6 +33,7 @@ from camserve.service.oip_codec import (
     model_metadata,
 )
 from camserve.service.servicer import DEADLINE_SLACK_S, ExplainServicer, RequestRecord, run_works
+from camserve.service.streams import answer_in_completion_order
 
 INFERENCE_SERVICE = ip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "camserve"
@@ -118,46 +119,20 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[ip.ModelStreamInferResponse]:
         """Requests are answered as they complete; a failed one gets ``error_message`` ("CODE: message")
         and an ``infer_response`` with its id and model, and the stream goes on."""
-        answers: asyncio.Queue[ip.ModelStreamInferResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
 
-        async def answer(request: ip.ModelInferRequest) -> None:
+        async def answer(request: ip.ModelInferRequest) -> ip.ModelStreamInferResponse:
             response, code, message = await self._infer_logged(request, context.time_remaining())
             if response is None:
-                answers.put_nowait(
-                    ip.ModelStreamInferResponse(
-                        error_message=f"{code.name}: {message}",
-                        infer_response=ip.ModelInferResponse(
-                            model_name=request.model_name, model_version=request.model_version, id=request.id
-                        ),
-                    )
+                return ip.ModelStreamInferResponse(
+                    error_message=f"{code.name}: {message}",
+                    infer_response=ip.ModelInferResponse(
+                        model_name=request.model_name, model_version=request.model_version, id=request.id
+                    ),
                 )
-            else:
-                answers.put_nowait(ip.ModelStreamInferResponse(infer_response=response))
+            return ip.ModelStreamInferResponse(infer_response=response)
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(answer(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                while pending:
-                    await asyncio.wait(set(pending))
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (response := await answers.get()) is not None:
-                yield response
-            await asyncio.wait({reader})
-            if reader.exception() is not None:
-                code, message = status_for(reader.exception())
-                await context.abort(code, message)
-        finally:
-            reader.cancel()
-            for task in list(pending):
-                task.cancel()
+        async for response in answer_in_completion_order(request_iterator, answer, context):
+            yield response
 
     async def _infer_logged(
         self, request: ip.ModelInferRequest, time_remaining: float | None

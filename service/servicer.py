@@ -26,6 +26,7 @@ from camserve.service.codec import DecodedRequest, decode_request, encode_image_
 from camserve.service.errors import UnavailableError, status_for
 from camserve.service.models import ModelRegistry, ServedModel
 from camserve.service.runner import ImageResult, ImageWork, batch_key
+from camserve.service.streams import answer_in_completion_order
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
@@ -122,41 +123,16 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     async def ExplainStream(
         self, request_iterator: AsyncIterator[pb.ExplainRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExplainResponse]:
-        answers: asyncio.Queue[pb.ExplainResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
-
-        async def answer(request: pb.ExplainRequest) -> None:
+        async def answer(request: pb.ExplainRequest) -> pb.ExplainResponse:
             response, code, message = await self._explain_logged(request, context.time_remaining())
             if response is None:
                 response = pb.ExplainResponse(
                     id=request.id, model=request.model, error=pb.Error(code=code.value[0], message=message)
                 )
-            answers.put_nowait(response)
+            return response
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(answer(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                while pending:
-                    await asyncio.wait(set(pending))
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (response := await answers.get()) is not None:
-                yield response
-            await asyncio.wait({reader})
-            if reader.exception() is not None:
-                code, message = status_for(reader.exception())
-                await context.abort(code, message)
-        finally:
-            # The client went away or the stream failed: drop this stream's queued work.
-            reader.cancel()
-            for task in list(pending):
-                task.cancel()
+        async for response in answer_in_completion_order(request_iterator, answer, context):
+            yield response
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
