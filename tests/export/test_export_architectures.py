@@ -20,6 +20,12 @@ from camserve.modeldir import ModelDirectory
 from camserve.runtime import OnnxGraphRunner
 from tests.export.reference_autograd import autograd_explain
 
+# VGG's head is an MLP of two 4096-unit ReLU layers: a hidden unit whose pre-activation lies within
+# float32 rounding of 0 is on in one runtime and off in the other, which moves every gradient element of
+# that image by the unit's (tiny, rank-1) contribution. Measured worst case: 1.1e-2 x max on vgg16_bn
+# (batch 8, seed 1), with cosine similarity > 0.9999; the other heads meet 1e-4.
+RELU_MLP_HEADS = {"vgg11", "vgg11_bn", "vgg16", "vgg16_bn"}
+RELU_MLP_HEAD_TOLERANCE = 2e-2
 SIZES = {"vgg11": 32, "vgg11_bn": 32, "vgg16": 32, "vgg16_bn": 32, "vit_b_16": 32}  # others: 64
 
 
@@ -93,7 +99,15 @@ def test_explain_graph_matches_autograd(arch: str, tmp_path) -> None:
                 scale = ref.abs().max().item()
                 assert scale > 0, f"{where}: reference {name} all zero"
                 err = (mine - ref).abs().max().item()
-                assert err <= 1e-4 * scale, f"{where}: {name} max error {err:.3g} > 1e-4 x {scale:.3g}"
+                tolerance = (
+                    RELU_MLP_HEAD_TOLERANCE if name == "gradients" and arch in RELU_MLP_HEADS else 1e-4
+                )
+                assert err <= tolerance * scale, (
+                    f"{where}: {name} max error {err:.3g} > {tolerance} x {scale:.3g}"
+                )
+                if name == "gradients":  # per image and target, the gradient points the same way
+                    cosine = torch.nn.functional.cosine_similarity(mine.flatten(2), ref.flatten(2), dim=2)
+                    assert cosine.min().item() > 0.9999, f"{where}: gradient cosine {cosine.min().item():.6f}"
             assert torch.equal(got.target_ids, ids), f"{where}: target ids differ"
             top3 = torch.topk(logits, 3, dim=1).indices
             assert torch.equal(got.target_ids[:, 0], top3[:, 0])
