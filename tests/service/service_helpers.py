@@ -104,8 +104,8 @@ def stub(address: str) -> tuple[grpc.Channel, pb_grpc.ExplainServiceStub]:
 
 
 def slow_request(pixels: np.ndarray, request_id: str, count: int = 2) -> pb.ExplainRequest:
-    """A request that keeps the model busy for a while (about a second per image on a loaded
-    2-core machine): Smooth Grad-CAM++ with many noisy copies, and Score-CAM."""
+    """A request that keeps the model busy for a while: Smooth Grad-CAM++ with many noisy copies, and
+    Score-CAM. Its images share one run, so a blocker that must outlast a test's waits takes several."""
     return pb.ExplainRequest(
         id=request_id,
         model=MODEL,

@@ -132,14 +132,14 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped(server, digit_p
     with channel, ThreadPoolExecutor(1) as pool:
         runs = slow_runs(server)
         blocker = pool.submit(
-            explain_stub.Explain, slow_request(digit_pixels, "deadline-blocker"), timeout=WAIT_S
+            explain_stub.Explain, slow_request(digit_pixels, "deadline-blocker", count=8), timeout=WAIT_S
         )
         wait_until_slow_run_starts(server, runs)  # what comes next waits behind the blocker
         late = pb.ExplainRequest(id="late", model=MODEL, images=[digit(digit_pixels[1])])
         with pytest.raises(grpc.RpcError) as caught:
             explain_stub.Explain(late, timeout=0.3)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert len(blocker.result(timeout=WAIT_S).images) == 2
+        assert len(blocker.result(timeout=WAIT_S).images) == 8
     line = wait_for_log(server, "id=late ")
     assert "status=DEADLINE_EXCEEDED" in line and "batch_size=0" in line  # it never ran
     assert server.health() == "SERVING"
@@ -150,7 +150,7 @@ def test_a_cancelled_stream_drops_its_queued_work_and_the_server_keeps_serving(s
     with channel, ThreadPoolExecutor(1) as pool:
         runs = slow_runs(server)
         blocker = pool.submit(
-            explain_stub.Explain, slow_request(digit_pixels, "cancel-blocker"), timeout=WAIT_S
+            explain_stub.Explain, slow_request(digit_pixels, "cancel-blocker", count=8), timeout=WAIT_S
         )
         wait_until_slow_run_starts(server, runs)  # what comes next waits behind the blocker
         sent, cancelled = threading.Event(), threading.Event()
