@@ -13,27 +13,16 @@ depend on the weights). Usage: python bench/bench_export.py [--archs resnet50,vg
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 
 from camserve.config import RuntimeConfig
 from camserve.export import export_model
 from camserve.export.architectures import ARCHITECTURES, build_torchvision
 from camserve.runtime import OnnxGraphRunner
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def eager_gradcam_inputs(
@@ -91,10 +80,10 @@ def main() -> None:
             runner = OnnxGraphRunner(model_dir, runtime)
             images = torch.randn(args.batch, 3, args.size, args.size)
             targets = torch.full((args.batch, 1), -1, dtype=torch.int64)
-            t_explain = _median_seconds(lambda: runner.explain(images, targets), args.repeats)
-            t_forward = _median_seconds(lambda: runner.forward(images), args.repeats)
+            t_explain = median_seconds(lambda: runner.explain(images, targets), args.repeats)
+            t_forward = median_seconds(lambda: runner.forward(images), args.repeats)
             model.requires_grad_(True)
-            t_eager = _median_seconds(
+            t_eager = median_seconds(
                 lambda: eager_gradcam_inputs(model, defaults.layer, images), args.repeats
             )
             rows.append((arch, t_forward, t_explain, t_eager))

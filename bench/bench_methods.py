@@ -15,27 +15,16 @@ Usage: python bench/bench_methods.py [--batch 16] [--threads 2] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 
 from camserve.config import CamserveConfig
 from camserve.explainer import Explainer
 from camserve.export import export_model
 from camserve.export.architectures import build_torchvision
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -87,7 +76,7 @@ def main() -> None:
         for method in args.methods.split(","):
             n = args.expensive_batch if method in ("scorecam", "ablationcam") else args.batch
             images = images_all[:n]
-            ours = _median_seconds(
+            ours = median_seconds(
                 lambda: explainer.explain(images, methods=[method], targets=[[-1]]), args.repeats
             )
             cam = theirs[method](model=model, target_layers=[model.layer4])
@@ -95,7 +84,7 @@ def main() -> None:
                 cam.batch_size = 64
             if method == "scorecam":
                 cam.batch_size = 64
-            ref = _median_seconds(lambda: cam(input_tensor=images, targets=None), args.repeats)
+            ref = median_seconds(lambda: cam(input_tensor=images, targets=None), args.repeats)
             rows.append((method, n, n / ours, n / ref))
             print(
                 f"{method:12s} n={n:3d}  camserve {n / ours:8.2f} img/s  "
@@ -104,10 +93,10 @@ def main() -> None:
             )
         gradient = ["gradcam", "gradcam++", "xgradcam", "layercam"]
         images = images_all
-        t_one = _median_seconds(
+        t_one = median_seconds(
             lambda: explainer.explain(images, methods=["gradcam"], targets=[[-1]]), args.repeats
         )
-        t_four = _median_seconds(
+        t_four = median_seconds(
             lambda: explainer.explain(images, methods=gradient, targets=[[-1]]), args.repeats
         )
     print()
