@@ -19,7 +19,6 @@ import asyncio
 import io
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,11 +28,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 from PIL import Image
+from server_process import start_server
 
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
-START_TIMEOUT_S = 120.0
 IMAGES = 64  # distinct images cycled through by the clients
 
 
@@ -135,24 +134,6 @@ def in_process_throughput(
                 done += batch
     elapsed = time.perf_counter() - (counted_from or time.perf_counter())
     return done / elapsed if elapsed > 0 else 0.0
-
-
-def start_server(models: str | None, flags: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "camserve.cli", "serve", "--port", "0", *flags]
-    if models:
-        argv += ["--models", models]
-    log = open(log_path, "wb")  # noqa: SIM115 -- the server writes to it until it stops
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        match = re.search(r"camserve listening on [^\s:]+:(\d+)", log_path.read_text(errors="replace"))
-        if match:
-            return proc, f"127.0.0.1:{match.group(1)}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the server did not start:\n{log_path.read_text(errors='replace')}")
 
 
 def batch_sizes(log_text: str) -> list[int]:

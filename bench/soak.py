@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,11 +31,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 from PIL import Image
+from server_process import start_server
 
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
-START_TIMEOUT_S = 120.0
 IMAGES = 32
 CALL_TIMEOUT_S = 30.0
 
@@ -79,22 +78,6 @@ def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def start_server(flags: list[str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "camserve.cli", "serve", "--port", "0", *flags]
-    log = open(log_path, "wb")  # noqa: SIM115 -- the server writes to it until it stops
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        match = re.search(r"camserve listening on [^\s:]+:(\d+)", log_path.read_text(errors="replace"))
-        if match:
-            return proc, f"127.0.0.1:{match.group(1)}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the server did not start:\n{log_path.read_text(errors='replace')}")
 
 
 class Client(threading.Thread):
@@ -189,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.server:
             address, pid = args.server, args.pid
         else:
-            proc, address = start_server(args.server_flag, Path(tmp) / "serve.log")
+            proc, address = start_server(None, args.server_flag, Path(tmp) / "serve.log")
             pid = proc.pid
         try:
             figures = Figures(args.clients, args.seconds, ",".join(methods))
