@@ -19,24 +19,29 @@ def channel_weights(activations: torch.Tensor, gradients: torch.Tensor, method: 
     """Per-channel weights [N,T,K] from one spatial reduction of A and G.
 
     gradcam:   w_k = mean_ij g_ij^k
-    gradcam++: alpha_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3), 0 where the denominator is 0
-               (that is where g = 0); w_k = sum_ij alpha_ij^k ReLU(g_ij^k)
+    gradcam++: alpha_ij^k = g^2 / (2 g^2 + sum_ab A_ab^k g^3); w_k = sum_ij alpha_ij^k ReLU(g_ij^k),
+               evaluated as sum_ij ReLU(g) / (2 + S g) with S = sum_ab A_ab^k (the same number:
+               g^2 cancels where ReLU(g) > 0); a term is 0 where 2 + S g = 0
     xgradcam:  w_k = sum_ij (A_ij^k / sum_ab A_ab^k) g_ij^k, 0 where sum_ab A_ab^k = 0
     """
     g = gradients
-    a = activations.unsqueeze(1)  # [N,1,K,h,w]
     if method == "gradcam":
         return g.mean(dim=(-2, -1))
+    sum_a = activations.sum(dim=(-2, -1)).unsqueeze(1)  # [N,1,K]
     if method == "gradcam++":
-        g2 = g * g
-        sum_a = a.sum(dim=(-2, -1), keepdim=True)
-        denom = 2.0 * g2 + sum_a * g2 * g
-        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
-        return (alpha * g.clamp_min(0)).sum(dim=(-2, -1))
+        # Where ReLU(g) > 0, alpha ReLU(g) = g^2 g / (g^2 (2 + S g)) = ReLU(g) / (2 + S g): the g^2
+        # cancels, which saves the g^2 and g^3 passes and keeps g^2 of tiny gradients from
+        # underflowing to a zero weight. Where g <= 0 the term is 0 whatever alpha is.
+        relu_g = g.clamp_min(0)
+        denom = (relu_g * sum_a[..., None, None]).add_(2.0)
+        if bool((sum_a < 0).any()):  # only a negative channel sum can make 2 + S g vanish
+            denom.masked_fill_(denom == 0, float("inf"))  # ReLU(g) / inf = 0
+        return relu_g.div_(denom).sum(dim=(-2, -1))
     if method == "xgradcam":
-        sum_a = a.sum(dim=(-2, -1), keepdim=True)
-        safe = torch.where(sum_a != 0, sum_a, 1.0)
-        return torch.where(sum_a != 0, a * g / safe, 0.0).sum(dim=(-2, -1))
+        # sum_ij A g as one batched contraction, then the division by the channel sum.
+        n, t, k = g.shape[:3]
+        sums = torch.einsum("nkp,ntkp->ntk", activations.reshape(n, k, -1), g.reshape(n, t, k, -1))
+        return torch.where(sum_a != 0, sums / torch.where(sum_a != 0, sum_a, 1.0), 0.0)
     raise ValueError(f"unknown weight method {method!r}; known: {', '.join(WEIGHT_METHODS)}")
 
 
@@ -86,7 +91,10 @@ def upsample_normalize(
     if normalize:
         lo = out.amin(dim=(-2, -1), keepdim=True)
         rng = out.amax(dim=(-2, -1), keepdim=True) - lo
-        out = torch.where(rng > eps, (out - lo) / torch.where(rng > eps, rng, 1.0), 0.0)
+        informative = rng > eps
+        # Two passes over the full-size maps (subtract, divide in place); the constant maps are
+        # zeroed through their [N,T,1,1] mask, not a third full-size pass.
+        out = (out - lo).div_(torch.where(informative, rng, 1.0)).mul_(informative)
     if to_uint8:
         if not normalize:
             raise ValueError("uint8 output needs normalised maps")

@@ -74,13 +74,13 @@ def _gradcam_sums(g):
 
 @triton.jit
 def _gradcampp_sums(g, sum_a):
-    """sum_ij alpha_ij ReLU(g_ij) over a pixel tile; alpha as in the reference, 0 where its
-    denominator is 0 (g = 0, and the masked padding). g [BT,BK,BHW], sum_a [BK] -> [BT,BK]."""
-    g2 = g * g
-    denom = 2.0 * g2 + sum_a[None, :, None] * g2 * g
+    """sum_ij alpha_ij ReLU(g_ij) over a pixel tile, as in the reference: ReLU(g) / (2 + S g),
+    0 where that denominator is 0 (masked padding has g = 0, so it adds 0).
+    g [BT,BK,BHW], sum_a [BK] -> [BT,BK]."""
+    relu_g = tl.maximum(g, 0.0)
+    denom = relu_g * sum_a[None, :, None] + 2.0
     nonzero = denom != 0.0
-    alpha = tl.where(nonzero, g2 / tl.where(nonzero, denom, 1.0), 0.0)
-    return _sum(alpha * tl.maximum(g, 0.0), 2)
+    return _sum(tl.where(nonzero, relu_g / tl.where(nonzero, denom, 1.0), 0.0), 2)
 
 
 @triton.jit

@@ -75,6 +75,8 @@ class GradCAMPlusPlus(ChannelWeightCAM):
         L^c         = ReLU(sum_k w_k^c A^k)
 
     The common factor exp(y^c) of the weights is dropped: it scales the map, which min-max removes.
+    The weights are evaluated as w_k^c = sum_ij ReLU(g_ij) / (2 + S_k g_ij), S_k = sum_ab A_ab^k:
+    the same number (g^2 cancels wherever ReLU(g) > 0) in three passes instead of six.
     """
 
     name = "gradcam++"

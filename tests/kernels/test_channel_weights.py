@@ -88,3 +88,23 @@ def test_half_precision_inputs_accumulate_in_float32(dtype: torch.dtype) -> None
         assert out.dtype == dtype
         # float32 sums, one rounding to the half type at the store
         assert torch.allclose(out.float(), expected, rtol=1e-2, atol=1e-4)
+
+
+def test_gradcam_plus_plus_equals_the_papers_alpha_form() -> None:
+    # The kernels evaluate ReLU(g) / (2 + S g); the paper writes alpha = g^2 / (2 g^2 + S g^3).
+    # Same numbers, in float64, including negative activations and a term whose denominator is 0.
+    a, g = cam_inputs(2, 2, 13, 5, 6, activations="mixed", seed=3)
+    a[0, 0] = 0.0
+    a[0, 0, 0, 0] = -2.0  # S = -2 for channel 0 of image 0 ...
+    g[0, 0, 0] = -g[0, 0, 0].abs()
+    g[0, 0, 0, 0, 0] = 1.0  # ... so 2 + S g = 0 at this pixel: its term is 0, as alpha's 0/0 is
+    g[0, 0, 0, 1, 1] = 0.25  # and 0.25 / 1.5 here
+    a64, g64 = a.double(), g.double()
+    s = a64.sum(dim=(-2, -1)).unsqueeze(1)[..., None, None]
+    g2, g3 = g64**2, g64**3
+    denom = 2 * g2 + s * g3
+    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1.0), 0.0)
+    paper = (alpha * g64.clamp_min(0)).sum(dim=(-2, -1)).float()
+    assert paper[0, 0, 0].item() == pytest.approx(0.25 / 1.5)
+    assert_close(reference.channel_weights(a, g, "gradcam++"), paper)
+    assert_close(kernels.channel_weights(a, g, "gradcam++", backend="triton"), paper)
