@@ -102,15 +102,32 @@ class _ExportFriendlyOps(TorchFunctionMode):
     Global average pooling (output 1x1) becomes a plain mean: PyTorch's composite kernel re-strides
     its result to the input's memory format with ``as_strided_`` (Swin's channels-last head), whose
     backward is an ``as_strided_scatter`` with no ONNX translation.
+
+    ``x[slices] = number`` becomes ``x[slices].fill_(number)``: traced as written, the number is a
+    0-d tensor constant copied into the view, and the ONNX exporter's ``copy`` drops the broadcast,
+    leaving a scalar where a [h, w] block belongs (Swin's shifted-window attention mask).
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.Tensor.__setitem__ and _is_number(args[2]) and _is_basic_index(args[1]):
+            args[0][args[1]].fill_(args[2])  # basic indexing gives a view: the fill lands in x
+            return None
         if func is torch.nn.functional.adaptive_avg_pool2d:
             x, size = args[0], args[1] if len(args) > 1 else kwargs["output_size"]
             if size in (1, (1, 1), [1, 1]):
                 return x.mean(dim=(-2, -1), keepdim=True)
         return func(*args, **kwargs)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (bool, int, float))
+
+
+def _is_basic_index(index: object) -> bool:
+    """Indexing that returns a view (slices, integers, None, Ellipsis), not a copy."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(part is None or part is Ellipsis or isinstance(part, (slice, int)) for part in parts)
 
 
 def _pool_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,27 @@ class MaxPoolHead(nn.Module):
         return self.fc(self.pool(self.body(x)).flatten(1))
 
 
+class SliceFilledMaskHead(nn.Module):
+    """A head that builds a mask by writing numbers into slices (``mask[a:b, c:d] = n``), the way
+    Swin builds its shifted-window attention mask, and adds it to the target layer's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 2, 1)
+        self.fc = nn.Linear(2 * 4 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        mask = h.new_zeros((4, 3))
+        count = 0
+        for rows in ((0, 1), (1, 4)):
+            for cols in ((0, 2), (2, 3)):
+                mask[rows[0] : rows[1], cols[0] : cols[1]] = count
+                count += 1
+        mask[-1] = 7.5  # an integer index: a view as well
+        return self.fc((h * mask).flatten(1))
+
+
 def build_tiny() -> nn.Module:
     torch.manual_seed(0)
     return TinyGapNet()

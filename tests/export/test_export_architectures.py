@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from camserve.errors import ExportError
 from camserve.export import export_model
 from camserve.export.architectures import ARCHITECTURES, build_torchvision
 from camserve.export.layers import Layout
@@ -38,17 +37,8 @@ def _model(arch: str, size: int) -> torch.nn.Module:
     return model
 
 
-# Swin-T: the ONNX exporter's constant folder turns one of its [3,3] tensor constants into a scalar and
-# ONNX Runtime refuses the graph; camserve reports it as an ExportError. Known, not yet worked around.
-_KNOWN_FAILURES = {
-    "swin_t": pytest.mark.xfail(
-        raises=ExportError, strict=True, reason="ONNX constant folding breaks Swin's graph"
-    )
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=_KNOWN_FAILURES.get(a, ())) for a in ARCHITECTURES])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_explain_graph_matches_autograd(arch: str, tmp_path) -> None:
     size = SIZES.get(arch, 64)
     model = _model(arch, size)
