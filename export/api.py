@@ -181,13 +181,28 @@ def _cam_weights(split: SplitModel, acts: torch.Tensor, extra, staging: Path) ->
     """If the head is GAP -> linear (logits = W · mean_ij A + b), save W [C,K] and b [C] for CAM.
 
     Found numerically, without knowing the architecture: spatially constant one-hot activations give
-    the columns of W, and a random activation must then be reproduced exactly.
+    the columns of W, and a random activation must then be reproduced exactly. Two cheap necessary
+    conditions come first (a few head runs instead of K): the logits must not change when the
+    pixels are shuffled, and the head must be affine (head(2P) - b = 2 (head(P) - b)).
     """
     k = acts.shape[1]
     h, w = acts.shape[2:]
     extra1 = None if extra is None else extra[:1]
+
+    def close(got: torch.Tensor, want: torch.Tensor) -> bool:
+        return torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
     with torch.no_grad():
         bias = split.head(acts.new_zeros(1, k, h, w), extra1)[0]
+        probe = torch.randn(2, k, h, w, generator=torch.Generator().manual_seed(2)).abs()
+        ex = None if extra is None else extra[:1].expand(2, *extra.shape[1:])
+        got = split.head(probe, ex)
+        order = torch.randperm(h * w, generator=torch.Generator().manual_seed(3))
+        shuffled = probe.flatten(2)[:, :, order].reshape(probe.shape)
+        if not close(split.head(shuffled, ex), got) or not close(
+            split.head(2 * probe, ex) - bias, 2 * (got - bias)
+        ):
+            return None
         columns = []
         for start in range(0, k, 256):
             stop = min(start + 256, k)
@@ -196,11 +211,7 @@ def _cam_weights(split: SplitModel, acts: torch.Tensor, extra, staging: Path) ->
             ex = None if extra is None else extra[:1].expand(stop - start, *extra.shape[1:])
             columns.append(split.head(basis, ex) - bias)
         weight = torch.cat(columns).t()  # [C, K]
-        probe = torch.randn(2, k, h, w, generator=torch.Generator().manual_seed(2)).abs()
-        ex = None if extra is None else extra[:1].expand(2, *extra.shape[1:])
-        got = split.head(probe, ex)
-        want = probe.mean(dim=(2, 3)) @ weight.t() + bias
-    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(got.abs().max())):
+    if not close(probe.mean(dim=(2, 3)) @ weight.t() + bias, got):
         return None
     path = staging / "cam_weights.npz"
     np.savez(path, weight=weight.numpy().astype(np.float32), bias=bias.numpy().astype(np.float32))

@@ -106,6 +106,12 @@ class _ExportFriendlyOps(TorchFunctionMode):
     ``x[slices] = number`` becomes ``x[slices].fill_(number)``: traced as written, the number is a
     0-d tensor constant copied into the view, and the ONNX exporter's ``copy`` drops the broadcast,
     leaving a scalar where a [h, w] block belongs (Swin's shifted-window attention mask).
+
+    ``F.multi_head_attention_forward`` gets contiguous query/key/value: ``nn.MultiheadAttention``
+    passes [L, N, E] transposed views, and for a non-contiguous input that requires grad, matmul
+    does not fold the in-projection into one matrix product but expands the weight L times and runs
+    a bmm (ViT-B/16 at 224²: 197 x 768 x 2304 floats = 1.4 GB per encoder block, materialised by
+    ONNX Runtime on every run, and by the exporter's constant folder).
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -113,11 +119,21 @@ class _ExportFriendlyOps(TorchFunctionMode):
         if func is torch.Tensor.__setitem__ and _is_number(args[2]) and _is_basic_index(args[1]):
             args[0][args[1]].fill_(args[2])  # basic indexing gives a view: the fill lands in x
             return None
+        if func is torch.nn.functional.multi_head_attention_forward:
+            args = _contiguous_qkv(args)
         if func is torch.nn.functional.adaptive_avg_pool2d:
             x, size = args[0], args[1] if len(args) > 1 else kwargs["output_size"]
             if size in (1, (1, 1), [1, 1]):
                 return x.mean(dim=(-2, -1), keepdim=True)
         return func(*args, **kwargs)
+
+
+def _contiguous_qkv(args: tuple) -> tuple:
+    """args with query, key and value (the first three) contiguous; a tensor passed twice stays one
+    object, so self-attention keeps its packed in-projection."""
+    made: dict[int, torch.Tensor] = {}
+    qkv = tuple(made.setdefault(id(x), x.contiguous()) for x in args[:3])
+    return qkv + tuple(args[3:])
 
 
 def _is_number(value: object) -> bool:

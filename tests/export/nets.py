@@ -71,6 +71,18 @@ class SliceFilledMaskHead(nn.Module):
         return self.fc((h * mask).flatten(1))
 
 
+class GapMlpHead(nn.Module):
+    """'body' -> GAP -> linear -> ReLU -> linear: ignores where a value sits, but is not affine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
+        self.mlp = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.body(x).mean(dim=(2, 3)))
+
+
 def build_tiny() -> nn.Module:
     torch.manual_seed(0)
     return TinyGapNet()
