@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from camserve.errors import InvalidArgumentError
 from camserve.export import GRAPHS, build_from_import_path, export_model, load_weights
@@ -159,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         class_names = None
     if args.weights:
         load_weights(model, args.weights)
+    else:
+        _untie_zero_layers(model)
     if args.class_names:
         path = Path(args.class_names)
         if not path.is_file():
@@ -186,3 +189,14 @@ def run(args: argparse.Namespace) -> int:
     if args.triton_repository:
         _write_triton_repository(args, model_dir.path)
     return 0
+
+
+def _untie_zero_layers(model: nn.Module) -> None:
+    """Seeded random weights: a linear layer that its constructor zero-initialises (ViT's classifier)
+    gets N(0, 0.02²) weights and bias, or every logit would tie and every gradient would be zero."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and not bool(module.weight.any()):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.normal_(module.bias, std=0.02)
