@@ -25,7 +25,12 @@ COPY export export
 COPY kernels kernels
 COPY service service
 COPY proto proto
+# onnxruntime (a base dependency) and onnxruntime-gpu (the gpu extra) install the same
+# `onnxruntime` module; in the GPU image the CPU wheel is removed and the GPU wheel's files restored.
 RUN pip install --extra-index-url "${TORCH_INDEX_URL}" ".${EXTRAS:+[${EXTRAS}]}" \
+    && case ",${EXTRAS}," in *,gpu,*) \
+         pip uninstall -y onnxruntime \
+         && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.20" ;; esac \
     && python -c "from camserve.default_model import default_model_dir; default_model_dir('/opt/camserve/cache')" \
     && useradd --system --uid 10001 --home-dir /nonexistent camserve \
     && mkdir -p /models \
