@@ -7,30 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from camserve.export import export_model
-from camserve.modeldir import ModelDirectory
+from tests.export.exporting import export_test_model
 from tests.export.nets import GapMlpHead, MaxPoolHead, TinyGapNet
-
-
-def _export(model: torch.nn.Module, layer: str, size: tuple[int, int, int], out) -> ModelDirectory:
-    export_model(
-        model,
-        layer,
-        size,
-        out,
-        name="m",
-        architecture="test",
-        mean=[0.0] * 3,
-        std=[1.0] * 3,
-        graphs=("explain",),
-    )
-    return ModelDirectory(out)
 
 
 def test_gap_linear_head_gives_the_classifier_weights(tmp_path) -> None:
     torch.manual_seed(0)
     model = TinyGapNet().eval()
-    model_dir = _export(model, "features", (3, 8, 8), tmp_path / "m")
+    model_dir = export_test_model(model, "features", (3, 8, 8), tmp_path / "m")
     cam = model_dir.manifest.cam_weights
     assert cam is not None
     saved = np.load(model_dir.path / cam.file)
@@ -44,5 +28,5 @@ def test_gap_linear_head_gives_the_classifier_weights(tmp_path) -> None:
 )
 def test_other_heads_have_no_cam_weights(net, why, tmp_path) -> None:
     torch.manual_seed(0)
-    model_dir = _export(net().eval(), "body", (3, 4, 4), tmp_path / "m")
+    model_dir = export_test_model(net().eval(), "body", (3, 4, 4), tmp_path / "m")
     assert model_dir.manifest.cam_weights is None, why

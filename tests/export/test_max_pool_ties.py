@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from camserve.export import export_model
 from camserve.runtime import OnnxGraphRunner
+from tests.export.exporting import export_test_model
 from tests.export.nets import MaxPoolHead
 
 
@@ -17,17 +17,7 @@ def test_ties_go_to_the_first_element_in_row_major_order(tmp_path) -> None:
     model = MaxPoolHead().eval()
     with torch.no_grad():
         model.body[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).reshape(2, 3, 1, 1))
-    model_dir = export_model(
-        model,
-        "body",
-        (3, 4, 4),
-        tmp_path / "m",
-        name="ties",
-        architecture="test",
-        mean=[0.0] * 3,
-        std=[1.0] * 3,
-        graphs=("explain",),
-    )
+    model_dir = export_test_model(model, "body", (3, 4, 4), tmp_path / "m")
     images = torch.zeros(1, 3, 4, 4)
     images[0, 0, 0, 1] = images[0, 0, 1, 0] = 2.0  # channel 0, window (0,0): a tie between (0,1) and (1,0)
     images[0, 1, 2, 2] = images[0, 1, 3, 3] = 1.0  # channel 1, window (1,1): a tie between (2,2) and (3,3)

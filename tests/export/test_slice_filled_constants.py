@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import torch
 
-from camserve.export import export_model
 from camserve.runtime import OnnxGraphRunner
+from tests.export.exporting import export_test_model
 from tests.export.nets import SliceFilledMaskHead
 
 
 def test_mask_filled_by_slices_exports_with_the_right_numbers(tmp_path) -> None:
     torch.manual_seed(0)
     model = SliceFilledMaskHead().eval()
-    model_dir = export_model(
-        model,
-        "body",
-        (3, 4, 3),
-        tmp_path / "m",
-        name="mask",
-        architecture="test",
-        mean=[0.0] * 3,
-        std=[1.0] * 3,
-        graphs=("explain",),
-    )
+    model_dir = export_test_model(model, "body", (3, 4, 3), tmp_path / "m")
     images = torch.randn(2, 3, 4, 3, generator=torch.Generator().manual_seed(1))
     out = OnnxGraphRunner(model_dir).explain(images, torch.tensor([[1], [2]]))
     # the mask worked out by hand: quadrants 0 | 1 over row 0, 2 | 3 over rows 1-3, then row 3 = 7.5
