@@ -105,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     check_service_config(config.service)  # before the models load
+    if config.runtime.intra_op_threads > 0:
+        import torch
+
+        # the CAM maths run in torch beside ONNX Runtime: one thread budget for both
+        torch.set_num_threads(config.runtime.intra_op_threads)
     models = ModelRegistry.load(model_directories(config), config)
     asyncio.run(serve(config, models))
     return 0

@@ -158,6 +158,30 @@ def test_serve_flags_override_the_configuration_and_unset_flags_keep_it(tmp_path
     assert config.runtime.kernels == "torch"
 
 
+def test_serve_intra_op_threads_is_also_the_torch_thread_budget(monkeypatch):
+    import torch
+
+    seen: dict[str, int] = {}
+
+    async def fake_serve(config, models) -> None:  # the server itself is tested elsewhere
+        seen["torch_threads"] = torch.get_num_threads()
+        seen["ort_threads"] = config.runtime.intra_op_threads
+
+    monkeypatch.setattr("camserve.service.server.serve", fake_serve)
+    monkeypatch.setattr(ModelRegistry, "load", classmethod(lambda cls, dirs, config: None))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    serve_command.register(parser.add_subparsers())
+    before = torch.get_num_threads()
+    budget = before + 1  # differs from torch's current setting, whatever the machine
+    try:
+        args = parser.parse_args(["serve", "--intra-op-threads", str(budget)])
+        assert serve_command.run(args) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"torch_threads": budget, "ort_threads": budget}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
