@@ -11,6 +11,7 @@ model is used, and without IMAGES it explains a few built-in sample images.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from camserve.errors import InvalidArgumentError
@@ -76,6 +77,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="ask a `camserve serve` server instead of running locally; --model is then a model NAME",
     )
+    remote = parser.add_argument_group("with --server: TLS and authentication")
+    remote.add_argument("--tls", action="store_true", help="TLS, verified against the system's root CAs")
+    remote.add_argument(
+        "--ca-file", metavar="PEM", help="CA certificate(s) that verify the server (implies --tls)"
+    )
+    remote.add_argument(
+        "--client-cert", metavar="PEM", help="this client's certificate, for mTLS (implies --tls)"
+    )
+    remote.add_argument("--client-key", metavar="PEM", help="the key of --client-cert")
+    remote.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="send `authorization: Bearer <token>` with the token in FILE (or set CAMSERVE_AUTH_TOKEN)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -111,10 +126,54 @@ def _remote_explainer(args: argparse.Namespace, config):
     --model names one of the server's models (default: its only one), the explain options go along."""
     from camserve.client import Client
 
-    return Client(args.server, model=args.model, options=config.explain)
+    return Client(
+        args.server,
+        model=args.model,
+        options=config.explain,
+        tls=args.tls,
+        ca_file=args.ca_file,
+        cert_file=args.client_cert,
+        key_file=args.client_key,
+        token=_client_token(args),
+    )
+
+
+_REMOTE_FLAGS = {
+    "tls": "--tls",
+    "ca_file": "--ca-file",
+    "client_cert": "--client-cert",
+    "client_key": "--client-key",
+    "token_file": "--token-file",
+}
+
+
+def _check_remote_flags(args: argparse.Namespace) -> None:
+    """TLS and token flags belong to --server; alone they would be silently ignored."""
+    if args.server:
+        return
+    given = [flag for name, flag in _REMOTE_FLAGS.items() if getattr(args, name)]
+    if given:
+        raise InvalidArgumentError(given[0], "applies only with --server HOST:PORT")
+
+
+def _client_token(args: argparse.Namespace) -> str | None:
+    """The bearer token from --token-file, else CAMSERVE_AUTH_TOKEN, else None."""
+    if args.token_file:
+        path = Path(args.token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InvalidArgumentError("--token-file", f"cannot read {path}: {exc.strerror or exc}") from exc
+        if not token or any(c.isspace() for c in token):
+            raise InvalidArgumentError(
+                "--token-file", f"{path}: the token must be non-empty, without whitespace"
+            )
+        return token
+    return os.environ.get("CAMSERVE_AUTH_TOKEN") or None
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_remote_flags(args)
     config = build_config(args)
     _check_output_paths(args)
     explainer = build_explainer(args, config)

@@ -65,6 +65,8 @@ def test_errors_exit_2_with_one_line_and_leave_no_files(tiny_model_dir, png_file
     assert "no such file" in capsys.readouterr().err
     assert main([*common[:-1], str(tmp_path / "missing" / "r.npz"), str(png_file)]) == 2
     assert "out: directory" in capsys.readouterr().err
+    assert main([*common, "--token-file", str(png_file), str(png_file)]) == 2  # TLS/token need --server
+    assert "--token-file: applies only with --server HOST:PORT" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [png_file]
 
 

@@ -6,6 +6,7 @@ before the server starts."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -305,3 +306,28 @@ def test_server_error_carries_the_unauthenticated_code(secure_server, certs):
         with pytest.raises(ServerError, match="UNAUTHENTICATED: the bearer token is not valid") as caught:
             client.list_models()
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_cli_explain_with_server_speaks_mtls_and_sends_the_token(
+    secure_server, certs, explainer, digit_pixels, tmp_path
+):
+    image = tmp_path / "digit.png"
+    image.write_bytes(png_bytes(digit_pixels[9]))
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(TOKEN + "\n")
+    argv = [sys.executable, "-m", "camserve.cli", "explain", "--server", secure_server.address]
+    argv += ["--model", MODEL, "--method", "gradcam", "--target", "-1", "--ca-file", str(certs.ca)]
+    argv += ["--client-cert", str(certs.client_cert), "--client-key", str(certs.client_key)]
+    env = {k: v for k, v in os.environ.items() if k != "CAMSERVE_AUTH_TOKEN"}
+    out = tmp_path / "remote.npz"
+    done = subprocess.run(
+        argv + ["--token-file", str(token_file), "--out", str(out), str(image)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = explainer.explain([str(image)], methods=["gradcam"], targets=[[-1]]).arrays()
+    np.testing.assert_allclose(np.load(out)["gradcam"], expected["gradcam"], atol=1e-4)
+    # the same call without the token: one clear line, exit status 2
+    refused = subprocess.run(argv + [str(image)], capture_output=True, text=True, timeout=120, env=env)
+    assert refused.returncode == 2
+    assert "UNAUTHENTICATED" in refused.stderr and "Traceback" not in refused.stderr
