@@ -32,13 +32,14 @@ _LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
 
 
 def _read(path: str, setting: str) -> bytes:
+    """The file's bytes; errors name ``setting`` (e.g. "service.tls_key")."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise NotFoundError(f"service.{setting}: no such file: {file}")
+        raise NotFoundError(f"{setting}: no such file: {file}")
     try:
         return file.read_bytes()
     except OSError as exc:
-        raise InvalidArgumentError(f"service.{setting}", f"cannot read {file} ({exc})") from None
+        raise InvalidArgumentError(setting, f"cannot read {file} ({exc})") from None
 
 
 def check_security_config(service: ServiceConfig) -> None:
@@ -52,7 +53,7 @@ def check_security_config(service: ServiceConfig) -> None:
         )
     for setting in ("tls_cert", "tls_key", "tls_client_ca"):
         if getattr(service, setting):
-            _read(getattr(service, setting), setting)
+            _read(getattr(service, setting), f"service.{setting}")
     if service.auth_token and service.auth_token_file:
         raise InvalidArgumentError("service.auth_token", "set auth_token or auth_token_file, not both")
     load_token(service)
@@ -62,9 +63,9 @@ def server_credentials(service: ServiceConfig) -> grpc.ServerCredentials | None:
     """TLS credentials for the listening port; None when TLS is off."""
     if not service.tls_cert:
         return None
-    key = _read(service.tls_key, "tls_key")
-    cert = _read(service.tls_cert, "tls_cert")
-    ca = _read(service.tls_client_ca, "tls_client_ca") if service.tls_client_ca else None
+    key = _read(service.tls_key, "service.tls_key")
+    cert = _read(service.tls_cert, "service.tls_cert")
+    ca = _read(service.tls_client_ca, "service.tls_client_ca") if service.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
     )
@@ -73,14 +74,21 @@ def server_credentials(service: ServiceConfig) -> grpc.ServerCredentials | None:
 def load_token(service: ServiceConfig) -> str | None:
     """The bearer token clients must send; None when token checks are off."""
     if service.auth_token_file:
-        token = _read(service.auth_token_file, "auth_token_file").decode("utf-8", "replace").strip()
-        setting = "auth_token_file"
-    elif service.auth_token:
-        token, setting = service.auth_token.strip(), "auth_token"
-    else:
-        return None
+        return read_token_file(service.auth_token_file, "service.auth_token_file")
+    if service.auth_token:
+        return check_token(service.auth_token.strip(), "service.auth_token")
+    return None
+
+
+def read_token_file(path: str, setting: str) -> str:
+    """The bearer token in the file at ``path`` (surrounding whitespace dropped); errors name ``setting``."""
+    return check_token(_read(path, setting).decode("utf-8", "replace").strip(), setting)
+
+
+def check_token(token: str, setting: str) -> str:
+    """``token`` if it can travel in an ``authorization: Bearer`` header, else an error naming ``setting``."""
     if not token or any(c.isspace() for c in token):
-        raise InvalidArgumentError(f"service.{setting}", "the token must be non-empty, without whitespace")
+        raise InvalidArgumentError(setting, "the token must be non-empty, without whitespace")
     return token
 
 

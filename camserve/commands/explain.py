@@ -159,17 +159,15 @@ def _check_remote_flags(args: argparse.Namespace) -> None:
 def _client_token(args: argparse.Namespace) -> str | None:
     """The bearer token from --token-file, else CAMSERVE_AUTH_TOKEN, else None."""
     if args.token_file:
-        path = Path(args.token_file)
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InvalidArgumentError("--token-file", f"cannot read {path}: {exc.strerror or exc}") from exc
-        if not token or any(c.isspace() for c in token):
-            raise InvalidArgumentError(
-                "--token-file", f"{path}: the token must be non-empty, without whitespace"
-            )
-        return token
-    return os.environ.get("CAMSERVE_AUTH_TOKEN") or None
+        from camserve.service.security import read_token_file
+
+        return read_token_file(args.token_file, "--token-file")
+    token = os.environ.get("CAMSERVE_AUTH_TOKEN")
+    if not token:
+        return None
+    from camserve.service.security import check_token
+
+    return check_token(token.strip(), "CAMSERVE_AUTH_TOKEN")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,6 +67,9 @@ def test_errors_exit_2_with_one_line_and_leave_no_files(tiny_model_dir, png_file
     assert "out: directory" in capsys.readouterr().err
     assert main([*common, "--token-file", str(png_file), str(png_file)]) == 2  # TLS/token need --server
     assert "--token-file: applies only with --server HOST:PORT" in capsys.readouterr().err
+    remote = ["explain", "--server", "127.0.0.1:1", "--out", str(out), str(png_file)]
+    assert main([*remote, "--token-file", str(tmp_path / "no-token.txt")]) == 2
+    assert "--token-file: no such file" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [png_file]
 
 
