@@ -30,14 +30,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path as FilePath  # "Path" is a benchmark path below
 
 import torch
 
 from camserve import kernels
 from camserve.kernels import reference
+
+sys.path.insert(0, str(FilePath(__file__).resolve().parents[1]))  # bench/: the shared timing helper
+from timing import median_seconds  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -161,16 +165,6 @@ def _time_cuda(fn: Callable[[], torch.Tensor], reps: int, flush: torch.Tensor) -
     return statistics.median(times)
 
 
-def _time_cpu(fn: Callable[[], torch.Tensor], reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def _copy_bandwidth(device: torch.device, reps: int) -> float:
     """Device-to-device copy bandwidth in bytes/s (read + write) of a 1 GiB buffer."""
     src = torch.empty(256 * 2**20, dtype=torch.float32, device=device)
@@ -192,7 +186,6 @@ class _CachedOutputs:
 def _postprocess_share(arch: str, batch: int, size: int, device: torch.device, reps: int) -> None:
     """ONNX Runtime time of the explain graph vs the CAM maths of the four gradient methods."""
     import tempfile
-    from pathlib import Path as FilePath
 
     from camserve.config import ExplainOptions, RuntimeConfig
     from camserve.export import export_model
@@ -209,15 +202,7 @@ def _postprocess_share(arch: str, batch: int, size: int, device: torch.device, r
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timed(fn: Callable[[], object], reps: int) -> float:
-        fn()
-        sync()
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return 1e3 * median_seconds(fn, reps, sync)
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = export_model(
@@ -300,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             if not cuda:
                 if path.triton_variant:
                     continue
-                print(f"{shape.name:<17} {path.name:<24} {_time_cpu(path.torch_fn, reps):9.3f}")
+                print(f"{shape.name:<17} {path.name:<24} {1e3 * median_seconds(path.torch_fn, reps):9.3f}")
                 continue
             torch_ms = _time_cuda(path.torch_fn, reps, flush)
             triton_ms = _time_cuda(path.triton_fn, reps, flush)
