@@ -13,24 +13,7 @@ from torch import nn
 
 from camserve.export import export_model
 from camserve.modeldir import MANIFEST_NAME, ModelDirectory
-
-INPUT_SIZE = (3, 16, 16)
-MEAN = [0.5, 0.4, 0.3]
-STD = [0.25, 0.2, 0.3]
-CLASS_NAMES = ["ant", "bee", "cat", "dog"]
-
-
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1),
-        nn.ReLU(),  # "3": the target layer, 8 channels at 8x8
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    ).eval()
+from tests.explainer.tiny_model import CLASS_NAMES, INPUT_SIZE, MEAN, STD, tiny_net
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +29,7 @@ def tiny_model_dir(tmp_path_factory, tiny_model) -> ModelDirectory:
         INPUT_SIZE,
         tmp_path_factory.mktemp("models") / "tiny",
         name="tiny",
-        architecture="module:tests:tiny_net",
+        architecture="module:tests.explainer.tiny_model:tiny_net",
         mean=MEAN,
         std=STD,
         class_names=CLASS_NAMES,

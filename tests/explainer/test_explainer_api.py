@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_NAMES, INPUT_SIZE, MEAN, STD
 from PIL import Image
 
 import camserve
@@ -13,6 +12,7 @@ from camserve.config import CamserveConfig, ExplainOptions
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
 from camserve.export.reference import TorchGraphRunner
 from camserve.methods import known_methods
+from tests.explainer.tiny_model import CLASS_NAMES, INPUT_SIZE, MEAN, STD
 
 CONFIG = CamserveConfig(explain=ExplainOptions(smooth_n=2, topk_predictions=3))
 ALL_BUT_SLOW = [m for m in known_methods() if m not in ("scorecam", "ablationcam")]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_NAMES, INPUT_SIZE
 from PIL import Image
 
 import camserve
 from camserve.cli import main
 from camserve.config import CamserveConfig
 from camserve.visualize import method_slug, save_grid, save_overlays
+from tests.explainer.tiny_model import CLASS_NAMES, INPUT_SIZE
 
 
 def test_explain_writes_npz_overlays_and_grid(tiny_model_dir, png_file, tmp_path, capsys):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import INPUT_SIZE, MEAN, STD
 from PIL import Image
 
 from camserve.errors import InvalidArgumentError, NotFoundError
 from camserve.images import denormalize, normalize, preprocess
+from tests.explainer.tiny_model import INPUT_SIZE, MEAN, STD
 
 
 def prep(images):

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from methods_fixtures import (
+from torch import nn
+
+from camserve.config import ExplainOptions, RuntimeConfig
+from camserve.export.reference import TorchGraphRunner
+from camserve.methods import compute_maps
+from camserve.methods.gradient import GradCAMPlusPlus
+from camserve.outputs import ExplainOutputs
+from tests.methods.methods_fixtures import (
     CountingRunner,
     GapLinearHeadRunner,
     context_for,
@@ -17,13 +24,6 @@ from methods_fixtures import (
     reference_layer_gradients,
     upsample,
 )
-from torch import nn
-
-from camserve.config import ExplainOptions, RuntimeConfig
-from camserve.export.reference import TorchGraphRunner
-from camserve.methods import compute_maps
-from camserve.methods.gradient import GradCAMPlusPlus
-from camserve.outputs import ExplainOutputs
 
 SIZE = (64, 64)
 TORCH = RuntimeConfig(kernels="torch")

@@ -13,13 +13,21 @@ import math
 
 import pytest
 import torch
-from methods_fixtures import A1, A2, HEAD_W, ScriptedRunner, context_for, golden_activations, golden_runner
 
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.methods import compute_maps
 from camserve.methods.activation import EigenCAM
 from camserve.methods.gradient import GradCAMPlusPlus, LayerCAM, SmoothGradCAMPlusPlus
 from camserve.outputs import ExplainOutputs
+from tests.methods.methods_fixtures import (
+    A1,
+    A2,
+    HEAD_W,
+    ScriptedRunner,
+    context_for,
+    golden_activations,
+    golden_runner,
+)
 
 RAW = ExplainOptions(normalize=False, output_size="feature")
 TORCH = RuntimeConfig(kernels="torch")

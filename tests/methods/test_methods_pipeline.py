@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from methods_fixtures import CountingRunner, golden_runner
 from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
@@ -13,6 +12,7 @@ from camserve.errors import InvalidArgumentError, UnsupportedError
 from camserve.export.graphs import resolve_targets as graph_resolve_targets
 from camserve.export.reference import TorchGraphRunner
 from camserve.methods import compute_maps, known_methods, parse_targets, resolve_targets
+from tests.methods.methods_fixtures import CountingRunner, golden_runner
 
 IMAGE = torch.ones(1, 3, 2, 2)
 

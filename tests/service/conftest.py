@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from service_helpers import MODEL, ServerProcess, serve_argv
 
 from camserve.config import CamserveConfig
+from tests.service.service_helpers import MODEL, ServerProcess, serve_argv
 
 
 @pytest.fixture(scope="session")

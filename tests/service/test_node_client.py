@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_helpers import png_bytes
+
+from tests.service.service_helpers import png_bytes
 
 NODE_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
 

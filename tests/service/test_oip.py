@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from service_helpers import (
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from camserve.v1 import camserve_pb2 as pb
+from tests.service.service_helpers import (
     MODEL,
     png_bytes,
     slow_request,
@@ -26,10 +30,6 @@ from service_helpers import (
     wait_for_log,
     wait_until_slow_run_starts,
 )
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
-
-from camserve.v1 import camserve_pb2 as pb
 
 ATOL = 1e-4  # batched and single runs may sum in another order
 WAIT_S = 60.0

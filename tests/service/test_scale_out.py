@@ -26,12 +26,12 @@ import pytest
 import tritonclient.grpc as triton
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_helpers import MODEL, ServerProcess, png_bytes, serve_argv
 from tritonclient.utils import InferenceServerException
 
 from camserve.service.tensors import tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, serve_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "camserve.conf"

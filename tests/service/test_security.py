@@ -15,9 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from certs import Certs, make_certs
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service_helpers import MODEL, ServerProcess, png_bytes, serve_argv
 
 from camserve.client import Client, ServerError
 from camserve.config import ServiceConfig
@@ -25,6 +23,8 @@ from camserve.errors import InvalidArgumentError, NotFoundError
 from camserve.service.security import BearerTokenInterceptor, check_security_config, load_token, open_channel
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from tests.service.certs import Certs, make_certs
+from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, serve_argv
 
 TOKEN = "s3cret-Token_0123456789"
 WAIT_S = 60.0

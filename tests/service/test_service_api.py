@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
-from service_helpers import MODEL, png_bytes, slow_request, stub
 
 from camserve.client import Client
 from camserve.service.tensors import array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
+from tests.service.service_helpers import MODEL, png_bytes, slow_request, stub
 
 TOLERANCE = 1e-6
 

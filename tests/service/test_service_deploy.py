@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from service_helpers import MODEL, ServerProcess
 
 from camserve.client import Client
 from camserve.errors import InvalidArgumentError
+from tests.service.service_helpers import MODEL, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

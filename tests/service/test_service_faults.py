@@ -13,7 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from service_helpers import (
+
+from camserve.service.tensors import array_to_tensor
+from camserve.v1 import camserve_pb2 as pb
+from tests.service.service_helpers import (
     MODEL,
     ServerProcess,
     png_bytes,
@@ -24,9 +27,6 @@ from service_helpers import (
     wait_for_log,
     wait_until_slow_run_starts,
 )
-
-from camserve.service.tensors import array_to_tensor
-from camserve.v1 import camserve_pb2 as pb
 
 WAIT_S = 60.0
 

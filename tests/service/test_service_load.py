@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
-from service_helpers import MODEL, png_bytes
 
 from camserve.service.tensors import tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from tests.service.service_helpers import MODEL, png_bytes
 
 CLIENTS = 32
 REQUESTS_PER_CLIENT = 3

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
-from service_helpers import MODEL, ServerProcess, environ, png_bytes, serve_argv
 from tritonclient.utils import InferenceServerException
 
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from tests.service.service_helpers import MODEL, ServerProcess, environ, png_bytes, serve_argv
 
 TOKEN = "metrics-test-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -8,7 +8,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from service_helpers import (
+
+from camserve.v1 import camserve_pb2 as pb
+from tests.service.service_helpers import (
     MODEL,
     ServerProcess,
     png_bytes,
@@ -17,8 +19,6 @@ from service_helpers import (
     stub,
     wait_until_slow_run_starts,
 )
-
-from camserve.v1 import camserve_pb2 as pb
 
 IN_FLIGHT = 3
 
