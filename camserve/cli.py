@@ -13,7 +13,7 @@ import sys
 
 from camserve.errors import CamserveError
 
-COMMANDS = ("export", "explain", "serve", "eval", "bench", "default_model")
+COMMANDS = ("export", "explain", "batch", "serve", "eval", "bench", "default_model")
 
 
 def build_parser() -> argparse.ArgumentParser:

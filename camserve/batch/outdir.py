@@ -1,0 +1,173 @@
+"""The output directory of a batch job: Parquet shards, the errors table and ``manifest.json``.
+
+Layout::
+
+    OUT/manifest.json                        what produced the maps and how they are encoded
+    OUT/part-RRRRR-SSSSSS.parquet            one row per explained image (run R, shard S)
+    OUT/errors/part-RRRRR-SSSSSS.parquet     id, path, message of the images that failed
+
+Each file is written under a hidden temporary name and renamed into place, errors before rows, so
+a run killed at any moment leaves only whole shards; ids in either table count as done on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from camserve.errors import InvalidArgumentError
+
+MANIFEST = "manifest.json"
+FORMAT = "camserve-batch/1"
+ERRORS_DIR = "errors"
+SHARD_GLOB = "part-*.parquet"
+_SHARD_NAME = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+_TMP_PREFIX = ".tmp-"
+
+
+def shard_name(run: int, index: int) -> str:
+    return f"part-{run:05d}-{index:06d}.parquet"
+
+
+def map_column(method: str) -> str:
+    return f"map_{method}"
+
+
+def png_column(method: str) -> str:
+    return f"png_{method}"
+
+
+class OutputDir:
+    """One job's OUT directory: refusal of a different job, done ids, atomic shard files."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.errors_path = self.path / ERRORS_DIR
+
+    def prepare(self, job: dict[str, Any], overwrite: bool) -> None:
+        """Create OUT (or check it is writable), refuse a different job's output unless ``overwrite``
+        (which deletes it), remove temporary files a killed run left, write the manifest's job."""
+        self._check_writable()
+        existing = self.read_manifest()
+        if existing is not None and existing.get("job") != job and not overwrite:
+            raise InvalidArgumentError(
+                "--out",
+                f"{self.path} holds maps of another job ({_first_difference(existing.get('job'), job)}); "
+                "use a new --out or pass --overwrite to replace them",
+            )
+        if existing is None and self.shard_files() and not overwrite:
+            raise InvalidArgumentError(
+                "--out", f"{self.path} has Parquet shards but no {MANIFEST}; pass --overwrite to replace them"
+            )
+        if overwrite and (existing is None or existing.get("job") != job):
+            self._clear()
+        for leftover in [*self.path.glob(_TMP_PREFIX + "*"), *self.errors_path.glob(_TMP_PREFIX + "*")]:
+            leftover.unlink(missing_ok=True)
+        self.errors_path.mkdir(exist_ok=True)
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        path = self.path / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError("--out", f"{path} is not valid JSON ({exc})") from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self._write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+
+    def shard_files(self) -> list[Path]:
+        return sorted(self.path.glob(SHARD_GLOB))
+
+    def error_files(self) -> list[Path]:
+        return sorted(self.errors_path.glob(SHARD_GLOB))
+
+    def done_ids(self) -> set[str]:
+        """Ids in the rows and errors tables: skipped by a re-run."""
+        import pyarrow.parquet as pq
+
+        done: set[str] = set()
+        for path in [*self.shard_files(), *self.error_files()]:
+            done.update(pq.read_table(path, columns=["id"]).column(0).to_pylist())
+        return done
+
+    def next_run(self) -> int:
+        """1 + the highest run number in the shard names: new shards never replace old ones."""
+        runs = [int(m.group(1)) for p in [*self.shard_files(), *self.error_files()] if (m := _SHARD_NAME.match(p.name))]
+        return max(runs, default=0) + 1
+
+    def counts(self) -> dict[str, int]:
+        import pyarrow.parquet as pq
+
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in self.shard_files())
+        errors = sum(pq.ParquetFile(p).metadata.num_rows for p in self.error_files())
+        return {"rows": rows, "errors": errors, "shards": len(self.shard_files())}
+
+    def write_shard(self, name: str, rows: Any, errors: Any | None) -> None:
+        """Write the errors table (if any) then the rows table of one shard, each atomically."""
+        if errors is not None and errors.num_rows:
+            self._write_table(self.errors_path / name, errors)
+        if rows.num_rows:
+            self._write_table(self.path / name, rows)
+
+    def _write_table(self, path: Path, table: Any) -> None:
+        import pyarrow.parquet as pq
+
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".parquet", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pq.write_table(table, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _check_writable(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise InvalidArgumentError("--out", f"{self.path} exists and is not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(prefix=_TMP_PREFIX, dir=self.path)
+            probe.close()
+        except OSError as exc:
+            raise InvalidArgumentError("--out", f"cannot write to {self.path} ({exc.strerror or exc})") from None
+
+    def _clear(self) -> None:
+        for path in [*self.shard_files(), *self.error_files(), self.path / MANIFEST]:
+            path.unlink(missing_ok=True)
+
+
+def _first_difference(old: Any, new: Any, where: str = "") -> str:
+    """'methods: ['gradcam'] -> ['cam']': the first setting that differs, for the refusal message."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+    return f"{where or 'job'}: {old!r} -> {new!r}"
+
+
+def iter_tables(paths: Iterable[Path], columns: list[str] | None = None) -> Iterable[Any]:
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        yield pq.read_table(path, columns=columns)
