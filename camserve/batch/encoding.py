@@ -83,9 +83,7 @@ def decode_maps(blobs: list[bytes], dtype: str, shape: tuple[int, int, int]) -> 
     return maps / 255.0 if dtype == "uint8" else maps
 
 
-def resize_stored(
-    maps: np.ndarray, size: tuple[int, int] | None, normalize: bool, eps: float
-) -> np.ndarray:
+def resize_stored(maps: np.ndarray, size: tuple[int, int] | None, normalize: bool, eps: float) -> np.ndarray:
     """Stored maps [N,T,h,w] -> [N,T,H,W] by :data:`RESIZE_RULE`, with the kernels' own code."""
     import torch
 

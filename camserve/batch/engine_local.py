@@ -8,7 +8,9 @@ from camserve.batch.job import JobConfig, ShardTask
 from camserve.batch.worker import ShardSummary, ShardWorker
 
 
-def run_local(job: JobConfig, tasks: Iterable[ShardTask], explainer: object | None = None) -> Iterator[ShardSummary]:
+def run_local(
+    job: JobConfig, tasks: Iterable[ShardTask], explainer: object | None = None
+) -> Iterator[ShardSummary]:
     """Every shard through one :class:`ShardWorker`; summaries as shards land on disk."""
     worker = ShardWorker(job, explainer)
     try:

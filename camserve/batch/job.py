@@ -69,9 +69,7 @@ def job_identity(job: JobConfig, explainer: Any) -> dict[str, Any]:
     files = {entry.file: entry.sha256 for entry in manifest.graphs.values()}
     if manifest.cam_weights is not None:
         files[manifest.cam_weights.file] = manifest.cam_weights.sha256
-    options = {
-        k: v for k, v in dataclasses.asdict(job.config.explain).items() if k not in _NOT_JOB_OPTIONS
-    }
+    options = {k: v for k, v in dataclasses.asdict(job.config.explain).items() if k not in _NOT_JOB_OPTIONS}
     return {
         "model": {"name": manifest.name, "files": dict(sorted(files.items()))},
         "methods": list(job.methods),
@@ -130,9 +128,7 @@ def manifest(job: JobConfig, explainer: Any, counts: dict[str, int] | None) -> d
     }
 
 
-def plan_shards(
-    source: ImageSource, out: OutputDir, shard_size: int, done: set[str]
-) -> Iterator[ShardTask]:
+def plan_shards(source: ImageSource, out: OutputDir, shard_size: int, done: set[str]) -> Iterator[ShardTask]:
     """Pending records (not in ``done``) cut into shards ``part-<run>-<index>``, streamed; a
     duplicated id in the source is refused."""
     run = out.next_run()

@@ -99,7 +99,11 @@ class OutputDir:
 
     def next_run(self) -> int:
         """1 + the highest run number in the shard names: new shards never replace old ones."""
-        runs = [int(m.group(1)) for p in [*self.shard_files(), *self.error_files()] if (m := _SHARD_NAME.match(p.name))]
+        runs = [
+            int(m.group(1))
+            for p in [*self.shard_files(), *self.error_files()]
+            if (m := _SHARD_NAME.match(p.name))
+        ]
         return max(runs, default=0) + 1
 
     def counts(self) -> dict[str, int]:
@@ -150,7 +154,9 @@ class OutputDir:
             probe = tempfile.NamedTemporaryFile(prefix=_TMP_PREFIX, dir=self.path)
             probe.close()
         except OSError as exc:
-            raise InvalidArgumentError("--out", f"cannot write to {self.path} ({exc.strerror or exc})") from None
+            raise InvalidArgumentError(
+                "--out", f"cannot write to {self.path} ({exc.strerror or exc})"
+            ) from None
 
     def _clear(self) -> None:
         for path in [*self.shard_files(), *self.error_files(), self.path / MANIFEST]:

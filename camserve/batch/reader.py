@@ -73,7 +73,9 @@ def read_maps(
     methods = list(manifest["maps"])
     method = method if method is not None else methods[0]
     if method not in manifest["maps"]:
-        raise InvalidArgumentError("method", f"{Path(out)} has no maps of {method!r} (has {', '.join(methods)})")
+        raise InvalidArgumentError(
+            "method", f"{Path(out)} has no maps of {method!r} (has {', '.join(methods)})"
+        )
     entry = manifest["maps"][method]
     rows = read_rows(out, ["id", entry["column"]])
     blobs = rows.column(entry["column"]).to_pylist()
@@ -81,7 +83,9 @@ def read_maps(
         position = {image_id: index for index, image_id in enumerate(rows.column("id").to_pylist())}
         missing = [image_id for image_id in ids if image_id not in position]
         if missing:
-            raise NotFoundError(f"{Path(out)}: no maps for ids {missing[:5]}" + (" ..." if len(missing) > 5 else ""))
+            raise NotFoundError(
+                f"{Path(out)}: no maps for ids {missing[:5]}" + (" ..." if len(missing) > 5 else "")
+            )
         blobs = [blobs[position[image_id]] for image_id in ids]
     shape = tuple(entry["shape"])
     stored = decode_maps(blobs, entry["dtype"], shape)  # type: ignore[arg-type]

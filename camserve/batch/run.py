@@ -30,7 +30,8 @@ class BatchSummary:
     def line(self, out: str) -> str:
         text = (
             f"explained {self.rows} images, {self.errors} failed, {self.skipped} already done "
-            f"({self.images_per_second:.1f} images/s); {out}: {self.total_rows} rows, {self.total_errors} errors"
+            f"({self.images_per_second:.1f} images/s); "
+            f"{out}: {self.total_rows} rows, {self.total_errors} errors"
         )
         return text + (f" (see {out}/errors/)" if self.total_errors else "")
 

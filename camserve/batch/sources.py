@@ -49,9 +49,7 @@ class ImageSource:
             raise NotFoundError(f"input: no such file or directory: {self.root}")
         self.kind = _kind(self.root)
         if self.kind != "parquet" and (spec.path_column or spec.bytes_column):
-            raise InvalidArgumentError(
-                "--path-column/--bytes-column", "apply only to a Parquet --input"
-            )
+            raise InvalidArgumentError("--path-column/--bytes-column", "apply only to a Parquet --input")
         if self.kind == "parquet":
             self._check_columns()
 
@@ -129,14 +127,18 @@ class ImageSource:
         try:
             names = pq.read_schema(self.root).names
         except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-            raise InvalidArgumentError("input", f"{self.root} is not a readable Parquet file ({exc})") from None
+            raise InvalidArgumentError(
+                "input", f"{self.root} is not a readable Parquet file ({exc})"
+            ) from None
         for flag, column in (
             ("--id-column", spec.id_column),
             ("--path-column", spec.path_column),
             ("--bytes-column", spec.bytes_column),
         ):
             if column is not None and column not in names:
-                raise InvalidArgumentError(flag, f"{self.root} has no column {column!r} (has {', '.join(names)})")
+                raise InvalidArgumentError(
+                    flag, f"{self.root} has no column {column!r} (has {', '.join(names)})"
+                )
 
 
 def _kind(root: Path) -> str:

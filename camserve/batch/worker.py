@@ -115,7 +115,9 @@ class ShardWorker:
         images decoding ahead in the pool."""
         window = 2 * self.job.batch_size + self.job.decode_workers
         submissions = self._submissions(tasks)
-        pending: deque[tuple[ShardTask, bool, Future[_Decoded]]] = deque(itertools.islice(submissions, window))
+        pending: deque[tuple[ShardTask, bool, Future[_Decoded]]] = deque(
+            itertools.islice(submissions, window)
+        )
         while pending:
             task, last, future = pending.popleft()
             pending.extend(itertools.islice(submissions, 1))
@@ -181,7 +183,11 @@ def errors_schema() -> Any:
     import pyarrow as pa
 
     return pa.schema(
-        [pa.field("id", pa.string(), nullable=False), pa.field("path", pa.string()), pa.field("message", pa.string())]
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("path", pa.string()),
+            pa.field("message", pa.string()),
+        ]
     )
 
 

@@ -28,9 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--input", required=True, metavar="SRC", help="folder, text list of paths, or .parquet")
-    parser.add_argument("--out", required=True, metavar="OUT", help="output directory (shards + manifest.json)")
-    parser.add_argument("--model", metavar="DIR", help="model directory from `camserve export` (default: built-in)")
+    parser.add_argument(
+        "--input", required=True, metavar="SRC", help="folder, text list of paths, or .parquet"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="OUT", help="output directory (shards + manifest.json)"
+    )
+    parser.add_argument(
+        "--model", metavar="DIR", help="model directory from `camserve export` (default: built-in)"
+    )
     parser.add_argument(
         "--method",
         action="append",
@@ -59,8 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--bytes-column", metavar="NAME", help="column of encoded image bytes")
     maps = parser.add_argument_group("stored maps")
     maps.add_argument(
-        "--map-size", default="feature", metavar="SIZE", help="'feature' (default: the target layer's h x w), "
-        "'input' or HxW"
+        "--map-size",
+        default="feature",
+        metavar="SIZE",
+        help="'feature' (default: the target layer's h x w), 'input' or HxW",
     )
     maps.add_argument("--map-dtype", default="float16", choices=("float16", "float32", "uint8"))
     maps.add_argument("--png", action="store_true", help="also store an 8-bit PNG per map at the input size")
@@ -68,11 +76,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     options.add_argument("--raw", action="store_true", help="do not min-max normalise the maps")
     options.add_argument("--smooth-n", type=int, metavar="N", help="Smooth Grad-CAM++ noisy copies")
     options.add_argument("--smooth-sigma", type=float, metavar="S", help="Smooth Grad-CAM++ noise")
-    options.add_argument("--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels")
+    options.add_argument(
+        "--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels"
+    )
     options.add_argument("--topk", type=int, metavar="K", help="predictions stored per image (default 5)")
     ray = parser.add_argument_group("--engine ray")
-    ray.add_argument("--ray-address", metavar="ADDR", help="join this cluster (default: RAY_ADDRESS, else a local Ray)")
-    ray.add_argument("--ray-actors", type=int, metavar="N", help="actors, one Explainer each (default: fill the CPUs)")
+    ray.add_argument(
+        "--ray-address", metavar="ADDR", help="join this cluster (default: RAY_ADDRESS, else a local Ray)"
+    )
+    ray.add_argument(
+        "--ray-actors", type=int, metavar="N", help="actors, one Explainer each (default: fill the CPUs)"
+    )
     ray.add_argument("--ray-cpus-per-actor", type=float, metavar="C", help="CPUs per actor = ORT threads (1)")
     ray.add_argument("--ray-gpus-per-actor", type=float, metavar="G", help="GPUs per actor (0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
@@ -124,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         cpus_per_actor=args.ray_cpus_per_actor if args.ray_cpus_per_actor is not None else 1.0,
         gpus_per_actor=args.ray_gpus_per_actor or 0.0,
     )
-    summary = run_batch(job, engine=args.engine, ray=ray, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = run_batch(
+        job, engine=args.engine, ray=ray, overwrite=args.overwrite, progress=not args.no_progress
+    )
     print(summary.line(args.out))
     return 1 if summary.total_errors else 0
