@@ -24,6 +24,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/camserve/camserve/clients/go/camserve"
 	pb "github.com/camserve/camserve/clients/go/camservev1"
 )
@@ -271,8 +274,9 @@ func writeMap(path, format string, values *camserve.Array) error {
 	return file.Close()
 }
 
-func printJSON(value interface{}) error {
-	encoded, err := json.MarshalIndent(value, "", "  ")
+// printJSON prints a message in the protobuf JSON mapping, with the .proto field names.
+func printJSON(message proto.Message) error {
+	encoded, err := protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Marshal(message)
 	if err != nil {
 		return err
 	}
@@ -306,7 +310,7 @@ func run(argv []string) error {
 		if err != nil {
 			return err
 		}
-		return printJSON(models)
+		return printJSON(&pb.ListModelsResponse{Models: models})
 	}
 	model, err := chooseModel(ctx, client, a.model)
 	if err != nil {
