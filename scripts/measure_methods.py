@@ -1,5 +1,5 @@
 """Measure the CAM methods on a model directory (default: the embedded default model) and print the
-Markdown tables of docs/readme/methods.md:
+Markdown tables of docs/methods.md:
 
     python scripts/measure_methods.py [--model DIR] [--images 64] [--repeats 3] [--threads 1]
 

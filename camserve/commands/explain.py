@@ -5,7 +5,8 @@
 
 IMAGES are image files (resized and normalised as the model's manifest says) or .npy float32
 tensors [N,3,H,W] already preprocessed (used as they are). Without --model the embedded default
-model is used, and without IMAGES it explains a few built-in sample images.
+model is used, and without IMAGES it explains a few built-in sample images (the default model's;
+with --server they are sent to the named model, which resizes them).
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ def _load_inputs(args: argparse.Namespace, explainer):
     import torch
 
     if not args.images:
-        if args.model is not None:
+        # The samples are the default model's; a server resizes them for whichever model it serves.
+        if args.model is not None and not args.server:
             raise InvalidArgumentError(
                 "IMAGES",
                 "give at least one image file or .npy tensor (only the default model has built-in samples)",

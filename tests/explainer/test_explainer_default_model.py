@@ -16,7 +16,7 @@ from camserve.methods import known_methods
 
 IMAGES = 48
 # Every method's map must peak inside a true digit box in at least this share of the IMAGES test
-# images. Measured on them (docs/readme/methods.md): 0.92 (CAM, Grad-CAM, XGrad-CAM, HiRes-CAM) to 1.0.
+# images. Measured on them (docs/methods.md): 0.92 (CAM, Grad-CAM, XGrad-CAM, HiRes-CAM) to 1.0.
 MIN_PEAK_IN_BOX = 0.85
 
 
