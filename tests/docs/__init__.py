@@ -1,0 +1,1 @@
+"""Tests of the documentation: the README's commands and the links of every page."""
