@@ -78,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="ask a `camserve serve` server instead of running locally; --model is then a model NAME",
     )
+    add_remote_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def add_remote_flags(parser: argparse.ArgumentParser) -> None:
+    """--tls, --ca-file, --client-cert, --client-key, --token-file: how to reach a --server (shared
+    with `camserve bench`)."""
     remote = parser.add_argument_group("with --server: TLS and authentication")
     remote.add_argument("--tls", action="store_true", help="TLS, verified against the system's root CAs")
     remote.add_argument(
@@ -92,7 +99,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="send `authorization: Bearer <token>` with the token in FILE (or set CAMSERVE_AUTH_TOKEN)",
     )
-    parser.set_defaults(func=run)
 
 
 def build_config(args: argparse.Namespace):
@@ -135,7 +141,7 @@ def _remote_explainer(args: argparse.Namespace, config):
         ca_file=args.ca_file,
         cert_file=args.client_cert,
         key_file=args.client_key,
-        token=_client_token(args),
+        token=client_token(args),
     )
 
 
@@ -148,7 +154,7 @@ _REMOTE_FLAGS = {
 }
 
 
-def _check_remote_flags(args: argparse.Namespace) -> None:
+def check_remote_flags(args: argparse.Namespace) -> None:
     """TLS and token flags belong to --server; alone they would be silently ignored."""
     if args.server:
         return
@@ -157,7 +163,7 @@ def _check_remote_flags(args: argparse.Namespace) -> None:
         raise InvalidArgumentError(given[0], "applies only with --server HOST:PORT")
 
 
-def _client_token(args: argparse.Namespace) -> str | None:
+def client_token(args: argparse.Namespace) -> str | None:
     """The bearer token from --token-file, else CAMSERVE_AUTH_TOKEN, else None."""
     if args.token_file:
         from camserve.service.security import read_token_file
@@ -172,7 +178,7 @@ def _client_token(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_remote_flags(args)
+    check_remote_flags(args)
     config = build_config(args)
     _check_output_paths(args)
     explainer = build_explainer(args, config)
