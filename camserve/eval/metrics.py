@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from camserve.chunking import run_in_chunks
 from camserve.errors import InvalidArgumentError
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -193,20 +194,21 @@ def class_probabilities(
     """softmax(forward(x))[target] for ``count`` images built chunk by chunk: make_batch(start, stop)
     returns (images [stop-start,3,H,W], targets [stop-start]). Returns float32 [count]."""
     _check_batch_size(batch_size)
-    out = []
-    for start in range(0, count, batch_size):
-        stop = min(count, start + batch_size)
-        batch, batch_targets = make_batch(start, stop)
+    if count == 0:
+        return torch.zeros(0)
+
+    def probabilities(items: slice) -> torch.Tensor:
+        batch, batch_targets = make_batch(items.start, items.stop)
+        size = items.stop - items.start
         logits = torch.as_tensor(forward(batch)).to(device=batch.device, dtype=torch.float32)
-        if logits.dim() != 2 or logits.shape[0] != stop - start:
+        if logits.dim() != 2 or logits.shape[0] != size:
             raise InvalidArgumentError(
-                "forward", f"returned shape {tuple(logits.shape)} for a batch of {stop - start} images"
+                "forward", f"returned shape {tuple(logits.shape)} for a batch of {size} images"
             )
         probs = torch.softmax(logits, dim=1)
-        out.append(probs.gather(1, batch_targets.reshape(-1, 1).to(probs.device)).squeeze(1))
-    if not out:
-        return torch.zeros(0)
-    return torch.cat(out)
+        return probs.gather(1, batch_targets.reshape(-1, 1).to(probs.device)).squeeze(1)
+
+    return run_in_chunks(probabilities, count, batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------

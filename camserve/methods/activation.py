@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from camserve import kernels
+from camserve.chunking import run_in_chunks
 from camserve.errors import UnsupportedError
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 
@@ -109,17 +110,24 @@ class ScoreCAM(CamMethod):
             selected &= torch.zeros_like(selected).scatter_(1, top, True)
         scores = torch.full((n, target_ids.shape[1], k), float("-inf"), device=activations.device)
         images = ctx.images.to(activations.device)
-        for chunk in selected.nonzero().split(ctx.runtime.max_graph_batch):
-            image_idx, channel_idx = chunk.unbind(dim=1)
+        image_idx, channel_idx = selected.nonzero().unbind(dim=1)  # one masked image per pair
+
+        def masked_scores(items: slice) -> torch.Tensor:
             masks = kernels.upsample_normalize(
-                activations[image_idx, channel_idx].unsqueeze(0),
+                activations[image_idx[items], channel_idx[items]].unsqueeze(0),
                 ctx.input_size,
                 True,
                 eps,
                 backend=ctx.backend,
             )[0]  # [B,H,W]
-            logits = ctx.runner.forward(images[image_idx] * masks.unsqueeze(1)).to(activations.device)
-            scores[image_idx, :, channel_idx] = logits.gather(1, target_ids[image_idx])
+            masked = images[image_idx[items]] * masks.unsqueeze(1)
+            logits = ctx.runner.forward(masked).to(activations.device)
+            return logits.gather(1, target_ids[image_idx[items]])  # [B,T]
+
+        if len(image_idx):
+            scores[image_idx, :, channel_idx] = run_in_chunks(
+                masked_scores, len(image_idx), ctx.runtime.max_graph_batch
+            )
         # An image without a single selected channel has all scores -inf: softmax gives NaN -> 0.
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
         return MethodMaps(self.weighted_maps(ctx, weights))
@@ -151,13 +159,20 @@ class AblationCAM(CamMethod):
         score = outputs.logits.to(activations.device).gather(1, target_ids)  # [N,T]
         ablated_score = score.unsqueeze(-1).expand(n, score.shape[1], k).clone()
         live = activations.flatten(2).ne(0).any(dim=-1)  # [N,K]
-        for chunk in live.nonzero().split(ctx.runtime.max_graph_batch):
-            image_idx, channel_idx = chunk.unbind(dim=1)
-            ablated = activations[image_idx].clone()
-            ablated[torch.arange(len(chunk), device=ablated.device), channel_idx] = 0.0
-            extra = None if outputs.extra_tokens is None else outputs.extra_tokens[image_idx]
+        image_idx, channel_idx = live.nonzero().unbind(dim=1)  # one ablated copy per pair
+
+        def ablated_scores(items: slice) -> torch.Tensor:
+            images = image_idx[items]
+            ablated = activations[images].clone()
+            ablated[torch.arange(len(images), device=ablated.device), channel_idx[items]] = 0.0
+            extra = None if outputs.extra_tokens is None else outputs.extra_tokens[images]
             logits = ctx.runner.head(ablated, extra).to(activations.device)
-            ablated_score[image_idx, :, channel_idx] = logits.gather(1, target_ids[image_idx])
+            return logits.gather(1, target_ids[images])  # [B,T]
+
+        if len(image_idx):
+            ablated_score[image_idx, :, channel_idx] = run_in_chunks(
+                ablated_scores, len(image_idx), ctx.runtime.max_graph_batch
+            )
         score = score.unsqueeze(-1)
         safe_score = torch.where(score != 0, score, 1.0)
         weights = torch.where(score != 0, (score - ablated_score) / safe_score, 0.0)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from camserve import kernels
+from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.errors import InvalidArgumentError
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, get_method
@@ -192,23 +193,8 @@ def _noisy_copies(images: torch.Tensor, copies: int, sigma_fraction: float, seed
 def _explain_batched(
     runner: GraphRunner, images: torch.Tensor, targets: torch.Tensor, batch: int
 ) -> ExplainOutputs:
-    if images.shape[0] <= batch:
-        return runner.explain(images, targets)
-    parts = [
-        runner.explain(images[start : start + batch], targets[start : start + batch])
-        for start in range(0, images.shape[0], batch)
-    ]
-    extra = None if parts[0].extra_tokens is None else torch.cat([p.extra_tokens for p in parts])
-    return ExplainOutputs(
-        logits=torch.cat([p.logits for p in parts]),
-        activations=torch.cat([p.activations for p in parts]),
-        gradients=torch.cat([p.gradients for p in parts]),
-        target_ids=torch.cat([p.target_ids for p in parts]),
-        extra_tokens=extra,
-    )
+    return run_in_chunks(lambda items: runner.explain(images[items], targets[items]), images.shape[0], batch)
 
 
 def _forward_batched(runner: GraphRunner, images: torch.Tensor, batch: int) -> torch.Tensor:
-    return torch.cat(
-        [runner.forward(images[start : start + batch]) for start in range(0, images.shape[0], batch)]
-    )
+    return run_in_chunks(lambda items: runner.forward(images[items]), images.shape[0], batch)

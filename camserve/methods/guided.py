@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from camserve import kernels
+from camserve.chunking import run_in_chunks
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 from camserve.methods.gradient import gradcam_maps
 
@@ -19,13 +20,13 @@ def guided_gradients(ctx: MethodContext) -> torch.Tensor:
     batch (in chunks of ``runtime.max_graph_batch`` images) however many methods use it."""
 
     def make() -> torch.Tensor:
-        batch = ctx.runtime.max_graph_batch
         target_ids = ctx.outputs.target_ids
-        parts = [
-            ctx.runner.guided(ctx.images[start : start + batch], target_ids[start : start + batch])
-            for start in range(0, ctx.images.shape[0], batch)
-        ]
-        return torch.cat(parts).to(ctx.outputs.activations.device)
+        gradients = run_in_chunks(
+            lambda items: ctx.runner.guided(ctx.images[items], target_ids[items]),
+            ctx.images.shape[0],
+            ctx.runtime.max_graph_batch,
+        )
+        return gradients.to(ctx.outputs.activations.device)
 
     return ctx.shared("guided_gradients", make)
 
