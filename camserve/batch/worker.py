@@ -44,7 +44,14 @@ class ShardWorker:
     def __init__(self, job: JobConfig, explainer: Any | None = None) -> None:
         from camserve.explainer import Explainer
 
+        import torch
+
         self.job = job
+        # Torch ops here (resizing in the decode threads, the CAM maths) are small and run
+        # concurrently: intra-op threads on top of that oversubscribe the cores (6x slower measured
+        # on a loaded 2-core machine). ONNX Runtime keeps its own threads for the graph.
+        self._torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         self.explainer = explainer if explainer is not None else Explainer(job.model, config=job.config)
         self.source = ImageSource(job.source)
         self.out = OutputDir(job.out)
@@ -56,7 +63,10 @@ class ShardWorker:
         self.schema = rows_schema(job.methods, job.encoding.png)
 
     def close(self) -> None:
+        import torch
+
         self.pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(self._torch_threads)
 
     def run(self, tasks: Iterable[ShardTask]) -> Iterator[ShardSummary]:
         """Explain and write every shard of ``tasks``, yielding a summary as each lands on disk.
