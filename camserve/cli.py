@@ -1,34 +1,50 @@
-"""The ``camserve`` command: one sub-command per module in ``camserve.commands``.
+"""camserve: Class Activation Maps (Grad-CAM and co.) for image classifiers, exported to ONNX and
+served over gRPC.
 
-Each command module defines ``register(subparsers)`` which adds its parser and sets ``func``.
-A CamserveError becomes one line on stderr and exit status 2.
+Every sub-command is a module of ``camserve.commands`` with ``register(subparsers)``, which adds its
+parser and sets ``func``; all are imported here, so a missing or broken one fails at once. A
+CamserveError becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from types import ModuleType
 
+from camserve.commands import batch, bench, default_model, explain, export, serve
+from camserve.commands import eval as eval_command
 from camserve.errors import CamserveError
 
-COMMANDS = ("export", "explain", "batch", "serve", "eval", "bench", "default_model")
+DESCRIPTION = """\
+Class Activation Maps (Grad-CAM, Grad-CAM++, Score-CAM, ...) for image classifiers: export a PyTorch
+model to ONNX graphs, explain images with it, serve explanations over gRPC, explain whole datasets
+and score the methods. Without --model every command uses the built-in digits model."""
+EPILOG = """examples:
+  camserve explain --method gradcam --grid grid.png          # the built-in model's sample images
+  camserve export --arch resnet50 --weights r50.pth --out models/resnet50
+  camserve serve --models models                              # gRPC on 127.0.0.1:50051
+  camserve batch --input images/ --out maps/                  # a dataset -> Parquet shards
+  camserve eval                                               # faithfulness and localisation scores
+
+`camserve COMMAND --help` describes each command; docs/*.md hold the details."""
+
+COMMANDS: tuple[ModuleType, ...] = (export, explain, serve, batch, eval_command, bench, default_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="camserve",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="configuration file (.toml, .yaml or .json)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"camserve.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"camserve.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
