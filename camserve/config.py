@@ -60,6 +60,7 @@ class ServiceConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     grace_period_s: float = 10.0
     metrics_port: int = 0  # 0: no Prometheus endpoint
+    workers: int = 0  # server processes sharing the port; 0: one per two cores (1 on CUDA)
     # Transport security (off by default; see the README's operations section for production):
     tls_cert: str = ""  # PEM server certificate (chain); with tls_key the server speaks TLS only
     tls_key: str = ""  # PEM private key of tls_cert

@@ -44,7 +44,8 @@ FINAL_GRACE_S = 1.0
 class ExplainServer:
     """One server; ``start()`` then ``wait_for_shutdown_signal()`` or ``stop()``."""
 
-    def __init__(self, config: CamserveConfig, models: ModelRegistry) -> None:
+    def __init__(self, config: CamserveConfig, models: ModelRegistry, worker: int | None = None) -> None:
+        """``worker``: this server's index among ``serve --workers`` processes sharing its port."""
         self.config = config
         self.models = models
         service = config.service
@@ -56,7 +57,9 @@ class ExplainServer:
             options=[
                 ("grpc.max_send_message_length", service.max_message_bytes),
                 ("grpc.max_receive_message_length", service.max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+                # A second server on the same port must fail, not share it; workers share it on purpose
+                # (camserve.service.workers holds the port and refuses one already taken).
+                ("grpc.so_reuseport", 0 if worker is None else 1),
             ],
         )
         pb_grpc.add_ExplainServiceServicer_to_server(self.servicer, self.server)
@@ -77,6 +80,7 @@ class ExplainServer:
             self.server,
         )
         self.port = 0
+        self.worker = worker
         self._stopping: asyncio.Task[None] | None = None
 
     @property
@@ -107,8 +111,9 @@ class ExplainServer:
             serve_metrics(service.host, service.metrics_port)
         warn_if_exposed(service)
         log.info(
-            "camserve listening on %s:%d models=%s max_batch_size=%d max_queue_delay_ms=%g max_queue_size=%d"
+            "%s listening on %s:%d models=%s max_batch_size=%d max_queue_delay_ms=%g max_queue_size=%d"
             " tls=%s auth=%s",
+            "camserve" if self.worker is None else f"camserve worker {self.worker}",
             service.host,
             self.port,
             ",".join(self.models.names),

@@ -3,6 +3,7 @@
     camserve serve                                   # the embedded default model on 127.0.0.1:50051
     camserve serve --models ./models --host 0.0.0.0 --port 50051
     camserve serve --tls-cert server.pem --tls-key server.key --auth-token-file token.txt
+    camserve serve --workers 4 --metrics-port 9090   # 4 processes on one port, /metrics summed
 
 Every model directory under --models is served under its directory's name. Flags override the
 configuration (file given with --config, then CAMSERVE_* variables, then these flags).
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from camserve.config import CamserveConfig
+from camserve.errors import InvalidArgumentError
 
 # flag -> (config section, field); flags left unset keep the configured value.
 _FLAGS: dict[str, tuple[str, str]] = {
@@ -28,6 +30,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "max_message_bytes": ("service", "max_message_bytes"),
     "grace_period_s": ("service", "grace_period_s"),
     "metrics_port": ("service", "metrics_port"),
+    "workers": ("service", "workers"),
     "tls_cert": ("service", "tls_cert"),
     "tls_key": ("service", "tls_key"),
     "tls_client_ca": ("service", "tls_client_ca"),
@@ -59,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-message-bytes", type=int, help="largest request or response message")
     parser.add_argument("--grace-period-s", type=float, help="time requests in flight get on shutdown")
     parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: none)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port, each with cores/N threads "
+        "(default 0: one per two cores, 1 on CUDA)",
+    )
     parser.add_argument("--tls-cert", metavar="PEM", help="server certificate (chain): serve TLS only")
     parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     parser.add_argument(
@@ -102,14 +111,16 @@ def model_directories(config: CamserveConfig) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     from camserve.service.models import ModelRegistry
     from camserve.service.server import check_service_config, serve
+    from camserve.service.workers import WorkerPool, apply_thread_budget, default_workers
 
     config = config_from_args(args)
     check_service_config(config.service)  # before the models load
-    if config.runtime.intra_op_threads > 0:
-        import torch
-
-        # the CAM maths run in torch beside ONNX Runtime: one thread budget for both
-        torch.set_num_threads(config.runtime.intra_op_threads)
+    workers = config.service.workers or default_workers(config)
+    if workers < 1:
+        raise InvalidArgumentError("service.workers", f"must be >= 0, got {config.service.workers}")
+    if workers > 1:
+        return WorkerPool(config, model_directories(config), workers).run()
+    apply_thread_budget(config)
     models = ModelRegistry.load(model_directories(config), config)
     asyncio.run(serve(config, models))
     return 0
