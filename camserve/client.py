@@ -29,19 +29,16 @@ import numpy as np
 import torch
 from google.protobuf.message import Message
 
-from camserve.config import ExplainOptions
+from camserve.config import ExplainOptions, check_options, parse_output_size
+from camserve.defaults import DEFAULT_METHODS, MAX_MESSAGE_BYTES
 from camserve.errors import CamserveError, InvalidArgumentError, NotFoundError
 from camserve.images import ImageLike, preprocess
-from camserve.methods.compute import parse_output_size
 from camserve.methods.targets import parse_targets
 from camserve.result import ExplainResult, Prediction
 from camserve.service.security import open_channel, token_metadata
 from camserve.service.tensors import array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
-
-DEFAULT_METHODS = ("gradcam", "gradcam++")
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class ServerError(CamserveError):
@@ -74,7 +71,7 @@ class Client:
         model: str | None = None,
         options: ExplainOptions | None = None,
         timeout_s: float | None = 60.0,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         *,
         tls: bool = False,
         ca_file: str | os.PathLike[str] | None = None,
@@ -163,7 +160,7 @@ class Client:
         )
         options = options if options is not None else self.options
         if options is not None:
-            _set_options(request, options)
+            _set_options(request, check_options(options))  # refused here as the server would
         reply: pb.ExplainResponse = self._call(self._stub.Explain, request)
         return _result(reply, info, batch.numpy())
 
@@ -217,13 +214,14 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def _set_options(request: pb.ExplainRequest, options: ExplainOptions) -> None:
     out, method = request.output, request.method_options
-    if options.output_size == "input":
+    size = parse_output_size(options.output_size)
+    if size == "input":
         out.size = pb.OUTPUT_SIZE_INPUT
-    elif options.output_size == "feature":
+    elif size == "feature":
         out.size = pb.OUTPUT_SIZE_FEATURE
     else:
-        height, width = parse_output_size(options.output_size, input_size=(0, 0), feature_size=(0, 0))
-        out.size, out.height, out.width = pb.OUTPUT_SIZE_CUSTOM, height, width
+        assert isinstance(size, tuple)
+        out.size, out.height, out.width = pb.OUTPUT_SIZE_CUSTOM, size[0], size[1]
     out.normalize = options.normalize
     out.eps = options.eps
     out.top_k_predictions = options.topk_predictions

@@ -2,20 +2,29 @@
 
 Read once, in this order, later sources overriding earlier ones:
 defaults < config file (TOML/YAML/JSON) < environment (``CAMSERVE_*``) < explicit overrides (CLI flags).
-Nothing else in camserve reads ``os.environ``: the resulting object is passed down.
+The resulting object is passed down; the defaults' values come from ``camserve.defaults``.
+
+Next to ``ExplainOptions`` live the validators of what a caller may ask for, one per kind of input
+(options, output sizes, targets, methods): the Python API, the CLI and both gRPC front doors call
+them, so the same value is refused with the same message everywhere (``field`` names the caller's
+own spelling of the field: ``options.smooth_n``, ``method_options.smooth_n``, ``parameters.smooth_n``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from camserve.errors import InvalidArgumentError
+from camserve import defaults
+from camserve.errors import InvalidArgumentError, UnsupportedError
 
 KernelBackend = Literal["auto", "triton", "torch"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -29,7 +38,9 @@ class RuntimeConfig:
     kernels: KernelBackend = "auto"  # auto: triton on CUDA tensors, torch on the CPU
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (all cores)
     inter_op_threads: int = 0
-    max_graph_batch: int = 64  # Score-CAM / Ablation-CAM / eval split extra runs into batches of this many
+    max_graph_batch: int = (
+        defaults.MAX_GRAPH_BATCH
+    )  # Score-CAM / Ablation-CAM / eval split extra runs into batches of this many
     cache_dir: str = "~/.cache/camserve"  # where the embedded default model is built on first use
 
 
@@ -37,14 +48,16 @@ class RuntimeConfig:
 class ExplainOptions:
     """How maps are produced; defaults follow the papers."""
 
-    output_size: str = "input"  # "input", "feature" or "HxW"
+    output_size: str = defaults.OUTPUT_SIZE  # "input", "feature" or "HxW"
     normalize: bool = True  # per-map min-max; False returns raw ReLU'd maps
     eps: float = 1e-7  # min-max: (m - min) / (max - min); a map with max - min <= eps becomes all zeros
-    smooth_n: int = 8  # Smooth Grad-CAM++ noisy copies
-    smooth_sigma: float = 0.15  # noise std as a fraction of the input's value range (max - min)
+    smooth_n: int = defaults.SMOOTH_N  # Smooth Grad-CAM++ noisy copies
+    smooth_sigma: float = (
+        defaults.SMOOTH_SIGMA
+    )  # noise std as a fraction of the input's value range (max - min)
     smooth_seed: int = 0  # seed of the Smooth Grad-CAM++ noise: the same request gives the same map
     score_top_n: int = 0  # Score-CAM: 0 = all channels, else the N with largest mean activation
-    topk_predictions: int = 5  # predictions returned with each result
+    topk_predictions: int = defaults.TOPK_PREDICTIONS  # predictions returned with each result
 
 
 @dataclass(frozen=True)
@@ -52,21 +65,165 @@ class ServiceConfig:
     """The gRPC server and its dynamic batcher."""
 
     host: str = "127.0.0.1"
-    port: int = 50051
+    port: int = defaults.PORT
     models: str = ""  # a directory of model directories; empty: the embedded default model
-    max_batch_size: int = 16
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
     max_queue_delay_ms: float = 5.0
     max_queue_size: int = 256
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
+    # Admission: requests over any of these are refused before any work (docs/service.md, "Limits").
+    max_request_images: int = defaults.MAX_REQUEST_IMAGES
+    max_targets_per_image: int = defaults.MAX_TARGETS_PER_IMAGE
+    max_request_pixels: int = defaults.MAX_REQUEST_PIXELS  # decoded pixels, read from image headers
+    max_image_work_bytes: int = defaults.MAX_IMAGE_WORK_BYTES  # working memory of one image in a batch
+    max_request_graph_runs: int = defaults.MAX_REQUEST_GRAPH_RUNS
     grace_period_s: float = 10.0
     metrics_port: int = 0  # 0: no Prometheus endpoint
     workers: int = 0  # server processes sharing the port; 0: one per two cores (1 on CUDA)
+    # Memory bounds under hostile load (docs/service.md, "Limits"):
+    decode_pixel_budget: int = defaults.DECODE_PIXEL_BUDGET  # decoded pixels of all requests at once
+    stream_max_unread: int = defaults.STREAM_MAX_UNREAD  # answers a stream holds before it stops reading
     # Transport security (off by default; see the README's operations section for production):
     tls_cert: str = ""  # PEM server certificate (chain); with tls_key the server speaks TLS only
     tls_key: str = ""  # PEM private key of tls_cert
     tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mTLS)
     auth_token: str = ""  # bearer token every call must carry (authorization: Bearer <token>)
     auth_token_file: str = ""  # the same, read from a file (preferred: keeps it out of ps and env)
+
+
+# -- validators: one per kind of input ---------------------------------------------------------------
+
+OutputSize = str | tuple[int, int]  # "input", "feature" or (H, W)
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+#: Wire spelling of each ExplainOptions field, for callers whose fields are named ``options.<name>``.
+OPTION_FIELDS: dict[str, str] = {f.name: f"options.{f.name}" for f in fields(ExplainOptions)}
+
+
+def parse_output_size(text: object, field: str = "options.output_size") -> OutputSize:
+    """ "input" / "feature" as they are; "HxW" (spaces and ``X`` allowed: " 224 X 224 ") -> (H, W)
+    with each side in 1..MAX_OUTPUT_SIDE. The one parser of output sizes."""
+    if text in ("input", "feature"):
+        return str(text)
+    match = _SIZE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidArgumentError(
+            field, f"expected 'input', 'feature' or 'HxW' (e.g. '224x224'), got {echo(repr(text))}"
+        )
+    height, width = int(match.group(1)), int(match.group(2))
+    return check_output_side(height, field, "height"), check_output_side(width, field, "width")
+
+
+def check_output_side(value: int, field: str, side: str = "") -> int:
+    """One side of an "HxW" output size: 1..MAX_OUTPUT_SIDE."""
+    if not 1 <= value <= defaults.MAX_OUTPUT_SIDE:
+        what = f"{side} must be" if side else "must be"
+        raise InvalidArgumentError(field, f"{what} in 1..{defaults.MAX_OUTPUT_SIDE}, got {value}")
+    return value
+
+
+def format_output_size(size: OutputSize) -> str:
+    """The canonical ExplainOptions.output_size of a parsed size: "input", "feature" or "HxW"."""
+    return size if isinstance(size, str) else f"{size[0]}x{size[1]}"
+
+
+def check_options(
+    options: ExplainOptions, field_names: Mapping[str, str] = OPTION_FIELDS, num_classes: int | None = None
+) -> ExplainOptions:
+    """``options`` with a canonical output size, or InvalidArgumentError naming the field (spelled as
+    ``field_names`` says) of the first value no method could honour. ``num_classes``: also bound
+    ``topk_predictions`` by the model's classes (the service; the Python API clips instead)."""
+    names = {**OPTION_FIELDS, **field_names}
+    size = format_output_size(parse_output_size(options.output_size, names["output_size"]))
+    if not isinstance(options.normalize, bool):
+        raise InvalidArgumentError(names["normalize"], f"expected true or false, got {options.normalize!r}")
+    _check_number(options.eps, names["eps"], ">= 0", lambda v: v >= 0)
+    _check_int(options.smooth_n, names["smooth_n"], 1, defaults.MAX_SMOOTH_N)
+    _check_number(options.smooth_sigma, names["smooth_sigma"], ">= 0", lambda v: v >= 0)
+    _check_int(options.smooth_seed, names["smooth_seed"], -(2**63), 2**63 - 1)
+    _check_int(options.score_top_n, names["score_top_n"], 0, None, " (0: all channels)")
+    _check_int(options.topk_predictions, names["topk_predictions"], 1, num_classes)
+    return options if size == options.output_size else dataclasses.replace(options, output_size=size)
+
+
+def _check_int(value: object, field: str, low: int, high: int | None, note: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(field, f"expected an integer, got {value!r}")
+    if high is None and value < low:
+        raise InvalidArgumentError(field, f"must be >= {low}{note}, got {value}")
+    if high is not None and not low <= value <= high:
+        raise InvalidArgumentError(field, f"must be in {low}..{high}{note}, got {value}")
+
+
+def _check_number(value: object, field: str, rule: str, ok: Callable[[float], bool]) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidArgumentError(field, f"expected a number, got {value!r}")
+    if not (math.isfinite(value) and ok(value)):
+        raise InvalidArgumentError(field, f"must be finite and {rule}, got {value}")
+
+
+def check_targets(targets: Sequence[int], num_classes: int, field: str) -> tuple[int, ...]:
+    """One image's targets: class ids 0..C-1, or -k for its k-th best class; none: (-1,) (the
+    prediction). The error names the entry: ``images[0].targets[3]``."""
+    if not len(targets):
+        return (-1,)
+    for t, target in enumerate(targets):
+        if isinstance(target, bool) or not -num_classes <= target < num_classes:
+            raise InvalidArgumentError(
+                f"{field}[{t}]",
+                f"{target} is out of range: class ids are 0..{num_classes - 1}, "
+                f"or -1..-{num_classes} for the k-th best class",
+            )
+    return tuple(int(t) for t in targets)
+
+
+def check_methods(
+    named: Sequence[tuple[str, str]],
+    supported: Sequence[str],
+    model: str,
+    why: Callable[[str], str | None] | None = None,
+) -> tuple[str, ...]:
+    """(field, method name) pairs -> the methods in order, duplicates dropped; none:
+    ``defaults.DEFAULT_METHODS``. A name the model cannot run is UnsupportedError naming its field,
+    with ``why(name)`` when the caller knows the reason."""
+    methods: list[str] = []
+    for field_name, name in named:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(field_name, f"expected a method name, got {echo(repr(name))}")
+        if name not in supported:
+            reason = why(name) if why is not None else None
+            raise UnsupportedError(
+                f"{field_name}: {echo(repr(name))} "
+                + (
+                    f"cannot run on model {echo(repr(model))}: {reason}"
+                    if reason
+                    else f"is not supported by model {echo(repr(model))}"
+                )
+                + f" (supported: {', '.join(supported)})"
+            )
+        if name not in methods:
+            methods.append(name)
+    return tuple(methods) or defaults.DEFAULT_METHODS
+
+
+def echo(text: str, limit: int = defaults.MAX_ECHO_CHARS) -> str:
+    """A client string as messages and logs repeat it: at most ``limit`` characters, the cut said."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} characters)"
+
+
+def check_service_limits(service: ServiceConfig) -> None:
+    """InvalidArgumentError naming the [service] admission limit that is not a positive number."""
+    for name in (
+        "max_request_images",
+        "max_targets_per_image",
+        "max_request_pixels",
+        "max_image_work_bytes",
+        "max_request_graph_runs",
+    ):
+        value = getattr(service, name)
+        if value < 1:
+            raise InvalidArgumentError(f"service.{name}", f"must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)

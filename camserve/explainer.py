@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camserve.config import CamserveConfig, ExplainOptions, RuntimeConfig
-from camserve.errors import InvalidArgumentError, UnsupportedError
+from camserve.config import CamserveConfig, ExplainOptions, RuntimeConfig, check_methods
+from camserve.defaults import DEFAULT_METHODS
+from camserve.errors import InvalidArgumentError
 from camserve.images import ImageLike, preprocess
 from camserve.methods import ComputedMaps, compute_maps, known_methods, method_class, parse_methods
 from camserve.methods.targets import TargetsLike
@@ -25,7 +26,6 @@ from camserve.modeldir import ModelDirectory
 from camserve.outputs import GraphRunner
 from camserve.result import ExplainResult, Prediction
 
-DEFAULT_METHODS = ("gradcam", "gradcam++")
 CAM_WEIGHTS_KEY = "weight"  # cam_weights.npz: "weight" [C,K] and "bias" [C], as camserve.export writes them
 
 # Why a method cannot run on a model that lacks one of its requirements.
@@ -115,7 +115,7 @@ class Explainer:
         options: ExplainOptions | None = None,
     ) -> ComputedMaps:
         """The tensor-level call under :meth:`explain`: preprocessed images [N,3,H,W] in, torch maps
-        out (for callers that stay in torch, such as the service's batcher)."""
+        out (for callers that stay in torch; the service's batcher calls :meth:`explain`)."""
         self.check_methods(methods)
         return compute_maps(
             self.runner,
@@ -131,14 +131,12 @@ class Explainer:
 
     def check_methods(self, methods: Sequence[str]) -> None:
         """InvalidArgumentError for unknown names, UnsupportedError (with why) for methods this model
-        cannot run."""
-        for name in methods:
-            missing = self._missing(name)
-            if missing:
-                raise UnsupportedError(
-                    f"methods: {name!r} cannot run on model {self.name!r}: {_MISSING.get(missing, missing)} "
-                    f"(supported: {', '.join(self.supported_methods)})"
-                )
+        cannot run (``camserve.config.check_methods``, the service's check too)."""
+        check_methods([("methods", name) for name in methods], self.supported_methods, self.name, self._why)
+
+    def _why(self, name: str) -> str | None:
+        missing = self._missing(name)
+        return None if missing is None else _MISSING.get(missing, missing)
 
     def _missing(self, name: str) -> str | None:
         for requirement in sorted(method_class(name).requires):

@@ -1,14 +1,17 @@
 """Pictures of an ExplainResult: one overlay per image, method and target, and a grid of images x
-methods like the comparison tables of CAM papers.
+methods like the comparison tables of CAM papers; and the service's overlay PNGs.
 
-Heatmaps use the "jet" colour map at 50% opacity over the (de-normalised) input, the convention of
-the Grad-CAM papers; normalised maps are drawn on a fixed [0, 1] scale, raw maps on their own range.
+One renderer, :func:`blend_heatmap`, draws every overlay (CLI figures, grids, reports and the
+service's ``overlay_png``): the "jet" colour map at 50% opacity over the (de-normalised) input, the
+convention of the Grad-CAM papers; the map is resized (bilinear) to the image; normalised maps are
+drawn on a fixed [0, 1] scale, raw maps on their own range.
 Files are written atomically (temporary file + rename). Matplotlib's object API is used (no pyplot
 state), so this is safe to call from threads.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -16,9 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from PIL import Image
 
 from camserve.errors import InvalidArgumentError
 from camserve.result import ExplainResult
@@ -51,27 +57,41 @@ def target_title(result: ExplainResult, image: int, target: int) -> str:
     return f"class {result.class_name(class_id)!r} (id {class_id}), p = {probability:.2f}"
 
 
-def _draw(axes, pixels: np.ndarray, heatmap: np.ndarray, normalised: bool):
-    """The image, then the heatmap stretched over it (maps may be at feature resolution)."""
+def heatmap_scale(heatmap: np.ndarray, normalised: bool) -> Normalize:
+    """The colour scale of a map: [0, 1] for normalised maps, the map's own range for raw ones."""
+    if normalised:
+        return Normalize(0.0, 1.0)
+    low, high = float(np.min(heatmap)), float(np.max(heatmap))
+    return Normalize(low, high if high > low else low + 1.0)
+
+
+def blend_heatmap(pixels: np.ndarray, heatmap: np.ndarray, normalised: bool = True) -> np.ndarray:
+    """RGB [H,W,3] in [0, 1]: ``heatmap`` [h,w] (any size; resized bilinearly to H x W) in the colour
+    map over ``pixels`` [H,W,3] in [0, 1], at HEATMAP_ALPHA. The one overlay renderer."""
     height, width = pixels.shape[:2]
-    axes.imshow(pixels, interpolation="nearest")
-    scale = {"vmin": 0.0, "vmax": 1.0} if normalised else {}
-    shown = axes.imshow(
-        heatmap,
-        cmap=COLORMAP,
-        alpha=HEATMAP_ALPHA,
-        extent=(-0.5, width - 0.5, height - 0.5, -0.5),
-        interpolation="bilinear",
-        **scale,
-    )
+    heat = np.asarray(heatmap, np.float32)
+    scaled = np.clip(heatmap_scale(heat, normalised)(heat), 0.0, 1.0).astype(np.float32)
+    if scaled.shape != (height, width):
+        resized = Image.fromarray(scaled, mode="F").resize((width, height), Image.Resampling.BILINEAR)
+        scaled = np.asarray(resized, np.float32)
+    colored = colormaps[COLORMAP](np.clip(scaled, 0.0, 1.0))[..., :3]
+    return (1.0 - HEATMAP_ALPHA) * np.clip(pixels, 0.0, 1.0) + HEATMAP_ALPHA * colored
+
+
+def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, normalised: bool = True) -> bytes:
+    """:func:`blend_heatmap` as PNG bytes (the service's ``overlay_png``)."""
+    blended = np.rint(blend_heatmap(pixels, heatmap, normalised) * 255.0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(blended, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _draw(axes, pixels: np.ndarray, heatmap: np.ndarray, normalised: bool) -> ScalarMappable:
+    """The blended overlay; returns its colour scale (opaque) for a colour bar."""
+    axes.imshow(blend_heatmap(pixels, heatmap, normalised), interpolation="nearest")
     axes.set_xticks([])
     axes.set_yticks([])
-    return shown
-
-
-def _opaque(shown) -> ScalarMappable:
-    """The heatmap's colour scale without its transparency, for the colour bar."""
-    return ScalarMappable(norm=shown.norm, cmap=shown.cmap)
+    return ScalarMappable(norm=heatmap_scale(np.asarray(heatmap), normalised), cmap=COLORMAP)
 
 
 def overlay_figure(
@@ -89,7 +109,7 @@ def overlay_figure(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     shown = _draw(axes, pixels[image], result.maps[method][image, target], normalised)
-    figure.colorbar(_opaque(shown), ax=axes, fraction=0.046, pad=0.04)
+    figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
     axes.set_title(f"{method}: {target_title(result, image, target)}", fontsize=9)
     return figure
 
@@ -152,7 +172,7 @@ def grid_figure(
     for column, method in enumerate(methods, start=1):
         grid[0, column].set_title(method, fontsize=9)
     if shown is not None:
-        figure.colorbar(_opaque(shown), ax=grid, fraction=0.02, pad=0.01)
+        figure.colorbar(shown, ax=grid, fraction=0.02, pad=0.01)
     return figure
 
 

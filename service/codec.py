@@ -1,25 +1,40 @@
-"""camserve.v1 messages <-> the service's work items and results. Every check of a request's fields
-lives here, and every error names the field (``images[2].targets[0]``)."""
+"""camserve.v1 messages <-> the data plane's ServiceRequest and the results. Only translation lives
+here: every value is checked by ``camserve.config``'s validators (the ones the Python API and the Open
+Inference Protocol use), with the field named as the message spells it (``images[2].targets[0]``).
+Images are not decoded here: ``PendingImage.load`` does it once the request is admitted."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Sequence
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from camserve.config import ExplainOptions
-from camserve.errors import InvalidArgumentError, UnsupportedError
-from camserve.methods.compute import MAX_OUTPUT_SIDE
-from camserve.service.models import ServedModel
-from camserve.service.overlay import overlay_png
+from camserve.config import ExplainOptions, check_methods, check_options, check_output_side, check_targets
+from camserve.errors import InvalidArgumentError
+from camserve.images import denormalize
+from camserve.methods.base import method_class
+from camserve.service.admission import AnswerShape
+from camserve.service.dataplane import PendingImage, ServiceRequest
+from camserve.service.models import ServedModel, open_image
 from camserve.service.runner import ImageResult, ImageWork
 from camserve.service.tensors import array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
+from camserve.visualize import overlay_png
 
-MAX_SMOOTH_N = 256  # noisy copies multiply the batch: more would let one request stall a model
+#: ExplainOptions field -> its name in an ExplainRequest.
+OPTION_FIELDS = {
+    "output_size": "output.size",
+    "normalize": "output.normalize",
+    "eps": "output.eps",
+    "topk_predictions": "output.top_k_predictions",
+    "smooth_n": "method_options.smooth_n",
+    "smooth_sigma": "method_options.smooth_sigma",
+    "smooth_seed": "method_options.smooth_seed",
+    "score_top_n": "method_options.score_top_n",
+}
+_ITEMSIZE = {pb.DATA_TYPE_FLOAT32: 4, pb.DATA_TYPE_FLOAT16: 2, pb.DATA_TYPE_UINT8: 1}
 
 
 @dataclass(frozen=True)
@@ -30,66 +45,52 @@ class OutputSpec:
     overlay: bool
     mean: tuple[float, ...]  # to undo the preprocessing for overlays
     std: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class DecodedRequest:
-    works: list[ImageWork]
-    options: ExplainOptions
-    output: OutputSpec
+    normalized: bool  # overlays of normalised maps use the fixed [0, 1] colour scale
 
 
 def decode_request(
     request: pb.ExplainRequest, model: ServedModel, defaults: ExplainOptions
-) -> DecodedRequest:
-    """Check ``request`` against ``model`` and turn it into one work item per image."""
+) -> ServiceRequest:
+    """Check ``request`` against ``model``: the one internal request (images still encoded)."""
     if not request.images:
         raise InvalidArgumentError("images", "at least one image is required")
-    methods = _methods(request.methods, model)
+    methods = check_methods(
+        [(f"methods[{i}]", name) for i, name in enumerate(request.methods)],
+        model.supported_methods,
+        model.name,
+    )
     num_classes = model.manifest.num_classes
-    works = []
-    for i, image in enumerate(request.images):
-        array = _image(image, f"images[{i}]", model)
-        targets = _targets(image.targets, f"images[{i}].targets", num_classes)
-        works.append(ImageWork(array, targets, methods))
-    options = _options(request, defaults, num_classes)
+    options = check_options(_options(request, defaults), OPTION_FIELDS, num_classes)
+    images = [
+        _image(
+            image, f"images[{i}]", model, check_targets(image.targets, num_classes, f"images[{i}].targets")
+        )
+        for i, image in enumerate(request.images)
+    ]
     dtype = request.output.dtype or pb.DATA_TYPE_FLOAT32
+    if dtype not in _ITEMSIZE:
+        raise InvalidArgumentError("output.dtype", f"unknown data type {dtype}")
     if dtype == pb.DATA_TYPE_UINT8 and not options.normalize:
         raise InvalidArgumentError(
             "output.dtype", "uint8 maps need normalize = true (raw maps are unbounded)"
         )
-    if dtype not in (pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_FLOAT16, pb.DATA_TYPE_UINT8):
-        raise InvalidArgumentError("output.dtype", f"unknown data type {dtype}")
     m = model.manifest
-    return DecodedRequest(
-        works, options, OutputSpec(dtype, request.output.overlay_png, tuple(m.mean), tuple(m.std))
-    )
+    output = OutputSpec(dtype, request.output.overlay_png, tuple(m.mean), tuple(m.std), options.normalize)
+    colour = tuple(name for name in methods if "guided" in method_class(name).requires)
+    answer = AnswerShape(methods, _ITEMSIZE[dtype], colour, output.overlay)
+    return ServiceRequest(images, methods, options, answer, wire=output)
 
 
-def _methods(names: Sequence[str], model: ServedModel) -> tuple[str, ...]:
-    if not names:
-        names = ["gradcam"]
-    supported = model.supported_methods
-    out: list[str] = []
-    for i, name in enumerate(names):
-        if name not in supported:
-            raise UnsupportedError(
-                f"methods[{i}]: {name!r} is not supported by model {model.name!r} "
-                f"(supported: {', '.join(supported)})"
-            )
-        if name not in out:
-            out.append(name)
-    return tuple(out)
-
-
-def _image(image: pb.Image, field: str, model: ServedModel) -> np.ndarray:
+def _image(image: pb.Image, field: str, model: ServedModel, targets: tuple[int, ...]) -> PendingImage:
     source = image.WhichOneof("source")
     if source is None:
         raise InvalidArgumentError(field, "set either `encoded` (PNG/JPEG bytes) or `tensor`")
     if source == "encoded":
         if not image.encoded:
             raise InvalidArgumentError(f"{field}.encoded", "is empty")
-        return model.preprocess_encoded(image.encoded, f"{field}.encoded")
+        width, height = open_image(image.encoded, f"{field}.encoded").size  # the header only
+        load = functools.partial(model.preprocess_encoded, image.encoded, f"{field}.encoded")
+        return PendingImage(targets, width * height, load)
     array = tensor_to_array(image.tensor, f"{field}.tensor")
     if image.tensor.dtype not in (pb.DATA_TYPE_UNSPECIFIED, pb.DATA_TYPE_FLOAT32):
         raise InvalidArgumentError(f"{field}.tensor.dtype", "preprocessed images must be float32")
@@ -101,23 +102,15 @@ def _image(image: pb.Image, field: str, model: ServedModel) -> np.ndarray:
         )
     if not np.isfinite(array).all():
         raise InvalidArgumentError(f"{field}.tensor.data", "contains NaN or infinite values")
+    return PendingImage(targets, 0, functools.partial(_same, array))  # nothing to decode
+
+
+def _same(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _targets(targets: Sequence[int], field: str, num_classes: int) -> tuple[int, ...]:
-    if not targets:
-        return (-1,)
-    for t, target in enumerate(targets):
-        if not -num_classes <= target < num_classes:
-            raise InvalidArgumentError(
-                f"{field}[{t}]",
-                f"{target} is out of range: class ids are 0..{num_classes - 1}, "
-                f"or -1..-{num_classes} for the k-th best class",
-            )
-    return tuple(targets)
-
-
-def _options(request: pb.ExplainRequest, defaults: ExplainOptions, num_classes: int) -> ExplainOptions:
+def _options(request: pb.ExplainRequest, defaults: ExplainOptions) -> ExplainOptions:
+    """``defaults`` with what the request sets (checked afterwards, as a whole, by check_options)."""
     out, opts = request.output, request.method_options
     changes: dict[str, object] = {}
     if out.size == pb.OUTPUT_SIZE_INPUT:
@@ -125,50 +118,42 @@ def _options(request: pb.ExplainRequest, defaults: ExplainOptions, num_classes: 
     elif out.size == pb.OUTPUT_SIZE_FEATURE:
         changes["output_size"] = "feature"
     elif out.size == pb.OUTPUT_SIZE_CUSTOM:
-        for name, value in (("height", out.height), ("width", out.width)):
-            if not 1 <= value <= MAX_OUTPUT_SIDE:
-                raise InvalidArgumentError(f"output.{name}", f"must be in 1..{MAX_OUTPUT_SIDE}, got {value}")
-        changes["output_size"] = f"{out.height}x{out.width}"
+        height = check_output_side(out.height, "output.height")
+        changes["output_size"] = f"{height}x{check_output_side(out.width, 'output.width')}"
     elif out.size != pb.OUTPUT_SIZE_UNSPECIFIED:
         raise InvalidArgumentError("output.size", f"unknown output size {out.size}")
     if out.size != pb.OUTPUT_SIZE_CUSTOM and (out.height or out.width):
         raise InvalidArgumentError("output.height", "height and width are only read with OUTPUT_SIZE_CUSTOM")
-    if out.HasField("normalize"):
-        changes["normalize"] = out.normalize
-    if out.HasField("top_k_predictions"):
-        if not 1 <= out.top_k_predictions <= num_classes:
-            raise InvalidArgumentError(
-                "output.top_k_predictions", f"must be in 1..{num_classes}, got {out.top_k_predictions}"
-            )
-        changes["topk_predictions"] = out.top_k_predictions
-    if opts.HasField("smooth_n"):
-        if not 1 <= opts.smooth_n <= MAX_SMOOTH_N:
-            raise InvalidArgumentError(
-                "method_options.smooth_n", f"must be in 1..{MAX_SMOOTH_N}, got {opts.smooth_n}"
-            )
-        changes["smooth_n"] = opts.smooth_n
-    if opts.HasField("smooth_sigma"):
-        if not (math.isfinite(opts.smooth_sigma) and opts.smooth_sigma >= 0):
-            raise InvalidArgumentError(
-                "method_options.smooth_sigma", f"must be >= 0, got {opts.smooth_sigma}"
-            )
-        changes["smooth_sigma"] = opts.smooth_sigma
-    if out.HasField("eps"):
-        if not (math.isfinite(out.eps) and out.eps >= 0):
-            raise InvalidArgumentError("output.eps", f"must be >= 0, got {out.eps}")
-        changes["eps"] = out.eps
-    if opts.HasField("smooth_seed"):
-        changes["smooth_seed"] = opts.smooth_seed
-    if opts.HasField("score_top_n"):
-        if opts.score_top_n < 0:
-            raise InvalidArgumentError("method_options.score_top_n", f"must be >= 0, got {opts.score_top_n}")
-        changes["score_top_n"] = opts.score_top_n
+    for name, message, wire in (
+        ("normalize", out, "normalize"),
+        ("eps", out, "eps"),
+        ("topk_predictions", out, "top_k_predictions"),
+        ("smooth_n", opts, "smooth_n"),
+        ("smooth_sigma", opts, "smooth_sigma"),
+        ("smooth_seed", opts, "smooth_seed"),
+        ("score_top_n", opts, "score_top_n"),
+    ):
+        if message.HasField(wire):
+            changes[name] = getattr(message, wire)
     return dataclasses.replace(defaults, **changes)
+
+
+def encode_response(
+    request: pb.ExplainRequest,
+    model: ServedModel,
+    decoded: ServiceRequest,
+    works: list[ImageWork],
+    results: list[ImageResult],
+) -> pb.ExplainResponse:
+    output: OutputSpec = decoded.wire
+    images = [encode_image_result(r, w, output) for r, w in zip(results, works, strict=True)]
+    return pb.ExplainResponse(id=request.id, model=model.name, images=images)
 
 
 def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec) -> pb.ImageExplanation:
     """One image's answer: predictions, resolved targets, logits and a map per (target, method)."""
     maps = []
+    pixels = _pixels(work.image, output) if output.overlay else None
     for t, class_id in enumerate(result.target_ids.tolist()):
         for method in work.methods:
             values = result.maps[method][t]
@@ -179,7 +164,7 @@ def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec
                 data=array_to_tensor(_convert(values, output.dtype)),
             )
             if output.overlay:
-                entry.overlay_png = overlay_png(work.image, values, output.mean, output.std)
+                entry.overlay_png = overlay_png(pixels, values, output.normalized)
             if method in result.rgb:
                 entry.rgb.CopyFrom(array_to_tensor(result.rgb[method][t]))
             maps.append(entry)
@@ -192,6 +177,13 @@ def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec
         logits=array_to_tensor(result.logits.astype(np.float32, copy=False)),
         maps=maps,
     )
+
+
+def _pixels(image: np.ndarray, output: OutputSpec) -> np.ndarray:
+    """A preprocessed [3,H,W] image as displayable RGB [H,W,3] in [0, 1]."""
+    import torch
+
+    return denormalize(torch.from_numpy(image)[None], output.mean, output.std)[0].permute(1, 2, 0).numpy()
 
 
 def _convert(values: np.ndarray, dtype: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import logging
 
 import grpc
 
+from camserve.defaults import MAX_ECHO_CHARS
 from camserve.errors import CamserveError
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,20 @@ class UnavailableError(CamserveError):
     grpc_code = "UNAVAILABLE"
 
 
+#: Status messages travel in a metadata header (grpc-message); longer ones are cut so that a message
+#: echoing a huge client string can never exceed the peer's metadata limit.
+MAX_STATUS_CHARS = 2000
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (saying how much was cut), for echoing client strings."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more characters)"
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a failed request gets for ``exc``."""
     if isinstance(exc, CamserveError):
-        return grpc.StatusCode[exc.grpc_code], str(exc)
+        return grpc.StatusCode[exc.grpc_code], clip(str(exc), MAX_STATUS_CHARS)
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED, "request cancelled"
     log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=exc)

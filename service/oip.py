@@ -1,10 +1,10 @@
 """inference.GRPCInferenceService: the Open Inference Protocol (KServe v2) front door, on the same port
 and the same dynamic batchers as camserve.v1.ExplainService.
 
-Requests and answers are described in ``camserve.service.oip_codec``. Failures become gRPC statuses
-through ``camserve.service.errors.status_for`` only; every ModelInfer request (unary or inside a
-stream) gets one ``infer id=...`` line on the ``camserve.service.requests`` logger and counts in the
-metrics like an Explain request.
+A thin front door over the data plane (``camserve.service.dataplane``), like kserve's servicers:
+``oip_codec`` translates requests and answers (described there); validation, admission, logging
+(one ``infer id=...`` line per request), in-flight tracking, draining and the status mapping happen
+in the data plane, once for both APIs.
 
 Imported by the server when it starts, never by ``camserve.service.server`` at import time: see
 ``camserve.inference``.
@@ -12,9 +12,8 @@ Imported by the server when it starts, never by ``camserve.service.server`` at i
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 
@@ -22,8 +21,9 @@ import camserve
 from camserve.config import CamserveConfig
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.inference import grpc_service_pb2_grpc as ip_grpc
-from camserve.service.errors import UnavailableError, status_for
-from camserve.service.models import ModelRegistry, ServedModel
+from camserve.service.dataplane import DataPlane, Outcome
+from camserve.service.errors import status_for
+from camserve.service.models import ServedModel
 from camserve.service.oip_codec import (
     MODEL_VERSION,
     check_version,
@@ -32,7 +32,6 @@ from camserve.service.oip_codec import (
     model_config,
     model_metadata,
 )
-from camserve.service.servicer import DEADLINE_SLACK_S, ExplainServicer, RequestRecord, run_works
 from camserve.service.streams import answer_in_completion_order
 
 INFERENCE_SERVICE = ip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -42,11 +41,8 @@ EXTENSIONS = ("model_configuration", "parameters")
 
 
 class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
-    """Shares the models, the draining flag and the in-flight count with ``explain``."""
-
-    def __init__(self, models: ModelRegistry, explain: ExplainServicer, config: CamserveConfig) -> None:
-        self.models = models
-        self.explain = explain
+    def __init__(self, dataplane: DataPlane, config: CamserveConfig) -> None:
+        self.dataplane = dataplane
         self.config = config
 
     # -- health and metadata ----------------------------------------------------------------------
@@ -59,15 +55,15 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: ip.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> ip.ServerReadyResponse:
-        return ip.ServerReadyResponse(ready=not self.explain.draining)
+        return ip.ServerReadyResponse(ready=self.dataplane.ready)
 
     async def ModelReady(
         self, request: ip.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> ip.ModelReadyResponse:
         """Ready when the model (and version) is served here and the server is not shutting down;
         an unknown model is simply not ready."""
-        ready = request.name in self.models.names and request.version in ("", MODEL_VERSION)
-        return ip.ModelReadyResponse(ready=ready and not self.explain.draining)
+        ready = request.name in self.dataplane.models.names and request.version in ("", MODEL_VERSION)
+        return ip.ModelReadyResponse(ready=ready and self.dataplane.ready)
 
     async def ServerMetadata(
         self, request: ip.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -100,7 +96,7 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
         await context.abort(code, message)
 
     def _model(self, name: str, version: str) -> ServedModel:
-        model = self.models.get(name)
+        model = self.dataplane.model(name)
         check_version(version, model)
         return model
 
@@ -109,10 +105,10 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: ip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> ip.ModelInferResponse:
-        response, code, message = await self._infer_logged(request, context.time_remaining())
-        if response is None:
-            await context.abort(code, message)
-        return response
+        outcome = await self._infer(request, context)
+        if outcome.response is None:
+            await context.abort(outcome.code, outcome.message)
+        return outcome.response
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[ip.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -121,63 +117,30 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
         and an ``infer_response`` with its id and model, and the stream goes on."""
 
         async def answer(request: ip.ModelInferRequest) -> ip.ModelStreamInferResponse:
-            response, code, message = await self._infer_logged(request, context.time_remaining())
-            if response is None:
+            outcome = await self._infer(request, context)
+            if outcome.response is None:
                 return ip.ModelStreamInferResponse(
-                    error_message=f"{code.name}: {message}",
+                    error_message=f"{outcome.code.name}: {outcome.message}",
                     infer_response=ip.ModelInferResponse(
                         model_name=request.model_name, model_version=request.model_version, id=request.id
                     ),
                 )
-            return ip.ModelStreamInferResponse(infer_response=response)
+            return ip.ModelStreamInferResponse(infer_response=outcome.response)
 
         async for response in answer_in_completion_order(request_iterator, answer, context):
             yield response
 
-    async def _infer_logged(
-        self, request: ip.ModelInferRequest, time_remaining: float | None
-    ) -> tuple[ip.ModelInferResponse | None, grpc.StatusCode, str]:
-        """The response, or None with the status code and message of the failure; logs the request."""
-        record = RequestRecord(request.id, request.model_name, 0, "", kind="infer")
-        served = False
-        with self.explain.in_flight():
-            try:
-                model = self.models.get(request.model_name)
-                served = True
-                response = await self._infer(request, model, time_remaining, record)
-            except asyncio.CancelledError:
-                elapsed = time.monotonic() - record.started
-                expired = time_remaining is not None and elapsed >= time_remaining - DEADLINE_SLACK_S
-                record.log(
-                    grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED, served
-                )
-                raise
-            except Exception as exc:
-                code, message = status_for(exc)
-                record.log(code, served, message)
-                return None, code, message
-        record.log(grpc.StatusCode.OK, served)
-        return response, grpc.StatusCode.OK, ""
-
-    async def _infer(
-        self,
-        request: ip.ModelInferRequest,
-        model: ServedModel,
-        time_remaining: float | None,
-        record: RequestRecord,
-    ) -> ip.ModelInferResponse:
-        if self.explain.draining:
-            raise UnavailableError("server is shutting down; retry on another replica")
-        started = time.monotonic()
-        # Checking and preprocessing (PIXELS are resized) take real time: keep them off the event loop.
-        decoded = await asyncio.to_thread(decode_infer_request, request, model, self.explain.defaults)
-        record.images = len(decoded.works)
-        record.methods = ",".join(decoded.works[0].methods)
-        record.method_labels = decoded.works[0].methods
-        limits = [s for s in (time_remaining, decoded.timeout_s) if s is not None]
-        deadline = started + min(limits) if limits else None
-        completed = await run_works(model, decoded.works, decoded.options, deadline, record)
-        return encode_infer_response(request, model, decoded, [c.value for c in completed])
+    def _infer(
+        self, request: ip.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> Awaitable[Outcome[ip.ModelInferResponse]]:
+        return self.dataplane.handle(
+            "infer",
+            request.id,
+            request.model_name,
+            functools.partial(decode_infer_request, request),
+            functools.partial(encode_infer_response, request),
+            context.time_remaining(),
+        )
 
 
 _INSTANCE_KIND = {

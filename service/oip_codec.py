@@ -13,29 +13,32 @@ outputs  LOGITS      FP32  [N, C]
          SALIENCY_<METHOD>  FP32 [N, T, H', W']  one per method, e.g. SALIENCY_GRADCAM, SALIENCY_GRADCAM++
 
 Methods come from the request parameter ``methods`` ("gradcam,gradcam++") and from requested
-``SALIENCY_<METHOD>`` outputs; with neither, Grad-CAM. With no requested outputs the answer holds
-LOGITS, TARGET_IDS and every method's map; otherwise exactly the requested outputs, in their order.
-Other request parameters: see ``PARAMETERS``.
+``SALIENCY_<METHOD>`` outputs; with neither, ``camserve.defaults.DEFAULT_METHODS`` (Grad-CAM).
+With no requested outputs the answer holds LOGITS, TARGET_IDS and every method's map; otherwise
+exactly the requested outputs, in their order.
+Other request parameters: see ``PARAMETERS``. Only translation lives here: values are checked by
+``camserve.config``'s validators (shared with camserve.v1 and the Python API), and the request
+becomes the data plane's ServiceRequest (PIXELS are preprocessed once it is admitted).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from camserve.config import ExplainOptions
+from camserve.config import ExplainOptions, check_methods, check_options, check_targets
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
-from camserve.images import preprocess
 from camserve.inference import grpc_service_pb2 as ip
-from camserve.methods.compute import MAX_OUTPUT_SIDE
-from camserve.service.codec import MAX_SMOOTH_N
+from camserve.service.admission import AnswerShape
+from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import MAX_IMAGE_PIXELS, ServedModel
 from camserve.service.runner import ImageResult, ImageWork
+from camserve.service.tensors import MAX_TENSOR_DIMS
 
 MODEL_VERSION = "1"  # a model directory is one version
 PLATFORM = "camserve"
@@ -53,7 +56,6 @@ DTYPES: dict[str, np.dtype] = {
 #: Which InferTensorContents field holds each datatype (the spec's table).
 _CONTENTS_FIELD = {"FP32": "fp32_contents", "UINT8": "uint_contents", "INT64": "int64_contents"}
 _SALIENCY_DATATYPES = ("FP32", "FP16", "UINT8")
-_SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 #: Request parameters: name -> (kind, what it sets). "priority" is accepted and has no effect: the
 #: batcher treats all requests alike. "timeout" (microseconds) shortens the call's deadline.
@@ -77,13 +79,19 @@ def saliency_output(method: str) -> str:
     return SALIENCY_PREFIX + method.upper()
 
 
+#: ExplainOptions field -> its name in a ModelInferRequest.
+OPTION_FIELDS = {
+    name: f"parameters.{name}"
+    for name in ("output_size", "normalize", "eps", "smooth_n", "smooth_sigma", "smooth_seed", "score_top_n")
+}
+
+
 @dataclass(frozen=True)
-class DecodedInfer:
-    works: list[ImageWork]
-    options: ExplainOptions
+class InferAnswer:
+    """How the answer is written (ServiceRequest.wire)."""
+
     outputs: list[str]  # output names, in answer order
     saliency_datatype: str
-    timeout_s: float | None  # from the "timeout" parameter
 
 
 def check_version(version: str, model: ServedModel) -> None:
@@ -95,13 +103,13 @@ def check_version(version: str, model: ServedModel) -> None:
 
 def decode_infer_request(
     request: ip.ModelInferRequest, model: ServedModel, defaults: ExplainOptions
-) -> DecodedInfer:
-    """Check ``request`` against ``model`` and turn it into one work item per image."""
+) -> ServiceRequest:
+    """Check ``request`` against ``model``: the one internal request (PIXELS not preprocessed yet)."""
     check_version(request.model_version, model)
     params = _Parameters(request.parameters, "parameters")
     methods = _methods(params, request.outputs, model)
     outputs = _outputs(request.outputs, methods)
-    options = _options(params, defaults)
+    options = check_options(_options(params, defaults), OPTION_FIELDS)
     datatype = params.string("saliency_datatype") or "FP32"
     if datatype not in _SALIENCY_DATATYPES:
         raise InvalidArgumentError(
@@ -115,9 +123,11 @@ def decode_infer_request(
     if timeout_us is not None and timeout_us <= 0:
         raise InvalidArgumentError("parameters.timeout", f"must be > 0 microseconds, got {timeout_us}")
     params.integer("priority")
-    images, targets = _inputs(request, model)
-    works = [ImageWork(image, tuple(row), methods) for image, row in zip(images, targets, strict=True)]
-    return DecodedInfer(works, options, outputs, datatype, None if timeout_us is None else timeout_us / 1e6)
+    images = _inputs(request, model)
+    answered = tuple(m for m in methods if saliency_output(m) in outputs)
+    answer = AnswerShape(answered, DTYPES[datatype].itemsize)
+    timeout_s = None if timeout_us is None else timeout_us / 1e6
+    return ServiceRequest(images, methods, options, answer, InferAnswer(outputs, datatype), timeout_s)
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -158,10 +168,7 @@ class _Parameters:
         return self._get(name, ("int64_param", "uint64_param"), "an integer")
 
     def number(self, name: str) -> float | None:
-        value = self._get(name, ("double_param", "int64_param", "uint64_param"), "a number")
-        if value is not None and not math.isfinite(value):
-            raise InvalidArgumentError(f"{self.field}.{name}", f"must be finite, got {value}")
-        return value
+        return self._get(name, ("double_param", "int64_param", "uint64_param"), "a number")
 
 
 def _methods(
@@ -180,16 +187,7 @@ def _methods(
     for i, output in enumerate(outputs):
         if output.name.startswith(SALIENCY_PREFIX):
             named.append((f"outputs[{i}] ({output.name})", output.name[len(SALIENCY_PREFIX) :].lower()))
-    methods: list[str] = []
-    for field, method in named:
-        if method not in supported:
-            raise UnsupportedError(
-                f"{field}: {method!r} is not supported by model {model.name!r} "
-                f"(supported: {', '.join(supported)})"
-            )
-        if method not in methods:
-            methods.append(method)
-    return tuple(methods) or ("gradcam",)
+    return check_methods(named, supported, model.name)
 
 
 def _outputs(
@@ -217,53 +215,25 @@ def _outputs(
 
 
 def _options(params: _Parameters, defaults: ExplainOptions) -> ExplainOptions:
-    changes: dict[str, object] = {}
-    size = params.string("output_size")
-    if size is not None:
-        match = _SIZE.match(size)
-        if size in ("input", "feature"):
-            changes["output_size"] = size
-        elif match and all(1 <= int(v) <= MAX_OUTPUT_SIDE for v in match.groups()):
-            changes["output_size"] = size
-        else:
-            raise InvalidArgumentError(
-                "parameters.output_size",
-                f"expected input, feature or HxW with sides in 1..{MAX_OUTPUT_SIDE}, got {size!r}",
-            )
-    normalize = params.boolean("normalize")
-    if normalize is not None:
-        changes["normalize"] = normalize
-    eps = params.number("eps")
-    if eps is not None:
-        if eps < 0:
-            raise InvalidArgumentError("parameters.eps", f"must be >= 0, got {eps}")
-        changes["eps"] = eps
-    smooth_n = params.integer("smooth_n")
-    if smooth_n is not None:
-        if not 1 <= smooth_n <= MAX_SMOOTH_N:
-            raise InvalidArgumentError("parameters.smooth_n", f"must be in 1..{MAX_SMOOTH_N}, got {smooth_n}")
-        changes["smooth_n"] = smooth_n
-    sigma = params.number("smooth_sigma")
-    if sigma is not None:
-        if sigma < 0:
-            raise InvalidArgumentError("parameters.smooth_sigma", f"must be >= 0, got {sigma}")
-        changes["smooth_sigma"] = sigma
-    seed = params.integer("smooth_seed")
-    if seed is not None:
-        changes["smooth_seed"] = seed
-    top_n = params.integer("score_top_n")
-    if top_n is not None:
-        if top_n < 0:
-            raise InvalidArgumentError("parameters.score_top_n", f"must be >= 0, got {top_n}")
-        changes["score_top_n"] = top_n
+    """``defaults`` with what the parameters set (checked afterwards, as a whole, by check_options)."""
+    reads = {
+        "output_size": params.string,
+        "normalize": params.boolean,
+        "eps": params.number,
+        "smooth_n": params.integer,
+        "smooth_sigma": params.number,
+        "smooth_seed": params.integer,
+        "score_top_n": params.integer,
+    }
+    changes = {name: value for name, read in reads.items() if (value := read(name)) is not None}
     return dataclasses.replace(defaults, **changes)
 
 
 # -- inputs ----------------------------------------------------------------------------------------
 
 
-def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> tuple[list[np.ndarray], list[list[int]]]:
-    """The request's images as float32 [3,H,W] arrays (preprocessed) and each image's targets."""
+def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> list[PendingImage]:
+    """The request's images (PIXELS preprocessed when loaded) with each image's targets."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgumentError(
@@ -293,8 +263,10 @@ def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> tuple[list[np.
     )
     count = len(images)
     if TARGETS not in arrays:
-        return images, [[-1]] * count
-    return images, _targets(arrays[TARGETS], _field(request, TARGETS), count, model.manifest.num_classes)
+        targets: list[tuple[int, ...]] = [(-1,)] * count
+    else:
+        targets = _targets(arrays[TARGETS], _field(request, TARGETS), count, model.manifest.num_classes)
+    return [PendingImage(row, pixels, load) for (pixels, load), row in zip(images, targets, strict=True)]
 
 
 def _field(request: ip.ModelInferRequest, name: str) -> str:
@@ -310,6 +282,10 @@ def _tensor(tensor: ip.ModelInferRequest.InferInputTensor, raw: bytes | None, fi
         )
     dtype = DTYPES[tensor.datatype]
     shape = tuple(tensor.shape)
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise InvalidArgumentError(
+            f"{field}.shape", f"has {len(shape)} dimensions; camserve tensors have at most {MAX_TENSOR_DIMS}"
+        )
     if any(d < 0 for d in shape):
         raise InvalidArgumentError(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
     count = math.prod(shape)
@@ -338,7 +314,10 @@ def _tensor(tensor: ip.ModelInferRequest.InferInputTensor, raw: bytes | None, fi
     return np.asarray(values, dtype=dtype.newbyteorder("=")).reshape(shape)
 
 
-def _images(array: np.ndarray, field: str, model: ServedModel) -> list[np.ndarray]:
+Loader = tuple[int, Callable[[], np.ndarray]]  # (decoded pixels, how to get the [3,H,W] input)
+
+
+def _images(array: np.ndarray, field: str, model: ServedModel) -> list[Loader]:
     if array.dtype != np.float32:
         raise InvalidArgumentError(f"{field}.datatype", "IMAGES are preprocessed FP32 (raw pixels: PIXELS)")
     expected = list(model.manifest.input_size)
@@ -350,10 +329,14 @@ def _images(array: np.ndarray, field: str, model: ServedModel) -> list[np.ndarra
     finite = np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)
     if not finite.all():
         raise InvalidArgumentError(field, f"image {int(np.argmin(finite))} has NaN or infinite values")
-    return list(array)
+    return [(0, functools.partial(_row, array, n)) for n in range(array.shape[0])]  # nothing to decode
 
 
-def _pixels(array: np.ndarray, field: str, model: ServedModel) -> list[np.ndarray]:
+def _row(array: np.ndarray, n: int) -> np.ndarray:
+    return array[n]
+
+
+def _pixels(array: np.ndarray, field: str, model: ServedModel) -> list[Loader]:
     if array.dtype != np.uint8:
         raise InvalidArgumentError(f"{field}.datatype", "PIXELS are UINT8 (preprocessed images: IMAGES)")
     if array.ndim != 4 or array.shape[3] != 3 or min(array.shape[:3]) == 0:
@@ -365,11 +348,18 @@ def _pixels(array: np.ndarray, field: str, model: ServedModel) -> list[np.ndarra
             f"{field}.shape",
             f"images are {array.shape[2]}x{array.shape[1]}; at most {MAX_IMAGE_PIXELS} pixels",
         )
-    m = model.manifest
-    return list(preprocess(np.ascontiguousarray(array), m.input_size, m.mean, m.std).numpy())
+    pixels = int(array.shape[1] * array.shape[2])
+    return [
+        (pixels, functools.partial(_preprocess_row, model, array, n, f"{field}[{n}]"))
+        for n in range(array.shape[0])
+    ]
 
 
-def _targets(array: np.ndarray, field: str, count: int, num_classes: int) -> list[list[int]]:
+def _preprocess_row(model: ServedModel, array: np.ndarray, n: int, field: str) -> np.ndarray:
+    return model.preprocess_pixels(array[n : n + 1], field)[0]
+
+
+def _targets(array: np.ndarray, field: str, count: int, num_classes: int) -> list[tuple[int, ...]]:
     if array.dtype != np.int64:
         raise InvalidArgumentError(f"{field}.datatype", "TARGETS are INT64")
     if array.ndim != 2 or array.shape[0] != count or not 1 <= array.shape[1] <= num_classes:
@@ -377,26 +367,23 @@ def _targets(array: np.ndarray, field: str, count: int, num_classes: int) -> lis
             f"{field}.shape",
             f"expected [{count}, T] (one row per image, 1 <= T <= {num_classes}), got {list(array.shape)}",
         )
-    bad = np.argwhere((array < -num_classes) | (array >= num_classes))
-    if len(bad):
-        n, t = (int(v) for v in bad[0])
-        raise InvalidArgumentError(
-            f"{field}[{n}][{t}]",
-            f"{int(array[n, t])} is out of range: class ids are 0..{num_classes - 1}, "
-            f"or -1..-{num_classes} for the k-th best class",
-        )
-    return array.tolist()
+    return [check_targets(row, num_classes, f"{field}[{n}]") for n, row in enumerate(array.tolist())]
 
 
 # -- answers ---------------------------------------------------------------------------------------
 
 
 def encode_infer_response(
-    request: ip.ModelInferRequest, model: ServedModel, decoded: DecodedInfer, results: Sequence[ImageResult]
+    request: ip.ModelInferRequest,
+    model: ServedModel,
+    decoded: ServiceRequest,
+    works: Sequence[ImageWork],
+    results: Sequence[ImageResult],
 ) -> ip.ModelInferResponse:
     """The requested outputs of all images, stacked along the batch dimension, as raw contents."""
+    answer: InferAnswer = decoded.wire
     response = ip.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
-    for name in decoded.outputs:
+    for name in answer.outputs:
         if name == LOGITS:
             array, datatype = np.stack([r.logits for r in results]).astype("<f4", copy=False), "FP32"
         elif name == TARGET_IDS:
@@ -404,7 +391,7 @@ def encode_infer_response(
         else:
             method = name[len(SALIENCY_PREFIX) :].lower()
             maps = np.stack([r.maps[method] for r in results])
-            array, datatype = _saliency(maps, decoded.saliency_datatype), decoded.saliency_datatype
+            array, datatype = _saliency(maps, answer.saliency_datatype), answer.saliency_datatype
         response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
     return response

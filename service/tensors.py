@@ -22,6 +22,8 @@ _PROTO_DTYPES: dict[str, int] = {
     "uint8": pb.DATA_TYPE_UINT8,
 }
 
+MAX_TENSOR_DIMS = 8  # no camserve tensor has more; numpy refuses more than 64
+
 #: Names users give for map dtypes (Client, CLI) -> DataType values.
 DTYPE_NAMES = tuple(_PROTO_DTYPES)
 
@@ -49,6 +51,10 @@ def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
         raise InvalidArgumentError(f"{field}.dtype", f"unknown data type {tensor.dtype}")
     dtype = _NUMPY_DTYPES[tensor.dtype]
     shape = tuple(tensor.shape)
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise InvalidArgumentError(
+            f"{field}.shape", f"has {len(shape)} dimensions; camserve tensors have at most {MAX_TENSOR_DIMS}"
+        )
     if any(d < 0 for d in shape):
         raise InvalidArgumentError(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
     expected = math.prod(shape) * dtype.itemsize

@@ -20,12 +20,25 @@ import logging
 import shlex
 from pathlib import Path
 
+from camserve import defaults as d
+
 log = logging.getLogger(__name__)
 
 NOT_CAMS = ("guidedbackprop", "guidedgradcam")  # pixel-level evidence, left out unless asked for
-SINGLE_IMAGES = 200
-MULTI_IMAGES = 100
-SANITY_IMAGES = 16
+# Flags whose default is a value (camserve.defaults, also EvalSettings' defaults): shown in --help and
+# left out of the report's command line when unchanged.
+FLAG_DEFAULTS = {
+    "multi_images": d.EVAL_MULTI_IMAGES,
+    "seed": d.EVAL_SEED,
+    "fraction": d.EVAL_FRACTION,
+    "threshold": d.EVAL_THRESHOLD,
+    "steps": d.EVAL_STEPS,
+    "fill": d.EVAL_FILL,
+    "insertion_start": d.EVAL_INSERTION_START,
+    "sanity_images": d.EVAL_SANITY_IMAGES,
+    "examples": d.EVAL_EXAMPLES,
+    "out": d.EVAL_OUT,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,20 +65,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--images",
         type=int,
         metavar="N",
-        help=f"single-instance benchmark images (default {SINGLE_IMAGES}), or the first N of --data "
+        help=f"single-instance benchmark images (default {d.EVAL_SINGLE_IMAGES}), or the first N of --data "
         "(default all)",
     )
     parser.add_argument(
         "--multi-images",
         type=int,
-        default=MULTI_IMAGES,
         metavar="N",
-        help=f"multi-instance (2-4 copies) benchmark images (default {MULTI_IMAGES}; 0: none)",
+        help=f"multi-instance (2-4 copies) benchmark images (default {d.EVAL_MULTI_IMAGES}; 0: none)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="benchmark images and random baseline maps")
-    parser.add_argument("--fraction", type=float, default=0.25, help="top fraction of pixels (default 0.25)")
     parser.add_argument(
-        "--threshold", type=float, default=0.15, help="segment threshold, fraction of the max (default 0.15)"
+        "--seed", type=int, help="benchmark images and random baseline maps (default %(default)s)"
+    )
+    parser.add_argument("--fraction", type=float, help="top fraction of pixels (default %(default)s)")
+    parser.add_argument(
+        "--threshold", type=float, help="segment threshold, fraction of the max (default %(default)s)"
     )
     parser.add_argument(
         "--tolerance",
@@ -73,18 +87,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="pointing-game tolerance (default: 15 px at 224 px, scaled)",
     )
-    parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    parser.add_argument("--steps", type=int, help="deletion/insertion steps (default %(default)s)")
     parser.add_argument(
         "--fill",
         choices=("black", "mean"),
-        default="black",
-        help="what removed pixels become: black (the image x map of the papers) or the mean colour",
+        help="what removed pixels become: black (the image x map of the papers) or the mean colour "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--insertion-start",
         choices=("blur", "fill"),
-        default="blur",
-        help="insertion starts from a blurred image (RISE, default) or the fill",
+        help="insertion starts from a blurred image (RISE) or the fill (default %(default)s)",
     )
     parser.add_argument("--no-curves", action="store_true", help="skip deletion/insertion (the slowest part)")
     parser.add_argument(
@@ -93,9 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--sanity-images",
         type=int,
-        default=SANITY_IMAGES,
         metavar="N",
-        help=f"images for the randomisation sanity check (default {SANITY_IMAGES}; 0: skip it)",
+        help="images for the randomisation sanity check (default %(default)s; 0: skip it)",
     )
     parser.add_argument(
         "--sanity-weights", metavar="FILE", help="PyTorch weights of the exported model, for the sanity check"
@@ -105,11 +117,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=int, metavar="N", help="CPU threads for ONNX Runtime and torch (default: config)"
     )
     parser.add_argument(
-        "--examples", type=int, default=4, help="images of each subset in the figure grid (default 4)"
+        "--examples", type=int, help="images of each subset in the figure grid (default %(default)s)"
     )
     parser.add_argument("--no-figures", action="store_true", help="write no PNG figures")
-    parser.add_argument("--out", default="report", metavar="DIR", help="report folder (default: report/)")
-    parser.set_defaults(func=run)
+    parser.add_argument("--out", metavar="DIR", help="report folder (default: %(default)s/)")
+    parser.set_defaults(func=run, **FLAG_DEFAULTS)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -138,15 +150,15 @@ def command_line(args: argparse.Namespace) -> str:
         ("--data", args.data),
         ("--image-set", args.image_set),
         ("--images", args.images),
-        ("--multi-images", None if args.multi_images == MULTI_IMAGES else args.multi_images),
-        ("--seed", args.seed or None),
-        ("--fraction", None if args.fraction == 0.25 else args.fraction),
-        ("--threshold", None if args.threshold == 0.15 else args.threshold),
+        ("--multi-images", _changed(args, "multi_images")),
+        ("--seed", _changed(args, "seed")),
+        ("--fraction", _changed(args, "fraction")),
+        ("--threshold", _changed(args, "threshold")),
         ("--tolerance", args.tolerance),
-        ("--steps", None if args.steps == 16 else args.steps),
-        ("--fill", None if args.fill == "black" else args.fill),
-        ("--insertion-start", None if args.insertion_start == "blur" else args.insertion_start),
-        ("--sanity-images", None if args.sanity_images == SANITY_IMAGES else args.sanity_images),
+        ("--steps", _changed(args, "steps")),
+        ("--fill", _changed(args, "fill")),
+        ("--insertion-start", _changed(args, "insertion_start")),
+        ("--sanity-images", _changed(args, "sanity_images")),
         ("--sanity-weights", args.sanity_weights),
         ("--out", args.out),
     ):
@@ -157,6 +169,12 @@ def command_line(args: argparse.Namespace) -> str:
     switches = (("--no-curves", args.no_curves), ("--road", args.road), ("--no-figures", args.no_figures))
     words += [flag for flag, on in switches if on]
     return shlex.join(words)
+
+
+def _changed(args: argparse.Namespace, name: str) -> object:
+    """The flag's value when it differs from its default, else None (left out of the command line)."""
+    value = getattr(args, name)
+    return None if value == FLAG_DEFAULTS[name] else value
 
 
 def torch_model_for(explainer, weights: str | None):
@@ -248,7 +266,7 @@ def _evaluate(args: argparse.Namespace, config) -> int:
         subsets = [(data, args.images)]
         description = f"PASCAL-VOC folder {args.data} ({min(len(data), args.images or len(data))} images)"
     else:
-        single = SINGLE_IMAGES if args.images is None else args.images
+        single = d.EVAL_SINGLE_IMAGES if args.images is None else args.images
         subsets = []
         if single:
             subsets.append((BenchmarkData(single, seed=args.seed, size=size), None))

@@ -15,11 +15,12 @@ import argparse
 import os
 from pathlib import Path
 
+from camserve import defaults
+from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
 
 SAMPLE_IMAGES = 4  # built-in samples explained when no IMAGES are given with the default model
 SAMPLE_SEED = 2024
-DEFAULT_METHODS = ("gradcam", "gradcam++")  # camserve.explainer.DEFAULT_METHODS (not imported: torch)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,17 +60,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--grid", metavar="FILE.png", help="write one figure of images x methods (first target)"
     )
     parser.add_argument(
-        "--output-size", metavar="SIZE", help="'input' (default), 'feature' or HxW, e.g. 224x224"
+        "--output-size",
+        metavar="SIZE",
+        help=f"'input', 'feature' or HxW, e.g. 224x224 (default {defaults.OUTPUT_SIZE})",
     )
     parser.add_argument("--raw", action="store_true", help="do not min-max normalise the maps")
-    parser.add_argument("--smooth-n", type=int, metavar="N", help="Smooth Grad-CAM++ noisy copies")
     parser.add_argument(
-        "--smooth-sigma", type=float, metavar="S", help="Smooth Grad-CAM++ noise, fraction of range"
+        "--smooth-n",
+        type=int,
+        metavar="N",
+        help=f"Smooth Grad-CAM++ noisy copies, 1..{defaults.MAX_SMOOTH_N} (default {defaults.SMOOTH_N})",
+    )
+    parser.add_argument(
+        "--smooth-sigma",
+        type=float,
+        metavar="S",
+        help=f"Smooth Grad-CAM++ noise, fraction of range (default {defaults.SMOOTH_SIGMA})",
     )
     parser.add_argument(
         "--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels"
     )
-    parser.add_argument("--topk", type=int, metavar="K", help="predictions listed per image (default 5)")
+    parser.add_argument(
+        "--topk",
+        type=int,
+        metavar="K",
+        help=f"predictions listed per image (default {defaults.TOPK_PREDICTIONS})",
+    )
     parser.add_argument(
         "--list-methods", action="store_true", help="list the methods this model supports and exit"
     )
@@ -103,7 +119,7 @@ def add_remote_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """Configuration file (--config) and environment, then this command's flags."""
-    from camserve.config import CamserveConfig
+    from camserve.config import CamserveConfig, check_options
 
     flags = {
         "output_size": args.output_size,
@@ -114,7 +130,19 @@ def build_config(args: argparse.Namespace):
         "topk_predictions": args.topk,
     }
     explain = {name: value for name, value in flags.items() if value is not None}
-    return CamserveConfig.load(args.config, overrides={"explain": explain} if explain else None)
+    config = CamserveConfig.load(args.config, overrides={"explain": explain} if explain else None)
+    # Refused before any work, naming the flag when the value came from one.
+    check_options(config.explain, {name: _OPTION_FLAGS[name] for name in explain if name in _OPTION_FLAGS})
+    return config
+
+
+_OPTION_FLAGS = {
+    "output_size": "--output-size",
+    "smooth_n": "--smooth-n",
+    "smooth_sigma": "--smooth-sigma",
+    "score_top_n": "--score-top-n",
+    "topk_predictions": "--topk",
+}
 
 
 def build_explainer(args: argparse.Namespace, config):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
+from camserve import defaults
 from camserve.errors import InvalidArgumentError
 from camserve.eval import localisation as loc
 from camserve.eval import metrics as faith
@@ -82,21 +83,21 @@ class EvalSettings:
 
     methods: tuple[str, ...]
     baselines: tuple[str, ...] = BASELINE_NAMES
-    fraction: float = 0.25  # keep/remove top fraction, top-fraction box
-    threshold: float = 0.15  # largest-segment box: threshold x max (Grad-CAM)
+    fraction: float = defaults.EVAL_FRACTION  # keep/remove top fraction, top-fraction box
+    threshold: float = defaults.EVAL_THRESHOLD  # largest-segment box: threshold x max (Grad-CAM)
     iou_threshold: float = 0.5  # localisation error
     tolerance: float | None = None  # pointing game, px; None: 15 px at 224 px, scaled
     coverage_level: float = 0.5  # instance coverage: peak in the box >= level x the map's max
     coverage_contrast: float = 2.0  # ... and mean in the box > contrast x mean outside the boxes
-    steps: int = 16  # deletion/insertion steps
+    steps: int = defaults.EVAL_STEPS  # deletion/insertion steps
     curves: bool = True  # deletion/insertion (the costliest part: 2 x (steps + 1) runs per map)
     road: bool = False  # ROAD MoRF/LeRF (18 imputed images per map, each a conjugate-gradient solve)
-    fill: str = "black"  # removed pixels: "black" (pixels x map) or "mean" (normalised zero)
-    insertion_start: str = "blur"  # "blur" (RISE) or "fill"
+    fill: str = defaults.EVAL_FILL  # removed pixels: "black" (pixels x map) or "mean" (normalised zero)
+    insertion_start: str = defaults.EVAL_INSERTION_START  # "blur" (RISE) or "fill"
     blur_sigma: float | None = None  # None: max(H, W) / 16 px
     batch_size: int = 64  # images per explain run and perturbed images per forward run
-    seed: int = 0  # random baseline maps
-    examples: int = 4  # images of each subset kept for the figure grid
+    seed: int = defaults.EVAL_SEED  # random baseline maps
+    examples: int = defaults.EVAL_EXAMPLES  # images of each subset kept for the figure grid
 
     def check(self) -> None:
         if not self.methods:

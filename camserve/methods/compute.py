@@ -7,23 +7,19 @@ This is the tensor-level entry point (the Python API, the CLI and the service al
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from camserve import kernels
+from camserve import config, kernels
 from camserve.chunking import run_in_chunks
-from camserve.config import ExplainOptions, RuntimeConfig
+from camserve.config import ExplainOptions, RuntimeConfig, check_options
 from camserve.errors import InvalidArgumentError
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, get_method
 from camserve.methods.targets import parse_targets, resolve_targets
 from camserve.outputs import ExplainOutputs, GraphRunner
-
-MAX_OUTPUT_SIDE = 8192  # "HxW" output sizes beyond this are refused rather than allocated
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
 @dataclass
@@ -49,42 +45,17 @@ def parse_methods(methods: str | Sequence[str]) -> list[CamMethod]:
     return [get_method(name) for name in dict.fromkeys(names)]
 
 
-def check_options(options: ExplainOptions) -> None:
-    """InvalidArgumentError naming the field for options no method could honour."""
-    parse_output_size(options.output_size, input_size=(1, 1), feature_size=(1, 1))
-    if not options.eps >= 0:
-        raise InvalidArgumentError("options.eps", f"must be >= 0, got {options.eps}")
-    if options.smooth_n < 1:
-        raise InvalidArgumentError("options.smooth_n", f"must be >= 1, got {options.smooth_n}")
-    if not options.smooth_sigma >= 0:
-        raise InvalidArgumentError("options.smooth_sigma", f"must be >= 0, got {options.smooth_sigma}")
-    if options.score_top_n < 0:
-        raise InvalidArgumentError("options.score_top_n", f"must be >= 0 (0: all), got {options.score_top_n}")
-    if options.topk_predictions < 1:
-        raise InvalidArgumentError(
-            "options.topk_predictions", f"must be >= 1, got {options.topk_predictions}"
-        )
-
-
 def parse_output_size(
     output_size: str, input_size: tuple[int, int], feature_size: tuple[int, int]
 ) -> tuple[int, int]:
-    """ "input" -> the model's input H x W; "feature" -> the target layer's h x w; "HxW" -> (H, W)."""
-    if output_size == "input":
+    """ "input" -> the model's input H x W; "feature" -> the target layer's h x w; "HxW" -> (H, W)
+    (parsed and checked by ``camserve.config.parse_output_size``)."""
+    size = config.parse_output_size(output_size)
+    if size == "input":
         return input_size
-    if output_size == "feature":
+    if size == "feature":
         return feature_size
-    match = _SIZE.match(output_size) if isinstance(output_size, str) else None
-    if match is None:
-        raise InvalidArgumentError(
-            "options.output_size",
-            f"expected 'input', 'feature' or 'HxW' (e.g. '224x224'), got {output_size!r}",
-        )
-    size = int(match.group(1)), int(match.group(2))
-    if not all(1 <= side <= MAX_OUTPUT_SIDE for side in size):
-        raise InvalidArgumentError(
-            "options.output_size", f"each side must be in [1, {MAX_OUTPUT_SIDE}], got {output_size!r}"
-        )
+    assert isinstance(size, tuple)
     return size
 
 
@@ -105,7 +76,7 @@ def compute_maps(
     options = options or ExplainOptions()
     runtime = runtime or RuntimeConfig()
     method_objects = parse_methods(methods)
-    check_options(options)
+    options = check_options(options)
     if images.ndim != 4 or images.shape[0] == 0:
         raise InvalidArgumentError(
             "images", f"expected a non-empty [N,3,H,W] batch, got shape {list(images.shape)}"

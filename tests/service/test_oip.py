@@ -301,7 +301,12 @@ def bad_requests(pixels: np.ndarray) -> list[tuple[str, service_pb2.ModelInferRe
         ("unknown parameter", request(px, colour="red"), invalid, "parameters.colour: unknown parameter"),
         ("parameter type", request(px, smooth_n="many"), invalid, "parameters.smooth_n: expected an integer"),
         ("smooth_n", request(px, smooth_n=10**6), invalid, "parameters.smooth_n: must be in 1..256"),
-        ("output size", request(px, output_size="9x0"), invalid, "parameters.output_size: expected input"),
+        (
+            "output size",
+            request(px, output_size="9x0"),
+            invalid,
+            "parameters.output_size: width must be in 1..8192, got 0",
+        ),
         (
             "raw uint8",
             request(px, normalize=False, saliency_datatype="UINT8"),

@@ -1,0 +1,61 @@
+"""The one home of camserve's defaults and hard limits that more than one module reads.
+
+Torch-free and import-free so that the CLI's argument parsers, the gRPC codecs, the Python client and
+``camserve.config`` can all read it cheaply. Settings a user may change live in ``camserve.config``
+(whose dataclass fields take their values from here); everything else reads the config object.
+
+Default methods: ``("gradcam",)`` everywhere (Python API, CLI, client, both gRPC APIs). Before,
+the Python API, the CLI and the client defaulted to Grad-CAM + Grad-CAM++ while both gRPC APIs
+defaulted to Grad-CAM alone. Grad-CAM alone won: it is the method every CAM paper compares against,
+a service answer with the default methods stays half the size (answer bytes count against
+``service.max_message_bytes``), and the wire behaviour of existing service clients does not change.
+"""
+
+from __future__ import annotations
+
+#: Methods computed when a request or a call names none.
+DEFAULT_METHODS: tuple[str, ...] = ("gradcam",)
+
+#: "HxW" output sizes beyond this side are refused rather than allocated.
+MAX_OUTPUT_SIDE = 8192
+#: Smooth Grad-CAM++ noisy copies per image: more would let one request stall a model.
+MAX_SMOOTH_N = 256
+#: Echoed client strings (model names, request ids) are cut to this many characters in messages/logs.
+MAX_ECHO_CHARS = 128
+
+# -- [explain] ---------------------------------------------------------------------------------------
+OUTPUT_SIZE = "input"
+SMOOTH_N = 8
+SMOOTH_SIGMA = 0.15
+TOPK_PREDICTIONS = 5
+
+# -- [runtime] ---------------------------------------------------------------------------------------
+MAX_GRAPH_BATCH = 64
+
+# -- [service] ---------------------------------------------------------------------------------------
+PORT = 50051
+MAX_BATCH_SIZE = 16
+#: gRPC message limit of the server and of the Python client (requests and answers).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Admission limits: a request over any of them is refused before any work (docs/service.md).
+MAX_REQUEST_IMAGES = 256  # images in one request
+MAX_TARGETS_PER_IMAGE = 256  # targets (maps per method) of one image
+MAX_REQUEST_PIXELS = 100_000_000  # decoded pixels of one request's images (from their headers)
+MAX_IMAGE_WORK_BYTES = 256 * 1024 * 1024  # estimated working memory of one image in a batch
+MAX_REQUEST_GRAPH_RUNS = 65_536  # graph runs of one request (explain, noisy copies, Score-CAM, Ablation)
+# Memory bounds across requests (docs/service.md, "Limits"):
+DECODE_PIXEL_BUDGET = 50_000_000  # decoded image pixels all requests together hold at once
+STREAM_MAX_UNREAD = 4  # answers (finished or being computed) a stream holds before it stops reading
+
+# -- camserve eval (camserve.eval.evaluate.EvalSettings and the CLI's flags) ----------------------------
+EVAL_SINGLE_IMAGES = 200  # single-instance benchmark images
+EVAL_MULTI_IMAGES = 100  # multi-instance benchmark images
+EVAL_SANITY_IMAGES = 16  # images of the randomisation sanity check
+EVAL_FRACTION = 0.25  # keep/remove top fraction, top-fraction box
+EVAL_THRESHOLD = 0.15  # largest-segment box: threshold x max (Grad-CAM)
+EVAL_STEPS = 16  # deletion/insertion steps
+EVAL_FILL = "black"  # removed pixels: "black" (pixels x map) or "mean"
+EVAL_INSERTION_START = "blur"  # "blur" (RISE) or "fill"
+EVAL_SEED = 0
+EVAL_EXAMPLES = 4  # images of each subset in the figure grid
+EVAL_OUT = "report"

@@ -1,0 +1,146 @@
+"""Admission by cost: what a request will cost, computed from the request alone (counts, options and
+image headers; nothing decoded, nothing run), checked against the ``[service]`` limits before any work.
+
+The figures (docs/service.md, "Limits and the memory bound"):
+
+images        images in the request                                  <= service.max_request_images
+targets       targets of its largest image                           <= service.max_targets_per_image
+pixels        decoded pixels of all its images (from the headers)    <= service.max_request_pixels
+work_bytes    working memory of its costliest image in a batch       <= service.max_image_work_bytes
+graph_runs    graph runs (explain, noisy copies, Score-CAM, Ablation) <= service.max_request_graph_runs
+answer_bytes  the answer's size                                      <= service.max_message_bytes
+
+``work_bytes`` of one image (float32, 4 bytes a value; C x H x W the model input, K x h x w the target
+layer, T targets, M methods, S noisy copies, P output pixels, G guided methods):
+
+    4 x [ (1 + S) x (C·H·W + K·h·w + 2·T·K·h·w)      the explain run(s): input, A, G (parts + concatenation)
+          + 2 x T x M x P                           maps before and after resizing / normalising
+          + (G > 0) x 2·T·C·H·W + G x T·C·H·W ]     guided gradients and each guided method's colour map
+
+A batch holds at most ``service.max_batch_size`` images and a model runs one batch at a time, so the
+maps' working memory of a server is bounded by models x max_batch_size x max_image_work_bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from camserve.config import ExplainOptions, ServiceConfig, parse_output_size
+from camserve.errors import ResourceExhaustedError
+from camserve.methods.base import method_class
+from camserve.modeldir import Manifest
+
+FLOAT32 = 4
+#: Per map entry of an answer: method name, indices, shape and message framing (an upper bound).
+MAP_OVERHEAD_BYTES = 128
+#: PNG overlays: at most the raw RGB bytes plus zlib's worst-case overhead and the PNG chunks.
+PNG_OVERHEAD = 1.01
+
+
+@dataclass(frozen=True)
+class AnswerShape:
+    """What the answer holds besides its fixed parts, for its size."""
+
+    map_methods: tuple[str, ...]  # methods whose maps are sent
+    map_itemsize: int  # bytes per map value: 4 (float32), 2 (float16) or 1 (uint8)
+    rgb_methods: tuple[str, ...] = ()  # methods sent with their [T,3,H,W] float32 colour maps
+    overlay: bool = False  # one PNG [H,W,3] per map
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    images: int
+    targets: int  # of the image with the most
+    pixels: int  # decoded pixels of all images
+    work_bytes: int  # of the costliest image
+    graph_runs: int
+    answer_bytes: int
+
+
+def output_pixels(options: ExplainOptions, manifest: Manifest) -> int:
+    size = parse_output_size(options.output_size)
+    if size == "input":
+        return int(manifest.input_size[1]) * int(manifest.input_size[2])
+    if size == "feature":
+        return int(manifest.activation_shape[1]) * int(manifest.activation_shape[2])
+    assert isinstance(size, tuple)
+    return size[0] * size[1]
+
+
+def request_cost(
+    targets: Sequence[int],
+    pixels: int,
+    methods: Sequence[str],
+    options: ExplainOptions,
+    answer: AnswerShape,
+    manifest: Manifest,
+) -> RequestCost:
+    """The cost of a request whose images have ``targets[i]`` targets each and ``pixels`` decoded
+    pixels in all."""
+    count = len(targets)
+    most = max(targets, default=0)
+    input_values = math.prod(int(v) for v in manifest.input_size)
+    channels, height, width = (int(v) for v in manifest.activation_shape)
+    layer_values = channels * height * width
+    out = output_pixels(options, manifest)
+    classes = [method_class(m) for m in methods]
+    copies = max((cls().noisy_copies(options) for cls in classes), default=0)
+    guided = sum(1 for cls in classes if "guided" in cls.requires)
+    runs = 1 + copies
+    work = FLOAT32 * (
+        runs * (input_values + layer_values + 2 * most * layer_values)
+        + 2 * most * len(methods) * out
+        + (2 * most * input_values if guided else 0)
+        + guided * most * input_values
+    )
+    per_image_runs = runs + (1 if guided else 0)
+    for name in methods:
+        if name == "scorecam":
+            top_n = options.score_top_n
+            per_image_runs += top_n if 0 < top_n < channels else channels
+        elif name == "ablationcam":
+            per_image_runs += channels
+    fixed = FLOAT32 * len(manifest.class_names) + options.topk_predictions * 64
+    per_target = len(answer.map_methods) * (MAP_OVERHEAD_BYTES + out * answer.map_itemsize)
+    per_target += len(answer.rgb_methods) * FLOAT32 * input_values
+    if answer.overlay:
+        per_target += len(answer.map_methods) * math.ceil(input_values * PNG_OVERHEAD + 1024)
+    answer_bytes = sum(fixed + 8 * t + t * per_target for t in targets)
+    return RequestCost(count, most, pixels, work, count * per_image_runs, answer_bytes)
+
+
+def admit(cost: RequestCost, service: ServiceConfig) -> None:
+    """ResourceExhaustedError naming the first limit ``cost`` is over, and the request's figure."""
+    checks = (
+        ("images", cost.images, "max_request_images", "send fewer images per request"),
+        ("targets of one image", cost.targets, "max_targets_per_image", "ask for fewer targets"),
+        ("decoded pixels", cost.pixels, "max_request_pixels", "send smaller or fewer images"),
+        (
+            "working memory of one image",
+            cost.work_bytes,
+            "max_image_work_bytes",
+            "ask for fewer targets, fewer noisy copies (smooth_n) or a smaller output size",
+        ),
+        ("graph runs", cost.graph_runs, "max_request_graph_runs", "send fewer images or cheaper methods"),
+        (
+            "answer size",
+            cost.answer_bytes,
+            "max_message_bytes",
+            "ask for fewer targets or methods, a smaller output size or uint8 maps",
+        ),
+    )
+    for what, figure, limit_name, advice in checks:
+        limit = getattr(service, limit_name)
+        if figure > limit:
+            raise ResourceExhaustedError(
+                f"request refused before any work: its {what} is {_figure(figure, limit_name)}, over "
+                f"service.{limit_name} = {_figure(limit, limit_name)}; {advice}"
+            )
+
+
+def _figure(value: int, limit_name: str) -> str:
+    if not limit_name.endswith("_bytes") or value < 1024 * 1024:
+        return f"{value}" if not limit_name.endswith("_bytes") else f"{value} bytes"
+    return f"{value} bytes ({value / 2**20:.1f} MiB)"

@@ -1,0 +1,275 @@
+"""The one request path of both gRPC APIs (kserve's DataPlane under thin servicers).
+
+A front door (``servicer.py`` for camserve.v1, ``oip.py`` for the Open Inference Protocol) only
+translates: its codec turns the wire message into a :class:`ServiceRequest` (checked with the
+validators of ``camserve.config``; images not decoded yet) and the results back into its answer.
+Everything else happens here, once for both:
+
+model lookup -> draining -> decode into a ServiceRequest -> admission by cost (``admission.py``, before
+any image is decoded or any graph runs) -> decoding -> the model's batcher -> the answer; plus the
+in-flight count that shutdown waits for, the status mapping (``errors.status_for``) and one log line
+per request on ``camserve.service.requests`` (model, images, methods, queue / compute / total ms,
+batch size, status) with the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import grpc
+import numpy as np
+
+from camserve.config import CamserveConfig, ExplainOptions, check_service_limits
+from camserve.defaults import MAX_ECHO_CHARS
+from camserve.errors import NotFoundError
+from camserve.service import metrics
+from camserve.service.admission import AnswerShape, RequestCost, admit, request_cost
+from camserve.service.batcher import Completed
+from camserve.service.errors import MAX_STATUS_CHARS, UnavailableError, clip, status_for
+from camserve.service.models import ModelRegistry, ServedModel
+from camserve.service.runner import ImageResult, ImageWork, batch_key
+
+request_log = logging.getLogger("camserve.service.requests")
+DEADLINE_SLACK_S = 0.05
+_PLAIN = re.compile(r"^[A-Za-z0-9._,+:/@-]{1,200}$")
+
+Response = TypeVar("Response")
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """One image of a request before decoding: its targets, its decoded size and how to decode it."""
+
+    targets: tuple[int, ...]
+    pixels: int  # decoded pixels (read from the header for encoded images)
+    load: Callable[[], np.ndarray]  # -> float32 [3,H,W], preprocessed as the model expects
+
+
+@dataclass(frozen=True)
+class ServiceRequest:
+    """The one internal request both front doors decode into."""
+
+    images: list[PendingImage]
+    methods: tuple[str, ...]
+    options: ExplainOptions
+    answer: AnswerShape
+    wire: Any = None  # what the front door needs to write its answer (its codec's own type)
+    timeout_s: float | None = None  # a deadline the request itself asks for (OIP's "timeout")
+
+    def cost(self, model: ServedModel) -> RequestCost:
+        return request_cost(
+            [len(image.targets) for image in self.images],
+            sum(image.pixels for image in self.images),
+            self.methods,
+            self.options,
+            self.answer,
+            model.manifest,
+        )
+
+    def decode(self) -> list[ImageWork]:
+        return [ImageWork(image.load(), image.targets, self.methods) for image in self.images]
+
+
+Decode = Callable[[ServedModel, ExplainOptions], ServiceRequest]
+Encode = Callable[[ServedModel, ServiceRequest, list[ImageWork], list[ImageResult]], Response]
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[Response]):
+    """A request's answer, or None with the status code and message of its failure."""
+
+    response: Response | None
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+
+
+@dataclass
+class RequestRecord:
+    """What the request log line says about one request."""
+
+    id: str
+    model: str
+    kind: str  # the log line's first word: "explain" (camserve.v1) or "infer" (inference.*)
+    images: int = 0
+    methods: str = ""
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    batch_size: int = 0
+    started: float = field(default_factory=time.monotonic)
+    # The request's methods once checked against the model (metric labels; never raw client strings).
+    method_labels: tuple[str, ...] = ()
+
+    def log(self, code: grpc.StatusCode, served: bool, error: str = "") -> None:
+        total_ms = (time.monotonic() - self.started) * 1e3
+        request_log.info(
+            "%s id=%s model=%s images=%d methods=%s queue_ms=%.2f compute_ms=%.2f batch_size=%d "
+            "total_ms=%.2f status=%s%s",
+            self.kind,
+            _logfmt(self.id),
+            _logfmt(self.model),
+            self.images,
+            _logfmt(self.methods),
+            self.queue_ms,
+            self.compute_ms,
+            self.batch_size,
+            total_ms,
+            code.name,
+            f" error={_logfmt(error, MAX_STATUS_CHARS)}" if error else "",
+        )
+        label = self.model if served else "unknown"
+        metrics.REQUESTS.labels(label, code.name).inc()
+        if code is grpc.StatusCode.OK:
+            metrics.IMAGES.labels(label).inc(self.images)
+            metrics.REQUEST_SECONDS.labels(label).observe(total_ms / 1e3)
+            metrics.QUEUE_SECONDS.labels(label).observe(self.queue_ms / 1e3)
+            metrics.BATCH_SIZE.labels(label).observe(self.batch_size)
+        metrics.observe_request(label, self.method_labels, code.name, self.images, self.queue_ms, total_ms)
+
+
+def _logfmt(value: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """A logfmt value: bare when it is plain, else JSON-quoted (client strings cannot break the line)."""
+    if not value:
+        return "-"
+    value = clip(value, limit)  # a 1 MiB request id must not make a 1 MiB log line
+    return value if _PLAIN.match(value) else json.dumps(value)
+
+
+class DataPlane:
+    """Models, defaults, limits, draining and the in-flight count shared by every front door."""
+
+    def __init__(self, models: ModelRegistry, config: CamserveConfig) -> None:
+        check_service_limits(config.service)
+        self.models = models
+        self.config = config
+        self.defaults = config.explain
+        self.draining = False  # set on shutdown: new requests get UNAVAILABLE
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining
+
+    def model(self, name: str) -> ServedModel:
+        """The served model ``name``; NotFoundError (the name cut to a readable length) otherwise."""
+        if len(name) > MAX_ECHO_CHARS:  # longer than any servable name: never echo it whole
+            raise NotFoundError(
+                f"model {clip(name)!r} is not served here (served: {', '.join(self.models.names)})"
+            )
+        return self.models.get(name)
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in progress."""
+        await self._idle.wait()
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count a request as in progress while the block runs, so that shutdown waits for it."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def handle(
+        self,
+        kind: str,
+        request_id: str,
+        model_name: str,
+        decode: Decode,
+        encode: Encode[Response],
+        time_remaining: float | None,
+        encode_in_thread: Callable[[ServiceRequest], bool] = lambda request: False,
+    ) -> Outcome[Response]:
+        """One request from start to answer: the answer, or the failure's status; logs the request."""
+        record = RequestRecord(request_id, model_name, kind)
+        served = False
+        with self.in_flight():
+            try:
+                model = self.model(model_name)
+                served = True
+                response = await self._handle(model, decode, encode, time_remaining, record, encode_in_thread)
+            except asyncio.CancelledError:
+                # gRPC cancels the handler both when the client cancels and when the deadline passes
+                # (its timer may fire a little before this clock says so).
+                elapsed = time.monotonic() - record.started
+                expired = time_remaining is not None and elapsed >= time_remaining - DEADLINE_SLACK_S
+                record.log(
+                    grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED, served
+                )
+                raise
+            except Exception as exc:
+                code, message = status_for(exc)
+                record.log(code, served, message)
+                return Outcome(None, code, message)
+        record.log(grpc.StatusCode.OK, served)
+        return Outcome(response)
+
+    async def _handle(
+        self,
+        model: ServedModel,
+        decode: Decode,
+        encode: Encode[Response],
+        time_remaining: float | None,
+        record: RequestRecord,
+        encode_in_thread: Callable[[ServiceRequest], bool],
+    ) -> Response:
+        if self.draining:
+            raise UnavailableError("server is shutting down; retry on another replica")
+        started = time.monotonic()
+        # Checking a request reads image headers and tensors: off the event loop.
+        request = await asyncio.to_thread(decode, model, self.defaults)
+        record.images = len(request.images)
+        record.methods = ",".join(request.methods)
+        record.method_labels = request.methods
+        admit(request.cost(model), self.config.service)
+        limits = [s for s in (time_remaining, request.timeout_s) if s is not None]
+        deadline = started + min(limits) if limits else None
+        works = await asyncio.to_thread(request.decode)  # PNG/JPEG decoding takes real time
+        completed = await run_works(model, works, request.options, deadline, record)
+        results = [c.value for c in completed]
+        if encode_in_thread(request):
+            return await asyncio.to_thread(encode, model, request, works, results)
+        return encode(model, request, works, results)
+
+
+async def run_works(
+    model: ServedModel,
+    works: Sequence[ImageWork],
+    options: ExplainOptions,
+    deadline: float | None,
+    record: RequestRecord,
+) -> list[Completed[ImageResult]]:
+    """Queue one request's images on the model's batcher and wait for all of them (one result per
+    work, in order); fills the record's queue, compute and batch figures."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, work in enumerate(works):
+        groups[batch_key(work, options)].append(i)
+    futures: dict[int, asyncio.Future[Completed[ImageResult]]] = {}
+    try:
+        for key, indices in groups.items():
+            submitted = model.batcher.submit(key, [works[i] for i in indices], deadline)
+            futures.update(zip(indices, submitted, strict=True))
+        completed = await asyncio.gather(*(futures[i] for i in range(len(works))))
+    except BaseException:
+        # A full queue for one group, a failed image or a cancelled call: drop the rest of it.
+        for future in futures.values():
+            future.cancel()
+        raise
+    record.queue_ms = max(c.stats.queue_ms for c in completed)
+    record.compute_ms = max(c.stats.compute_ms for c in completed)
+    record.batch_size = max(c.stats.batch_size for c in completed)
+    return completed
