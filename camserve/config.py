@@ -107,7 +107,7 @@ def parse_output_size(text: object, field: str = "options.output_size") -> Outpu
     match = _SIZE.match(text) if isinstance(text, str) else None
     if match is None:
         raise InvalidArgumentError(
-            field, f"expected 'input', 'feature' or 'HxW' (e.g. '224x224'), got {echo(repr(text))}"
+            field, f"expected 'input', 'feature' or 'HxW' (e.g. '224x224'), got {clip(repr(text))}"
         )
     height, width = int(match.group(1)), int(match.group(2))
     return check_output_side(height, field, "height"), check_output_side(width, field, "width")
@@ -188,15 +188,15 @@ def check_methods(
     methods: list[str] = []
     for field_name, name in named:
         if not isinstance(name, str) or not name:
-            raise InvalidArgumentError(field_name, f"expected a method name, got {echo(repr(name))}")
+            raise InvalidArgumentError(field_name, f"expected a method name, got {clip(repr(name))}")
         if name not in supported:
             reason = why(name) if why is not None else None
             raise UnsupportedError(
-                f"{field_name}: {echo(repr(name))} "
+                f"{field_name}: {clip(repr(name))} "
                 + (
-                    f"cannot run on model {echo(repr(model))}: {reason}"
+                    f"cannot run on model {clip(repr(model))}: {reason}"
                     if reason
-                    else f"is not supported by model {echo(repr(model))}"
+                    else f"is not supported by model {clip(repr(model))}"
                 )
                 + f" (supported: {', '.join(supported)})"
             )
@@ -205,11 +205,10 @@ def check_methods(
     return tuple(methods) or defaults.DEFAULT_METHODS
 
 
-def echo(text: str, limit: int = defaults.MAX_ECHO_CHARS) -> str:
-    """A client string as messages and logs repeat it: at most ``limit`` characters, the cut said."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}...({len(text)} characters)"
+def clip(text: str, limit: int = defaults.MAX_ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (saying how much was cut), for echoing client strings in
+    messages and logs."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more characters)"
 
 
 def check_service_limits(service: ServiceConfig) -> None:

@@ -11,7 +11,7 @@ import logging
 
 import grpc
 
-from camserve.defaults import MAX_ECHO_CHARS
+from camserve.config import clip as clip  # re-exported: the service's modules cut echoed strings with it
 from camserve.errors import CamserveError
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,6 @@ class UnavailableError(CamserveError):
 #: Status messages travel in a metadata header (grpc-message); longer ones are cut so that a message
 #: echoing a huge client string can never exceed the peer's metadata limit.
 MAX_STATUS_CHARS = 2000
-
-
-def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
-    """``text`` cut to ``limit`` characters (saying how much was cut), for echoing client strings."""
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more characters)"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
