@@ -39,7 +39,7 @@ func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
 type args struct {
 	server, model, dtype, outDir, format, jsonOut, tokenFile, tensor, shape string
 	methods, targets                                                        repeated
-	timeout                                                                 time.Duration
+	timeout                                                                 float64
 	listModels, info                                                        bool
 	opts                                                                    camserve.Options
 	images                                                                  []string
@@ -66,7 +66,7 @@ func parseArgs(argv []string) (*args, error) {
 	flags.StringVar(&a.shape, "shape", "", "shape of -tensor, e.g. 3,64,64")
 	flags.BoolVar(&a.listModels, "list-models", false, "print the server's models as JSON and exit")
 	flags.BoolVar(&a.info, "info", false, "print the model's description (GetModel) as JSON and exit")
-	flags.DurationVar(&a.timeout, "timeout", 60*time.Second, "deadline of the whole run")
+	flags.Float64Var(&a.timeout, "timeout", 60, "deadline of the whole run, in seconds")
 	flags.BoolVar(&a.opts.TLS, "tls", false, "speak TLS (implied by the certificate flags)")
 	flags.StringVar(&a.opts.CAFile, "ca-file", "", "PEM CA that verifies the server")
 	flags.StringVar(&a.opts.CertFile, "client-cert", "", "PEM client certificate (mTLS)")
@@ -90,6 +90,8 @@ func parseArgs(argv []string) (*args, error) {
 		return nil, usageError{"give image files or -tensor, not both"}
 	case !a.listModels && !a.info && a.tensor == "" && len(a.images) == 0:
 		return nil, usageError{"no image given"}
+	case !(a.timeout > 0):
+		return nil, usageError{fmt.Sprintf("-timeout %v: expected a positive number of seconds", a.timeout)}
 	}
 	if len(a.methods) == 0 {
 		a.methods = repeated{"gradcam"}
@@ -302,7 +304,7 @@ func run(argv []string) error {
 		return err
 	}
 	defer client.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(a.timeout*float64(time.Second)))
 	defer cancel()
 
 	if a.listModels {
