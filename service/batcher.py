@@ -3,9 +3,10 @@ a runner function, which runs in a worker thread so the event loop stays respons
 
 The batcher knows nothing about what it runs. Each item has a hashable ``key``; only items with equal
 keys share a batch, and the runner gets the key with the payloads. A batch starts as soon as it holds
-``max_batch_size`` items, or when its oldest item has waited ``max_queue_delay_ms``. Items whose deadline
-passed or whose future was cancelled are dropped before they run. When a batch fails, its items run
-again one by one so that one bad item fails alone.
+``max_batch_size`` items, or as many as the previous batch had (a lone client's requests do not wait
+for company that never comes; the first batch expects a full one), or when its oldest item has waited
+``max_queue_delay_ms``. Items whose deadline passed or whose future was cancelled are dropped before
+they run. When a batch fails, its items run again one by one so that one bad item fails alone.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class DynamicBatcher(Generic[P, R]):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Items worth waiting for: as many as the last batch had (the load seen lately), so a lone
+        # client's request runs at once instead of waiting max_queue_delay_ms for company.
+        self._expected_batch = max_batch_size
 
     @property
     def queued(self) -> int:
@@ -176,8 +180,10 @@ class DynamicBatcher(Generic[P, R]):
             key = min(self._queues, key=lambda k: self._queues[k][0].enqueued_at)
             queue = self._queues[key]
             wait_s = queue[0].enqueued_at + self.max_queue_delay_s - time.monotonic()
-            if len(queue) >= self.max_batch_size or self._closing or wait_s <= 0:
-                return key, self._take(key)
+            if len(queue) >= self._expected_batch or self._closing or wait_s <= 0:
+                items = self._take(key)
+                self._expected_batch = max(1, len(items))
+                return key, items
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), wait_s)
