@@ -37,7 +37,9 @@ def preprocess(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> torch.Tensor:
-    """Images in any accepted form -> float32 [N,3,H,W] on the CPU, normalised as the model expects.
+    """Images in any accepted form -> float32 [N,3,H,W], normalised as the model expects: on the GPU
+    when any item is a CUDA tensor (CUDA tensors are preprocessed where they are, never copied to
+    the host and back; other items join them there), else on the CPU.
 
     input_size is the manifest's [3, H, W]. Raises InvalidArgumentError("images[i]", ...) naming
     the offending item (NotFoundError for a missing file); never returns an empty batch.
@@ -58,7 +60,8 @@ def preprocess(
                 f"got {list(batch.shape)}",
             )
         batches.append(batch)
-    batch = torch.cat(batches)
+    device = next((b.device for b in batches if b.device.type != "cpu"), torch.device("cpu"))
+    batch = torch.cat([b.to(device) for b in batches])
     if batch.shape[0] == 0:
         raise InvalidArgumentError("images", "no images given (empty batch)")
     finite = torch.isfinite(batch).flatten(1).all(dim=1)
@@ -95,13 +98,14 @@ def _one_item(
             return _preprocessed(torch.from_numpy(_load_npy(path, name)), name)
         return _pixels(_read_image(path, name), name, size, mean, std)
     if isinstance(item, Image.Image):
-        return _pixels(torch.from_numpy(np.asarray(item.convert("RGB")).copy()), name, size, mean, std)
+        rgb = item if item.mode == "RGB" else item.convert("RGB")
+        return _pixels(torch.from_numpy(np.array(rgb)), name, size, mean, std)  # one writable copy
     if isinstance(item, np.ndarray):
         contiguous = np.ascontiguousarray(item)
         # torch wants writable memory (e.g. np.asarray(PIL image) is read-only)
         item = torch.from_numpy(contiguous if contiguous.flags.writeable else contiguous.copy())
     if isinstance(item, torch.Tensor):
-        tensor = item.detach().cpu()
+        tensor = item.detach()
         if tensor.dtype == torch.uint8:
             return _pixels(tensor, name, size, mean, std)
         if tensor.dtype == torch.float32:
@@ -143,7 +147,7 @@ def _pixels(
         )
     if pixels.shape[1] == 0 or pixels.shape[2] == 0:
         raise InvalidArgumentError(name, f"the image is empty (shape {list(pixels.shape)})")
-    unit = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    unit = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)  # in place: big images stay ~half
     if tuple(unit.shape[-2:]) != size:
         unit = F.interpolate(unit, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(
             0, 1

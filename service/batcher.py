@@ -2,7 +2,9 @@
 a runner function, which runs in a worker thread so the event loop stays responsive.
 
 The batcher knows nothing about what it runs. Each item has a hashable ``key``; only items with equal
-keys share a batch, and the runner gets the key with the payloads. A batch starts as soon as it holds
+keys share a batch, and the runner gets the key with the payloads and a ``stop()`` check that turns
+True once none of the batch's items is wanted any more (all cancelled or past their deadline): the
+runner asks it between its steps so abandoned work stops early. A batch starts as soon as it holds
 ``max_batch_size`` items, or as many as the previous batch had (a lone client's requests do not wait
 for company that never comes; the first batch expects a full one), or when its oldest item has waited
 ``max_queue_delay_ms``. Items whose deadline passed or whose future was cancelled are dropped before
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from camserve.errors import InvalidArgumentError, ResourceExhaustedError
+from camserve.service.cancellation import StopCheck
 from camserve.service.errors import DeadlineExceededError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -28,9 +31,9 @@ log = logging.getLogger(__name__)
 P = TypeVar("P")
 R = TypeVar("R")
 
-#: Runs one batch: ``runner(key, payloads)`` returns one result per payload, in order. Called in the
-#: batcher's worker thread.
-BatchRunner = Callable[[Hashable, list[P]], Sequence[R]]
+#: Runs one batch: ``runner(key, payloads, stop)`` returns one result per payload, in order. Called in
+#: the batcher's worker thread; ``stop()`` (see the module docstring) may be called from it at any time.
+BatchRunner = Callable[[Hashable, list[P], StopCheck], Sequence[R]]
 
 
 @dataclass(frozen=True)
@@ -215,11 +218,17 @@ class DynamicBatcher(Generic[P, R]):
         started = time.monotonic()
         try:
             results = await loop.run_in_executor(
-                self._executor, self._runner, key, [i.payload for i in items]
+                self._executor, self._runner, key, [i.payload for i in items], _stop_check(items)
             )
             if len(results) != len(items):
                 raise RuntimeError(f"runner returned {len(results)} results for {len(items)} items")
         except Exception as exc:
+            if all(_abandoned(item) for item in items):
+                log.info("%s: batch of %d stopped: nobody waits for it any more", self.name, len(items))
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
             if len(items) == 1:
                 if not items[0].future.done():
                     items[0].future.set_exception(exc)
@@ -246,3 +255,14 @@ class DynamicBatcher(Generic[P, R]):
             if not item.future.done():
                 stats = BatchStats((started - item.enqueued_at) * 1e3, compute_ms, len(items))
                 item.future.set_result(Completed(result, stats))
+
+
+def _abandoned(item: _Item[P, R]) -> bool:
+    """Nobody waits for the item's result: its future is done (cancelled) or its deadline passed."""
+    return item.future.done() or (item.deadline is not None and time.monotonic() >= item.deadline)
+
+
+def _stop_check(items: list[_Item[P, R]]) -> StopCheck:
+    """The runner's ``stop()``: True once every item of the batch is abandoned. Reads only a future's
+    state and the clock, so it is safe to call from the worker thread."""
+    return lambda: all(_abandoned(item) for item in items)

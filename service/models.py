@@ -6,29 +6,36 @@ table built here, never joined to a path, so a request cannot reach outside the 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from camserve.config import CamserveConfig, ServiceConfig
-from camserve.errors import InvalidArgumentError, NotFoundError
+from camserve.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from camserve.explainer import Explainer
 from camserve.images import preprocess
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
 from camserve.service import metrics
 from camserve.service.batcher import DynamicBatcher
+from camserve.service.cancellation import check_request_alive
+from camserve.service.errors import clip
 from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 
 log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_IMAGE_PIXELS = 50_000_000  # decoded size limit: a small file must not expand into gigabytes
+#: How often a decode waiting for its pixel budget looks at its request's deadline.
+_BUDGET_POLL_S = 0.05
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 ExplainerFactory = Callable[[ModelDirectory, CamserveConfig], Explainer]
@@ -61,11 +68,72 @@ def discover_models(root: str | Path) -> dict[str, Path]:
     return found
 
 
+#: glibc's mallopt parameter, and the size from which freed blocks go straight back to the system.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_freed_buffers_to_the_system() -> bool:
+    """Make glibc serve allocations of 1 MiB and more with mmap, so that a decoded image's buffers
+    leave the process when freed. Otherwise glibc raises that threshold after each big free and keeps
+    freed buffers in per-thread arenas: decodes one after another on different worker threads would
+    each leave their image behind, and the pixel budget would bound the work but not the RSS.
+    False (and nothing changed) where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
+class PixelBudget:
+    """Decoded pixels that all requests together may hold at once (``service.decode_pixel_budget``).
+
+    Decoding an image costs about 20 bytes per pixel until it is resized to the model's input (the
+    RGB image, its float copy, the antialiased resize), however small the file: decodes wait for their
+    share, so concurrent requests cannot add up to more than the budget. A waiting decode gives up as
+    soon as its request is over (deadline or cancellation).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise InvalidArgumentError("service.decode_pixel_budget", f"must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._free = capacity
+        self._changed = threading.Condition()
+
+    @property
+    def in_use(self) -> int:
+        return self.capacity - self._free
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, field: str) -> Iterator[None]:
+        """Hold ``pixels`` of the budget while the block runs (waits for them; raises
+        ResourceExhaustedError naming ``field`` when they can never fit)."""
+        if pixels > self.capacity:
+            raise ResourceExhaustedError(
+                f"{field}: decoding takes {pixels} pixels but the server decodes at most "
+                f"{self.capacity} at once (service.decode_pixel_budget); send a smaller image"
+            )
+        with self._changed:
+            while self._free < pixels:
+                check_request_alive(f"the wait to decode {field}")
+                self._changed.wait(_BUDGET_POLL_S)
+            self._free -= pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += pixels
+                self._changed.notify_all()
+
+
 @dataclass
 class ServedModel:
     name: str
     explainer: Explainer
     batcher: DynamicBatcher[ImageWork, ImageResult]
+    pixel_budget: PixelBudget = field(default_factory=lambda: PixelBudget(MAX_IMAGE_PIXELS))
 
     @property
     def manifest(self) -> Manifest:
@@ -78,12 +146,24 @@ class ServedModel:
     def preprocess_encoded(self, data: bytes, field: str) -> np.ndarray:
         """PNG/JPEG bytes -> float32 [3,H,W], resized and normalised as the manifest says (the same
         preprocessing as the in-process Explainer)."""
-        m = self.manifest
-        return preprocess(decode_image(data, field), m.input_size, m.mean, m.std)[0].numpy()
+        check_request_alive(f"decoding {field}")
+        image = open_image(data, field)
+        width, height = image.size
+        with self.pixel_budget.hold(width * height, field):
+            m = self.manifest
+            return preprocess(decode_image(image, field), m.input_size, m.mean, m.std)[0].numpy()
+
+    def preprocess_pixels(self, pixels: np.ndarray, field: str) -> list[np.ndarray]:
+        """uint8 RGB pixels [N,H,W,3] -> float32 [3,H,W] per image, within the pixel budget."""
+        check_request_alive(f"preprocessing {field}")
+        with self.pixel_budget.hold(int(pixels.shape[0] * pixels.shape[1] * pixels.shape[2]), field):
+            m = self.manifest
+            return list(preprocess(np.ascontiguousarray(pixels), m.input_size, m.mean, m.std).numpy())
 
 
-def decode_image(data: bytes, field: str) -> Image.Image:
-    """Encoded image bytes -> an RGB PIL image; InvalidArgumentError naming ``field`` otherwise."""
+def open_image(data: bytes, field: str) -> Image.Image:
+    """Encoded image bytes -> a PIL image whose header only is read; InvalidArgumentError naming
+    ``field`` for unknown formats and images above MAX_IMAGE_PIXELS (before any pixel is decoded)."""
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
     except UnidentifiedImageError:
@@ -96,6 +176,13 @@ def decode_image(data: bytes, field: str) -> Image.Image:
         raise InvalidArgumentError(
             field, f"image is {width}x{height}; at most {MAX_IMAGE_PIXELS} pixels are decoded"
         )
+    return image
+
+
+def decode_image(data: bytes | Image.Image, field: str) -> Image.Image:
+    """Encoded image bytes (or an image from ``open_image``) -> an RGB PIL image; InvalidArgumentError
+    naming ``field`` otherwise."""
+    image = open_image(data, field) if isinstance(data, bytes) else data
     try:
         return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -116,10 +203,12 @@ class ModelRegistry:
         explainer_factory: ExplainerFactory | None = None,
     ) -> ModelRegistry:
         make = explainer_factory or (lambda directory, cfg: Explainer(directory, config=cfg))
+        budget = PixelBudget(config.service.decode_pixel_budget)  # one budget for the whole server
         models = {}
         for name, path in directories.items():
             explainer = make(ModelDirectory(path), config)
-            models[name] = ServedModel(name, explainer, make_batcher(name, explainer, config.service))
+            batcher = make_batcher(name, explainer, config.service)
+            models[name] = ServedModel(name, explainer, batcher, budget)
             log.info("model %s loaded from %s", name, path)
         return cls(models)
 
@@ -130,7 +219,7 @@ class ModelRegistry:
             return self._models[name]
         except KeyError:
             raise NotFoundError(
-                f"model {name!r} is not served here (served: {', '.join(self._models)})"
+                f"model {clip(name)!r} is not served here (served: {', '.join(self._models)})"
             ) from None
 
     def __iter__(self) -> Iterator[ServedModel]:

@@ -5,6 +5,9 @@ Items share a batch when their ``BatchKey`` is equal: same number of targets, sa
 same set of methods that cost extra runs (Score-CAM, Ablation-CAM, Smooth Grad-CAM++...). Methods that
 only read the shared explain run (Grad-CAM, Grad-CAM++, Layer-CAM...) are not part of the key: the
 batch computes the union of its items' cheap methods, and each item keeps the maps it asked for.
+
+Before every graph run (each chunk of the explain run, each Score-CAM / Ablation-CAM / noisy-copy run)
+the batch's ``stop()`` is asked: once nobody waits for the batch, the rest of its runs are skipped.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +23,9 @@ import torch
 from camserve.config import ExplainOptions
 from camserve.explainer import Explainer
 from camserve.methods.base import method_class
+from camserve.outputs import ExplainOutputs, GraphRunner
 from camserve.result import Prediction
+from camserve.service.cancellation import RequestCancelledError, StopCheck
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +69,57 @@ def batch_key(work: ImageWork, options: ExplainOptions) -> BatchKey:
     return BatchKey(len(work.targets), costly, options)
 
 
+class StopCheckingGraphRunner:
+    """A GraphRunner that asks ``stop`` before every graph run and raises instead of running."""
+
+    def __init__(self, graphs: GraphRunner) -> None:
+        self.graphs = graphs
+        self.stop: StopCheck = lambda: False
+
+    def _check(self, graph: str) -> None:
+        if self.stop():
+            raise RequestCancelledError(f"{graph} run skipped: no request waits for this batch any more")
+
+    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
+        self._check("explain")
+        return self.graphs.explain(images, targets)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self._check("forward")
+        return self.graphs.forward(images)
+
+    def head(self, activations: torch.Tensor, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        self._check("head")
+        return self.graphs.head(activations, extra_tokens)
+
+    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self._check("guided")
+        return self.graphs.guided(images, targets)
+
+    def __getattr__(self, name: str) -> Any:  # anything else a runner offers (device, providers...)
+        return getattr(self.graphs, name)
+
+
 class ExplainBatchRunner:
-    """``runner(key, works)`` for the DynamicBatcher: one Explainer run for the whole batch."""
+    """``runner(key, works, stop)`` for the DynamicBatcher: one Explainer run for the whole batch.
+
+    The explainer's graphs are wrapped once in a StopCheckingGraphRunner; batches of one model run one
+    after another in the batcher's thread, so the wrapper holds the running batch's ``stop``.
+    """
 
     def __init__(self, explainer: Explainer) -> None:
         self.explainer = explainer
+        self._graphs = StopCheckingGraphRunner(explainer.runner)
+        explainer.runner = self._graphs
 
-    def __call__(self, key: BatchKey, works: list[ImageWork]) -> Sequence[ImageResult]:
+    def __call__(self, key: BatchKey, works: list[ImageWork], stop: StopCheck) -> Sequence[ImageResult]:
         # Smooth Grad-CAM++'s noise is the same for every image of a batch, so coalescing requests
         # never changes an image's maps.
-        return self._run(works, key.options)
+        self._graphs.stop = stop
+        try:
+            return self._run(works, key.options)
+        finally:
+            self._graphs.stop = lambda: False
 
     def _run(self, works: list[ImageWork], options: ExplainOptions) -> list[ImageResult]:
         methods: list[str] = []

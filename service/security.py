@@ -6,12 +6,19 @@ Both are off by default (the server listens on 127.0.0.1). With ``service.tls_ce
 certificate signed by that CA (mTLS). With ``service.auth_token`` or ``service.auth_token_file`` every
 call must carry ``authorization: Bearer <token>`` metadata, except the gRPC health service (container
 and load-balancer probes carry no token; it reveals only serving status).
+
+Wrong tokens are rate-limited per peer address (``FailedAuthLimiter``): after
+``AUTH_FAILURE_BURST`` wrong tokens, an address gets one more try per ``AUTH_FAILURE_INTERVAL_S``;
+until then every call from it that needs a token is refused with RESOURCE_EXHAUSTED without looking
+at the token (also the right one: otherwise guessing would go on at full speed).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,7 @@ import grpc
 from camserve.config import ServiceConfig
 from camserve.errors import InvalidArgumentError, NotFoundError
 from camserve.service import metrics
+from camserve.service.interceptors import peer_host, with_precheck
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,10 @@ BEARER = "bearer "
 #: Methods under these prefixes need no token.
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
 _LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
+#: Wrong tokens one peer address may send at full speed; then one more per AUTH_FAILURE_INTERVAL_S.
+AUTH_FAILURE_BURST = 10
+AUTH_FAILURE_INTERVAL_S = 1.0
+_TRACKED_PEERS = 4096  # addresses remembered; the oldest are forgotten first
 
 
 def _read(path: str, setting: str) -> bytes:
@@ -110,16 +122,56 @@ def warn_if_exposed(service: ServiceConfig) -> None:
         )
 
 
+class FailedAuthLimiter:
+    """A token bucket of wrong-token attempts per peer address: ``burst`` attempts, refilled at one
+    per ``interval_s``. Runs on the event loop only (no locking)."""
+
+    def __init__(
+        self,
+        burst: int = AUTH_FAILURE_BURST,
+        interval_s: float = AUTH_FAILURE_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # peer -> (left, at)
+
+    def _left(self, peer: str) -> float:
+        left, at = self._buckets.get(peer, (float(self.burst), self._clock()))
+        return min(float(self.burst), left + (self._clock() - at) / self.interval_s)
+
+    def retry_after_s(self, peer: str) -> float:
+        """0 when ``peer`` may try a token now, else the seconds until it may."""
+        if peer not in self._buckets:
+            return 0.0
+        left = self._left(peer)
+        return 0.0 if left >= 1.0 else (1.0 - left) * self.interval_s
+
+    def record_failure(self, peer: str) -> None:
+        self._buckets[peer] = (max(0.0, self._left(peer) - 1.0), self._clock())
+        self._buckets.move_to_end(peer)
+        while len(self._buckets) > _TRACKED_PEERS:
+            self._buckets.popitem(last=False)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without ``authorization: Bearer <token>`` metadata with UNAUTHENTICATED.
+    """Refuses calls without ``authorization: Bearer <token>`` metadata with UNAUTHENTICATED, and
+    calls from an address that sent too many wrong tokens with RESOURCE_EXHAUSTED (``limiter``).
 
     The handler that refuses reads no request message, so an unauthenticated caller's payload is never
     parsed. Calls under ``UNAUTHENTICATED_PREFIXES`` (health checks) pass without a token.
     """
 
-    def __init__(self, token: str, exempt: Sequence[str] = UNAUTHENTICATED_PREFIXES) -> None:
+    def __init__(
+        self,
+        token: str,
+        exempt: Sequence[str] = UNAUTHENTICATED_PREFIXES,
+        limiter: FailedAuthLimiter | None = None,
+    ) -> None:
         self._token = token.encode()
         self._exempt = tuple(exempt)
+        self.limiter = limiter if limiter is not None else FailedAuthLimiter()
 
     async def intercept_service(
         self,
@@ -129,17 +181,35 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(self._exempt):
             return handler
+        method = handler_call_details.method
         reason = self._refusal(handler_call_details.invocation_metadata or ())
         if reason is None:
-            return handler
-        metrics.AUTH_FAILURES.labels(reason).inc()
-        log.info("refused %s: %s bearer token", handler_call_details.method, reason)
-        message = (
-            "missing `authorization: Bearer <token>` metadata"
-            if reason == "missing"
-            else "the bearer token is not valid"
-        )
-        return _refusing_handler(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+            return with_precheck(handler, self._refuse_if_locked_out)
+
+        async def refuse(context: grpc.aio.ServicerContext) -> None:
+            await self._refuse_if_locked_out(context)
+            if reason == "invalid":
+                self.limiter.record_failure(peer_host(context))
+            metrics.AUTH_FAILURES.labels(reason).inc()
+            log.info("refused %s from %s: %s bearer token", method, peer_host(context), reason)
+            message = (
+                "missing `authorization: Bearer <token>` metadata"
+                if reason == "missing"
+                else "the bearer token is not valid"
+            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        return _refusing_handler(handler, refuse)
+
+    async def _refuse_if_locked_out(self, context: grpc.aio.ServicerContext) -> None:
+        peer = peer_host(context)
+        wait_s = self.limiter.retry_after_s(peer)
+        if wait_s > 0:
+            metrics.AUTH_FAILURES.labels("rate_limited").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many wrong bearer tokens from this address; retry in {wait_s:.1f} s",
+            )
 
     def _refusal(self, metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
         values = [value for key, value in metadata if key.lower() == AUTH_METADATA_KEY]
@@ -153,15 +223,16 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _refusing_handler(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+    handler: grpc.RpcMethodHandler, abort: Callable[[grpc.aio.ServicerContext], Awaitable[None]]
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that aborts every call with ``code``."""
+    """A handler of the same kind as ``handler`` that reads no request and ends every call with
+    ``abort(context)``."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
+        await abort(context)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, message)
+        await abort(context)
         yield  # pragma: no cover - abort raises; this makes the function an async generator
 
     if handler.request_streaming and handler.response_streaming:

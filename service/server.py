@@ -21,8 +21,10 @@ from grpc_reflection.v1alpha import reflection
 
 from camserve.config import CamserveConfig, ServiceConfig
 from camserve.errors import InvalidArgumentError
+from camserve.service.dataplane import DataPlane
+from camserve.service.interceptors import RequestGuardInterceptor
 from camserve.service.metrics import serve_metrics
-from camserve.service.models import ModelRegistry
+from camserve.service.models import ModelRegistry, return_freed_buffers_to_the_system
 from camserve.service.security import (
     BearerTokenInterceptor,
     check_security_config,
@@ -49,11 +51,14 @@ class ExplainServer:
         self.config = config
         self.models = models
         service = config.service
-        self.servicer = ExplainServicer(models, config.explain, service.max_batch_size)
+        self.dataplane = DataPlane(models, config)  # the one request path of both APIs
+        self.servicer = ExplainServicer(self.dataplane, service.max_batch_size)
         self.health = health_aio.HealthServicer()
         token = load_token(service)
+        # The token check runs first: a caller without a valid token gets nothing parsed.
+        guard = RequestGuardInterceptor(service.stream_max_unread)
         self.server = grpc.aio.server(
-            interceptors=[BearerTokenInterceptor(token)] if token else None,
+            interceptors=[BearerTokenInterceptor(token), guard] if token else [guard],
             options=[
                 ("grpc.max_send_message_length", service.max_message_bytes),
                 ("grpc.max_receive_message_length", service.max_message_bytes),
@@ -66,7 +71,7 @@ class ExplainServer:
         # Imported here, not at module level: see camserve.inference (tritonclient shares its names).
         from camserve.service.oip import INFERENCE_SERVICE, InferenceServicer, add_inference_service
 
-        self.inference = InferenceServicer(models, self.servicer, config)
+        self.inference = InferenceServicer(self.dataplane, config)
         add_inference_service(self.server, self.inference)
         self.inference_service = INFERENCE_SERVICE
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -92,6 +97,7 @@ class ExplainServer:
         """Bind, start the batchers and the server, report SERVING; returns the bound port."""
         service = self.config.service
         check_service_config(service)
+        return_freed_buffers_to_the_system()  # keeps the RSS bound of service.decode_pixel_budget
         address = f"{service.host}:{service.port}"
         credentials = server_credentials(service)
         try:
@@ -136,9 +142,9 @@ class ExplainServer:
         started = time.monotonic()
         log.info("shutting down: NOT_SERVING, finishing requests in flight (grace %.1f s)", grace)
         await self.health.enter_graceful_shutdown()
-        self.servicer.draining = True
+        self.dataplane.draining = True
         try:
-            await asyncio.wait_for(self.servicer.wait_idle(), grace)
+            await asyncio.wait_for(self.dataplane.wait_idle(), grace)
         except TimeoutError:
             log.warning("grace period over: cancelling the requests still in flight")
         remaining = max(0.0, grace - (time.monotonic() - started))

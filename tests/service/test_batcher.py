@@ -27,7 +27,7 @@ class RecordingRunner:
         if not hold:
             self.gate.set()
 
-    def __call__(self, key: object, payloads: list[object]) -> list[object]:
+    def __call__(self, key: object, payloads: list[object], stop: object = None) -> list[object]:
         self.entered.set()
         assert self.gate.wait(WAIT_S), "test never released the runner"
         self.batches.append((key, list(payloads)))
