@@ -16,9 +16,9 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from camserve.errors import InvalidArgumentError
 
@@ -80,7 +80,8 @@ class OutputDir:
             raise InvalidArgumentError("--out", f"{path} is not valid JSON ({exc})") from None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self._write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+        data = json.dumps(manifest, indent=2).encode()
+        _write_atomic(self.path / MANIFEST, lambda fh: fh.write(data))
 
     def shard_files(self) -> list[Path]:
         return sorted(self.path.glob(SHARD_GLOB))
@@ -123,28 +124,7 @@ class OutputDir:
     def _write_table(self, path: Path, table: Any) -> None:
         import pyarrow.parquet as pq
 
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".parquet", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pq.write_table(table, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_atomic(path, lambda fh: pq.write_table(table, fh))
 
     def _check_writable(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -163,6 +143,21 @@ class OutputDir:
             path.unlink(missing_ok=True)
 
 
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write`` into a hidden temporary file next to ``path``, fsync, rename over ``path``: a
+    reader (or a re-run after a kill) sees the whole file or none."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _first_difference(old: Any, new: Any, where: str = "") -> str:
     """'methods: ['gradcam'] -> ['cam']': the first setting that differs, for the refusal message."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -170,10 +165,3 @@ def _first_difference(old: Any, new: Any, where: str = "") -> str:
             if old.get(key) != new.get(key):
                 return _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else key)
     return f"{where or 'job'}: {old!r} -> {new!r}"
-
-
-def iter_tables(paths: Iterable[Path], columns: list[str] | None = None) -> Iterable[Any]:
-    import pyarrow.parquet as pq
-
-    for path in paths:
-        yield pq.read_table(path, columns=columns)

@@ -19,6 +19,7 @@ class Progress:
         self.errors = 0
         self.start = time.monotonic()
         self._last_log = self.start
+        self._first: tuple[float, int] | None = None  # (time, images) when the first shard landed
         self._bar: Any = None
         if enabled and sys.stderr.isatty():
             try:
@@ -31,6 +32,8 @@ class Progress:
     def update(self, rows: int, errors: int) -> None:
         self.rows += rows
         self.errors += errors
+        if self._first is None:
+            self._first = (time.monotonic(), self.rows + self.errors)
         if self._bar is not None:
             self._bar.update(rows + errors)
             self._bar.set_postfix(errors=self.errors)
@@ -53,6 +56,17 @@ class Progress:
     @property
     def images_per_second(self) -> float:
         return (self.rows + self.errors) / max(time.monotonic() - self.start, 1e-9)
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """Images/s after the first shard landed: without the workers' start-up (model loading,
+        Ray actors), what a long job runs at. Falls back to the overall rate with one shard."""
+        if self._first is None:
+            return 0.0
+        first_time, first_images = self._first
+        images = self.rows + self.errors - first_images
+        elapsed = time.monotonic() - first_time
+        return images / elapsed if images > 0 and elapsed > 0 else self.images_per_second
 
     def close(self) -> None:
         if self._bar is not None:

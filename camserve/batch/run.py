@@ -26,6 +26,7 @@ class BatchSummary:
     total_errors: int
     seconds: float
     images_per_second: float
+    steady_images_per_second: float  # after the first shard: without the workers' start-up
 
     def line(self, out: str) -> str:
         text = (
@@ -94,4 +95,5 @@ def run_batch(
         total_errors=counts["errors"],
         seconds=seconds,
         images_per_second=(report.rows + report.errors) / max(seconds, 1e-9),
+        steady_images_per_second=report.steady_images_per_second,
     )

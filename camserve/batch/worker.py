@@ -42,9 +42,9 @@ class ShardWorker:
     """One Explainer, one decode pool, one output directory."""
 
     def __init__(self, job: JobConfig, explainer: Any | None = None) -> None:
-        from camserve.explainer import Explainer
-
         import torch
+
+        from camserve.explainer import Explainer
 
         self.job = job
         # Torch ops here (resizing in the decode threads, the CAM maths) are small and run
