@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ def _same(array: np.ndarray) -> np.ndarray:
 def _options(request: pb.ExplainRequest, defaults: ExplainOptions) -> ExplainOptions:
     """``defaults`` with what the request sets (checked afterwards, as a whole, by check_options)."""
     out, opts = request.output, request.method_options
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if out.size == pb.OUTPUT_SIZE_INPUT:
         changes["output_size"] = "input"
     elif out.size == pb.OUTPUT_SIZE_FEATURE:
@@ -163,7 +164,7 @@ def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec
                 class_id=class_id,
                 data=array_to_tensor(_convert(values, output.dtype)),
             )
-            if output.overlay:
+            if pixels is not None:
                 entry.overlay_png = overlay_png(pixels, values, output.normalized)
             if method in result.rgb:
                 entry.rgb.CopyFrom(array_to_tensor(result.rgb[method][t]))

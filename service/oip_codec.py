@@ -28,6 +28,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ class _Parameters:
                     f"{field}.{name}", f"unknown parameter (known: {', '.join(PARAMETERS)})"
                 )
 
-    def _get(self, name: str, kinds: tuple[str, ...], expected: str) -> object | None:
+    def _get(self, name: str, kinds: tuple[str, ...], expected: str) -> Any:
         if name not in self.params:
             return None
         param = self.params[name]
@@ -225,7 +226,9 @@ def _options(params: _Parameters, defaults: ExplainOptions) -> ExplainOptions:
         "smooth_seed": params.integer,
         "score_top_n": params.integer,
     }
-    changes = {name: value for name, read in reads.items() if (value := read(name)) is not None}
+    changes: dict[str, Any] = {
+        name: value for name, read in reads.items() if (value := read(name)) is not None
+    }
     return dataclasses.replace(defaults, **changes)
 
 

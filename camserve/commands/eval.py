@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, config) -> int:
     from camserve.errors import CamserveError
-    from camserve.eval.data import BenchmarkData, VocFolder
+    from camserve.eval.data import BenchmarkData, EvalData, VocFolder
     from camserve.eval.evaluate import EvalSettings, Progress, evaluate
     from camserve.eval.report import ReportContext, write_report
     from camserve.eval.sanity import explainer_sanity_check
@@ -263,7 +263,7 @@ def _evaluate(args: argparse.Namespace, config) -> int:
 
     if args.data is not None:
         data = VocFolder(args.data, manifest.class_names, size, image_set=args.image_set)
-        subsets = [(data, args.images)]
+        subsets: list[tuple[EvalData, int | None]] = [(data, args.images)]
         description = f"PASCAL-VOC folder {args.data} ({min(len(data), args.images or len(data))} images)"
     else:
         single = d.EVAL_SINGLE_IMAGES if args.images is None else args.images
@@ -299,8 +299,8 @@ def _evaluate(args: argparse.Namespace, config) -> int:
 
     sanity = None
     if args.sanity_images:
-        data, limit = subsets[0]
-        batch = data.batch(range(min(args.sanity_images, len(data), limit or len(data))))
+        first, limit = subsets[0]
+        batch = first.batch(range(min(args.sanity_images, len(first), limit or len(first))))
         images = normalize(batch.images, manifest.mean, manifest.std)
         try:
             model = torch_model_for(explainer, args.sanity_weights)

@@ -18,7 +18,7 @@ from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions, RuntimeConfig, check_options
 from camserve.errors import InvalidArgumentError
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, get_method
-from camserve.methods.targets import parse_targets, resolve_targets
+from camserve.methods.targets import TargetsLike, parse_targets, resolve_targets
 from camserve.outputs import ExplainOutputs, GraphRunner
 
 
@@ -62,7 +62,7 @@ def parse_output_size(
 def compute_maps(
     runner: GraphRunner,
     images: torch.Tensor,
-    targets: torch.Tensor | None,
+    targets: TargetsLike,
     methods: str | Sequence[str],
     *,
     num_classes: int,
