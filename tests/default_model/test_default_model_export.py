@@ -17,10 +17,10 @@ from camserve.cli import main
 from camserve.config import RuntimeConfig
 from camserve.default_model import WEIGHTS_PATH, default_model_dir, load_default_model
 from camserve.default_model.data import make_localisation_dataset
-from camserve.default_model.net import normalize
+from camserve.default_model.net import TARGET_LAYER, normalize
 from camserve.errors import InvalidArgumentError, NotFoundError
 from camserve.modeldir import ModelDirectory, sha256_file
-from tests.default_model.autograd_cam import activations_and_gradients
+from tests.reference.autograd_cam import autograd_explain
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,9 @@ def test_explain_graph_matches_torch_autograd(exported: Path) -> None:
     ds = make_localisation_dataset(3, seed=4, split="test")
     runner = OnnxGraphRunner(ModelDirectory(exported), RuntimeConfig(device="cpu"))
     outputs = runner.explain(normalize(ds.images), ds.labels[:, None])
-    activations, gradients = activations_and_gradients(load_default_model(), ds.images, ds.labels)
+    _, activations, gradients, _ = autograd_explain(
+        load_default_model(), TARGET_LAYER, normalize(ds.images), ds.labels[:, None]
+    )
     torch.testing.assert_close(outputs.activations, activations, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(outputs.gradients, gradients, rtol=1e-4, atol=1e-6)
     assert torch.equal(outputs.target_ids, ds.labels[:, None])

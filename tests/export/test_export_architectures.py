@@ -17,7 +17,7 @@ from camserve.export.architectures import ARCHITECTURES, build_torchvision
 from camserve.export.layers import Layout
 from camserve.modeldir import ModelDirectory
 from camserve.runtime import OnnxGraphRunner
-from tests.export.reference_autograd import autograd_explain
+from tests.reference.autograd_cam import autograd_explain
 
 # VGG's head is an MLP of two 4096-unit ReLU layers: a hidden unit whose pre-activation lies within
 # float32 rounding of 0 is on in one runtime and off in the other, which moves every gradient element of

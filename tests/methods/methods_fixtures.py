@@ -1,9 +1,8 @@
 """Runners and autograd references shared by the method tests.
 
 ``ScriptedRunner`` serves hand-written tensors (golden tests); ``CountingRunner`` wraps any runner
-and records the batch size of every graph call; the ``reference_*`` functions compute what the
-papers define with plain hooks and ``torch.autograd.grad`` on the model itself, independently of
-camserve's graphs and kernels.
+and records the batch size of every graph call. The autograd references (hooks and
+``torch.autograd.grad`` on the model itself) live in ``tests.reference.autograd_cam``.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import copy
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
@@ -138,75 +136,3 @@ class GapLinearHeadRunner(TorchGraphRunner):
     def head(self, activations: torch.Tensor, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             return self.fc(activations.mean(dim=(-2, -1)))
-
-
-# -- autograd references --------------------------------------------------------------------------
-
-
-def reference_layer_gradients(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, classes: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """logits [N,C], A [N,K,h,w] and dy_c/dA [N,K,h,w] for one class per image (classes [N]), by a
-    forward hook that makes the layer's output a leaf, and torch.autograd.grad."""
-    captured = {}
-
-    def hook(_module, _inputs, output):
-        leaf = output.detach().clone().requires_grad_(True)
-        captured["A"] = leaf
-        return leaf
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            logits = model(images)
-            score = logits.gather(1, classes.unsqueeze(1)).sum()
-            (grads,) = torch.autograd.grad(score, captured["A"])
-    finally:
-        handle.remove()
-    return logits.detach(), captured["A"].detach(), grads
-
-
-def minmax(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Per-map min-max over the last two dims; constant maps -> 0."""
-    lo = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(span > eps, (maps - lo) / span.clamp_min(eps), torch.zeros_like(maps))
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[..., h, w] -> [..., H, W], bilinear with half-pixel centres."""
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:])
-    return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
-
-
-class _GuidedReLUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x > 0) * (grad > 0)
-
-
-class _GuidedReLU(nn.Module):
-    def forward(self, x):
-        return _GuidedReLUFunction.apply(x)
-
-
-def reference_guided_gradients(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Guided backprop [N,3,H,W] on a copy of ``model`` whose nn.ReLU modules pass back only positive
-    gradients at positive inputs (Springenberg et al.)."""
-    guided = copy.deepcopy(model).eval()
-    for module in list(guided.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(module, child_name, _GuidedReLU())
-    x = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        score = guided(x).gather(1, classes.unsqueeze(1)).sum()
-        (grads,) = torch.autograd.grad(score, x)
-    return grads

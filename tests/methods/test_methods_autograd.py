@@ -15,15 +15,8 @@ from camserve.export.reference import TorchGraphRunner
 from camserve.methods import compute_maps
 from camserve.methods.gradient import GradCAMPlusPlus
 from camserve.outputs import ExplainOutputs
-from tests.methods.methods_fixtures import (
-    CountingRunner,
-    GapLinearHeadRunner,
-    context_for,
-    minmax,
-    reference_guided_gradients,
-    reference_layer_gradients,
-    upsample,
-)
+from tests.methods.methods_fixtures import CountingRunner, GapLinearHeadRunner, context_for
+from tests.reference.autograd_cam import autograd_guided, gradient_cam_maps, layer_gradients, minmax, upsample
 
 SIZE = (64, 64)
 TORCH = RuntimeConfig(kernels="torch")
@@ -46,24 +39,6 @@ def layer3_runner(resnet) -> TorchGraphRunner:
     return TorchGraphRunner(resnet, "layer3", (3, *SIZE))
 
 
-def reference_gradient_maps(activations: torch.Tensor, grads: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The gradient methods' raw maps [N,h,w] from A and g [N,K,h,w], written from the papers."""
-    relu = torch.relu
-    sum_a = activations.sum(dim=(2, 3), keepdim=True)
-    out = {}
-    w = grads.mean(dim=(2, 3), keepdim=True)
-    out["gradcam"] = relu((w * activations).sum(dim=1))
-    alpha = grads**2 / (2 * grads**2 + sum_a * grads**3)
-    alpha = torch.nan_to_num(alpha, nan=0.0, posinf=0.0, neginf=0.0)  # 0/0 where g = 0
-    w = (alpha * relu(grads)).sum(dim=(2, 3), keepdim=True)
-    out["gradcam++"] = relu((w * activations).sum(dim=1))
-    w = (activations / sum_a * grads).nan_to_num(0.0).sum(dim=(2, 3), keepdim=True)
-    out["xgradcam"] = relu((w * activations).sum(dim=1))
-    out["layercam"] = relu((relu(grads) * activations).sum(dim=1))
-    out["hirescam"] = relu((grads * activations).sum(dim=1))
-    return out
-
-
 def test_gradient_methods_match_autograd_from_one_explain_run(resnet, images, layer3_runner):
     runner = CountingRunner(layer3_runner)
     methods = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
@@ -74,8 +49,8 @@ def test_gradient_methods_match_autograd_from_one_explain_run(resnet, images, la
     assert torch.equal(out.target_ids[:, 0], logits.argmax(dim=1))
     for t in range(2):
         classes = out.target_ids[:, t]
-        _, acts, grads = reference_layer_gradients(resnet, resnet.layer3, images, classes)
-        expected = reference_gradient_maps(acts, grads)
+        _, acts, grads = layer_gradients(resnet, resnet.layer3, images, classes)
+        expected = gradient_cam_maps(acts, grads)
         for method in methods:
             reference = minmax(upsample(expected[method], SIZE))
             assert torch.allclose(out.maps[method][:, t], reference, atol=ATOL), (method, t)
@@ -126,8 +101,8 @@ def test_smooth_gradcam_plus_plus_matches_autograd_on_the_noisy_copies(resnet, i
     batch = runner.seen["explain"][0]
     assert torch.equal(batch[:2], images)
     classes = resnet(images).argmax(dim=1)
-    _, clean_acts, _ = reference_layer_gradients(resnet, resnet.layer3, images, classes)
-    _, _, noisy_grads = reference_layer_gradients(resnet, resnet.layer3, batch[2:], classes.repeat(2))
+    _, clean_acts, _ = layer_gradients(resnet, resnet.layer3, images, classes)
+    _, _, noisy_grads = layer_gradients(resnet, resnet.layer3, batch[2:], classes.repeat(2))
     noisy_grads = noisy_grads.unflatten(0, (2, 2))  # [copy, image, K, h, w]
     d1, d2, d3 = noisy_grads.mean(dim=0), (noisy_grads**2).mean(dim=0), (noisy_grads**3).mean(dim=0)
     sum_a = clean_acts.sum(dim=(2, 3), keepdim=True)
@@ -168,7 +143,7 @@ def test_scorecam_matches_masked_forward_passes(resnet, images, layer3_runner):
     for n in range(2):
         image = images[n : n + 1]
         c = int(out.target_ids[n, 0])
-        _, acts, _ = reference_layer_gradients(resnet, resnet.layer3, image, torch.tensor([c]))
+        _, acts, _ = layer_gradients(resnet, resnet.layer3, image, torch.tensor([c]))
         acts = acts[0]
         kept = acts.mean(dim=(1, 2)).topk(top_n).indices
         scores = []
@@ -195,7 +170,7 @@ def test_ablationcam_on_a_gap_linear_head_weighs_channels_by_their_share_of_the_
     out = compute_maps(
         counting, images, None, ["ablationcam"], num_classes=10, runtime=RuntimeConfig(max_graph_batch=256)
     )
-    logits, acts, _ = reference_layer_gradients(resnet, resnet.layer4, images, out.target_ids[:, 0])
+    logits, acts, _ = layer_gradients(resnet, resnet.layer4, images, out.target_ids[:, 0])
     live = int((acts.flatten(2) != 0).any(dim=-1).sum())
     assert sum(counting.calls["head"]) == live and max(counting.calls["head"]) <= 256
     classes = out.target_ids[:, 0]
@@ -217,18 +192,18 @@ def test_cam_equals_gradcam_on_a_gap_linear_head(resnet, images):
 def test_guided_methods_match_a_model_with_guided_relus(resnet, images, layer3_runner):
     out = compute_maps(layer3_runner, images, [[2]], ["guidedbackprop", "guidedgradcam"], num_classes=10)
     classes = torch.tensor([2, 2])
-    guided = reference_guided_gradients(resnet, images, classes)
+    guided = autograd_guided(resnet, images, classes.unsqueeze(1))[:, 0]
     assert torch.allclose(out.rgb["guidedbackprop"][:, 0], guided, atol=1e-5)
     assert torch.allclose(out.maps["guidedbackprop"][:, 0], minmax(guided.abs().amax(dim=1)), atol=ATOL)
-    _, acts, grads = reference_layer_gradients(resnet, resnet.layer3, images, classes)
-    cam = upsample(reference_gradient_maps(acts, grads)["gradcam"], SIZE)
+    _, acts, grads = layer_gradients(resnet, resnet.layer3, images, classes)
+    cam = upsample(gradient_cam_maps(acts, grads)["gradcam"], SIZE)
     expected = minmax((guided * cam[:, None]).abs().amax(dim=1))
     assert torch.allclose(out.maps["guidedgradcam"][:, 0], expected, atol=ATOL)
 
 
 def test_eigencam_matches_the_first_singular_vector_of_the_activations(resnet, images, layer3_runner):
     out = compute_maps(layer3_runner, images, None, ["eigencam"], num_classes=10)
-    _, acts, _ = reference_layer_gradients(resnet, resnet.layer3, images, torch.tensor([0, 0]))
+    _, acts, _ = layer_gradients(resnet, resnet.layer3, images, torch.tensor([0, 0]))
     for n in range(2):
         pixels = acts[n].flatten(1).T.double()  # [Z,K]
         _, _, vh = torch.linalg.svd(pixels, full_matrices=False)

@@ -1,0 +1,1 @@
+"""Independent references the tests compare camserve against (plain PyTorch autograd)."""
