@@ -3,6 +3,7 @@
 percentiles and the server's memory (RSS) at the start and the end. Prints its figures (not a test).
 
     python bench/soak.py                                   # 16 clients x 60 s on the default model
+    python bench/soak.py --heavy-clients 2                 # the same, plus the heaviest allowed requests
     python bench/soak.py --clients 16 --seconds 60 --methods gradcam,gradcam++ --json soak.json
     python bench/soak.py --server 127.0.0.1:50051 --pid 1234   # a running server (RSS needs its pid)
 
@@ -12,6 +13,14 @@ through tritonclient). Every answer's map is checked against the first answer fo
 API, so a wrong answer counts as an error. A warm-up (--warmup seconds of the same load, not counted)
 runs first; RSS "start" is read after it, so pools and caches that fill once are not taken for a leak.
 RSS is read from /proc/<pid>/status (Linux).
+
+With --heavy-clients N, N more clients send, in turn, the heaviest requests the server's default limits
+admit (``HEAVY_KINDS``): a 7000x7000 PNG (49M decoded pixels), a 4000x4000 map (a 61 MiB answer),
+Smooth Grad-CAM++ with 256 noisy copies on 8 images, two 7000x7000 PNGs with a 2 s deadline, and a
+stream of twenty 4000x4000 maps that is not read for 5 s and then cancelled. The RSS is then also
+sampled every 0.1 s, and its peak is printed against the documented bound (docs/service.md):
+RSS after the warm-up + max_batch_size x max_image_work_bytes + decode_pixel_budget x 20 B + one
+max_message_bytes answer per heavy client.
 """
 
 from __future__ import annotations
@@ -33,11 +42,15 @@ import numpy as np
 from PIL import Image
 from server_process import start_server
 
+from camserve import defaults
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
 IMAGES = 32
 CALL_TIMEOUT_S = 30.0
+HEAVY_TIMEOUT_S = 120.0
+HEAVY_KINDS = ("big-png", "big-map", "smooth-256", "deadline-2-big-pngs", "unread-stream")
+DECODE_BYTES_PER_PIXEL = 20  # measured: decoding + resizing a big PNG (service/models.py, PixelBudget)
 
 
 @dataclass
@@ -58,6 +71,10 @@ class Figures:
     rss_end_mib: float = 0.0
     rss_growth_percent: float = 0.0
     rss_samples_mib: list[float] = field(default_factory=list)
+    heavy_clients: int = 0
+    heavy_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> status -> count
+    rss_peak_mib: float = 0.0
+    rss_bound_mib: float = 0.0
 
 
 def rss_mib(pid: int) -> float:
@@ -152,6 +169,88 @@ class Client(threading.Thread):
         return "OK" if np.allclose(got, reference, atol=1e-4) else "WRONG_ANSWER"
 
 
+def big_map_request(model: str, request_id: str, png_bytes: bytes) -> pb.ExplainRequest:
+    return pb.ExplainRequest(
+        id=request_id,
+        model=model,
+        images=[pb.Image(encoded=png_bytes)],
+        output=pb.OutputOptions(size=pb.OUTPUT_SIZE_CUSTOM, height=4000, width=4000),
+    )
+
+
+class HeavyClient(threading.Thread):
+    """Sends the heaviest admitted requests (HEAVY_KINDS, in turn) until ``stop``; counts statuses."""
+
+    #: Statuses a heavy request may get without being an error (the deadline kind is meant to expire,
+    #: the unread stream is cancelled by the client, a full queue refuses at once).
+    EXPECTED = {"OK", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"}
+
+    def __init__(
+        self, index: int, address: str, model: str, pixels: np.ndarray, stop: threading.Event
+    ) -> None:
+        super().__init__(name=f"soak-heavy-{index}", daemon=True)
+        self.index, self.address, self.model, self.pixels, self.stop = index, address, model, pixels, stop
+        self.big_png = png(np.zeros((7000, 7000, 3), np.uint8))
+        self.small_png = png(pixels[index % len(pixels)])
+        self.statuses: dict[str, Counter[str]] = {kind: Counter() for kind in HEAVY_KINDS}
+
+    def run(self) -> None:
+        options = [("grpc.max_receive_message_length", defaults.MAX_MESSAGE_BYTES)]
+        with grpc.insecure_channel(self.address, options) as channel:
+            stub = pb_grpc.ExplainServiceStub(channel)
+            k = self.index
+            while not self.stop.is_set():
+                kind = HEAVY_KINDS[k % len(HEAVY_KINDS)]
+                try:
+                    self._send(stub, kind, f"heavy{self.index}-{k}")
+                    code = "OK"
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                self.statuses[kind][code] += 1
+                k += 1
+
+    def _send(self, stub: pb_grpc.ExplainServiceStub, kind: str, request_id: str) -> None:
+        if kind == "big-png":
+            stub.Explain(
+                pb.ExplainRequest(id=request_id, model=self.model, images=[pb.Image(encoded=self.big_png)]),
+                timeout=HEAVY_TIMEOUT_S,
+            )
+        elif kind == "big-map":
+            stub.Explain(big_map_request(self.model, request_id, self.small_png), timeout=HEAVY_TIMEOUT_S)
+        elif kind == "smooth-256":
+            request = pb.ExplainRequest(
+                id=request_id,
+                model=self.model,
+                methods=["smoothgradcam++"],
+                images=[pb.Image(encoded=png(p)) for p in self.pixels[:8]],
+                method_options=pb.MethodOptions(smooth_n=256),
+            )
+            stub.Explain(request, timeout=HEAVY_TIMEOUT_S)
+        elif kind == "deadline-2-big-pngs":  # 98M pixels: max_request_pixels (100M) refuses more
+            images = [pb.Image(encoded=self.big_png)] * 2
+            stub.Explain(pb.ExplainRequest(id=request_id, model=self.model, images=images), timeout=2.0)
+        else:  # unread-stream: twenty 4000x4000 maps asked for, none read for 5 s, then cancelled
+            requests = (big_map_request(self.model, f"{request_id}-{i}", self.small_png) for i in range(20))
+            stream = stub.ExplainStream(requests, timeout=HEAVY_TIMEOUT_S)
+            self.stop.wait(5.0)
+            stream.cancel()
+            for _ in stream:  # raises CANCELLED
+                pass
+
+
+class PeakSampler(threading.Thread):
+    """The highest RSS of ``pid``, sampled every 0.1 s until ``stop``."""
+
+    def __init__(self, pid: int, stop: threading.Event) -> None:
+        super().__init__(name="soak-rss", daemon=True)
+        self.pid, self.stop, self.peak_mib = pid, stop, 0.0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak_mib = max(self.peak_mib, rss_mib(self.pid))
+            self.stop.wait(0.1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", help="host:port of a running server (default: start one)")
@@ -161,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before")
+    parser.add_argument(
+        "--heavy-clients", type=int, default=0, help="clients sending the heaviest admitted requests"
+    )
     parser.add_argument("--server-flag", action="append", default=[], help="extra `camserve serve` flag")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -187,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.warmup)
             if pid:
                 figures.rss_start_mib = rss_mib(pid)
+            heavy_stop = threading.Event()
+            heavy = [
+                HeavyClient(i, address, args.model, pixels, heavy_stop) for i in range(args.heavy_clients)
+            ]
+            sampler = PeakSampler(pid, heavy_stop) if pid else None
+            for thread in [*heavy, *([sampler] if sampler else [])]:
+                thread.start()
             measure.set()
             started = time.monotonic()
             next_sample = started
@@ -198,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
             for client in clients:
                 client.join(CALL_TIMEOUT_S + 5)
+            heavy_stop.set()
+            for client in heavy:
+                client.join(HEAVY_TIMEOUT_S + 5)
             if pid:
                 figures.rss_end_mib = rss_mib(pid)
+            if sampler is not None:
+                sampler.join(5)
+                figures.rss_peak_mib = sampler.peak_mib
         finally:
             if proc is not None:
                 proc.terminate()
@@ -219,6 +334,20 @@ def main(argv: list[str] | None = None) -> int:
         figures.max_ms = float(latencies.max())
     if figures.rss_start_mib:
         figures.rss_growth_percent = 100.0 * (figures.rss_end_mib / figures.rss_start_mib - 1.0)
+    figures.heavy_clients = args.heavy_clients
+    unexpected = 0
+    for client in heavy:
+        for kind, counts in client.statuses.items():
+            merged = figures.heavy_requests.setdefault(kind, {})
+            for code, count in counts.items():
+                merged[code] = merged.get(code, 0) + count
+                unexpected += 0 if code in HeavyClient.EXPECTED else count
+    if figures.rss_start_mib:
+        figures.rss_bound_mib = figures.rss_start_mib + (
+            defaults.MAX_BATCH_SIZE * defaults.MAX_IMAGE_WORK_BYTES
+            + defaults.DECODE_PIXEL_BUDGET * DECODE_BYTES_PER_PIXEL
+            + args.heavy_clients * defaults.MAX_MESSAGE_BYTES
+        ) / (1024 * 1024)
 
     print(f"soak: {args.clients} clients x {args.seconds:.0f} s, methods {figures.methods}, both APIs")
     print(f"  requests served  {figures.requests}  ({figures.requests_per_s:.1f}/s)")
@@ -233,9 +362,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{figures.rss_start_mib:.1f}, end {figures.rss_end_mib:.1f} "
             f"({figures.rss_growth_percent:+.1f} %); every 10 s: {figures.rss_samples_mib}"
         )
+    if heavy:
+        print(
+            f"  heavy clients    {args.heavy_clients}: "
+            + "; ".join(f"{kind} {dict(counts)}" for kind, counts in figures.heavy_requests.items())
+        )
+        growth = figures.rss_peak_mib - figures.rss_start_mib
+        print(
+            f"  server RSS peak  {figures.rss_peak_mib:.1f} MiB (+{growth:.1f} over the warm-up); "
+            f"documented bound {figures.rss_bound_mib:.1f} MiB"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(figures), indent=2))
-    return 0 if figures.errors == 0 else 1
+    return 0 if figures.errors == 0 and unexpected == 0 else 1
 
 
 if __name__ == "__main__":

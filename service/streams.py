@@ -1,4 +1,10 @@
-"""Bidirectional streams answered in completion order, shared by camserve.v1 and the KServe v2 API."""
+"""Bidirectional streams answered in completion order, shared by camserve.v1 and the KServe v2 API.
+
+Backpressure comes from the request iterator: the server's interceptor
+(``camserve.service.interceptors``) hands out a stream's next request only while fewer than
+``service.stream_max_unread`` of its answers are unsent, so the tasks and queued answers here stay
+within that bound.
+"""
 
 from __future__ import annotations
 
