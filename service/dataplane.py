@@ -91,6 +91,14 @@ class Outcome(Generic[Response]):
     message: str = ""
 
 
+async def answer_or_abort(outcome: Outcome[Response], context: grpc.aio.ServicerContext) -> Response:
+    """A unary call's answer, or the call ended with the outcome's status."""
+    if outcome.response is None:
+        await context.abort(outcome.code, outcome.message)
+    assert outcome.response is not None
+    return outcome.response
+
+
 @dataclass
 class RequestRecord:
     """What the request log line says about one request."""

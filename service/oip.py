@@ -21,7 +21,7 @@ import camserve
 from camserve.config import CamserveConfig
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.inference import grpc_service_pb2_grpc as ip_grpc
-from camserve.service.dataplane import DataPlane, Outcome
+from camserve.service.dataplane import DataPlane, Outcome, answer_or_abort
 from camserve.service.errors import status_for
 from camserve.service.models import ServedModel
 from camserve.service.oip_codec import (
@@ -105,10 +105,7 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: ip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> ip.ModelInferResponse:
-        outcome = await self._infer(request, context)
-        if outcome.response is None:
-            await context.abort(outcome.code, outcome.message)
-        return outcome.response
+        return await answer_or_abort(await self._infer(request, context), context)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[ip.ModelInferRequest], context: grpc.aio.ServicerContext

@@ -39,7 +39,7 @@ from camserve.service.admission import AnswerShape
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import MAX_IMAGE_PIXELS, ServedModel
 from camserve.service.runner import ImageResult, ImageWork
-from camserve.service.tensors import MAX_TENSOR_DIMS
+from camserve.service.tensors import check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
 PLATFORM = "camserve"
@@ -284,13 +284,7 @@ def _tensor(tensor: ip.ModelInferRequest.InferInputTensor, raw: bytes | None, fi
             f"{field}.datatype", f"{tensor.datatype!r} is not one of {', '.join(DTYPES)}"
         )
     dtype = DTYPES[tensor.datatype]
-    shape = tuple(tensor.shape)
-    if len(shape) > MAX_TENSOR_DIMS:
-        raise InvalidArgumentError(
-            f"{field}.shape", f"has {len(shape)} dimensions; camserve tensors have at most {MAX_TENSOR_DIMS}"
-        )
-    if any(d < 0 for d in shape):
-        raise InvalidArgumentError(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
+    shape = check_shape(tensor.shape, f"{field}.shape")
     count = math.prod(shape)
     if raw is not None:
         if tensor.HasField("contents"):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable
 import grpc
 
 from camserve.service.codec import decode_request, encode_response, model_info
-from camserve.service.dataplane import DataPlane, Outcome, ServiceRequest
+from camserve.service.dataplane import DataPlane, Outcome, ServiceRequest, answer_or_abort
 from camserve.service.errors import status_for
 from camserve.service.streams import answer_in_completion_order
 from camserve.v1 import camserve_pb2 as pb
@@ -28,10 +28,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     async def Explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainResponse:
-        outcome = await self._explain(request, context)
-        if outcome.response is None:
-            await context.abort(outcome.code, outcome.message)
-        return outcome.response
+        return await answer_or_abort(await self._explain(request, context), context)
 
     async def ExplainStream(
         self, request_iterator: AsyncIterator[pb.ExplainRequest], context: grpc.aio.ServicerContext

@@ -4,6 +4,7 @@ the Python client."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -45,18 +46,24 @@ def array_to_tensor(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(data=data, shape=list(array.shape), dtype=_PROTO_DTYPES[name])
 
 
+def check_shape(dims: Sequence[int], field: str) -> tuple[int, ...]:
+    """A tensor shape from a request (both APIs), before anything is allocated from it."""
+    shape = tuple(int(d) for d in dims)
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise InvalidArgumentError(
+            field, f"has {len(shape)} dimensions; camserve tensors have at most {MAX_TENSOR_DIMS}"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidArgumentError(field, f"dimensions must be >= 0, got {list(shape)}")
+    return shape
+
+
 def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     """Decode a Tensor message; ``field`` names it in errors (``images[2].tensor``)."""
     if tensor.dtype not in _NUMPY_DTYPES:
         raise InvalidArgumentError(f"{field}.dtype", f"unknown data type {tensor.dtype}")
     dtype = _NUMPY_DTYPES[tensor.dtype]
-    shape = tuple(tensor.shape)
-    if len(shape) > MAX_TENSOR_DIMS:
-        raise InvalidArgumentError(
-            f"{field}.shape", f"has {len(shape)} dimensions; camserve tensors have at most {MAX_TENSOR_DIMS}"
-        )
-    if any(d < 0 for d in shape):
-        raise InvalidArgumentError(f"{field}.shape", f"dimensions must be >= 0, got {list(shape)}")
+    shape = check_shape(tensor.shape, f"{field}.shape")
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgumentError(
