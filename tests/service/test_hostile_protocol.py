@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2 as ip  # not camserve.inference: see its docstring
+from tritonclient.grpc import service_pb2_grpc as ip_grpc
 
-from camserve.inference import grpc_service_pb2 as ip
-from camserve.inference import grpc_service_pb2_grpc as ip_grpc
 from camserve.service.security import AUTH_FAILURE_BURST, open_channel, token_metadata
 from camserve.service.tensors import tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
