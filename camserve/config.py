@@ -27,14 +27,13 @@ from camserve import defaults
 from camserve.errors import InvalidArgumentError, UnsupportedError
 
 KernelBackend = Literal["auto", "triton", "torch"]
-Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how graphs and CAM maths run."""
 
-    device: Device = "auto"  # auto: CUDA when onnxruntime-gpu and a GPU are present
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (checked by camserve.runtime.resolve_device)
     kernels: KernelBackend = "auto"  # auto: triton on CUDA tensors, torch on the CPU
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (all cores)
     inter_op_threads: int = 0
@@ -42,6 +41,9 @@ class RuntimeConfig:
         defaults.MAX_GRAPH_BATCH
     )  # Score-CAM / Ablation-CAM / eval split extra runs into batches of this many
     cache_dir: str = "~/.cache/camserve"  # where the embedded default model is built on first use
+    allow_tf32: bool = (
+        False  # CUDA provider: TF32 convolutions/matmuls, ~1e-3 relative error (docs/kernels.md)
+    )
 
 
 @dataclass(frozen=True)
@@ -166,14 +168,18 @@ def check_targets(targets: Sequence[int], num_classes: int, field: str) -> tuple
     prediction). The error names the entry: ``images[0].targets[3]``."""
     if not len(targets):
         return (-1,)
-    for t, target in enumerate(targets):
-        if isinstance(target, bool) or not -num_classes <= target < num_classes:
-            raise InvalidArgumentError(
-                f"{field}[{t}]",
-                f"{target} is out of range: class ids are 0..{num_classes - 1}, "
-                f"or -1..-{num_classes} for the k-th best class",
-            )
-    return tuple(int(t) for t in targets)
+    return tuple(check_target(target, num_classes, f"{field}[{t}]") for t, target in enumerate(targets))
+
+
+def check_target(target: int, num_classes: int, field: str) -> int:
+    """One target: a class id in [0, C-1], or -k for the k-th best class, k in [1, C]."""
+    if isinstance(target, bool) or not -num_classes <= target < num_classes:
+        raise InvalidArgumentError(
+            field,
+            f"class {target} is out of range: the model has {num_classes} classes, so a target is a class "
+            f"id in [0, {num_classes - 1}] or -k for the k-th best class, k in [1, {num_classes}]",
+        )
+    return int(target)
 
 
 def check_methods(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from camserve.config import check_target
 from camserve.errors import InvalidArgumentError
 
 TargetsLike = None | int | list[list[int]] | np.ndarray | torch.Tensor
@@ -49,12 +50,7 @@ def parse_targets(targets: Any, num_images: int, num_classes: int) -> torch.Tens
         )
     bad = (table >= num_classes) | (table < -num_classes)
     if bool(bad.any()):
-        value = int(table[bad][0])
-        raise InvalidArgumentError(
-            "targets",
-            f"class {value} is out of range: the model has {num_classes} classes, so a target is a class id "
-            f"in [0, {num_classes - 1}] or -k for the k-th best class, k in [1, {num_classes}]",
-        )
+        check_target(int(table[bad][0]), num_classes, "targets")  # the one rule (camserve.config)
     return table.expand(num_images, table.shape[1]).contiguous()
 
 

@@ -274,7 +274,7 @@ def bad_requests(pixels: np.ndarray) -> list[tuple[str, service_pb2.ModelInferRe
             "target range",
             request(px, ("TARGETS", "INT64", [1, 2], targets.tobytes())),
             invalid,
-            "inputs[1] (TARGETS)[0][1]: 10 is out of range",
+            "inputs[1] (TARGETS)[0][1]: class 10 is out of range",
         ),
         (
             "targets rows",

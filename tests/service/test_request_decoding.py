@@ -114,13 +114,13 @@ REFUSED = {
         "INVALID_ARGUMENT",
         "images[0].targets[0]",
         "inputs[1] (TARGETS)[0][0]",
-        "10 is out of range",
+        "class 10 is out of range",
     ),
     "targets=[-11]": (
         "INVALID_ARGUMENT",
         "images[0].targets[0]",
         "inputs[1] (TARGETS)[0][0]",
-        "-11 is out of range",
+        "class -11 is out of range",
     ),
     "tensor 71 dims": (
         "INVALID_ARGUMENT",

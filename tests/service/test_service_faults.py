@@ -86,7 +86,7 @@ def bad_requests(pixels: np.ndarray) -> list[tuple[str, pb.ExplainRequest, grpc.
             "target out of range",
             request(images=[pb.Image(encoded=image.encoded, targets=[-1, 10])]),
             invalid,
-            "images[0].targets[1]: 10 is out of range",
+            "images[0].targets[1]: class 10 is out of range",
         ),
         (
             "uint8 raw maps",
