@@ -258,12 +258,16 @@ def _bench(args: argparse.Namespace, plan: list[tuple[str, float]], server: Any)
         f"images={settings['images']} load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
+    explainer = _in_process_explainer(args, model) if args.in_process else None
+    max_batch = served[model].max_batch_size if model in served else 1
     results = []
     for mode, level in plan:
         result = run_level(
             workload, target, mode, level, processes, policy, metrics, args.arrivals, args.seed
         )
         results.append(result)
+        if explainer is not None:  # right after the level: the host's load is alike for both
+            _in_process(explainer, result, workload, max_batch, args.window_s * args.stable_windows)
         m = result.measured
         print(
             f"  {mode} {level:g}: {m.throughput:.1f} img/s p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms"
@@ -271,8 +275,6 @@ def _bench(args: argparse.Namespace, plan: list[tuple[str, float]], server: Any)
             file=sys.stderr,
             flush=True,
         )
-    if args.in_process:
-        _in_process(args, results, workload, model, served[model].max_batch_size if model in served else 1)
     settings["load_average_after"] = list(os.getloadavg())
     print(report.table(results))
     print(
@@ -288,38 +290,36 @@ def _bench(args: argparse.Namespace, plan: list[tuple[str, float]], server: Any)
     return 0
 
 
-def _in_process(
-    args: argparse.Namespace, results: list[Any], workload: Any, model: str, max_batch: int
-) -> None:
-    """Explainer figures for each level at the batch size the server ran (its mean, rounded)."""
+def _in_process_explainer(args: argparse.Namespace, model: str) -> Any:
+    """The Explainer of --in-process: --model-dir, else the served model's directory when it is known
+    here (the default model, or one under --models)."""
     from camserve.commands.serve import model_directories
     from camserve.config import CamserveConfig
     from camserve.explainer import Explainer
-    from camserve.loadgen.in_process import measure
 
     config = CamserveConfig.load(args.config)
     if args.model_dir:
-        directory = args.model_dir
+        return Explainer(args.model_dir, config=config)
+    known = model_directories(config.replace(service={"models": args.models or ""}))
+    if model not in known:
+        raise InvalidArgumentError("--model-dir", f"needed for --in-process on model {model!r}")
+    return Explainer(known[model], config=config)
+
+
+def _in_process(explainer: Any, result: Any, workload: Any, max_batch: int, seconds: float) -> None:
+    """Explainer figures at the batch size the server ran for this level (its mean, rounded)."""
+    from camserve.loadgen.in_process import measure
+
+    server = result.server_measured
+    if server is not None and server.batch_size:
+        batch = max(1, round(server.batch_size))
     else:
-        known = model_directories(config.replace(service={"models": args.models or ""}))
-        if model not in known:
-            raise InvalidArgumentError("--model-dir", f"needed for --in-process on model {model!r}")
-        directory = str(known[model])
-    explainer = Explainer(directory, config=config)
-    cache: dict[int, Any] = {}
-    for result in results:
-        server = result.server_measured
-        if server is not None and server.batch_size:
-            batch = max(1, round(server.batch_size))
-        else:
-            batch = min(int(result.level), max_batch) if result.mode == "closed" else 1
-        if batch not in cache:
-            print(f"  in-process batch {batch} ...", file=sys.stderr, flush=True)
-            cache[batch] = measure(explainer, workload, batch, args.window_s * args.stable_windows / 2)
-        figures = cache[batch]
-        result.in_process = {
-            "batch_size": batch,
-            "images_per_s": figures.images_per_s,
-            "cpu_s_per_image": figures.cpu_s_per_image,
-            "batch_ms": figures.batch_ms,
-        }
+        batch = min(int(result.level), max_batch) if result.mode == "closed" else 1
+    print(f"  in-process batch {batch} ...", file=sys.stderr, flush=True)
+    figures = measure(explainer, workload, batch, seconds)
+    result.in_process = {
+        "batch_size": batch,
+        "images_per_s": figures.images_per_s,
+        "cpu_s_per_image": figures.cpu_s_per_image,
+        "batch_ms": figures.batch_ms,
+    }

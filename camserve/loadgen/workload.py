@@ -46,7 +46,7 @@ def generated_images(count: int, height: int, width: int, seed: int = SAMPLE_SEE
     """Random RGB images of the given size (smooth noise, so PNG sizes are realistic, not worst case)."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, size=(count, max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
-    return [np.asarray(Image.fromarray(c).resize((width, height), Image.BILINEAR)) for c in coarse]
+    return [np.asarray(Image.fromarray(c).resize((width, height), Image.Resampling.BILINEAR)) for c in coarse]
 
 
 def folder_images(folder: str, count: int) -> tuple[list[np.ndarray], list[bytes]]:
