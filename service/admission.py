@@ -14,6 +14,7 @@ answer_bytes  the answer's size                                      <= service.
 layer, T targets, M methods, S noisy copies, P output pixels, G guided methods):
 
     4 x [ (1 + S) x (C·H·W + K·h·w + 2·T·K·h·w)      the explain run(s): input, A, G (parts + concatenation)
+          + 2 x S x T·K·h·w                         Smooth Grad-CAM++'s g^2, g^3 over the noisy gradients
           + 2 x T x M x P                           maps before and after resizing / normalising
           + (G > 0) x 2·T·C·H·W + G x T·C·H·W ]     guided gradients and each guided method's colour map
 
@@ -91,6 +92,7 @@ def request_cost(
     runs = 1 + copies
     work = FLOAT32 * (
         runs * (input_values + layer_values + 2 * most * layer_values)
+        + 2 * copies * most * layer_values
         + 2 * most * len(methods) * out
         + (2 * most * input_values if guided else 0)
         + guided * most * input_values

@@ -134,7 +134,9 @@ def test_cost_of_the_issue_s_requests(explainer):
     heavy = request_cost(
         [10] * 16, 16 * 4096, ["smoothgradcam++"], smooth, AnswerShape(("smoothgradcam++",), 4), manifest
     )
-    assert heavy.work_bytes == 4 * (257 * (image + layer + 2 * 10 * layer) + 2 * 10 * 4096)
+    assert heavy.work_bytes == 4 * (
+        257 * (image + layer + 2 * 10 * layer) + 2 * 256 * 10 * layer + 2 * 10 * 4096
+    )
     assert heavy.graph_runs == 16 * 257
     with pytest.raises(ResourceExhaustedError, match="service.max_image_work_bytes"):
         admit(heavy, ServiceConfig())
