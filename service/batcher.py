@@ -14,13 +14,14 @@ they run. When a batch fails, its items run again one by one so that one bad ite
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from camserve.errors import InvalidArgumentError, ResourceExhaustedError
 from camserve.service.cancellation import StopCheck
@@ -33,7 +34,7 @@ R = TypeVar("R")
 
 #: Runs one batch: ``runner(key, payloads, stop)`` returns one result per payload, in order. Called in
 #: the batcher's worker thread; ``stop()`` (see the module docstring) may be called from it at any time.
-BatchRunner = Callable[[Hashable, list[P], StopCheck], Sequence[R]]
+BatchRunner = Callable[[Any, list[P], StopCheck], Sequence[R]]  # key: the runner's own hashable type
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class DynamicBatcher(Generic[P, R]):
         futures = []
         for payload in payloads:
             item: _Item[P, R] = _Item(key, payload, deadline, loop.create_future())
-            item.future.add_done_callback(lambda _f, item=item: self._forget_if_cancelled(item))
+            item.future.add_done_callback(functools.partial(self._forget_if_cancelled, item))
             queue.append(item)
             futures.append(item.future)
         self._queued += n
@@ -151,7 +152,7 @@ class DynamicBatcher(Generic[P, R]):
 
     # -- scheduling ---------------------------------------------------------------------------------
 
-    def _forget_if_cancelled(self, item: _Item[P, R]) -> None:
+    def _forget_if_cancelled(self, item: _Item[P, R], _future: object = None) -> None:
         if item.queued and item.future.cancelled():
             self._dequeue(item)
             self._queues[item.key].remove(item)
