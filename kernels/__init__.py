@@ -26,7 +26,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 
@@ -42,6 +42,7 @@ __all__ = [
     "channel_weights_for_methods",
     "elementwise_sum_relu",
     "gradient_weighted_cam",
+    "quantize_uint8",
     "resolve_backend",
     "upsample_normalize",
     "weighted_sum_relu",
@@ -89,6 +90,12 @@ def _triton_kernels(device: torch.device) -> ModuleType:
     if device.type not in ("cuda", "cpu"):
         raise UnsupportedError(f"runtime.kernels: 'triton' runs on CUDA (or CPU) tensors, not {device.type}")
     module = importlib.import_module("camserve.kernels.triton_cam")
+    if device.type == "cuda" and module.INTERPRETED:
+        raise UnsupportedError(
+            f"runtime.kernels: TRITON_INTERPRET=1 is set, so the Triton kernels run in the interpreter, "
+            f"which would copy the {device} tensors through numpy on the host: unset TRITON_INTERPRET "
+            "for GPU runs (Triton reads it when camserve's kernels are first imported), or use 'torch'"
+        )
     if device.type == "cpu" and not module.INTERPRETED:
         raise UnsupportedError(
             "runtime.kernels: 'triton' on CPU tensors runs the Triton interpreter, which is off: set "
@@ -139,10 +146,10 @@ def _check_gradients(gradients: object, a: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def _check_method(method: object) -> str:
+def _check_method(method: object) -> WeightMethod:
     if method not in WEIGHT_METHODS:
         raise InvalidArgumentError("method", f"{method!r} is not one of {', '.join(WEIGHT_METHODS)}")
-    return str(method)
+    return cast(WeightMethod, method)
 
 
 def _check_triton_dtype(name: str, x: torch.Tensor) -> None:
@@ -159,7 +166,7 @@ def _check_size(size: object) -> tuple[int, int] | None:
     if (
         not isinstance(size, Sequence)
         or len(size) != 2
-        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size)
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) > 0 for v in size)
     ):
         raise InvalidArgumentError("size", f"expected None or (height, width) of positive ints, got {size!r}")
     return int(size[0]), int(size[1])
@@ -259,7 +266,9 @@ def upsample_normalize(
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
         raise InvalidArgumentError("eps", f"expected a finite number >= 0, got {eps!r}")
     if to_uint8 and not normalize:
-        raise InvalidArgumentError("to_uint8", "uint8 output needs normalised maps (normalize=True)")
+        raise InvalidArgumentError(
+            "to_uint8", "uint8 output needs normalised maps (normalize=True); see quantize_uint8"
+        )
     if resolve_backend(backend, m.device) == "torch":
         return reference.upsample_normalize(m, out_size, bool(normalize), float(eps), bool(to_uint8))
     target = out_size if out_size is not None else (int(m.shape[-2]), int(m.shape[-1]))
@@ -268,3 +277,18 @@ def upsample_normalize(
     _check_triton_dtype("maps", m)
     kernels = _triton_kernels(m.device)
     return kernels.upsample_normalize(m, target, bool(normalize), float(eps), bool(to_uint8))
+
+
+def quantize_uint8(maps: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Normalised maps [N,T,H,W] (values in [0, 1]) -> uint8 round(255 * clip(m, 0, 1)) on their device.
+
+    For maps that are already normalised and resized (the float maps an explain run returns): the
+    front doors call it before copying maps to the host, so a quarter of the bytes cross the bus.
+    The Triton backend runs the fused resize/normalise kernel with only its quantisation step.
+    """
+    m = _check_tensor("maps", maps, 4, "[N,T,H,W]")
+    if resolve_backend(backend, m.device) == "torch":
+        return reference.quantize_uint8(m)
+    _check_triton_dtype("maps", m)
+    size = (int(m.shape[-2]), int(m.shape[-1]))
+    return _triton_kernels(m.device).upsample_normalize(m, size, False, 0.0, True)

@@ -100,3 +100,8 @@ def upsample_normalize(
             raise ValueError("uint8 output needs normalised maps")
         out = torch.round(out * 255.0).to(torch.uint8)
     return out
+
+
+def quantize_uint8(maps: torch.Tensor) -> torch.Tensor:
+    """Maps normalised to [0, 1] -> uint8 round(255 * clip(m, 0, 1)), ties to even (as numpy's rint)."""
+    return torch.round(maps.clamp(0.0, 1.0) * 255.0).to(torch.uint8)

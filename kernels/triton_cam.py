@@ -13,13 +13,14 @@ stride, so a batch may exceed 2**31 elements; offsets inside one image are int32
 refuse an image whose slice spans 2**31 elements or more. Loads are in the input dtype
 (float32/float16/bfloat16), all arithmetic is float32, stores cast to the output dtype.
 
-Tiles are [BLOCK_T, BLOCK_K, BLOCK_HW] (targets x channels x pixels) with at most
-``_TILE_ELEMENTS`` elements: a few such float32 tiles stay in registers with 8 warps.
+Tiles, grids and warps come from ``kernels/launch.py`` (pure functions, also enumerated by the
+compile test); its docstring holds the bytes-moved model that justifies each grid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,42 +29,42 @@ import triton
 import triton.language as tl
 
 from camserve.errors import UnsupportedError
+from camserve.kernels import launch
 
 #: Whether Triton decorated the kernels below for its interpreter (TRITON_INTERPRET set at import).
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
-WEIGHT_METHOD_CODES: dict[str, int] = {"gradcam": 0, "gradcam++": 1, "xgradcam": 2}
-
-_TILE_ELEMENTS = 4096
-_MAX_FUSED_PLANE = 1024  # h*w up to 32x32 fits one tile: weights and combine fuse into one kernel
-_MAX_TARGET_BLOCK = 4
 _INT32_LIMIT = 2**31
+_GRID_YZ_LIMIT = 65535  # CUDA's limit on grid dimensions 1 and 2
 
 
 # --------------------------------------------------------------------------------------------------
 # Shared pieces (inlined into the kernels by Triton)
 
-# The kernels use only Triton builtins, never the @jit functions of Triton's standard library
-# (tl.sum, tl.min, tl.max, tl.zeros, ...): those are decorated when triton is imported, so if another
-# library imported triton before TRITON_INTERPRET was set they are compiled-mode functions the
-# interpreter cannot call. Reductions therefore call the builtin tl.reduce with the combine functions
-# tl.sum / tl.min / tl.max use (the interpreter reduces those with numpy; compiled code is the same
-# as tl.sum's), and tl.full(..., 0.0) stands in for tl.zeros.
+# Triton's reductions (tl.sum, tl.min, tl.max) are @triton.jit functions, decorated when triton is
+# first imported: if that happened before TRITON_INTERPRET was set (another library imported
+# triton), they are compiled-mode functions the interpreter cannot call. Under the interpreter they
+# are therefore decorated again from their own Python source (JITFunction.fn), in this module's
+# mode; compiled kernels call tl.sum / tl.min / tl.max themselves.
+if INTERPRETED:
+    _tl_sum, _tl_min, _tl_max = (triton.jit(reduction.fn) for reduction in (tl.sum, tl.min, tl.max))
+else:
+    _tl_sum, _tl_min, _tl_max = tl.sum, tl.min, tl.max
 
 
 @triton.jit
 def _sum(x, AXIS: tl.constexpr):
-    return tl.reduce(x, AXIS, tl.standard._sum_combine)
+    return _tl_sum(x, AXIS)
 
 
 @triton.jit
 def _min_all(x):
-    return tl.reduce(x, None, tl.standard._elementwise_min)
+    return _tl_min(x, None)
 
 
 @triton.jit
 def _max_all(x):
-    return tl.reduce(x, None, tl.standard._elementwise_max)
+    return _tl_max(x, None)
 
 
 @triton.jit
@@ -177,10 +178,15 @@ def _channel_weights_kernel(
             sums_gradcampp = _gradcampp_sums(g, sum_a)
     else:
         if NEED_SUM_A:
+            # One [BK,BHW] accumulator reduced once after the loop: reducing inside the loop and
+            # using the loop-carried sum twice afterwards (XGrad-CAM) made Triton's
+            # TritonGPUOptimizeThreadLocality pass fail for float32 (issue 17).
+            a_tile = tl.full([BLOCK_K, BLOCK_HW], 0.0, dtype=tl.float32)
             for start in range(0, HW, BLOCK_HW):
                 pp = start + p
                 a = tl.load(a_rows + pp[None, :], mask=k_ok[:, None] & (pp < HW)[None, :], other=0.0)
-                sum_a += _sum(a.to(tl.float32), 1)
+                a_tile += a.to(tl.float32)
+            sum_a = _sum(a_tile, 1)
         for start in range(0, HW, BLOCK_HW):
             pp = start + p
             pp_ok = pp < HW
@@ -225,13 +231,20 @@ def _channel_sum_relu_kernel(
     stride_ck,
     stride_on,
     stride_ot,
+    partial_ptr,
+    K_PER_SPLIT,
+    stride_ps,
     PER_PIXEL: tl.constexpr,
     RELU_COEFFS: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
-    """Maps [N,T,h,w]; grid (N, cdiv(h*w, BLOCK_HW), cdiv(T, BLOCK_T)).
+    """Maps [N,T,h,w]; grid (N*cdiv(T, BLOCK_T), cdiv(h*w, BLOCK_HW), S).
+
+    Program (., ., s) sums channels [s*K_PER_SPLIT, (s+1)*K_PER_SPLIT); with S = 1 it writes the
+    ReLU'd map, else its float32 partial sum to partial_ptr [S,N,T,h*w] (stride_ps per split) for
+    ``_sum_splits_relu_kernel``.
 
     PER_PIXEL False: c = weights [N,T,K] (Grad-CAM family, ReLU(sum_k w_k A^k)).
     PER_PIXEL True:  c = gradients [N,T,K,h,w]; RELU_COEFFS True is Layer-CAM (ReLU(g)), False
@@ -240,9 +253,11 @@ def _channel_sum_relu_kernel(
     4*T*K of weights or T*K*h*w*s of gradients, writes T*h*w*s. Each output pixel needs every
     channel of A at that pixel, so A and the coefficients are each read once: the minimum.
     """
-    pid_n = tl.program_id(0).to(tl.int64)
+    t_blocks = (T + BLOCK_T - 1) // BLOCK_T  # not tl.cdiv: a @jit function of the standard library
+    pid_n = (tl.program_id(0) // t_blocks).to(tl.int64)
+    pid_t = tl.program_id(0) % t_blocks
     pid_p = tl.program_id(1)
-    pid_t = tl.program_id(2)
+    pid_s = tl.program_id(2)
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     p = pid_p * BLOCK_HW + tl.arange(0, BLOCK_HW)
     t_ok = t < T
@@ -250,9 +265,11 @@ def _channel_sum_relu_kernel(
     a_base = a_ptr + pid_n * stride_an
     c_base = c_ptr + pid_n * stride_cn
     acc = tl.full([BLOCK_T, BLOCK_HW], 0.0, dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_start = pid_s * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    for k0 in range(k_start, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
+        k_ok = k < k_end
         a_ok = k_ok[:, None] & p_ok[None, :]
         a = tl.load(a_base + k[:, None] * stride_ak + p[None, :], mask=a_ok, other=0.0).to(tl.float32)
         if PER_PIXEL:
@@ -266,9 +283,9 @@ def _channel_sum_relu_kernel(
             c_offsets = t[:, None] * stride_ct + k[None, :] * stride_ck
             c = tl.load(c_base + c_offsets, mask=t_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
             acc += _sum(c[:, :, None] * a[None, :, :], 1)
-    cam = tl.maximum(acc, 0.0)
-    out_offsets = pid_n * stride_on + t[:, None] * stride_ot + p[None, :]
-    tl.store(out_ptr + out_offsets, cam.to(out_ptr.dtype.element_ty), mask=t_ok[:, None] & p_ok[None, :])
+    _store_map_or_partial(
+        acc, out_ptr, partial_ptr, pid_n, pid_s, t, p, T, K, HW, K_PER_SPLIT, stride_on, stride_ot, stride_ps
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,21 +307,28 @@ def _gradient_weighted_cam_kernel(
     stride_gk,
     stride_on,
     stride_ot,
+    partial_ptr,
+    K_PER_SPLIT,
+    stride_ps,
     METHOD: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
     """ReLU(sum_k w_k A^k) with w from METHOD (0 Grad-CAM, 1 Grad-CAM++, 2 XGrad-CAM), the
-    weights never leaving registers; grid (N, cdiv(T, BLOCK_T)), one whole h*w plane per tile.
+    weights never leaving registers; grid (N*cdiv(T, BLOCK_T), S), one whole h*w plane per tile.
+    A channel's weight needs only that channel's plane, so the S programs of one image split the
+    channel loop; partial sums as in ``_channel_sum_relu_kernel``.
 
     Bytes per image: reads K*h*w*s of A and T*K*h*w*s of G once (T <= 4), writes T*h*w*s. The
     unfused chain also writes and re-reads the weights and reads A a second time: for T = 1 this
     kernel moves about 2/3 of its bytes. Reading A and G once is the minimum: every element enters
     the map.
     """
-    pid_n = tl.program_id(0).to(tl.int64)
-    pid_t = tl.program_id(1)
+    t_blocks = (T + BLOCK_T - 1) // BLOCK_T  # not tl.cdiv: a @jit function of the standard library
+    pid_n = (tl.program_id(0) // t_blocks).to(tl.int64)
+    pid_t = tl.program_id(0) % t_blocks
+    pid_s = tl.program_id(1)
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     p = tl.arange(0, BLOCK_HW)
     t_ok = t < T
@@ -312,9 +336,11 @@ def _gradient_weighted_cam_kernel(
     a_base = a_ptr + pid_n * stride_an
     g_base = g_ptr + pid_n * stride_gn
     acc = tl.full([BLOCK_T, BLOCK_HW], 0.0, dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_start = pid_s * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    for k0 in range(k_start, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
+        k_ok = k < k_end
         a_ok = k_ok[:, None] & p_ok[None, :]
         a = tl.load(a_base + k[:, None] * stride_ak + p[None, :], mask=a_ok, other=0.0).to(tl.float32)
         g_offsets = t[:, None, None] * stride_gt + k[None, :, None] * stride_gk + p[None, None, :]
@@ -327,9 +353,41 @@ def _gradient_weighted_cam_kernel(
         else:
             w = _xgradcam_finish(_xgradcam_sums(a, g), _sum(a, 1))
         acc += _sum(w[:, :, None] * a[None, :, :], 1)
-    cam = tl.maximum(acc, 0.0)
-    out_offsets = pid_n * stride_on + t[:, None] * stride_ot + p[None, :]
-    tl.store(out_ptr + out_offsets, cam.to(out_ptr.dtype.element_ty), mask=t_ok[:, None] & p_ok[None, :])
+    _store_map_or_partial(
+        acc, out_ptr, partial_ptr, pid_n, pid_s, t, p, T, K, HW, K_PER_SPLIT, stride_on, stride_ot, stride_ps
+    )
+
+
+@triton.jit
+def _store_map_or_partial(
+    acc, out_ptr, partial_ptr, pid_n, pid_s, t, p, T, K, HW, K_PER_SPLIT, stride_on, stride_ot, stride_ps
+):
+    """ReLU(acc) into the map when one program holds all channels (S = 1), else the float32
+    partial sum of this split into partial_ptr [S,N,T,HW]."""
+    ok = (t < T)[:, None] & (p < HW)[None, :]
+    if K_PER_SPLIT >= K:
+        cam = tl.maximum(acc, 0.0)
+        out_offsets = pid_n * stride_on + t[:, None] * stride_ot + p[None, :]
+        tl.store(out_ptr + out_offsets, cam.to(out_ptr.dtype.element_ty), mask=ok)
+    else:
+        offsets = pid_s.to(tl.int64) * stride_ps + (pid_n * T + t[:, None]) * HW + p[None, :]
+        tl.store(partial_ptr + offsets, acc, mask=ok)
+
+
+@triton.jit
+def _sum_splits_relu_kernel(partial_ptr, out_ptr, S, HW, stride_ps, BLOCK_HW: tl.constexpr):
+    """out[n,t] = ReLU(sum_s partial[s,n,t]); grid (N*T, cdiv(HW, BLOCK_HW)); out contiguous.
+
+    Bytes: reads S*T*HW*4 per image, writes T*HW*s: the overhead the split's model counts."""
+    row = tl.program_id(0).to(tl.int64)
+    p = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    ok = p < HW
+    acc = tl.full([BLOCK_HW], 0.0, dtype=tl.float32)
+    src = partial_ptr + row * HW + p
+    for _ in range(0, S):
+        acc += tl.load(src, mask=ok, other=0.0)
+        src += stride_ps  # pointer arithmetic is 64-bit: no int32 product of split and stride
+    tl.store(out_ptr + row * HW + p, tl.maximum(acc, 0.0).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,13 +443,16 @@ def _upsample_normalize_kernel(
     eps,
     stride_src,
     stride_out,
+    ROWS_PER_BAND,
     RESIZE: tl.constexpr,
     NORMALIZE: tl.constexpr,
     TO_UINT8: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    """One [H,W] output map per program from its [h,w] source map; grid (N*T,).
+    """Rows [b*ROWS_PER_BAND, (b+1)*ROWS_PER_BAND) of one [H,W] output map per program (map, b)
+    from its [h,w] source map; grid (N*T, bands). Each band program runs the min/max pass over the
+    whole map itself (arithmetic on a cached plane) so that no second launch is needed.
 
     NORMALIZE: a first pass computes every output value for min and max without writing, the
     second recomputes and writes (m - min) / (max - min), or zeros where max - min <= eps.
@@ -402,6 +463,8 @@ def _upsample_normalize_kernel(
     save only the h*w map's write and read, so it is a separate launch.)
     """
     pid = tl.program_id(0).to(tl.int64)
+    band_start = tl.program_id(1) * ROWS_PER_BAND
+    band_end = tl.minimum(band_start + ROWS_PER_BAND, H)
     src = src_ptr + pid * stride_src
     dst = out_ptr + pid * stride_out
     rows = tl.arange(0, BLOCK_H)
@@ -423,28 +486,44 @@ def _upsample_normalize_kernel(
         spread = _max_all(hi) - low
         has_range = spread > eps
         divisor = tl.where(has_range, spread, 1.0)
-    for y0 in range(0, H, BLOCK_H):
+    for y0 in range(band_start, band_end, BLOCK_H):
         y = y0 + rows
         for x0 in range(0, W, BLOCK_W):
             x = x0 + cols
-            y_ok = y < H
+            y_ok = y < band_end
             x_ok = x < W
             v = _bilinear_tile(src, y, x, h, w, scale_h, scale_w, y_ok, x_ok, RESIZE)
             if NORMALIZE:
                 v = tl.where(has_range, (v - low) / divisor, 0.0)
             if TO_UINT8:
+                if not NORMALIZE:  # quantize_uint8: maps already in [0, 1]; clip as the reference does
+                    v = tl.minimum(tl.maximum(v, 0.0), 1.0)
                 v = _round_half_to_even(v * 255.0)
             offsets = y[:, None] * W + x[None, :]
             tl.store(dst + offsets, v.to(out_ptr.dtype.element_ty), mask=y_ok[:, None] & x_ok[None, :])
 
 
 # --------------------------------------------------------------------------------------------------
-# Launchers. Inputs are validated by camserve.kernels; these only lay out, size and launch.
+# Launchers. Inputs are validated by camserve.kernels; these lay out, allocate and launch what
+# kernels/launch.py chooses.
 
 
 def _device_context(device: torch.device) -> contextlib.AbstractContextManager[object]:
     """Triton launches on the current CUDA device: make it the tensors' device."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# Under the interpreter more programs only cost time (upsample bands repeat the min/max pass), but
+# two still exercise the split and band paths that a GPU takes.
+INTERPRETER_PROGRAMS_WANTED = 2
+
+
+@functools.cache
+def _programs_wanted(device: torch.device) -> int:
+    """About two programs per SM of ``device`` (see kernels/launch.py)."""
+    if device.type != "cuda":
+        return INTERPRETER_PROGRAMS_WANTED
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _plane_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -465,20 +544,30 @@ def _check_image_offsets(name: str, x: torch.Tensor) -> None:
         )
 
 
-def _pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+def _run(step: launch.Launch, device: torch.device, *args: object) -> None:
+    """Launch ``step`` with the positional kernel arguments ``args`` (its constexprs come from it)."""
+    if step.grid[0] >= _INT32_LIMIT or any(size > _GRID_YZ_LIMIT for size in step.grid[1:]):
+        raise UnsupportedError(
+            f"{step.kernel}: grid {step.grid} exceeds CUDA's limits; use the torch backend"
+        )
+    kernel = globals()[step.kernel]
+    with _device_context(device):
+        kernel[step.grid](*args, **step.constants, num_warps=step.num_warps)
 
 
-def _blocks(targets: int, channels: int, pixels: int) -> tuple[int, int, int]:
-    """BLOCK_T, BLOCK_K, BLOCK_HW with BLOCK_T*BLOCK_K*BLOCK_HW <= _TILE_ELEMENTS."""
-    block_t = min(_pow2(targets), _MAX_TARGET_BLOCK)
-    block_hw = min(_pow2(pixels), _MAX_FUSED_PLANE)  # larger planes: several programs / tiles
-    block_k = max(1, min(_pow2(channels), _TILE_ELEMENTS // (block_t * block_hw)))
-    return block_t, block_k, block_hw
+def _partials(
+    steps: Sequence[launch.Launch], split_axis: int, n: int, t: int, hw: int, like: torch.Tensor
+) -> torch.Tensor:
+    """The float32 [S,N,T,hw] buffer of a split launch (an unused 1-element one when S = 1)."""
+    split_count = steps[0].grid[split_axis]
+    shape = (split_count, n, t, hw) if split_count > 1 else (1,)
+    return torch.empty(shape, dtype=torch.float32, device=like.device)
 
 
-def _num_warps(tile_elements: int) -> int:
-    return 8 if tile_elements >= 2048 else 4
+def _finish_splits(steps: Sequence[launch.Launch], partials: torch.Tensor, out: torch.Tensor) -> None:
+    if len(steps) > 1:
+        hw = out.shape[-1] * out.shape[-2]
+        _run(steps[1], out.device, partials, out, partials.shape[0], hw, partials.stride(0))
 
 
 def channel_weights(
@@ -488,26 +577,24 @@ def channel_weights(
     a = _plane_contiguous(activations)
     g = _plane_contiguous(gradients)
     n, t, k, h, w = g.shape
-    hw = h * w
     _check_image_offsets("activations", a)
     _check_image_offsets("gradients", g)
-    out = torch.empty((len(methods), n, t, k), dtype=g.dtype, device=g.device)
-    slots = {method: out[i] for i, method in enumerate(methods)}
-    if out.numel() == 0:
-        return slots
-    block_t, block_k, block_hw = _blocks(t, k, hw)
-    grid = (n, triton.cdiv(k, block_k), triton.cdiv(t, block_t))
-    unused = out[0]  # never written: its method's constexpr flag is off
-    with _device_context(g.device):
-        _channel_weights_kernel[grid](
+    step = launch.channel_weights(n, t, k, h * w, methods)
+    rules = list(launch.WEIGHT_METHOD_CODES)  # slot order of the kernel's three outputs
+    out = torch.empty((len(rules), n, t, k), dtype=g.dtype, device=g.device)
+    slots = dict(zip(rules, out, strict=True))
+    if out.numel() > 0:
+        _run(
+            step,
+            g.device,
             a,
             g,
-            slots.get("gradcam", unused),
-            slots.get("gradcam++", unused),
-            slots.get("xgradcam", unused),
+            out[0],
+            out[1],
+            out[2],
             t,
             k,
-            hw,
+            h * w,
             a.stride(0),
             a.stride(1),
             g.stride(0),
@@ -515,17 +602,8 @@ def channel_weights(
             g.stride(2),
             out.stride(1),
             out.stride(2),
-            GRADCAM="gradcam" in slots,
-            GRADCAMPP="gradcam++" in slots,
-            XGRADCAM="xgradcam" in slots,
-            NEED_SUM_A="gradcam++" in slots or "xgradcam" in slots,
-            ONE_HW_TILE=hw <= block_hw,
-            BLOCK_T=block_t,
-            BLOCK_K=block_k,
-            BLOCK_HW=block_hw,
-            num_warps=_num_warps(block_t * block_k * block_hw),
         )
-    return slots
+    return {method: slots[method] for method in methods}
 
 
 def _channel_sum_relu(
@@ -535,36 +613,34 @@ def _channel_sum_relu(
     c = _plane_contiguous(coeffs) if per_pixel else coeffs
     n, k, h, w = a.shape
     t = c.shape[1]
-    hw = h * w
     _check_image_offsets("activations", a)
     _check_image_offsets("gradients" if per_pixel else "weights", c)
     out = torch.empty((n, t, h, w), dtype=a.dtype, device=a.device)
     if out.numel() == 0:
         return out
-    block_t, block_k, block_hw = _blocks(t, k, hw)
-    grid = (n, triton.cdiv(hw, block_hw), triton.cdiv(t, block_t))
-    with _device_context(a.device):
-        _channel_sum_relu_kernel[grid](
-            a,
-            c,
-            out,
-            t,
-            k,
-            hw,
-            a.stride(0),
-            a.stride(1),
-            c.stride(0),
-            c.stride(1),
-            c.stride(2),
-            out.stride(0),
-            out.stride(1),
-            PER_PIXEL=per_pixel,
-            RELU_COEFFS=relu_coeffs,
-            BLOCK_T=block_t,
-            BLOCK_K=block_k,
-            BLOCK_HW=block_hw,
-            num_warps=_num_warps(block_t * block_k * block_hw),
-        )
+    steps = launch.channel_sum_relu(n, t, k, h * w, per_pixel, relu_coeffs, _programs_wanted(a.device))
+    partials = _partials(steps, 2, n, t, h * w, a)
+    _run(
+        steps[0],
+        a.device,
+        a,
+        c,
+        out,
+        t,
+        k,
+        h * w,
+        a.stride(0),
+        a.stride(1),
+        c.stride(0),
+        c.stride(1),
+        c.stride(2),
+        out.stride(0),
+        out.stride(1),
+        partials,
+        steps[0].scalar("K_PER_SPLIT"),
+        partials.stride(0),
+    )
+    _finish_splits(steps, partials, out)
     return out
 
 
@@ -582,41 +658,40 @@ def elementwise_sum_relu(
 
 def gradient_weighted_cam(activations: torch.Tensor, gradients: torch.Tensor, method: str) -> torch.Tensor:
     """ReLU(sum_k w_k A^k) with w = channel_weights(A, G, method), fused when the h*w plane fits
-    one tile (<= 1024 pixels); larger planes run the weights and combine kernels one after the other."""
+    one tile (<= launch.MAX_FUSED_PLANE pixels); larger planes run the weights and combine kernels."""
     a = _plane_contiguous(activations)
     g = _plane_contiguous(gradients)
     n, t, k, h, w = g.shape
-    hw = h * w
-    if hw > _MAX_FUSED_PLANE:
+    if h * w > launch.MAX_FUSED_PLANE:
         return weighted_sum_relu(a, channel_weights(a, g, [method])[method])
     _check_image_offsets("activations", a)
     _check_image_offsets("gradients", g)
     out = torch.empty((n, t, h, w), dtype=g.dtype, device=g.device)
     if out.numel() == 0:
         return out
-    block_t, block_k, block_hw = _blocks(t, k, hw)
-    grid = (n, triton.cdiv(t, block_t))
-    with _device_context(g.device):
-        _gradient_weighted_cam_kernel[grid](
-            a,
-            g,
-            out,
-            t,
-            k,
-            hw,
-            a.stride(0),
-            a.stride(1),
-            g.stride(0),
-            g.stride(1),
-            g.stride(2),
-            out.stride(0),
-            out.stride(1),
-            METHOD=WEIGHT_METHOD_CODES[method],
-            BLOCK_T=block_t,
-            BLOCK_K=block_k,
-            BLOCK_HW=block_hw,
-            num_warps=_num_warps(block_t * block_k * block_hw),
-        )
+    steps = launch.gradient_weighted_cam(n, t, k, h * w, method, _programs_wanted(g.device))
+    partials = _partials(steps, 1, n, t, h * w, g)
+    _run(
+        steps[0],
+        g.device,
+        a,
+        g,
+        out,
+        t,
+        k,
+        h * w,
+        a.stride(0),
+        a.stride(1),
+        g.stride(0),
+        g.stride(1),
+        g.stride(2),
+        out.stride(0),
+        out.stride(1),
+        partials,
+        steps[0].scalar("K_PER_SPLIT"),
+        partials.stride(0),
+    )
+    _finish_splits(steps, partials, out)
     return out
 
 
@@ -639,26 +714,24 @@ def upsample_normalize(
         return out
     if out_h * out_w >= _INT32_LIMIT or h * w >= _INT32_LIMIT:
         raise UnsupportedError(f"size: {out_h}x{out_w} maps exceed what the triton kernel indexes (2**31)")
-    block_w = min(_pow2(out_w), 256)
-    block_h = max(1, min(_pow2(out_h), 2048 // block_w))
-    with _device_context(maps.device):
-        _upsample_normalize_kernel[(n * t,)](
-            src,
-            out,
-            h,
-            w,
-            out_h,
-            out_w,
-            _float32_ratio(h, out_h),
-            _float32_ratio(w, out_w),
-            float(eps),
-            src.stride(0),
-            out_h * out_w,
-            RESIZE=(out_h, out_w) != (h, w),
-            NORMALIZE=normalize,
-            TO_UINT8=to_uint8,
-            BLOCK_H=block_h,
-            BLOCK_W=block_w,
-            num_warps=8,
-        )
+    resize = (out_h, out_w) != (h, w)
+    step = launch.upsample_normalize(
+        n * t, out_h, out_w, resize, normalize, to_uint8, _programs_wanted(maps.device)
+    )
+    _run(
+        step,
+        maps.device,
+        src,
+        out,
+        h,
+        w,
+        out_h,
+        out_w,
+        _float32_ratio(h, out_h),
+        _float32_ratio(w, out_w),
+        float(eps),
+        src.stride(0),
+        out_h * out_w,
+        step.scalar("ROWS_PER_BAND"),
+    )
     return out
