@@ -1,43 +1,182 @@
-"""``OnnxGraphRunner``: the GraphRunner protocol on ONNX Runtime.
+"""``OnnxGraphRunner``: the GraphRunner protocol on ONNX Runtime, and the checks of the GPU stack.
 
 One code path for both devices: inputs and outputs are torch tensors bound with IO binding
 (``bind_input`` / ``bind_output`` on the tensors' own buffers). On the CPU that avoids copies; on a
 GPU (CUDA execution provider) the activations and gradients land in CUDA tensors that the CAM
 kernels read directly, and nothing reaches the host until the final maps. Output shapes are known
 from the manifest, so output buffers are allocated up front by torch.
+
+CUDA provider settings (docs/kernels.md explains each):
+
+* ``use_tf32=0`` unless ``runtime.allow_tf32``: TF32 convolutions and matmuls carry ~1e-3 relative
+  error; with it off the CUDA maps match the CPU provider's to float32 rounding.
+* ``cudnn_conv_algo_search=HEURISTIC``: EXHAUSTIVE re-benchmarks every convolution for each new
+  batch shape (the batcher, Score-CAM remainders and Smooth Grad-CAM++ make many).
+* ``arena_extend_strategy=kSameAsRequested``: a model has up to four sessions, each with its own
+  arena beside torch's allocator; growing by what is asked rather than doubling keeps each one at
+  the size its runs need.
+* ``user_compute_stream``: each runner owns one torch CUDA stream and gives it to ONNX Runtime as
+  its compute stream. A run waits for the caller's current stream (an event, no host wait), and
+  the caller's stream waits for the run: no device-wide synchronise, so several models' workers
+  overlap on one GPU.
+* ``device_id``: the runner's ``cuda:N`` (``runtime.device``), also the IO binding's device id.
+
+``python -m camserve.runtime`` prints the GPU stack (torch and onnxruntime builds, providers, CUDA
+versions) and exits with status 1 naming the problem when the CUDA provider cannot work.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import logging
+import re
+import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from camserve.config import RuntimeConfig
-from camserve.errors import UnsupportedError
+from camserve.errors import InvalidArgumentError, UnsupportedError
 from camserve.modeldir import ModelDirectory
 from camserve.outputs import ExplainOutputs
 
 log = logging.getLogger(__name__)
 
 _NP_DTYPES = {torch.float32: np.float32, torch.int64: np.int64}
+_CUDA_PROVIDER = "CUDAExecutionProvider"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def resolve_device(requested: str) -> str:
-    """'auto' -> 'cuda' when onnxruntime-gpu and a CUDA device are both present, else 'cpu'."""
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
-    if requested == "cuda" and not has_cuda:
-        raise UnsupportedError(
-            "device 'cuda' requested, but ONNX Runtime's CUDA provider or a CUDA device is missing "
-            "(install camserve[gpu] on a machine with a GPU)"
+# --------------------------------------------------------------------------------------------------
+# The GPU stack: what is installed, and why the CUDA provider would not work
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _ort_cuda_version() -> str | None:
+    """The CUDA version onnxruntime-gpu was built for (absent from CPU builds)."""
+    try:
+        from onnxruntime.capi import build_and_package_info
+    except ImportError:
+        return None
+    version = getattr(build_and_package_info, "cuda_version", None)
+    return str(version) if version else None
+
+
+def _major(version: str | None) -> str | None:
+    return version.split(".")[0] if version else None
+
+
+def gpu_stack() -> dict[str, Any]:
+    """What the CUDA path depends on, as installed here."""
+    return {
+        "torch": torch.__version__,
+        "torch CUDA": torch.version.cuda,
+        "CUDA devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "onnxruntime (module)": ort.__version__,
+        "onnxruntime (CPU wheel)": _distribution_version("onnxruntime"),
+        "onnxruntime-gpu (wheel)": _distribution_version("onnxruntime-gpu"),
+        "onnxruntime CUDA": _ort_cuda_version(),
+        "onnxruntime providers": ", ".join(ort.get_available_providers()),
+        "triton": _distribution_version("triton"),
+    }
+
+
+def gpu_stack_problems(stack: dict[str, Any] | None = None) -> list[str]:
+    """Why ONNX Runtime's CUDA provider cannot run here; empty when nothing is known to be wrong."""
+    s = gpu_stack() if stack is None else stack
+    problems = []
+    cpu_wheel, gpu_wheel = s["onnxruntime (CPU wheel)"], s["onnxruntime-gpu (wheel)"]
+    has_provider = _CUDA_PROVIDER in s["onnxruntime providers"].split(", ")
+    if gpu_wheel is None:
+        problems.append("onnxruntime-gpu is not installed (pip install 'camserve[gpu]')")
+    elif cpu_wheel is not None and not has_provider:
+        problems.append(
+            f"both onnxruntime {cpu_wheel} and onnxruntime-gpu {gpu_wheel} are installed; they write the "
+            "same 'onnxruntime' module and the CPU wheel's files won. Fix: pip uninstall -y onnxruntime "
+            f"onnxruntime-gpu && pip install 'onnxruntime-gpu=={gpu_wheel}'"
         )
+    elif not has_provider:
+        problems.append(f"onnxruntime-gpu {gpu_wheel} is installed but offers no {_CUDA_PROVIDER}")
+    if s["torch CUDA"] is None:
+        problems.append(f"torch {s['torch']} is a CPU-only build: install a CUDA wheel of torch")
+    elif _major(s["onnxruntime CUDA"]) not in (None, _major(s["torch CUDA"])):
+        problems.append(
+            f"CUDA major versions differ: torch {s['torch']} is built for CUDA {s['torch CUDA']}, "
+            f"onnxruntime-gpu {gpu_wheel} for CUDA {s['onnxruntime CUDA']}: install the builds of one "
+            "CUDA major version (the two load one process's CUDA libraries)"
+        )
+    if not s["CUDA devices"]:
+        problems.append("no CUDA device is visible to torch (driver, CUDA_VISIBLE_DEVICES)")
+    return problems
+
+
+def _cuda_unavailable(reason: str, problems: Sequence[str]) -> UnsupportedError:
+    stack = gpu_stack()
+    versions = (
+        f"torch {stack['torch']} (CUDA {stack['torch CUDA']}), onnxruntime {stack['onnxruntime (module)']} "
+        f"(CUDA {stack['onnxruntime CUDA']}, providers: {stack['onnxruntime providers']})"
+    )
+    details = "; ".join(problems) if problems else "no cause found: see ONNX Runtime's log above"
+    return UnsupportedError(
+        f"{reason}: {details} [{versions}]; `python -m camserve.runtime` checks the install"
+    )
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels that torch's CUDA build installed,
+    as ONNX Runtime documents for using both in one process (onnxruntime-gpu >= 1.21)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``runtime.device`` -> a torch device with an index for CUDA.
+
+    'auto' is the current CUDA device when ONNX Runtime's CUDA provider and a GPU are both present,
+    else the CPU; 'cuda' is the current CUDA device; 'cuda:N' is device N."""
+    if not isinstance(requested, str) or not _DEVICE_PATTERN.fullmatch(requested):
+        raise InvalidArgumentError(
+            "runtime.device", f"{requested!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'"
+        )
+    if requested == "cpu":
+        return torch.device("cpu")
+    has_cuda = _CUDA_PROVIDER in ort.get_available_providers() and torch.cuda.is_available()
     if requested == "auto":
-        return "cuda" if has_cuda else "cpu"
-    return requested
+        if has_cuda:
+            return torch.device("cuda", torch.cuda.current_device())
+        if (
+            torch.cuda.is_available()
+        ):  # a GPU the install cannot use: say why rather than run on the CPU silently
+            log.warning("runtime.device 'auto': using the CPU: %s", "; ".join(gpu_stack_problems()))
+        return torch.device("cpu")
+    if not has_cuda:
+        raise _cuda_unavailable(f"runtime.device {requested!r}", gpu_stack_problems())
+    device = torch.device(requested)
+    if device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
+        raise InvalidArgumentError(
+            "runtime.device", f"{requested!r}: there are {torch.cuda.device_count()} CUDA devices (0..)"
+        )
+    return device
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner
 
 
 class OnnxGraphRunner:
@@ -46,7 +185,9 @@ class OnnxGraphRunner:
     def __init__(self, model_dir: ModelDirectory, runtime: RuntimeConfig | None = None) -> None:
         self.model_dir = model_dir
         self.runtime = runtime or RuntimeConfig()
-        self.device = torch.device(resolve_device(self.runtime.device))
+        self.device = resolve_device(self.runtime.device)
+        # ONNX Runtime's compute stream on a GPU; see the module docstring
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
         manifest = model_dir.manifest
@@ -96,6 +237,18 @@ class OnnxGraphRunner:
 
     # -- ONNX Runtime ---------------------------------------------------------------------------
 
+    def cuda_provider_options(self) -> dict[str, str]:
+        """The CUDA execution provider's options for this runner (see the module docstring)."""
+        assert self.device.type == "cuda" and self._stream is not None
+        return {
+            "device_id": str(self.device.index),
+            "use_tf32": "1" if getattr(self.runtime, "allow_tf32", False) else "0",
+            "cudnn_conv_algo_search": "HEURISTIC",
+            "arena_extend_strategy": "kSameAsRequested",
+            "has_user_compute_stream": "1",
+            "user_compute_stream": str(self._stream.cuda_stream),
+        }
+
     def session(self, graph: str) -> ort.InferenceSession:
         with self._lock:
             if graph not in self._sessions:
@@ -106,19 +259,28 @@ class OnnxGraphRunner:
                 # Idle intra-op threads sleep instead of spinning: they share the cores with the CAM
                 # maths, the service's event loop and gRPC (2-3.4x the throughput on a busy 2-core host).
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                providers: Sequence = ["CPUExecutionProvider"]
+                providers: Sequence[Any] = ["CPUExecutionProvider"]
                 if self.device.type == "cuda":
-                    device_id = self.device.index or 0
-                    providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+                    _preload_cuda_libraries()
+                    providers = [(_CUDA_PROVIDER, self.cuda_provider_options()), "CPUExecutionProvider"]
                 path = str(self.model_dir.graph_path(graph))
-                self._sessions[graph] = ort.InferenceSession(path, options, providers=providers)
+                session = ort.InferenceSession(path, options, providers=providers)
+                # ONNX Runtime falls back to the CPU with only a warning when the CUDA provider
+                # fails to load (missing CUDA/cuDNN libraries, a CUDA major version mismatch)
+                if self.device.type == "cuda" and _CUDA_PROVIDER not in session.get_providers():
+                    raise _cuda_unavailable(
+                        f"the {graph} graph: ONNX Runtime's CUDA provider did not load on {self.device} "
+                        f"(the session has {', '.join(session.get_providers())})",
+                        gpu_stack_problems(),
+                    )
+                self._sessions[graph] = session
             return self._sessions[graph]
 
     def _run(
         self,
         graph: str,
         inputs: dict[str, torch.Tensor],
-        outputs: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        outputs: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
     ) -> dict[str, torch.Tensor]:
         session = self.session(graph)
         binding = session.io_binding()
@@ -140,9 +302,78 @@ class OnnxGraphRunner:
             binding.bind_output(
                 name, device_type, device_id, _NP_DTYPES[dtype], list(shape), buffer.data_ptr()
             )
-        if device_type == "cuda":
-            binding.synchronize_inputs()
-        session.run_with_iobinding(binding)
-        if device_type == "cuda":
-            binding.synchronize_outputs()
+        if self._stream is None:
+            session.run_with_iobinding(binding)
+            return result
+        caller = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(caller)  # inputs and buffers were written/allocated on the caller's stream
+        for tensor in keep:
+            tensor.record_stream(self._stream)  # freed by the caller only after the run has read it
+        run_options = ort.RunOptions()
+        # ONNX Runtime would wait for its stream at the end of the run; the caller's stream waits instead
+        run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        session.run_with_iobinding(binding, run_options)
+        caller.wait_stream(self._stream)
         return result
+
+
+def warm_up(runner: OnnxGraphRunner, kernels_backend: str = "auto") -> dict[str, float]:
+    """Seconds per step of one small run of each graph (creating its session; on a GPU also cuDNN's
+    plans) and of the CAM kernels on the outputs (compiling the Triton kernels on a GPU), for one
+    and two targets. A server calls it once at start, before reporting ready."""
+    from camserve import kernels
+
+    timings: dict[str, float] = {}
+
+    def timed(name: str, step: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        value = step(*args)
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize(runner.device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    backend = kernels_backend
+    images = torch.zeros((1, *runner.input_size), dtype=torch.float32, device=runner.device)
+    size = (int(runner.input_size[-2]), int(runner.input_size[-1]))
+    for t in (1, 2):  # BLOCK_T 1 and 4: the two tile shapes of every kernel (kernels/launch.py)
+        targets = -torch.arange(1, t + 1, dtype=torch.int64, device=runner.device).reshape(1, t)
+        out = timed("explain", runner.explain, images, targets)
+        a, g = out.activations, out.gradients
+        for method in kernels.WEIGHT_METHODS:
+            maps = timed("kernels", kernels.gradient_weighted_cam, a, g, method, backend)
+        timed("kernels", kernels.channel_weights_for_methods, a, g, list(kernels.WEIGHT_METHODS), backend)
+        for relu in (False, True):
+            timed("kernels", kernels.elementwise_sum_relu, a, g, relu, backend)
+        for to_uint8 in (False, True):
+            timed("kernels", kernels.upsample_normalize, maps, size, True, 1e-7, to_uint8, backend)
+        if runner.model_dir.has_graph("guided"):
+            timed("guided", runner.guided, images, targets)
+    timed("head", runner.head, out.activations, out.extra_tokens)
+    if runner.model_dir.has_graph("forward"):
+        timed("forward", runner.forward, images)
+    return timings
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m camserve.runtime``: print the GPU stack; exit 1 naming what stops the CUDA provider."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m camserve.runtime", description=main.__doc__)
+    parser.add_argument(
+        "--build", action="store_true", help="check the install only, not for a device (image builds)"
+    )
+    args = parser.parse_args(argv)
+    stack = gpu_stack()
+    for key, value in stack.items():
+        print(f"{key:26} {value}")
+    problems = gpu_stack_problems({**stack, "CUDA devices": 1} if args.build else stack)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+    print("the CUDA provider can load" + ("" if args.build else " and a CUDA device is available"))
+
+
+if __name__ == "__main__":
+    main()
