@@ -41,7 +41,6 @@ class RuntimeConfig:
         defaults.MAX_GRAPH_BATCH
     )  # Score-CAM / Ablation-CAM / eval split extra runs into batches of this many
     cache_dir: str = "~/.cache/camserve"  # where the embedded default model is built on first use
-    allow_tf32: bool = False  # CUDA provider: TF32 convolutions/matmuls, ~1e-3 relative error (docs/kernels.md)
     allow_tf32: bool = (
         False  # CUDA provider: TF32 convolutions/matmuls, ~1e-3 relative error (docs/kernels.md)
     )
