@@ -8,21 +8,28 @@ gradients, Smooth Grad-CAM++'s noisy copies) and the evaluation's perturbed imag
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import TypeVar
+from typing import overload
 
 import torch
 
 from camserve.outputs import ExplainOutputs
 
-Output = TypeVar("Output", torch.Tensor, ExplainOutputs)
+
+@overload
+def run_in_chunks(run: Callable[[slice], torch.Tensor], count: int, chunk_size: int) -> torch.Tensor: ...
 
 
-def run_in_chunks(run: Callable[[slice], Output], count: int, chunk_size: int) -> Output:
+@overload
+def run_in_chunks(run: Callable[[slice], ExplainOutputs], count: int, chunk_size: int) -> ExplainOutputs: ...
+
+
+def run_in_chunks(
+    run: Callable[[slice], torch.Tensor] | Callable[[slice], ExplainOutputs], count: int, chunk_size: int
+) -> torch.Tensor | ExplainOutputs:
     """``run(items)`` for the slices ``[0, c)``, ``[c, 2c)``, ... of ``count`` items (c = chunk_size),
     concatenated along dim 0. One chunk is returned as it is (no copy). ``run`` returns a tensor or
-    an ``ExplainOutputs`` (concatenated field by field; a None field stays None)."""
+    an ``ExplainOutputs`` (concatenated field by field; extra_tokens stays None when absent)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if count < 1:
@@ -30,17 +37,18 @@ def run_in_chunks(run: Callable[[slice], Output], count: int, chunk_size: int) -
     parts = [run(slice(start, min(start + chunk_size, count))) for start in range(0, count, chunk_size)]
     if len(parts) == 1:
         return parts[0]
-    return _concatenate(parts)
+    tensors = [part for part in parts if isinstance(part, torch.Tensor)]
+    if len(tensors) == len(parts):
+        return torch.cat(tensors)
+    return _concatenate_outputs([part for part in parts if isinstance(part, ExplainOutputs)])
 
 
-def _concatenate(parts: list[Output]) -> Output:
-    first = parts[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(parts)
-    joined = {
-        field.name: None
-        if getattr(first, field.name) is None
-        else torch.cat([getattr(part, field.name) for part in parts])
-        for field in dataclasses.fields(first)
-    }
-    return dataclasses.replace(first, **joined)
+def _concatenate_outputs(parts: list[ExplainOutputs]) -> ExplainOutputs:
+    extra = [part.extra_tokens for part in parts if part.extra_tokens is not None]
+    return ExplainOutputs(
+        logits=torch.cat([part.logits for part in parts]),
+        activations=torch.cat([part.activations for part in parts]),
+        gradients=torch.cat([part.gradients for part in parts]),
+        target_ids=torch.cat([part.target_ids for part in parts]),
+        extra_tokens=torch.cat(extra) if extra else None,
+    )

@@ -10,7 +10,7 @@
 Image files, PIL images and uint8 pixels travel as PNG/JPEG bytes (the server preprocesses them
 exactly as the Explainer does); float32 tensors travel as they are.
 
-A server with TLS, mTLS or a bearer token (see the README's operations section):
+A server with TLS, mTLS or a bearer token (see docs/operations.md):
 
 >>> Client("camserve.example:50051", ca_file="ca.pem", cert_file="client.pem", key_file="client.key",
 ...        token=open("token.txt").read().strip())
@@ -150,13 +150,13 @@ class Client:
         input_size, mean, std = list(info.input_size), list(info.mean), list(info.std)
         batch = preprocess(images, input_size, mean, std)  # validates like the Explainer; kept for overlays
         table = parse_targets(targets, batch.shape[0], info.num_classes).tolist()
+        sources = _image_sources(images, batch)
+        for source, row in zip(sources, table, strict=True):
+            source.targets.extend(row)
         request = pb.ExplainRequest(
             model=info.name,
             methods=[methods] if isinstance(methods, str) else list(methods),
-            images=[
-                pb.Image(targets=row, **source)
-                for row, source in zip(table, _image_sources(images, batch), strict=True)
-            ],
+            images=sources,
         )
         options = options if options is not None else self.options
         if options is not None:
@@ -173,17 +173,17 @@ class Client:
             raise ServerError(exc.code(), exc.details() or "") from None
 
 
-def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor) -> list[dict[str, object]]:
-    """One ``pb.Image`` source per image: encoded bytes for files and pixels, tensors for float32."""
+def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor) -> list[pb.Image]:
+    """One ``pb.Image`` (targets not set) per image: encoded bytes for files and pixels, float32 tensors."""
     from PIL import Image
 
     items = list(images) if isinstance(images, list | tuple) else [images]
-    sources: list[dict[str, object]] = []
+    sources: list[pb.Image] = []
     for item in items:
         if isinstance(item, str | os.PathLike) and Path(item).suffix.lower() != ".npy":
-            sources.append({"encoded": Path(item).read_bytes()})
+            sources.append(pb.Image(encoded=Path(item).read_bytes()))
         elif isinstance(item, Image.Image):
-            sources.append({"encoded": _png(np.asarray(item.convert("RGB")))})
+            sources.append(pb.Image(encoded=_png(np.asarray(item.convert("RGB")))))
         else:
             if isinstance(item, str | os.PathLike):
                 array = np.load(item, allow_pickle=False)
@@ -193,11 +193,11 @@ def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor)
                 array = np.asarray(item)
             if array.dtype == np.uint8:
                 pixels = array if array.ndim == 4 else array[None]
-                sources.extend({"encoded": _png(p)} for p in pixels)
+                sources.extend(pb.Image(encoded=_png(p)) for p in pixels)
             else:
                 tensors = array if array.ndim == 4 else array[None]
                 sources.extend(
-                    {"tensor": array_to_tensor(np.ascontiguousarray(t, np.float32))} for t in tensors
+                    pb.Image(tensor=array_to_tensor(np.ascontiguousarray(t, np.float32))) for t in tensors
                 )
     if len(sources) != batch.shape[0]:
         raise InvalidArgumentError("images", f"{len(sources)} images encoded for a batch of {batch.shape[0]}")

@@ -86,7 +86,7 @@ def save_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray])
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # a file object: savez would append ".npz" to a name
+            np.savez(fh, allow_pickle=False, **arrays)  # a file object: savez would append ".npz" to a name
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_name, target)

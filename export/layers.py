@@ -50,6 +50,8 @@ class Layout:
             return raw, None
         if self.kind == "nhwc":
             return raw.permute(0, 3, 1, 2), None
+        if self.grid is None:
+            raise ExportError("a tokens layout needs its patch grid (h, w)")
         h, w = self.grid
         extra = raw[:, : self.prefix]
         patches = raw[:, self.prefix :]
@@ -63,7 +65,11 @@ class Layout:
         if self.kind == "nhwc":
             return acts.permute(0, 2, 3, 1)
         patches = acts.flatten(2).transpose(1, 2)
-        return torch.cat([extra, patches], dim=1) if self.prefix else patches
+        if not self.prefix:
+            return patches
+        if extra is None:
+            raise ExportError(f"a tokens layout with {self.prefix} leading tokens needs them back")
+        return torch.cat([extra, patches], dim=1)
 
     @staticmethod
     def infer(raw_shape: torch.Size, kind: str, prefix: int, input_hw: tuple[int, int]) -> Layout:

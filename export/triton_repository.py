@@ -35,7 +35,7 @@ INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as camserve serve accepts
 
 #: ONNX TensorProto element types -> Triton data types.
-_DATA_TYPES = {
+_DATA_TYPES: dict[int, str] = {
     onnx.TensorProto.BOOL: "TYPE_BOOL",
     onnx.TensorProto.UINT8: "TYPE_UINT8",
     onnx.TensorProto.UINT16: "TYPE_UINT16",
@@ -188,7 +188,7 @@ def write_triton_repository(
     directory's explain graph); returns the model's folder. ``name`` None: the manifest's name;
     ``config``: the keyword arguments of :func:`triton_config`. Other models in ``repository`` are
     left alone; an existing folder of this model is replaced only with ``force``."""
-    directory = model_dir if isinstance(model_dir, ModelDirectory) else ModelDirectory(model_dir)
+    directory = model_dir if isinstance(model_dir, ModelDirectory) else ModelDirectory(Path(model_dir))
     source = directory.graph_path(GRAPH)
     name = name or directory.name
     graph = onnx.load(str(source), load_external_data=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import NoReturn
 
 import grpc
 
@@ -32,6 +33,13 @@ class UnavailableError(CamserveError):
 #: Status messages travel in a metadata header (grpc-message); longer ones are cut so that a message
 #: echoing a huge client string can never exceed the peer's metadata limit.
 MAX_STATUS_CHARS = 2000
+
+
+async def abort_with_status(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with ``exc``'s status code and message (``context.abort`` raises)."""
+    code, message = status_for(exc)
+    await context.abort(code, message)
+    raise AssertionError("ServicerContext.abort returned")  # unreachable: abort always raises
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -22,7 +22,7 @@ from camserve.config import CamserveConfig
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.inference import grpc_service_pb2_grpc as ip_grpc
 from camserve.service.dataplane import DataPlane, Outcome, answer_or_abort
-from camserve.service.errors import status_for
+from camserve.service.errors import abort_with_status
 from camserve.service.models import ServedModel
 from camserve.service.oip_codec import (
     MODEL_VERSION,
@@ -79,8 +79,7 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
             model = self._model(request.name, request.version)
             return model_metadata(model)
         except Exception as exc:
-            code, message = status_for(exc)
-        await context.abort(code, message)
+            await abort_with_status(context, exc)
 
     async def ModelConfig(
         self, request: ip.ModelConfigRequest, context: grpc.aio.ServicerContext
@@ -92,8 +91,7 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
             config = model_config(model, service.max_batch_size, service.max_queue_delay_ms, kind)
             return ip.ModelConfigResponse(config=config)
         except Exception as exc:
-            code, message = status_for(exc)
-        await context.abort(code, message)
+            await abort_with_status(context, exc)
 
     def _model(self, name: str, version: str) -> ServedModel:
         model = self.dataplane.model(name)

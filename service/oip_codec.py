@@ -427,7 +427,10 @@ def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
 
 
 def model_config(
-    model: ServedModel, max_batch_size: int, max_queue_delay_ms: float, instance_kind: int
+    model: ServedModel,
+    max_batch_size: int,
+    max_queue_delay_ms: float,
+    instance_kind: ip.ModelInstanceGroup.Kind,
 ) -> ip.ModelConfig:
     """Triton's view of the model: dims without the batch dimension (max_batch_size > 0). IMAGES and
     PIXELS are both optional: a request carries exactly one of them."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -245,16 +246,16 @@ def _refusing_handler(
 
 
 def channel_credentials(
-    ca_file: str | Path | None = None,
-    cert_file: str | Path | None = None,
-    key_file: str | Path | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
 ) -> grpc.ChannelCredentials:
     """Client TLS credentials: ``ca_file`` verifies the server (None: the system's roots); ``cert_file``
     and ``key_file`` are the client's own certificate for mTLS."""
     if (cert_file is None) != (key_file is None):
         raise InvalidArgumentError("cert_file", "a client certificate needs its key: pass both or neither")
 
-    def read(path: str | Path | None, name: str) -> bytes | None:
+    def read(path: str | os.PathLike[str] | None, name: str) -> bytes | None:
         if path is None:
             return None
         file = Path(path).expanduser()
@@ -273,9 +274,9 @@ def open_channel(
     address: str,
     *,
     tls: bool = False,
-    ca_file: str | Path | None = None,
-    cert_file: str | Path | None = None,
-    key_file: str | Path | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    cert_file: str | os.PathLike[str] | None = None,
+    key_file: str | os.PathLike[str] | None = None,
     server_name: str | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:

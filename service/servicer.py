@@ -14,7 +14,7 @@ import grpc
 
 from camserve.service.codec import decode_request, encode_response, model_info
 from camserve.service.dataplane import DataPlane, Outcome, ServiceRequest, answer_or_abort
-from camserve.service.errors import status_for
+from camserve.service.errors import abort_with_status
 from camserve.service.streams import answer_in_completion_order
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
@@ -56,8 +56,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         try:
             return model_info(self.dataplane.model(request.name), self.max_batch_size)
         except Exception as exc:
-            code, message = status_for(exc)
-        await context.abort(code, message)
+            await abort_with_status(context, exc)
 
     def _explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext

@@ -52,8 +52,9 @@ async def answer_in_completion_order(
         while (response := await answers.get()) is not None:
             yield response
         await asyncio.wait({reader})
-        if reader.exception() is not None:
-            code, message = status_for(reader.exception())
+        failure = reader.exception()
+        if failure is not None:
+            code, message = status_for(failure)
             await context.abort(code, message)
     finally:
         # The client went away or the stream failed: drop this stream's queued work.

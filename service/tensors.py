@@ -17,7 +17,7 @@ _NUMPY_DTYPES: dict[int, np.dtype] = {
     pb.DATA_TYPE_FLOAT16: np.dtype("<f2"),
     pb.DATA_TYPE_UINT8: np.dtype("u1"),
 }
-_PROTO_DTYPES: dict[str, int] = {
+_PROTO_DTYPES: dict[str, pb.DataType] = {
     "float32": pb.DATA_TYPE_FLOAT32,
     "float16": pb.DATA_TYPE_FLOAT16,
     "uint8": pb.DATA_TYPE_UINT8,
@@ -29,7 +29,7 @@ MAX_TENSOR_DIMS = 8  # no camserve tensor has more; numpy refuses more than 64
 DTYPE_NAMES = tuple(_PROTO_DTYPES)
 
 
-def dtype_from_name(name: str, field: str = "dtype") -> int:
+def dtype_from_name(name: str, field: str = "dtype") -> pb.DataType:
     if name not in _PROTO_DTYPES:
         raise InvalidArgumentError(field, f"{name!r} is not one of {', '.join(DTYPE_NAMES)}")
     return _PROTO_DTYPES[name]

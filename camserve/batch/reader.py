@@ -87,9 +87,10 @@ def read_maps(
                 f"{Path(out)}: no maps for ids {missing[:5]}" + (" ..." if len(missing) > 5 else "")
             )
         blobs = [blobs[position[image_id]] for image_id in ids]
-    shape = tuple(entry["shape"])
-    stored = decode_maps(blobs, entry["dtype"], shape)  # type: ignore[arg-type]
-    target = _output_size(size, manifest, shape[1:])  # type: ignore[arg-type]
+    count, height, width = (int(side) for side in entry["shape"])
+    shape = (count, height, width)
+    stored = decode_maps(blobs, entry["dtype"], shape)
+    target = _output_size(size, manifest, (height, width))
     exact = entry["exact_sizes"]
     if exact != "any" and list(target) not in exact:
         raise InvalidArgumentError(
@@ -105,6 +106,6 @@ def _output_size(size: Size, manifest: dict[str, Any], stored: tuple[int, int]) 
         return parse_output_size(f"{size[0]}x{size[1]}", (1, 1), (1, 1))
     if size == "stored":
         return stored
-    input_hw = tuple(manifest["input_size"])
-    feature_hw = tuple(manifest["feature_size"])
-    return parse_output_size(size, input_hw, feature_hw)  # type: ignore[arg-type]
+    input_h, input_w = manifest["input_size"]
+    feature_h, feature_w = manifest["feature_size"]
+    return parse_output_size(size, (input_h, input_w), (feature_h, feature_w))

@@ -48,7 +48,7 @@ class DigitCamNet(nn.Module):
         strides: tuple[int, ...] = (2, 1, 2, 1),
     ) -> None:
         super().__init__()
-        blocks = OrderedDict()
+        blocks: OrderedDict[str, nn.Module] = OrderedDict()
         in_channels = INPUT_SIZE[0]
         for index, (width, stride) in enumerate(zip(widths, strides, strict=True), start=1):
             blocks[f"block{index}"] = conv_block(in_channels, width, stride)

@@ -239,7 +239,7 @@ def evaluate_batch(
     predicted = logits.argmax(1)
     probs = torch.softmax(logits, 1)
     all_maps = {name: m.detach().float().cpu() for name, m in computed.maps.items()}
-    feature_size = tuple(computed.feature_size)
+    feature_size = computed.feature_size
     for name in settings.baselines:
         single = baseline_maps(name, n, (h, w), feature_size=feature_size, generator=generator)
         all_maps[name] = single.unsqueeze(1).expand(n, len(TARGET_KINDS), h, w)

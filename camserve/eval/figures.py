@@ -112,14 +112,14 @@ def curves_figure(result: SubsetResult, names: Sequence[str], baselines: Sequenc
     """Mean deletion (left) and insertion (right) curves; baselines dashed."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
-    x = result.fractions.numpy() if result.fractions is not None else None
+    fractions = result.fractions
     for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
         for name in names:
             curve = result.curve(kind, name)
-            if curve.numel() == 0 or x is None:
+            if curve.numel() == 0 or fractions is None:
                 continue
-            mean = curve.mean(0).numpy()
-            auc = float(torch.trapezoid(curve, result.fractions.to(curve), dim=-1).mean())
+            x, mean = fractions.numpy(), curve.mean(0).numpy()
+            auc = float(torch.trapezoid(curve, fractions.to(curve), dim=-1).mean())
             ax.plot(x, mean, label=f"{name} ({auc:.3f})", linestyle="--" if name in baselines else "-")
         ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}")
         ax.set_ylabel("probability of the true class")

@@ -204,11 +204,13 @@ def explainer_sanity_check(
     if not methods:
         raise InvalidArgumentError("methods", "no method left for the sanity check")
 
+    channels, height, width = manifest.input_size
+
     def maps_for_model(candidate: nn.Module) -> dict[str, torch.Tensor]:
         runner = TorchGraphRunner(
             candidate,
             manifest.target_layer,
-            tuple(manifest.input_size),
+            (channels, height, width),
             layout=manifest.layout,
             prefix_tokens=manifest.prefix_tokens,
         )

@@ -19,6 +19,7 @@ import torch
 from camserve import kernels
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.errors import InvalidArgumentError
+from camserve.kernels import WeightMethod
 from camserve.outputs import ExplainOutputs, GraphRunner
 
 #: What a method may need beyond the explain graph: graph names of the model directory, plus
@@ -47,7 +48,8 @@ class MethodContext:
     noisy_gradients: torch.Tensor | None = None
     cam_weights: torch.Tensor | None = None
     model_name: str = "model"
-    weight_rules: tuple[str, ...] = ()  # channel-weight rules the batch's methods read (one pass for all)
+    # channel-weight rules the batch's methods read (one pass for all)
+    weight_rules: tuple[WeightMethod, ...] = ()
     _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -94,7 +96,7 @@ class CamMethod(ABC):
 
     name: ClassVar[str]
     requires: ClassVar[frozenset[Requirement]] = frozenset()
-    weight_rules: ClassVar[tuple[str, ...]] = ()
+    weight_rules: ClassVar[tuple[WeightMethod, ...]] = ()
     cost: ClassVar[str] = "nothing beyond the shared explain run"
     class_agnostic: ClassVar[bool] = False
 

@@ -13,10 +13,11 @@ import torch
 
 from camserve import kernels
 from camserve.config import ExplainOptions
+from camserve.kernels import WeightMethod
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 
 
-def weight_rule_maps(ctx: MethodContext, rule: str) -> torch.Tensor:
+def weight_rule_maps(ctx: MethodContext, rule: WeightMethod) -> torch.Tensor:
     """ReLU(sum_k w_k A^k) [N,T,h,w] for one channel-weight rule ("gradcam", "gradcam++",
     "xgradcam"), computed once per batch. When the batch's methods need several rules
     (``ctx.weight_rules``), all their weights come from one pass over A and g; with one rule, the
@@ -165,7 +166,7 @@ class LayerCAM(CamMethod):
         to the largest h_l x w_l and min-max normalised, then summed."""
         if len(layer_maps) == 1:
             return layer_maps[0]
-        size = max((tuple(m.shape[-2:]) for m in layer_maps), key=lambda hw: hw[0] * hw[1])
+        size = max(((int(m.shape[-2]), int(m.shape[-1])) for m in layer_maps), key=lambda hw: hw[0] * hw[1])
         normalised = [kernels.upsample_normalize(m, size, True, eps, backend=backend) for m in layer_maps]
         return torch.stack(normalised).sum(dim=0)
 
