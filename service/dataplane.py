@@ -78,8 +78,23 @@ class ServiceRequest:
         return [ImageWork(image.load(), image.targets, self.methods) for image in self.images]
 
 
-Decode = Callable[[ServedModel, ExplainOptions], ServiceRequest]
-Encode = Callable[[ServedModel, ServiceRequest, list[ImageWork], list[ImageResult]], Response]
+WireRequest = TypeVar("WireRequest")
+
+
+def _never(request: ServiceRequest) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class FrontDoor(Generic[WireRequest, Response]):
+    """What the data plane needs of an API: how to read its requests and write its answers."""
+
+    kind: str  # the log line's first word: "explain" (camserve.v1), "infer" (inference.*)
+    request_id: Callable[[WireRequest], str]
+    model_name: Callable[[WireRequest], str]
+    decode: Callable[[WireRequest, ServedModel, ExplainOptions], ServiceRequest]
+    encode: Callable[[WireRequest, ServedModel, ServiceRequest, list[ImageWork], list[ImageResult]], Response]
+    encode_in_thread: Callable[[ServiceRequest], bool] = _never  # answers that take real time to write
 
 
 @dataclass(frozen=True)
@@ -188,23 +203,16 @@ class DataPlane:
                 self._idle.set()
 
     async def handle(
-        self,
-        kind: str,
-        request_id: str,
-        model_name: str,
-        decode: Decode,
-        encode: Encode[Response],
-        time_remaining: float | None,
-        encode_in_thread: Callable[[ServiceRequest], bool] = lambda request: False,
+        self, door: FrontDoor[WireRequest, Response], wire: WireRequest, time_remaining: float | None
     ) -> Outcome[Response]:
         """One request from start to answer: the answer, or the failure's status; logs the request."""
-        record = RequestRecord(request_id, model_name, kind)
+        record = RequestRecord(door.request_id(wire), door.model_name(wire), door.kind)
         served = False
         with self.in_flight():
             try:
-                model = self.model(model_name)
+                model = self.model(record.model)
                 served = True
-                response = await self._handle(model, decode, encode, time_remaining, record, encode_in_thread)
+                response = await self._handle(door, wire, model, time_remaining, record)
             except asyncio.CancelledError:
                 # gRPC cancels the handler both when the client cancels and when the deadline passes
                 # (its timer may fire a little before this clock says so).
@@ -223,18 +231,17 @@ class DataPlane:
 
     async def _handle(
         self,
+        door: FrontDoor[WireRequest, Response],
+        wire: WireRequest,
         model: ServedModel,
-        decode: Decode,
-        encode: Encode[Response],
         time_remaining: float | None,
         record: RequestRecord,
-        encode_in_thread: Callable[[ServiceRequest], bool],
     ) -> Response:
         if self.draining:
             raise UnavailableError("server is shutting down; retry on another replica")
         started = time.monotonic()
         # Checking a request reads image headers and tensors: off the event loop.
-        request = await asyncio.to_thread(decode, model, self.defaults)
+        request = await asyncio.to_thread(door.decode, wire, model, self.defaults)
         record.images = len(request.images)
         record.methods = ",".join(request.methods)
         record.method_labels = request.methods
@@ -244,9 +251,9 @@ class DataPlane:
         works = await asyncio.to_thread(request.decode)  # PNG/JPEG decoding takes real time
         completed = await run_works(model, works, request.options, deadline, record)
         results = [c.value for c in completed]
-        if encode_in_thread(request):
-            return await asyncio.to_thread(encode, model, request, works, results)
-        return encode(model, request, works, results)
+        if door.encode_in_thread(request):
+            return await asyncio.to_thread(door.encode, wire, model, request, works, results)
+        return door.encode(wire, model, request, works, results)
 
 
 async def run_works(

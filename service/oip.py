@@ -12,8 +12,8 @@ Imported by the server when it starts, never by ``camserve.service.server`` at i
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Awaitable
+from operator import attrgetter
 
 import grpc
 
@@ -21,7 +21,7 @@ import camserve
 from camserve.config import CamserveConfig
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.inference import grpc_service_pb2_grpc as ip_grpc
-from camserve.service.dataplane import DataPlane, Outcome, answer_or_abort
+from camserve.service.dataplane import DataPlane, FrontDoor, Outcome, answer_or_abort
 from camserve.service.errors import abort_with_status
 from camserve.service.models import ServedModel
 from camserve.service.oip_codec import (
@@ -128,14 +128,12 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
     def _infer(
         self, request: ip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> Awaitable[Outcome[ip.ModelInferResponse]]:
-        return self.dataplane.handle(
-            "infer",
-            request.id,
-            request.model_name,
-            functools.partial(decode_infer_request, request),
-            functools.partial(encode_infer_response, request),
-            context.time_remaining(),
-        )
+        return self.dataplane.handle(INFER, request, context.time_remaining())
+
+
+INFER: FrontDoor[ip.ModelInferRequest, ip.ModelInferResponse] = FrontDoor(
+    "infer", attrgetter("id"), attrgetter("model_name"), decode_infer_request, encode_infer_response
+)
 
 
 _INSTANCE_KIND = {

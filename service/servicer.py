@@ -7,13 +7,13 @@ in-flight tracking, draining and the status mapping happen in the data plane, on
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Awaitable
+from operator import attrgetter
 
 import grpc
 
 from camserve.service.codec import decode_request, encode_response, model_info
-from camserve.service.dataplane import DataPlane, Outcome, ServiceRequest, answer_or_abort
+from camserve.service.dataplane import DataPlane, FrontDoor, Outcome, ServiceRequest, answer_or_abort
 from camserve.service.errors import abort_with_status
 from camserve.service.streams import answer_in_completion_order
 from camserve.v1 import camserve_pb2 as pb
@@ -61,17 +61,14 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     def _explain(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> Awaitable[Outcome[pb.ExplainResponse]]:
-        return self.dataplane.handle(
-            "explain",
-            request.id,
-            request.model,
-            functools.partial(decode_request, request),
-            functools.partial(encode_response, request),
-            context.time_remaining(),
-            encode_in_thread=_has_overlays,
-        )
+        return self.dataplane.handle(EXPLAIN, request, context.time_remaining())
 
 
 def _has_overlays(request: ServiceRequest) -> bool:
     """PNG overlays take real time to encode: off the event loop."""
     return request.answer.overlay
+
+
+EXPLAIN: FrontDoor[pb.ExplainRequest, pb.ExplainResponse] = FrontDoor(
+    "explain", attrgetter("id"), attrgetter("model"), decode_request, encode_response, _has_overlays
+)
