@@ -22,6 +22,7 @@ import camserve
 from camserve.errors import ExportError, InvalidArgumentError, NotFoundError
 from camserve.export.graphs import SplitModel
 from camserve.export.tracing import OPSET, export_onnx
+from camserve.export.verification import verify_graph
 from camserve.modeldir import GraphFile, Manifest, ModelDirectory, sha256_file
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def export_model(
             activation_shape=list(acts_shape),
             layout=split.layout.kind,
             prefix_tokens=split.layout.prefix,
+            notes=_non_cut_notes(split),
             graphs=files,
             cam_weights=cam,
             versions=_versions(),
@@ -90,6 +92,14 @@ def export_model(
         raise
     log.info("exported %s (layer %s) to %s", name, layer, out_dir)
     return ModelDirectory(out_dir)
+
+
+def _non_cut_notes(split: SplitModel) -> dict[str, object]:
+    """For a layer that is not a cut: where the head re-enters, and the per-image shape of the head's
+    extra input (``extra_tokens``: the anchor's input), for runners that allocate outputs up front."""
+    if split.anchor is None:
+        return {}
+    return {"anchor": split.anchor.name, "extra_shape": list(split.anchor.shape)}
 
 
 def _check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
@@ -106,7 +116,7 @@ def _write_graphs(
     targets = torch.tensor([[-1, 0], [1, -2]], dtype=torch.int64)
     with torch.no_grad():
         reference = split.explain(example, targets)
-    tokens = split.layout.prefix > 0
+    tokens = split.extra_shape is not None  # the head also needs ``extra_tokens``
     acts, extra = reference[1], (reference[4] if tokens else None)
     head_inputs = (acts, extra) if tokens else (acts,)
     specs = {
@@ -140,41 +150,10 @@ def _write_graphs(
         log.info("tracing the %s graph", graph)
         export_onnx(fn, inputs, in_names, out_names, dims, path)
         if verify:
-            _verify_graph(graph, path, fn, inputs, in_names)
+            verify_graph(graph, path, fn, inputs, in_names)
         files[graph] = GraphFile(path.name, sha256_file(path))
     cam = _cam_weights(split, acts, extra, staging)
     return files, tuple(acts.shape[1:]), cam
-
-
-def _verify_graph(graph: str, path: Path, fn, inputs, in_names) -> None:
-    """The ONNX graph must give the eager function's numbers (on a fresh batch of 3)."""
-    import onnxruntime as ort
-
-    gen = torch.Generator().manual_seed(1)
-    fresh = []
-    for x in inputs:  # batch of 3 instead of 2: checks the dynamic batch dimension too
-        if x.dtype == torch.int64:
-            fresh.append(torch.cat([x, x[:1]]))
-        else:
-            fresh.append(torch.randn(3, *x.shape[1:], generator=gen) * x.std() + x.mean())
-    with torch.no_grad():
-        expected = fn(*fresh)
-    expected = expected if isinstance(expected, tuple) else (expected,)
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, {n: x.numpy() for n, x in zip(in_names, fresh, strict=True)})
-    except Exception as exc:  # ONNX Runtime rejects the graph: report it as an export failure
-        raise ExportError(f"ONNX Runtime cannot run the exported {graph} graph: {exc}") from exc
-    for out, ref, want in zip(session.get_outputs(), got, expected, strict=True):
-        want = want.numpy()
-        scale = max(float(np.abs(want).max()), 1e-30)
-        err = float(np.abs(ref - want).max()) / scale
-        # max-pool near-ties can move single gradient elements; everything else must agree closely
-        if err > 1e-3:
-            raise ExportError(
-                f"the exported {graph} graph disagrees with PyTorch on output {out.name!r}: "
-                f"max error {err:.2e} of its largest value"
-            )
 
 
 def _cam_weights(split: SplitModel, acts: torch.Tensor, extra, staging: Path) -> GraphFile | None:

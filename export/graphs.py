@@ -11,8 +11,12 @@
 - ``guided(images, targets)``: guided-backprop input gradients (ReLU backward passes only positive
   gradients at positive inputs), T copies of the image, one backward pass.
 
-The layer must be a *cut*: the head may read nothing computed before the layer except through it
-(a layer inside a residual block, whose skip connection bypasses it, is refused with a clear error).
+Layers that are not *cuts* work too (a conv inside a residual block, ViT's ``ln_1``: tensors
+computed before the layer bypass it and are read after it). The export then re-enters at the
+*anchor*, the innermost module around the layer whose input is a cut (the residual block, the
+encoder block): the anchor's input, per image, is the head's extra input (``extra_tokens``, as ViT's
+class token is for a cut), and the head re-runs the anchor from it with the layer's output replaced
+— the part of the anchor before the layer (a skip, a downsample, the other tokens) is recomputed.
 """
 
 from __future__ import annotations
@@ -68,6 +72,16 @@ class _Capture:
     calls: int = 0
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """Where a non-cut layer's head re-enters: the module ``name`` around the layer, whose input
+    (one tensor, ``shape`` per image) is a cut of the network."""
+
+    name: str
+    module: nn.Module
+    shape: tuple[int, ...]
+
+
 class SplitModel(nn.Module):
     """A classifier cut at ``layer``; never modifies the given model (it keeps a frozen copy)."""
 
@@ -84,11 +98,18 @@ class SplitModel(nn.Module):
         self.layer_name = layer
         self.input_size = tuple(input_size)
         self._layer = find_layer(self.model, layer)
+        self._one_image_body = False
+        self.anchor: Anchor | None = None  # set by _probe when the layer is not a cut
+        # per-image shape of the head's extra input (explain's ``extra_tokens``): ViT's prefix tokens
+        # [E,K] at a cut, the anchor's input at a non-cut layer; None when the head needs only A
+        self.extra_shape: tuple[int, ...] | None = None
         self.layout, self.num_classes = self._probe(layout, prefix_tokens)
 
     # -- the exported functions -------------------------------------------------------------
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor):
+        if self.anchor is not None:
+            return self._explain_from_anchor(images, targets)
         n, t = targets.shape
         cap = _Capture()
 
@@ -112,19 +133,68 @@ class SplitModel(nn.Module):
         outs = (logits, cap.acts, grads, ids)
         return outs + ((cap.extra,) if cap.extra is not None else ())
 
+    def _explain_from_anchor(self, images: torch.Tensor, targets: torch.Tensor):
+        """``explain`` for a non-cut layer: the body runs once up to the anchor's input, which is
+        repeated T times; the anchor (its part before the layer included) and the rest run on N·T."""
+        n, t = targets.shape
+        cap = _Capture()
+
+        def enter(_module, args):
+            cap.extra = args[0].detach().clone()
+            return (_repeat(cap.extra, t), *args[1:])
+
+        def hook(_module, _inputs, raw):
+            acts, extra = self.layout.to_nkhw(raw.detach())
+            cap.leaf = acts.clone().requires_grad_(True)
+            cap.acts = cap.leaf.detach().reshape(n, t, *acts.shape[1:])[:, 0].clone()
+            return self.layout.from_nkhw(cap.leaf, extra).clone()
+
+        with torch.enable_grad(), _pre_hooked(self.anchor.module, enter), _hooked(self._layer, hook):
+            logits_rep = self.model(images)
+        logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
+        ids = resolve_targets(targets, logits)
+        (grads,) = torch.autograd.grad(
+            logits_rep, cap.leaf, grad_outputs=_select(ids, logits.shape[1], logits.dtype)
+        )
+        return logits, cap.acts, grads.reshape(n, t, *cap.acts.shape[1:]), ids, cap.extra
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
     def head(self, activations: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from activations; the body runs on a zero image whose result is discarded (dead code
-        that tracing removes: the head graph contains the head only)."""
+        that tracing removes: the head graph contains the head only). One zero image, not M: at a cut
+        nothing of the body but the replaced output reaches the logits (``_probe`` checks that the
+        model agrees), and the eager head stays as cheap as the head (CAM-weight probing runs it on
+        hundreds of activations)."""
+
+        if self.anchor is not None:
+            return self._head_from_anchor(activations, extra)
 
         def hook(_module, _inputs, _raw):
             # a copy: an in-place op after the layer (DenseNet's ReLU) must not write into the caller's tensor
             return self.layout.from_nkhw(activations, extra).clone()
 
-        dummy = activations.new_zeros((activations.shape[0], *self.input_size))
+        body_batch = 1 if self._one_image_body else activations.shape[0]
+        dummy = activations.new_zeros((body_batch, *self.input_size))
         with _hooked(self._layer, hook):
+            return self.model(dummy)
+
+    def _head_from_anchor(self, activations: torch.Tensor, anchor_input: torch.Tensor | None) -> torch.Tensor:
+        """Logits of a non-cut layer's head: the anchor re-runs from its input, the layer's output is
+        replaced by ``activations`` (prefix tokens, if any, come from the re-run)."""
+        if anchor_input is None:
+            raise ExportError(f"the head of non-cut layer {self.layer_name!r} needs the anchor's input")
+
+        def enter(_module, args):
+            return (anchor_input, *args[1:])
+
+        def hook(_module, _inputs, raw):
+            return self.layout.from_nkhw(activations, self.layout.to_nkhw(raw)[1]).clone()
+
+        body_batch = 1 if self._one_image_body else activations.shape[0]
+        dummy = activations.new_zeros((body_batch, *self.input_size))
+        with _pre_hooked(self.anchor.module, enter), _hooked(self._layer, hook):
             return self.model(dummy)
 
     def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -143,7 +213,8 @@ class SplitModel(nn.Module):
     # -- checks done once, eagerly ------------------------------------------------------------
 
     def _probe(self, layout: str | None, prefix_tokens: int | None) -> tuple[Layout, int]:
-        """Run the model once to learn the layer's output shape and check that it is a usable cut."""
+        """Run the model once to learn the layer's output shape, and whether it is a cut (else find
+        the anchor where a head that recomputes the bypassing tensors can start)."""
         example = torch.zeros(2, *self.input_size)
         seen: list[torch.Tensor] = []
 
@@ -179,10 +250,24 @@ class SplitModel(nn.Module):
         prefix = prefix if prefix_tokens is None else prefix_tokens
         lay = Layout.infer(raw.shape, kind, prefix, self.input_size[1:])
         self.layout = lay
-        self._check_cut(lay.to_nkhw(raw)[0], lay.to_nkhw(raw)[1])
+        acts, extra = lay.to_nkhw(raw)
+        if not self._is_cut(acts, extra):
+            self.anchor = self._find_anchor(example)
+            extra = self.anchor_input(example)
+        self.extra_shape = None if extra is None else tuple(extra.shape[1:])
+        with torch.no_grad():  # a model that reads the batch size before the layer needs the full body
+            self._one_image_body = True
+            try:
+                one_body = self.head(acts, extra)
+                self._one_image_body = one_body.shape == logits.shape and torch.allclose(
+                    one_body, logits, rtol=1e-4, atol=1e-5 * float(logits.abs().max())
+                )
+            except Exception:
+                self._one_image_body = False
         return lay, logits.shape[1]
 
-    def _check_cut(self, acts: torch.Tensor, extra: torch.Tensor | None) -> None:
+    def _is_cut(self, acts: torch.Tensor, extra: torch.Tensor | None) -> bool:
+        """Whether the layers after the layer read nothing computed before it but its output."""
         acts = acts.clone().requires_grad_(True)
         dummy = torch.zeros(acts.shape[0], *self.input_size, requires_grad=True)
 
@@ -194,12 +279,54 @@ class SplitModel(nn.Module):
         g_acts, g_body = torch.autograd.grad(logits.sum(), (acts, dummy), allow_unused=True)
         if g_acts is None:
             raise ExportError(f"the output of layer {self.layer_name!r} does not reach the logits")
-        if g_body is not None:
-            raise ExportError(
-                f"layer {self.layer_name!r} is not a cut of the network: the layers after it also read "
-                "tensors computed before it (a skip connection bypasses it, e.g. a layer inside a residual "
-                "block). Choose the output of a whole block or stage (e.g. 'layer4' for a ResNet)."
-            )
+        return g_body is None
+
+    def anchor_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The anchor's input for ``images`` (the body's part before the anchor), detached."""
+        seen: list[torch.Tensor] = []
+
+        def record(_module, args):
+            seen.append(args[0].detach().clone())
+
+        with torch.no_grad(), _pre_hooked(self.anchor.module, record):
+            self.model(images)
+        return seen[0]
+
+    def _find_anchor(self, example: torch.Tensor) -> Anchor:
+        """The innermost module around the layer that runs once on one tensor that is a cut."""
+        parts = self.layer_name.split(".")
+        modules = dict(self.model.named_modules())
+        for depth in range(len(parts) - 1, 0, -1):
+            name = ".".join(parts[:depth])
+            module = modules[name]
+            inputs: list = []
+
+            def record(_module, args, inputs=inputs):
+                inputs.append(args)
+
+            with torch.no_grad(), _pre_hooked(module, record):
+                self.model(example)
+            if len(inputs) != 1 or not inputs[0] or not isinstance(inputs[0][0], torch.Tensor):
+                continue
+            if self._input_is_cut(module, inputs[0][0]):
+                return Anchor(name, module, tuple(inputs[0][0].shape[1:]))
+        raise ExportError(
+            f"layer {self.layer_name!r} is not a cut of the network (the layers after it also read tensors "
+            "computed before it) and no module around it takes one tensor that is: choose the output of a "
+            "whole block or stage (e.g. 'layer4' for a ResNet)."
+        )
+
+    def _input_is_cut(self, module: nn.Module, example_input: torch.Tensor) -> bool:
+        leaf = example_input.clone().requires_grad_(True)
+        dummy = torch.zeros(leaf.shape[0], *self.input_size, requires_grad=True)
+
+        def enter(_module, args):
+            return (leaf.clone(), *args[1:])
+
+        with torch.enable_grad(), _pre_hooked(module, enter):
+            logits = self.model(dummy)
+        g_leaf, g_body = torch.autograd.grad(logits.sum(), (leaf, dummy), allow_unused=True)
+        return g_leaf is not None and g_body is None
 
 
 class _hooked:
@@ -215,6 +342,14 @@ class _hooked:
     def __exit__(self, *exc):
         self.handle.remove()
         return False
+
+
+class _pre_hooked(_hooked):
+    """A forward pre-hook (it may replace the module's inputs) that is removed on exit."""
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_pre_hook(self.hook)
+        return self
 
 
 def _describe(value) -> str:

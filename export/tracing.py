@@ -8,9 +8,9 @@ forward, and the TorchScript exporter cannot take decomposed backward graphs. Wh
 2. ``torch.export`` re-exports that graph with dynamic batch (and target) dimensions;
 3. the dynamo ONNX exporter writes it (opset 18).
 
-Two kernels need a nudge before tracing: scaled-dot-product attention is traced with the math
-backend (the CPU flash-attention backward has no ONNX translation), and the adaptive-average-pool
-backward is decomposed (see ``_decompositions``).
+Some kernels need a nudge before tracing: scaled-dot-product attention is traced with the math
+backend (the CPU flash-attention backward has no ONNX translation), and the convolution and the
+(adaptive) average-pool backward kernels are decomposed (see ``_decompositions``).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def _decompositions() -> dict:
     )
     table[torch.ops.aten.convolution_backward.default] = _convolution_backward
     table[torch.ops.aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward
+    table[torch.ops.aten.avg_pool2d_backward.default] = _avg_pool2d_backward
     return table
 
 
@@ -146,15 +147,42 @@ def _is_basic_index(index: object) -> bool:
     return all(part is None or part is Ellipsis or isinstance(part, (slice, int)) for part in parts)
 
 
+def _window_matrix(windows: list[tuple[int, int, float]], size_in: int, like: torch.Tensor) -> torch.Tensor:
+    """[out, in] pooling matrix along one axis: row i averages inputs [start, end) with ``weight``."""
+    rows = [[0.0] * size_in for _ in windows]
+    for row, (start, end, weight) in zip(rows, windows):
+        row[start:end] = [weight] * (end - start)
+    # built from Python numbers so that tracing records one constant, not the ops that filled it
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
 def _pool_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
     """[out, in] averaging matrix of adaptive average pooling along one axis (PyTorch's windows:
     start = floor(i·in/out), end = ceil((i+1)·in/out))."""
-    rows = [[0.0] * size_in for _ in range(size_out)]
+    windows = []
     for i in range(size_out):
         start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
-        rows[i][start:end] = [1.0 / (end - start)] * (end - start)
-    # built from Python numbers so that tracing records one constant, not the ops that filled it
-    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+        windows.append((start, end, 1.0 / (end - start)))
+    return _window_matrix(windows, size_in, like)
+
+
+def _avg_pool_matrix(
+    size_in: int, size_out: int, kernel: int, stride: int, pad: int, divisor: str, like: torch.Tensor
+) -> torch.Tensor:
+    """[out, in] matrix of ``avg_pool2d`` along one axis, PyTorch's windows and divisors: window i
+    spans [i·stride - pad, min(i·stride - pad + kernel, in + pad)), clipped to the input; it divides
+    by its ``"padded"`` length (count_include_pad), its ``"clipped"`` length, or not at all
+    (``"none"``: a divisor_override is applied once, outside). The 2-d divisor is the product of
+    the two axes' divisors, so the pooling is separable."""
+    windows = []
+    for i in range(size_out):
+        start = i * stride - pad
+        end = min(start + kernel, size_in + pad)
+        padded = end - start
+        start, end = max(start, 0), min(end, size_in)
+        length = {"padded": padded, "clipped": max(end - start, 1), "none": 1}[divisor]
+        windows.append((start, end, 1.0 / length))
+    return _window_matrix(windows, size_in, like)
 
 
 def _adaptive_avg_pool2d_backward(grad_out, inp):
@@ -163,6 +191,26 @@ def _adaptive_avg_pool2d_backward(grad_out, inp):
     p_h = _pool_matrix(int(inp.shape[-2]), int(grad_out.shape[-2]), grad_out)
     p_w = _pool_matrix(int(inp.shape[-1]), int(grad_out.shape[-1]), grad_out)
     return torch.matmul(torch.matmul(p_h.t(), grad_out), p_w)
+
+
+def _avg_pool2d_backward(
+    grad_out, inp, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+):
+    """Average pooling is linear and separable too (DenseNet's transitions): out = P_h · x · P_wᵀ,
+    grad_in = P_hᵀ · grad · P_w, with the windows and divisors of ``_avg_pool_matrix``. Ceil mode
+    needs nothing more: its extra windows are in ``grad_out``'s shape."""
+    kernel = list(kernel_size) * (2 // len(kernel_size))
+    strides = list(stride or kernel_size) * (2 // len(stride or kernel_size))
+    pads = list(padding) * (2 // len(padding))
+    divisor = "none" if divisor_override else ("padded" if count_include_pad else "clipped")
+    p_h, p_w = (
+        _avg_pool_matrix(
+            int(inp.shape[axis]), int(grad_out.shape[axis]), kernel[i], strides[i], pads[i], divisor, grad_out
+        )
+        for i, axis in enumerate((-2, -1))
+    )
+    grad_in = torch.matmul(torch.matmul(p_h.t(), grad_out), p_w)
+    return grad_in / float(divisor_override) if divisor_override else grad_in
 
 
 class _GraphModule(torch.nn.Module):

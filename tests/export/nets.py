@@ -86,3 +86,28 @@ class GapMlpHead(nn.Module):
 def build_tiny() -> nn.Module:
     torch.manual_seed(0)
     return TinyGapNet()
+
+
+class _Block(nn.Module):
+    """conv -> ReLU -> conv, plus a skip connection around both (a ResNet basic block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+class BlockResidualNet(nn.Module):
+    """stem -> block (residual) -> GAP -> linear: 'block.conv1' is not a cut, 'block' is its anchor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.block = _Block(4)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.stem(x)).mean(dim=(2, 3)))

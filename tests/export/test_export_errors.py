@@ -133,8 +133,9 @@ def test_output_exists_is_refused_unless_force(capsys, tmp_path) -> None:
     assert _leftovers(tmp_path) == ["m"]  # no staging or old directories left behind
 
 
-def test_layer_inside_a_residual_block_is_not_a_cut(tmp_path) -> None:
-    with pytest.raises(ExportError, match="'inner' is not a cut of the network"):
+def test_layer_bypassed_with_no_block_around_it_is_refused(tmp_path) -> None:
+    # the skip connection is in the model's own forward: no module around 'inner' takes a cut
+    with pytest.raises(ExportError, match="'inner' is not a cut of the network .* no module around it"):
         export_model(ResidualNet(), "inner", (3, 8, 8), tmp_path / "m", **KW)
     with pytest.raises(ExportError, match="output of layer 'unused' does not reach the logits"):
         export_model(ResidualNet(), "unused", (3, 8, 8), tmp_path / "m", **KW)
