@@ -33,6 +33,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the shared timing helper
+from timing import cuda_median_ms  # noqa: E402
+
 # Tolerances (docs/kernels.md quotes them). Kernels: float32 sums in another order, relative to the
 # largest reference value. Graphs: cuDNN vs the CPU provider's convolutions in float32 (TF32 off).
 KERNEL_RTOL = 1e-4
@@ -51,22 +54,6 @@ class Row:
     ms: str = ""
     rate: str = ""
     ok: bool = True
-
-
-def _time_cuda(fn: Callable[[], object], reps: int, flush: torch.Tensor) -> float:
-    """Median milliseconds of ``fn`` with L2 flushed before each call."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def _rel_error(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -89,8 +76,10 @@ def check_kernels(device: torch.device, reps: int) -> list[Row]:
             for method in kernels.WEIGHT_METHODS:
                 out = kernels.gradient_weighted_cam(a, g, method, "triton")
                 error = _rel_error(out, reference.gradient_weighted_cam(a, g, method))
-                ms = _time_cuda(lambda: kernels.gradient_weighted_cam(a, g, method, "triton"), reps, flush)
-                ref_ms = _time_cuda(lambda: reference.gradient_weighted_cam(a, g, method), reps, flush)
+                ms = cuda_median_ms(
+                    lambda: kernels.gradient_weighted_cam(a, g, method, "triton"), reps, flush
+                )
+                ref_ms = cuda_median_ms(lambda: reference.gradient_weighted_cam(a, g, method), reps, flush)
                 moved = launch.bytes_moved(n, 1, k, h * w)["with_splits"]
                 rows.append(
                     Row(
@@ -105,7 +94,7 @@ def check_kernels(device: torch.device, reps: int) -> list[Row]:
             for relu, label in ((True, "layercam"), (False, "hirescam")):
                 out = kernels.elementwise_sum_relu(a, g, relu, "triton")
                 error = _rel_error(out, reference.elementwise_sum_relu(a, g, relu))
-                ms = _time_cuda(lambda: kernels.elementwise_sum_relu(a, g, relu, "triton"), reps, flush)
+                ms = cuda_median_ms(lambda: kernels.elementwise_sum_relu(a, g, relu, "triton"), reps, flush)
                 moved = n * (2 * k * h * w + h * w) * 4
                 rows.append(
                     Row(
@@ -132,7 +121,7 @@ def check_kernels(device: torch.device, reps: int) -> list[Row]:
             else:
                 value = _rel_error(out, expected)
                 error, ok = f"{value:.1e}", value <= KERNEL_RTOL
-            ms = _time_cuda(
+            ms = cuda_median_ms(
                 lambda: kernels.upsample_normalize(maps, (224, 224), True, 1e-7, to_uint8, "triton"),
                 reps,
                 flush,

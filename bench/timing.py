@@ -21,3 +21,22 @@ def median_seconds(
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cuda_median_ms(fn: Callable[[], object], repeats: int, flush: object) -> float:
+    """Median milliseconds of ``fn`` on the current CUDA stream, timed with CUDA events after three
+    warm-up calls; ``flush`` (a large CUDA tensor) is zeroed before each call so L2 starts cold."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        flush.zero_()  # type: ignore[attr-defined]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)

@@ -289,7 +289,7 @@ def _channel_sum_relu_kernel(
 
 
 # --------------------------------------------------------------------------------------------------
-# 1+2 fused: weights and combine in one pass over A and G (planes up to _MAX_FUSED_PLANE pixels)
+# 1+2 fused: weights and combine in one pass over A and G (planes up to launch.MAX_FUSED_PLANE pixels)
 
 
 @triton.jit
@@ -570,6 +570,33 @@ def _finish_splits(steps: Sequence[launch.Launch], partials: torch.Tensor, out: 
         _run(steps[1], out.device, partials, out, partials.shape[0], hw, partials.stride(0))
 
 
+def _run_channel_loop(
+    steps: Sequence[launch.Launch], split_axis: int, a: torch.Tensor, coeffs: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """Run a kernel that sums A against per-channel coefficients (weights [N,T,K] or gradients
+    [N,T,K,h,w]) into ``out`` [N,T,h,w], its channel loop split as ``steps`` plans."""
+    n, t, h, w = out.shape
+    partials = _partials(steps, split_axis, n, t, h * w, a)
+    strides = (a.stride(0), a.stride(1), coeffs.stride(0), coeffs.stride(1), coeffs.stride(2))
+    split = (partials, steps[0].scalar("K_PER_SPLIT"), partials.stride(0))
+    _run(
+        steps[0],
+        a.device,
+        a,
+        coeffs,
+        out,
+        t,
+        a.shape[1],
+        h * w,
+        *strides,
+        out.stride(0),
+        out.stride(1),
+        *split,
+    )
+    _finish_splits(steps, partials, out)
+    return out
+
+
 def channel_weights(
     activations: torch.Tensor, gradients: torch.Tensor, methods: Sequence[str]
 ) -> dict[str, torch.Tensor]:
@@ -619,29 +646,7 @@ def _channel_sum_relu(
     if out.numel() == 0:
         return out
     steps = launch.channel_sum_relu(n, t, k, h * w, per_pixel, relu_coeffs, _programs_wanted(a.device))
-    partials = _partials(steps, 2, n, t, h * w, a)
-    _run(
-        steps[0],
-        a.device,
-        a,
-        c,
-        out,
-        t,
-        k,
-        h * w,
-        a.stride(0),
-        a.stride(1),
-        c.stride(0),
-        c.stride(1),
-        c.stride(2),
-        out.stride(0),
-        out.stride(1),
-        partials,
-        steps[0].scalar("K_PER_SPLIT"),
-        partials.stride(0),
-    )
-    _finish_splits(steps, partials, out)
-    return out
+    return _run_channel_loop(steps, 2, a, c, out)
 
 
 def weighted_sum_relu(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -670,29 +675,7 @@ def gradient_weighted_cam(activations: torch.Tensor, gradients: torch.Tensor, me
     if out.numel() == 0:
         return out
     steps = launch.gradient_weighted_cam(n, t, k, h * w, method, _programs_wanted(g.device))
-    partials = _partials(steps, 1, n, t, h * w, g)
-    _run(
-        steps[0],
-        g.device,
-        a,
-        g,
-        out,
-        t,
-        k,
-        h * w,
-        a.stride(0),
-        a.stride(1),
-        g.stride(0),
-        g.stride(1),
-        g.stride(2),
-        out.stride(0),
-        out.stride(1),
-        partials,
-        steps[0].scalar("K_PER_SPLIT"),
-        partials.stride(0),
-    )
-    _finish_splits(steps, partials, out)
-    return out
+    return _run_channel_loop(steps, 1, a, g, out)
 
 
 def _float32_ratio(numerator: int, denominator: int) -> float:

@@ -29,7 +29,6 @@ time. The torch chain moves more (weights, intermediate maps, the full-size map 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from camserve import kernels
 from camserve.kernels import reference
 
 sys.path.insert(0, str(FilePath(__file__).resolve().parents[1]))  # bench/: the shared timing helper
-from timing import median_seconds  # noqa: E402
+from timing import cuda_median_ms, median_seconds  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -149,27 +148,11 @@ def _paths(
     return paths
 
 
-def _time_cuda(fn: Callable[[], torch.Tensor], reps: int, flush: torch.Tensor) -> float:
-    """Median milliseconds of ``fn`` with a cold L2 (``flush`` overwritten before each call)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def _copy_bandwidth(device: torch.device, reps: int) -> float:
     """Device-to-device copy bandwidth in bytes/s (read + write) of a 1 GiB buffer."""
     src = torch.empty(256 * 2**20, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    ms = _time_cuda(lambda: dst.copy_(src), reps, torch.empty(0, device=device))
+    ms = cuda_median_ms(lambda: dst.copy_(src), reps, torch.empty(0, device=device))
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
@@ -287,8 +270,8 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 print(f"{shape.name:<17} {path.name:<24} {1e3 * median_seconds(path.torch_fn, reps):9.3f}")
                 continue
-            torch_ms = _time_cuda(path.torch_fn, reps, flush)
-            triton_ms = _time_cuda(path.triton_fn, reps, flush)
+            torch_ms = cuda_median_ms(path.torch_fn, reps, flush)
+            triton_ms = cuda_median_ms(path.triton_fn, reps, flush)
             rate = path.min_bytes / (triton_ms * 1e-3)
             err = _max_error(path.triton_fn(), path.torch_fn())
             print(

@@ -64,24 +64,20 @@ def test_split_plan_matches_the_bytes_model() -> None:
 
 
 @pytest.mark.slow
-def test_every_launch_configuration_compiles_for_sm80_and_sm90() -> None:
+def test_every_launch_configuration_compiles_for_sm80_and_sm90(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.kernels.kernel_compile", "--shard", f"{i}/{WORKERS}"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(WORKERS)
-    ]
+    logs = [tmp_path / f"shard{i}.jsonl" for i in range(WORKERS)]
+    workers = []
+    for i, log in enumerate(logs):
+        # files, not pipes: neither worker waits for the other's reader
+        with log.open("w") as out, log.with_suffix(".err").open("w") as err:
+            argv = [sys.executable, "-m", "tests.kernels.kernel_compile", "--shard", f"{i}/{WORKERS}"]
+            workers.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=err))
     records = []
-    for worker in workers:
-        out, err = worker.communicate(timeout=1800)
-        assert worker.returncode == 0, err[-3000:]
-        records += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    for worker, log in zip(workers, logs, strict=True):
+        worker.wait(timeout=3600)
+        assert worker.returncode == 0, log.with_suffix(".err").read_text()[-3000:]
+        records += [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     expected = sum(1 for _ in launch.launch_configs()) * len(DTYPES) * len(TARGETS)
     assert len(records) == expected
     print(f"\n{'kernel':32} {'constexprs':64} {'dtype':5} {'sm':>3} {'regs':>4} {'spills':>6} {'s':>5}")
