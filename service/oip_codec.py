@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from camserve.config import ExplainOptions, check_methods, check_options, check_targets
+from camserve.config import ExplainOptions, check_methods, check_options, check_targets, clip
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.service.admission import AnswerShape
@@ -98,7 +98,8 @@ class InferAnswer:
 def check_version(version: str, model: ServedModel) -> None:
     if version not in ("", MODEL_VERSION):
         raise NotFoundError(
-            f"model {model.name!r} has no version {version!r} (served: {MODEL_VERSION!r}, or leave it empty)"
+            f"model {model.name!r} has no version {clip(repr(version))} "
+            f"(served: {MODEL_VERSION!r}, or leave it empty)"
         )
 
 
@@ -114,7 +115,8 @@ def decode_infer_request(
     datatype = params.string("saliency_datatype") or "FP32"
     if datatype not in _SALIENCY_DATATYPES:
         raise InvalidArgumentError(
-            "parameters.saliency_datatype", f"{datatype!r} is not one of {', '.join(_SALIENCY_DATATYPES)}"
+            "parameters.saliency_datatype",
+            f"{clip(repr(datatype))} is not one of {', '.join(_SALIENCY_DATATYPES)}",
         )
     if datatype == "UINT8" and not options.normalize:
         raise InvalidArgumentError(
@@ -145,7 +147,7 @@ class _Parameters:
                 raise UnsupportedError(f"{field}.{name}: camserve models are stateless (no sequences)")
             if name not in PARAMETERS:
                 raise InvalidArgumentError(
-                    f"{field}.{name}", f"unknown parameter (known: {', '.join(PARAMETERS)})"
+                    f"{field}.{clip(name)}", f"unknown parameter (known: {', '.join(PARAMETERS)})"
                 )
 
     def _get(self, name: str, kinds: tuple[str, ...], expected: str) -> Any:
@@ -183,11 +185,11 @@ def _methods(
     if text is not None:
         parts = [part.strip() for part in text.split(",")]
         if not all(parts):
-            raise InvalidArgumentError("parameters.methods", f"empty method name in {text!r}")
+            raise InvalidArgumentError("parameters.methods", f"empty method name in {clip(repr(text))}")
         named.extend((f"parameters.methods[{i}]", part.lower()) for i, part in enumerate(parts))
     for i, output in enumerate(outputs):
         if output.name.startswith(SALIENCY_PREFIX):
-            named.append((f"outputs[{i}] ({output.name})", output.name[len(SALIENCY_PREFIX) :].lower()))
+            named.append((f"outputs[{i}] ({clip(output.name)})", output.name[len(SALIENCY_PREFIX) :].lower()))
     return check_methods(named, supported, model.name)
 
 
@@ -200,15 +202,15 @@ def _outputs(
     for i, output in enumerate(requested):
         if output.parameters:
             raise UnsupportedError(
-                f"outputs[{i}] ({output.name}).parameters: {', '.join(sorted(output.parameters))} "
+                f"outputs[{i}] ({clip(output.name)}).parameters: {', '.join(sorted(output.parameters))} "
                 "not supported (camserve outputs take no parameters)"
             )
         if output.name in names:
-            raise InvalidArgumentError(f"outputs[{i}]", f"{output.name!r} is requested twice")
+            raise InvalidArgumentError(f"outputs[{i}]", f"{clip(repr(output.name))} is requested twice")
         if output.name not in (LOGITS, TARGET_IDS) and not output.name.startswith(SALIENCY_PREFIX):
             raise InvalidArgumentError(
                 f"outputs[{i}]",
-                f"unknown output {output.name!r} "
+                f"unknown output {clip(repr(output.name))} "
                 f"(outputs: {LOGITS}, {TARGET_IDS}, {SALIENCY_PREFIX}<METHOD>)",
             )
         names.append(output.name)
@@ -245,10 +247,11 @@ def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> list[PendingIm
         )
     arrays: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
-        field = f"inputs[{i}] ({tensor.name})" if tensor.name else f"inputs[{i}]"
+        field = f"inputs[{i}] ({clip(tensor.name)})" if tensor.name else f"inputs[{i}]"
         if tensor.name not in (IMAGES, PIXELS, TARGETS):
             raise InvalidArgumentError(
-                field, f"unknown input {tensor.name!r} (inputs: {IMAGES} or {PIXELS}, and {TARGETS})"
+                field,
+                f"unknown input {clip(repr(tensor.name))} (inputs: {IMAGES} or {PIXELS}, and {TARGETS})",
             )
         if tensor.name in arrays:
             raise InvalidArgumentError(field, f"{tensor.name} is given twice")
@@ -281,7 +284,7 @@ def _tensor(tensor: ip.ModelInferRequest.InferInputTensor, raw: bytes | None, fi
     """The input's data as an array of its shape; nothing is allocated from an unchecked shape."""
     if tensor.datatype not in DTYPES:
         raise InvalidArgumentError(
-            f"{field}.datatype", f"{tensor.datatype!r} is not one of {', '.join(DTYPES)}"
+            f"{field}.datatype", f"{clip(repr(tensor.datatype))} is not one of {', '.join(DTYPES)}"
         )
     dtype = DTYPES[tensor.datatype]
     shape = check_shape(tensor.shape, f"{field}.shape")

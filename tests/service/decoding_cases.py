@@ -72,6 +72,7 @@ CASES = [
     Case("methods=[]", methods=[]),
     Case("methods=gradcam++,gradcam,gradcam++", methods=["gradcam++", "gradcam", "gradcam++"]),
     Case("methods=nope", methods=["nope"]),
+    Case("methods=1 MiB name", methods=["m" * 2**20]),
     Case("targets=none", targets=None, images=2),
     Case("targets=[9,-10]", targets=[[9, -10]]),
     Case("targets=[10]", targets=[[10]]),
