@@ -9,9 +9,9 @@ For each model, in one run on the same generated JPEG folder (sizes 0.5x-1.5x th
   ray engine    run_batch(engine="ray") on a local Ray already started (cluster start-up excluded,
                 actor start-up included), actors x CPUs per actor = the machine's cores
 Goals (ratios from this one run): local >= 0.9x graph-bound; ray >= 0.8x local. Engines are given
-overall (workers' start-up included) and steady (after the first shard landed) rates.
+overall (workers' start-up included) and steady (over the second half of the 8 shards) rates.
 Models: the default digits model (64x64) and ResNet-50 at 224x224 with seeded random weights.
-Usage: python bench/bench_batch.py [--models digits,resnet50] [--images 2000,192] [--batch 32]
+Usage: python bench/bench_batch.py [--models digits,resnet50] [--images 2000,160] [--batch 32,16]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from camserve.batch.sources import SourceSpec
 from camserve.config import CamserveConfig
 
 METHOD = "gradcam"
+SHARDS = 8  # shards per engine run: the steady rate is measured over the second half
 
 
 def make_images(folder: Path, count: int, side: int, seed: int = 0) -> None:
@@ -95,10 +96,17 @@ def plain_loop(explainer: Explainer, paths: list[Path], batch: int) -> float:
 
 
 def engine(
-    explainer: Explainer, model: str | None, folder: Path, out: Path, batch: int, name: str, ray: RayOptions
+    explainer: Explainer,
+    model: str | None,
+    folder: Path,
+    out: Path,
+    batch: int,
+    shard_size: int,
+    name: str,
+    ray: RayOptions,
 ) -> tuple[float, float, float]:
-    """(images/s overall, images/s after the first shard, stored bytes per image of the map column)
-    of one engine run."""
+    """(images/s overall, images/s over the second half of the shards, stored bytes per image of the
+    map column) of one engine run."""
     import pyarrow.parquet as pq
 
     job = JobConfig(
@@ -109,7 +117,7 @@ def engine(
         targets=None,
         config=explainer.config,
         batch_size=batch,
-        shard_size=4 * batch,
+        shard_size=shard_size,
         decode_workers=2,
     )
     summary = run_batch(job, engine=name, ray=ray, progress=False, explainer=explainer)
@@ -128,8 +136,8 @@ def engine(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="digits,resnet50")
-    parser.add_argument("--images", default="2000,192", help="images per model, comma-separated")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--images", default="2000,160", help="images per model, comma-separated")
+    parser.add_argument("--batch", default="32,16", help="batch size per model, comma-separated")
     parser.add_argument("--ray-actors", type=int, default=0, help="0: one per core, 1 CPU each")
     args = parser.parse_args()
     import ray
@@ -143,9 +151,10 @@ def main() -> None:
     print(f"load average before: {open('/proc/loadavg').read().split()[:3]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for model_name, count in zip(
-            args.models.split(","), (int(n) for n in args.images.split(",")), strict=True
-        ):
+        counts = [int(n) for n in args.images.split(",")]
+        batches = [int(n) for n in args.batch.split(",")]
+        for model_name, count, batch in zip(args.models.split(","), counts, batches, strict=True):
+            shard_size = max(batch, count // SHARDS)
             model = None if model_name == "digits" else str(export_resnet50(tmp / "resnet50"))
             config = CamserveConfig.load(env={})
             explainer = Explainer(model, config=config)
@@ -154,24 +163,32 @@ def main() -> None:
             make_images(folder, count, side)
             paths = sorted(folder.iterdir())
             figures = {
-                "graph": graph_bound(explainer, paths, args.batch),
-                "loop": plain_loop(explainer, paths, args.batch),
+                "graph": graph_bound(explainer, paths, batch),
+                "loop": plain_loop(explainer, paths, batch),
             }
             figures["local"], figures["local steady"], stored = engine(
-                explainer, model, folder, tmp / f"local-{model_name}", args.batch, "local", RayOptions()
+                explainer,
+                model,
+                folder,
+                tmp / f"local-{model_name}",
+                batch,
+                shard_size,
+                "local",
+                RayOptions(),
             )
             figures["ray"], figures["ray steady"], _ = engine(
                 explainer,
                 model,
                 folder,
                 tmp / f"ray-{model_name}",
-                args.batch,
+                batch,
+                shard_size,
                 "ray",
                 RayOptions(actors=actors),
             )
             h, w = explainer.manifest.activation_shape[1:]
             full = explainer.input_size[1] * explainer.input_size[2] * 4
-            rows.append((model_name, count, figures, stored, (h, w), full))
+            rows.append((f"{model_name} (batch {batch})", count, figures, stored, (h, w), full))
             line = "  ".join(f"{name} {value:7.1f}" for name, value in figures.items())
             print(
                 f"{model_name:9s} {count:5d} images  {line} images/s  stored {stored:.0f} B/image", flush=True
@@ -179,7 +196,7 @@ def main() -> None:
     ray.shutdown()
     load = open("/proc/loadavg").read().split()[:3]
     print()
-    print(f"{cores} cores, batch {args.batch}, {METHOD}, ray: {actors} actors x 1 CPU; load after: {load}")
+    print(f"{cores} cores, {SHARDS} shards, {METHOD}, ray: {actors} actors x 1 CPU; load after: {load}")
     header = [
         "model",
         "images",

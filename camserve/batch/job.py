@@ -14,6 +14,7 @@ from camserve.batch.outdir import OutputDir, map_column, png_column, shard_name
 from camserve.batch.sources import ImageRecord, ImageSource, SourceSpec
 from camserve.config import CamserveConfig
 from camserve.errors import InvalidArgumentError
+from camserve.methods import parse_output_size
 
 FORMAT = "camserve-batch/1"
 # ExplainOptions fields that do not change stored maps (output_size is replaced by the encoding).
@@ -89,8 +90,6 @@ def manifest(job: JobConfig, explainer: Any, counts: dict[str, int] | None) -> d
     maps = {}
     for method in job.methods:
         size = computed_size(method, job.encoding)
-        from camserve.methods import parse_output_size
-
         stored = parse_output_size(size, (height, width), feature_hw)  # type: ignore[arg-type]
         maps[method] = {
             "column": map_column(method),

@@ -19,7 +19,7 @@ class Progress:
         self.errors = 0
         self.start = time.monotonic()
         self._last_log = self.start
-        self._first: tuple[float, int] | None = None  # (time, images) when the first shard landed
+        self._arrivals: list[tuple[float, int]] = []  # (time, images done) as each shard landed
         self._bar: Any = None
         if enabled and sys.stderr.isatty():
             try:
@@ -32,8 +32,7 @@ class Progress:
     def update(self, rows: int, errors: int) -> None:
         self.rows += rows
         self.errors += errors
-        if self._first is None:
-            self._first = (time.monotonic(), self.rows + self.errors)
+        self._arrivals.append((time.monotonic(), self.rows + self.errors))
         if self._bar is not None:
             self._bar.update(rows + errors)
             self._bar.set_postfix(errors=self.errors)
@@ -59,14 +58,12 @@ class Progress:
 
     @property
     def steady_images_per_second(self) -> float:
-        """Images/s after the first shard landed: without the workers' start-up (model loading,
-        Ray actors), what a long job runs at. Falls back to the overall rate with one shard."""
-        if self._first is None:
-            return 0.0
-        first_time, first_images = self._first
-        images = self.rows + self.errors - first_images
-        elapsed = time.monotonic() - first_time
-        return images / elapsed if images > 0 and elapsed > 0 else self.images_per_second
+        """Images/s over the second half of the shards: without the workers' start-up (model
+        loading, Ray actors), what a long job runs at. The overall rate with fewer than 4 shards."""
+        if len(self._arrivals) < 4:
+            return self.images_per_second
+        (start, before), (end, after) = self._arrivals[len(self._arrivals) // 2 - 1], self._arrivals[-1]
+        return (after - before) / max(end - start, 1e-9)
 
     def close(self) -> None:
         if self._bar is not None:

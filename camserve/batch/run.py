@@ -26,7 +26,7 @@ class BatchSummary:
     total_errors: int
     seconds: float
     images_per_second: float
-    steady_images_per_second: float  # after the first shard: without the workers' start-up
+    steady_images_per_second: float  # over the second half of the shards: without start-up
 
     def line(self, out: str) -> str:
         text = (
