@@ -1,7 +1,7 @@
 """``camserve batch``: explain every image of a dataset into resumable Parquet shards.
 
     camserve batch --input images/ --out maps/                      # default model and methods
-    camserve batch --model resnet50/ --input list.txt --out maps/ --method gradcam --target -1 -2
+    camserve batch --model resnet50/ --input list.txt --out maps/ --method gradcam --target -1 --target -2
     camserve batch --input table.parquet --bytes-column jpeg --out maps/ --engine ray
 
 --input is a folder (recursive), a text file with one path per line, or a Parquet table with an id
