@@ -14,6 +14,7 @@ they run. When a batch fails, its items run again one by one so that one bad ite
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -134,7 +135,7 @@ class DynamicBatcher(Generic[P, R]):
         futures = []
         for payload in payloads:
             item: _Item[P, R] = _Item(key, payload, deadline, loop.create_future())
-            item.future.add_done_callback(lambda _f, item=item: self._forget_if_cancelled(item))
+            item.future.add_done_callback(functools.partial(self._forget_if_cancelled, item))
             queue.append(item)
             futures.append(item.future)
         self._queued += n
@@ -151,7 +152,7 @@ class DynamicBatcher(Generic[P, R]):
 
     # -- scheduling ---------------------------------------------------------------------------------
 
-    def _forget_if_cancelled(self, item: _Item[P, R]) -> None:
+    def _forget_if_cancelled(self, item: _Item[P, R], _future: object = None) -> None:
         if item.queued and item.future.cancelled():
             self._dequeue(item)
             self._queues[item.key].remove(item)
