@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +68,14 @@ def test_ray_maps_equal_explainer(ray_out, dataset, reference, method):
     )
 
 
-def test_ray_resume_and_joining_a_cluster_from_the_cli(tmp_path, ray_cluster, dataset, explainer):
-    """Half the images with Ray in-process, then the whole folder with `camserve batch --engine ray
-    --ray-address` into the same OUT: the rest is explained, every id once, in new shard files."""
+def _files(out: Path) -> set[str]:
+    return {p.name for p in [*out.glob("part-*.parquet"), *(out / "errors").glob("*")]}
+
+
+def test_ray_resume_after_sigkill_joining_a_cluster_from_the_cli(tmp_path, ray_cluster, dataset, explainer):
+    """Half the images with Ray in-process; then the whole folder with `camserve batch --engine ray
+    --ray-address` into the same OUT, SIGKILLed mid-run and run again: the rest is explained, every
+    id exactly once, in new shard files."""
     root, ids = dataset
     half = tmp_path / "half"
     for image_id in [*ids[::2], BAD[0]]:
@@ -80,20 +87,32 @@ def test_ray_resume_and_joining_a_cluster_from_the_cli(tmp_path, ray_cluster, da
     assert (first.rows, first.errors) == (len(ids[::2]), 1)
     first_files = sorted(p.name for p in out.glob("part-*.parquet"))
     assert first_files == [f"part-00001-{n:06d}.parquet" for n in range(len(first_files))]
+
     command = [sys.executable, "-m", "camserve.cli", "batch", "--input", str(root), "--out", str(out)]
     command += ["--engine", "ray", "--ray-address", ray_cluster, "--ray-actors", "2"]
-    command += ["--method", "gradcam", "--shard-size", "40", "--batch-size", "16", "--no-progress"]
+    command += ["--method", "gradcam", "--shard-size", "8", "--batch-size", "8", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("part-*.parquet"))) < len(first_files) + 2 and process.poll() is None:
+        assert time.monotonic() < deadline, "the Ray job wrote no shards"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # Ray stops a dead driver's actors within moments; wait until nothing more lands.
+    files, stable_since = _files(out), time.monotonic()
+    while time.monotonic() - stable_since < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if _files(out) != files:
+            files, stable_since = _files(out), time.monotonic()
+    assert len(read_rows(out, ["id"])) < len(ids), "killed before the end"
+
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 1, finished.stderr
-    assert (
-        f"explained {len(ids) - len(ids[::2])} images, 1 failed, {len(ids[::2]) + 1} already done"
-        in finished.stdout
-    )
+    assert f"{len(ids)} rows, {len(BAD)} errors" in finished.stdout
     rows = read_rows(out, ["id"]).column("id").to_pylist()
-    assert sorted(rows) == ids
+    assert sorted(rows) == ids  # every id exactly once
     assert sorted(read_errors(out).column("id").to_pylist()) == sorted(BAD)
-    assert all(
-        p.name.startswith("part-00002-") for p in out.glob("part-*.parquet") if p.name not in first_files
-    )
+    new = [p.name for p in out.glob("part-*.parquet") if p.name not in first_files]
+    assert new and all(name.startswith(("part-00002-", "part-00003-")) for name in new)
