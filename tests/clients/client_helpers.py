@@ -59,10 +59,10 @@ def build_env(**changes: str) -> dict[str, str]:
     return env
 
 
-def run(argv: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str | Path], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT, **kwargs
-    )  # type: ignore[call-overload]
+        [str(a) for a in argv], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT, env=env
+    )
 
 
 def write_images(pixels: np.ndarray, directory: Path) -> list[Path]:
@@ -139,7 +139,16 @@ def check_streamed_maps(
     """Several images (one ExplainStream) in float32: JSON values and written map images."""
     images = write_images(pixels[:3], tmp_path)
     out_dir, json_path = tmp_path / "maps", tmp_path / "maps.json"
-    argv = [cli, "--server", server.address, "--model", MODEL, *explain_flags(), "--json", json_path]
+    argv: list[str | Path] = [
+        cli,
+        "--server",
+        server.address,
+        "--model",
+        MODEL,
+        *explain_flags(),
+        "--json",
+        json_path,
+    ]
     done = run([*argv, "--out-dir", out_dir, "--format", ext, *images])
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("predicted") == 3
@@ -151,7 +160,16 @@ def check_uint8_maps(cli: Path, server: ServerProcess, explainer, pixels, tmp_pa
     """One image (one Explain call), uint8 maps, the model found with ListModels (no --model)."""
     images = write_images(pixels[5:6], tmp_path)
     json_path = tmp_path / "maps.json"
-    argv = [cli, "--server", server.address, *explain_flags(), "--dtype", "uint8", "--json", json_path]
+    argv: list[str | Path] = [
+        cli,
+        "--server",
+        server.address,
+        *explain_flags(),
+        "--dtype",
+        "uint8",
+        "--json",
+        json_path,
+    ]
     done = run([*argv, *images])
     assert done.returncode == 0, done.stderr
     check_json_maps(json_path, explainer, images, dtype="uint8")
