@@ -23,35 +23,28 @@ PACKAGE = "camserve"
 
 
 def link_tree() -> Path:
-    """build/typecheck/camserve/... : every ``package-dir`` entry linked at its dotted place."""
+    """build/typecheck/camserve/... : every ``package-dir`` entry linked at its dotted place. Only
+    what is missing or stale changes, so runs at the same time see the same tree."""
     package_dir: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-dir"
     ]
     top = TREE / PACKAGE
-    if TREE.exists():
-        _remove_links(TREE)
-    top.mkdir(parents=True)
-    source = ROOT / package_dir[PACKAGE]
-    for entry in source.iterdir():
-        if entry.name != "__pycache__":
-            (top / entry.name).symlink_to(entry)
+    wanted = {
+        top / entry.name: entry
+        for entry in (ROOT / package_dir[PACKAGE]).iterdir()
+        if entry.name != "__pycache__"
+    }
     for name, folder in package_dir.items():
-        if name == PACKAGE:
-            continue
-        place = top.joinpath(*name.split(".")[1:])
-        if place.is_symlink():
-            place.unlink()
-        place.symlink_to(ROOT / folder, target_is_directory=True)
+        if name != PACKAGE:
+            wanted[top.joinpath(*name.split(".")[1:])] = ROOT / folder
+    top.mkdir(parents=True, exist_ok=True)
+    for link in top.iterdir():
+        if link not in wanted or not link.is_symlink() or link.readlink() != wanted[link]:
+            link.unlink()
+    for link, target in wanted.items():
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=target.is_dir())
     return TREE
-
-
-def _remove_links(folder: Path) -> None:
-    """Remove the link tree without following its links into the repository."""
-    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.is_dir():
-            path.rmdir()
 
 
 def repository_paths(text: str, tree: Path) -> str:
