@@ -1,6 +1,7 @@
 """Heavy-but-valid requests against a real server, with the server's memory (RSS) and CPU time read
 from /proc: concurrent big images decode within the pixel budget, work stops once a deadline passes
-(while decoding and between graph runs), and a stream whose answers are never read stops being read.
+(while decoding and between graph runs), and a stream (either API) whose answers are never read stops
+being read.
 After each, the server is SERVING and a normal request succeeds."""
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2 as ip  # not camserve.inference: see its docstring
 
 from camserve.service.tensors import tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
-from tests.service.hostile_helpers import MIB, PeakRss, cpu_seconds, zero_png
+from tests.service.hostile_helpers import MIB, PeakRss, cpu_seconds, raw_stream, zero_png
 from tests.service.service_helpers import MODEL, ServerProcess, environ, png_bytes, serve_argv, slow_request
 
 BUDGET_PIXELS = 4_000_000  # the test server's decode budget: one 2000x2000 image at a time
@@ -142,4 +144,39 @@ def test_a_stream_that_is_never_read_stops_being_read(load_server, digit_pixels)
     # One answer may be in gRPC's hands beyond the limit.
     assert STREAM_MAX_UNREAD <= held <= STREAM_MAX_UNREAD + 1, held
     assert rss.growth < 400 * MIB, f"RSS grew {rss.growth / MIB:.0f} MiB"
+    assert_healthy(load_server, digit_pixels[0])
+
+
+def test_a_model_stream_infer_that_is_never_read_stops_being_read(load_server, digit_pixels):
+    """The same backpressure on the Open Inference Protocol's stream (raw messages: tritonclient's
+    stream API always reads)."""
+
+    def request(i: int) -> bytes:
+        message = ip.ModelInferRequest(
+            model_name=MODEL, id=f"oipunread{i}", raw_input_contents=[digit_pixels[0].tobytes()]
+        )
+        message.inputs.add(name="PIXELS", datatype="UINT8", shape=[1, 64, 64, 3])
+        message.parameters["output_size"].string_param = "2000x2000"
+        return message.SerializeToString()
+
+    def answered() -> int:
+        return len(re.findall(r"infer id=oipunread\d+ .*status=OK", load_server.log()))
+
+    options = [("grpc.max_receive_message_length", 64 * MIB)]
+    with grpc.insecure_channel(load_server.address, options) as channel:
+        stream = raw_stream(
+            channel,
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            [request(i) for i in range(20)],
+            timeout=TIMEOUT_S,
+        )
+        deadline = time.monotonic() + 60.0
+        while answered() < STREAM_MAX_UNREAD and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3.0)
+        held = answered()
+        first = ip.ModelStreamInferResponse.FromString(next(stream))
+        assert first.error_message == "" and first.infer_response.id.startswith("oipunread")
+        stream.cancel()
+    assert STREAM_MAX_UNREAD <= held <= STREAM_MAX_UNREAD + 1, held
     assert_healthy(load_server, digit_pixels[0])
