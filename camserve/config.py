@@ -85,7 +85,7 @@ class ServiceConfig:
     # Memory bounds under hostile load (docs/service.md, "Limits"):
     decode_pixel_budget: int = defaults.DECODE_PIXEL_BUDGET  # decoded pixels of all requests at once
     stream_max_unread: int = defaults.STREAM_MAX_UNREAD  # answers a stream holds before it stops reading
-    # Transport security (off by default; see the README's operations section for production):
+    # Transport security (off by default; see docs/operations.md for production):
     tls_cert: str = ""  # PEM server certificate (chain); with tls_key the server speaks TLS only
     tls_key: str = ""  # PEM private key of tls_cert
     tls_client_ca: str = ""  # PEM CA bundle: clients must present a certificate it signed (mTLS)
