@@ -11,8 +11,9 @@ import importlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,8 +119,11 @@ def _write_graphs(
         reference = split.explain(example, targets)
     tokens = split.extra_shape is not None  # the head also needs ``extra_tokens``
     acts, extra = reference[1], (reference[4] if tokens else None)
-    head_inputs = (acts, extra) if tokens else (acts,)
-    specs = {
+    head_inputs: tuple[torch.Tensor, ...] = (acts, extra) if extra is not None else (acts,)
+    GraphSpec = tuple[
+        Callable[..., Any], tuple[torch.Tensor, ...], list[str], list[str], dict[str, dict[int, str]]
+    ]
+    specs: dict[str, GraphSpec] = {
         "explain": (
             split.explain,
             (example, targets),
@@ -268,7 +272,7 @@ def build_from_import_path(spec: str) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise NotFoundError(f"cannot import {module_name!r}: {exc}") from None
-    factory = module
+    factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:

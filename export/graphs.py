@@ -22,11 +22,13 @@ class token is for a cut), and the head re-runs the anchor from it with the laye
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.hooks import RemovableHandle
 
 from camserve.errors import ExportError
 from camserve.export.layers import Layout, find_layer, guess_layout_kind
@@ -96,7 +98,7 @@ class SplitModel(nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.layer_name = layer
-        self.input_size = tuple(input_size)
+        self.input_size: tuple[int, int, int] = (int(input_size[0]), int(input_size[1]), int(input_size[2]))
         self._layer = find_layer(self.model, layer)
         self._one_image_body = False
         self.anchor: Anchor | None = None  # set by _probe when the layer is not a cut
@@ -119,11 +121,12 @@ class SplitModel(nn.Module):
             cap.acts = acts.clone()  # a copy: an in-place op after the layer must not change it
             cap.extra = None if extra is None else extra.clone()
             cap.leaf = _repeat(cap.acts, t).requires_grad_(True)
-            extra_rep = None if extra is None else _repeat(cap.extra, t)
+            extra_rep = None if cap.extra is None else _repeat(cap.extra, t)
             return self.layout.from_nkhw(cap.leaf, extra_rep).clone()
 
         with torch.enable_grad(), _hooked(self._layer, hook):
             logits_rep = self.model(images)
+        assert cap.leaf is not None and cap.acts is not None  # _probe checked that the layer runs
         logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
         ids = resolve_targets(targets, logits)
         (grads,) = torch.autograd.grad(
@@ -149,8 +152,10 @@ class SplitModel(nn.Module):
             cap.acts = cap.leaf.detach().reshape(n, t, *acts.shape[1:])[:, 0].clone()
             return self.layout.from_nkhw(cap.leaf, extra).clone()
 
+        assert self.anchor is not None
         with torch.enable_grad(), _pre_hooked(self.anchor.module, enter), _hooked(self._layer, hook):
             logits_rep = self.model(images)
+        assert cap.leaf is not None and cap.acts is not None
         logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
         ids = resolve_targets(targets, logits)
         (grads,) = torch.autograd.grad(
@@ -167,7 +172,6 @@ class SplitModel(nn.Module):
         nothing of the body but the replaced output reaches the logits (``_probe`` checks that the
         model agrees), and the eager head stays as cheap as the head (CAM-weight probing runs it on
         hundreds of activations)."""
-
         if self.anchor is not None:
             return self._head_from_anchor(activations, extra)
 
@@ -192,6 +196,7 @@ class SplitModel(nn.Module):
         def hook(_module, _inputs, raw):
             return self.layout.from_nkhw(activations, self.layout.to_nkhw(raw)[1]).clone()
 
+        assert self.anchor is not None
         body_batch = 1 if self._one_image_body else activations.shape[0]
         dummy = activations.new_zeros((body_batch, *self.input_size))
         with _pre_hooked(self.anchor.module, enter), _hooked(self._layer, hook):
@@ -283,6 +288,7 @@ class SplitModel(nn.Module):
 
     def anchor_input(self, images: torch.Tensor) -> torch.Tensor:
         """The anchor's input for ``images`` (the body's part before the anchor), detached."""
+        assert self.anchor is not None
         seen: list[torch.Tensor] = []
 
         def record(_module, args):
@@ -332,22 +338,23 @@ class SplitModel(nn.Module):
 class _hooked:
     """A forward hook that is removed on exit, whatever happens."""
 
-    def __init__(self, module: nn.Module, hook) -> None:
-        self.module, self.hook, self.handle = module, hook, None
+    def __init__(self, module: nn.Module, hook: Callable[..., object]) -> None:
+        self.module, self.hook = module, hook
+        self.handle: RemovableHandle | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> _hooked:
         self.handle = self.module.register_forward_hook(self.hook)
         return self
 
-    def __exit__(self, *exc):
-        self.handle.remove()
-        return False
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.remove()
 
 
 class _pre_hooked(_hooked):
     """A forward pre-hook (it may replace the module's inputs) that is removed on exit."""
 
-    def __enter__(self):
+    def __enter__(self) -> _pre_hooked:
         self.handle = self.module.register_forward_pre_hook(self.hook)
         return self
 

@@ -288,4 +288,6 @@ def export_onnx(
             raise ExportError(
                 f"ONNX export of the {path.stem} graph failed: {type(exc).__name__}: {exc}"
             ) from exc
+    if onnx_program is None:  # only when given no model, which never happens here
+        raise ExportError(f"ONNX export of the {path.stem} graph returned nothing")
     onnx_program.save(str(path), external_data=False)
