@@ -3,8 +3,8 @@ with the server's own split of the time and, with --in-process, the same work do
 
     camserve bench                                          # starts a server on the default model
     camserve bench --concurrency 1,4,16 --in-process --json bench.json --plot bench.png
-    camserve bench --server 10.0.0.5:50051 --model resnet50 --image-size 224x224 \\
-        --metrics-url http://10.0.0.5:9090/metrics --request-rate 20,40 --arrivals poisson
+    camserve bench --server 127.0.0.1:50051 --metrics-url 127.0.0.1:9090 --model resnet50 \\
+        --image-size 224x224 --request-rate 2,4 --arrivals poisson
     camserve bench --api oip --method gradcam --method gradcam++ --target -1 --target -2
 
 Each level runs a warm-up, then measurement windows until the last --stable-windows windows'
