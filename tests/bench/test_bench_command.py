@@ -13,6 +13,7 @@ import pytest
 
 from camserve.cli import main
 from camserve.loadgen.drivers import split_load
+from camserve.loadgen.local_server import free_port
 from camserve.loadgen.server_metrics import difference, parse
 from camserve.loadgen.stats import figures, stable
 
@@ -115,8 +116,7 @@ def test_bad_flags_are_one_line_and_exit_2(flags: list[str], message: str, capsy
 
 
 def test_unreachable_server_is_one_line(capsys) -> None:
-    port = __import__("camserve.loadgen.local_server", fromlist=["free_port"]).free_port()
-    assert main(["bench", "--server", f"127.0.0.1:{port}", "--timeout-s", "2"]) == 2
+    assert main(["bench", "--server", f"127.0.0.1:{free_port()}", "--timeout-s", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "UNAVAILABLE" in err, err
 
