@@ -105,7 +105,7 @@ class Explainer:
         self.check_methods(method_names)
         batch = self.preprocess(images)
         computed = self.compute(batch, targets, method_names, options)
-        return self._result(batch, computed, options)
+        return self.result(batch, computed, options)
 
     def compute(
         self,
@@ -147,7 +147,8 @@ class Explainer:
                 return requirement
         return None
 
-    def _result(self, images: torch.Tensor, computed: ComputedMaps, options: ExplainOptions) -> ExplainResult:
+    def result(self, images: torch.Tensor, computed: ComputedMaps, options: ExplainOptions) -> ExplainResult:
+        """:meth:`compute`'s tensors -> the ExplainResult on the host (maps, predictions, ...)."""
         logits = computed.logits.detach().to("cpu", torch.float32)
         probabilities = torch.softmax(logits, dim=1)
         top = probabilities.topk(min(options.topk_predictions, probabilities.shape[1]), dim=1)

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -143,15 +143,28 @@ def _preload_cuda_libraries() -> None:
         preload()
 
 
+def check_device(requested: object, field: str = "runtime.device") -> str:
+    """The one check of a device setting (config, environment, ``--device``): 'auto', 'cpu', 'cuda'
+    or 'cuda:N'. Only the spelling: whether the device exists is ``resolve_device``'s question."""
+    if not isinstance(requested, str) or not _DEVICE_PATTERN.fullmatch(requested):
+        raise InvalidArgumentError(field, f"{requested!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+    return requested
+
+
+def device_kind(requested: str) -> Literal["auto", "cpu", "cuda"]:
+    """What a device setting asks for, without its index: 'cuda:1' -> 'cuda'."""
+    device = check_device(requested)
+    if device.startswith("cuda"):
+        return "cuda"
+    return "auto" if device == "auto" else "cpu"
+
+
 def resolve_device(requested: str) -> torch.device:
     """``runtime.device`` -> a torch device with an index for CUDA.
 
     'auto' is the current CUDA device when ONNX Runtime's CUDA provider and a GPU are both present,
     else the CPU; 'cuda' is the current CUDA device; 'cuda:N' is device N."""
-    if not isinstance(requested, str) or not _DEVICE_PATTERN.fullmatch(requested):
-        raise InvalidArgumentError(
-            "runtime.device", f"{requested!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'"
-        )
+    check_device(requested)
     if requested == "cpu":
         return torch.device("cpu")
     has_cuda = _CUDA_PROVIDER in ort.get_available_providers() and torch.cuda.is_available()

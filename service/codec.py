@@ -19,8 +19,8 @@ from camserve.methods.base import method_class
 from camserve.service.admission import AnswerShape
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
-from camserve.service.runner import ImageResult, ImageWork
-from camserve.service.tensors import array_to_tensor, tensor_to_array
+from camserve.service.runner import ImageResult, ImageWork, maps_to_host
+from camserve.service.tensors import NUMPY_DTYPES, array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
 
@@ -147,25 +147,33 @@ def encode_response(
     results: list[ImageResult],
 ) -> pb.ExplainResponse:
     output: OutputSpec = decoded.wire
-    images = [encode_image_result(r, w, output) for r, w in zip(results, works, strict=True)]
+    backend = model.explainer.config.runtime.kernels
+    images = [encode_image_result(r, w, output, backend) for r, w in zip(results, works, strict=True)]
     return pb.ExplainResponse(id=request.id, model=model.name, images=images)
 
 
-def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec) -> pb.ImageExplanation:
-    """One image's answer: predictions, resolved targets, logits and a map per (target, method)."""
+def encode_image_result(
+    result: ImageResult, work: ImageWork, output: OutputSpec, backend: str
+) -> pb.ImageExplanation:
+    """One image's answer: predictions, resolved targets, logits and a map per (target, method).
+    ``backend`` (``runtime.kernels``) quantises uint8 maps where they were computed."""
     maps = []
     pixels = _pixels(work.image, output) if output.overlay else None
+    dtype = NUMPY_DTYPES[output.dtype]
+    data = {method: maps_to_host(result.maps[method], dtype, backend) for method in work.methods}
+    floats = data  # overlays draw the float maps
+    if pixels is not None and dtype != np.float32:
+        floats = {m: maps_to_host(result.maps[m], np.dtype(np.float32), backend) for m in work.methods}
     for t, class_id in enumerate(result.target_ids.tolist()):
         for method in work.methods:
-            values = result.maps[method][t]
             entry = pb.Map(
                 method=method,
                 target_index=t,
                 class_id=class_id,
-                data=array_to_tensor(_convert(values, output.dtype)),
+                data=array_to_tensor(data[method][t]),
             )
             if pixels is not None:
-                entry.overlay_png = overlay_png(pixels, values, output.normalized)
+                entry.overlay_png = overlay_png(pixels, floats[method][t], output.normalized)
             if method in result.rgb:
                 entry.rgb.CopyFrom(array_to_tensor(result.rgb[method][t]))
             maps.append(entry)
@@ -185,14 +193,6 @@ def _pixels(image: np.ndarray, output: OutputSpec) -> np.ndarray:
     import torch
 
     return denormalize(torch.from_numpy(image)[None], output.mean, output.std)[0].permute(1, 2, 0).numpy()
-
-
-def _convert(values: np.ndarray, dtype: int) -> np.ndarray:
-    if dtype == pb.DATA_TYPE_FLOAT16:
-        return values.astype(np.float16)
-    if dtype == pb.DATA_TYPE_UINT8:
-        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return values.astype(np.float32, copy=False)
 
 
 def model_info(model: ServedModel, max_batch_size: int) -> pb.ModelInfo:

@@ -24,6 +24,7 @@ from camserve.errors import InvalidArgumentError, NotFoundError, ResourceExhaust
 from camserve.explainer import Explainer
 from camserve.images import preprocess
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
+from camserve.runtime import OnnxGraphRunner, warm_up
 from camserve.service import metrics
 from camserve.service.batcher import DynamicBatcher
 from camserve.service.cancellation import check_request_alive
@@ -207,6 +208,7 @@ class ModelRegistry:
         models = {}
         for name, path in directories.items():
             explainer = make(ModelDirectory(path), config)
+            warm_up_model(name, explainer, config)
             batcher = make_batcher(name, explainer, config.service)
             models[name] = ServedModel(name, explainer, batcher, budget)
             log.info("model %s loaded from %s", name, path)
@@ -236,6 +238,17 @@ class ModelRegistry:
     async def close(self) -> None:
         for model in self:
             await model.batcher.close()
+
+
+def warm_up_model(name: str, explainer: Explainer, config: CamserveConfig) -> None:
+    """Create the model's ONNX Runtime sessions and compile its CAM kernels now, before the server
+    reports SERVING, so the first request does not pay for them (``camserve.runtime.warm_up``)."""
+    runner = explainer.runner
+    if not isinstance(runner, OnnxGraphRunner):  # an embedder's own runner: nothing of ours to warm
+        return
+    timings = warm_up(runner, config.runtime.kernels)
+    steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in timings.items())
+    log.info("model %s warmed up on %s in %.2f s (%s)", name, runner.device, sum(timings.values()), steps)
 
 
 def make_batcher(

@@ -21,6 +21,7 @@ import camserve
 from camserve.config import CamserveConfig
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.inference import grpc_service_pb2_grpc as ip_grpc
+from camserve.runtime import device_kind
 from camserve.service.dataplane import DataPlane, FrontDoor, Outcome, answer_or_abort
 from camserve.service.errors import abort_with_status
 from camserve.service.models import ServedModel
@@ -87,7 +88,7 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
         try:
             model = self._model(request.name, request.version)
             service = self.config.service
-            kind = _INSTANCE_KIND[self.config.runtime.device]
+            kind = instance_kind(self.config.runtime.device)
             config = model_config(model, service.max_batch_size, service.max_queue_delay_ms, kind)
             return ip.ModelConfigResponse(config=config)
         except Exception as exc:
@@ -141,6 +142,11 @@ _INSTANCE_KIND = {
     "cpu": ip.ModelInstanceGroup.KIND_CPU,
     "cuda": ip.ModelInstanceGroup.KIND_GPU,
 }
+
+
+def instance_kind(device: str) -> ip.ModelInstanceGroup.Kind.ValueType:
+    """The instance group kind a ModelConfig reports for ``runtime.device`` ('cuda:N' is a GPU)."""
+    return _INSTANCE_KIND[device_kind(device)]
 
 
 def add_inference_service(server: grpc.aio.Server, servicer: InferenceServicer) -> None:

@@ -12,6 +12,7 @@ the batch's ``stop()`` is asked: once nobody waits for the batch, the rest of it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from camserve import kernels
 from camserve.config import ExplainOptions
 from camserve.explainer import Explainer
 from camserve.methods.base import method_class
@@ -57,7 +59,7 @@ class ImageWork:
 
 @dataclass(frozen=True)
 class ImageResult:
-    maps: dict[str, np.ndarray]  # method -> float32 [T,H,W]
+    maps: dict[str, torch.Tensor]  # method -> float32 [T,H,W] where computed (a GPU): see maps_to_host
     rgb: dict[str, np.ndarray]  # method -> float32 [T,3,H,W], for methods with colour evidence
     logits: np.ndarray  # float32 [C]
     target_ids: np.ndarray  # int64 [T]
@@ -125,13 +127,15 @@ class ExplainBatchRunner:
         methods: list[str] = []
         for work in works:
             methods.extend(m for m in work.methods if m not in methods)
-        images = torch.from_numpy(np.stack([w.image for w in works]))
+        images = self.explainer.preprocess(torch.from_numpy(np.stack([w.image for w in works])))
         targets = [list(w.targets) for w in works]
         log.debug("explain run: images=%d methods=%s", len(works), ",".join(methods))
-        result = self.explainer.explain(images, methods=methods, targets=targets, options=options)
+        computed = self.explainer.compute(images, targets, methods, options)
+        # the maps stay where they were computed until a codec encodes them (maps_to_host)
+        result = self.explainer.result(images, dataclasses.replace(computed, maps={}), options)
         return [
             ImageResult(
-                maps={m: result.maps[m][n] for m in work.methods},
+                maps={m: computed.maps[m][n] for m in work.methods},
                 rgb={m: result.rgb[m][n] for m in work.methods if m in result.rgb},
                 logits=result.logits[n],
                 target_ids=result.target_ids[n],
@@ -139,3 +143,15 @@ class ExplainBatchRunner:
             )
             for n, work in enumerate(works)
         ]
+
+
+def maps_to_host(maps: torch.Tensor, dtype: np.dtype, backend: str) -> np.ndarray:
+    """Float maps [..., H, W], on the device that computed them -> a host array of ``dtype``
+    (float32, float16 or uint8), for both front doors. uint8 is quantised on the maps' device by
+    ``camserve.kernels.quantize_uint8`` (``backend``: ``runtime.kernels``) before the copy, so a
+    quarter of the bytes leave a GPU: round(255 * clip(m, 0, 1)) with ties to even, numpy's
+    ``np.rint`` rule, bit for bit."""
+    if dtype == np.uint8:
+        flat = maps.reshape(-1, 1, *maps.shape[-2:])  # quantize_uint8 takes [N,T,H,W]
+        return kernels.quantize_uint8(flat, backend).reshape(maps.shape).cpu().numpy()
+    return maps.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)

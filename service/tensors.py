@@ -11,7 +11,7 @@ import numpy as np
 from camserve.errors import InvalidArgumentError
 from camserve.v1 import camserve_pb2 as pb
 
-_NUMPY_DTYPES: dict[int, np.dtype] = {
+NUMPY_DTYPES: dict[int, np.dtype] = {
     pb.DATA_TYPE_UNSPECIFIED: np.dtype("<f4"),
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
     pb.DATA_TYPE_FLOAT16: np.dtype("<f2"),
@@ -60,9 +60,9 @@ def check_shape(dims: Sequence[int], field: str) -> tuple[int, ...]:
 
 def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:
     """Decode a Tensor message; ``field`` names it in errors (``images[2].tensor``)."""
-    if tensor.dtype not in _NUMPY_DTYPES:
+    if tensor.dtype not in NUMPY_DTYPES:
         raise InvalidArgumentError(f"{field}.dtype", f"unknown data type {tensor.dtype}")
-    dtype = _NUMPY_DTYPES[tensor.dtype]
+    dtype = NUMPY_DTYPES[tensor.dtype]
     shape = check_shape(tensor.shape, f"{field}.shape")
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:

@@ -43,7 +43,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"  # w
 def default_workers(config: CamserveConfig) -> int:
     """One worker per two cores (a worker's Python thread and its ONNX Runtime threads share them);
     one on a GPU, whose work one process already feeds."""
-    if config.runtime.device == "cuda":
+    from camserve.runtime import device_kind
+
+    if device_kind(config.runtime.device) == "cuda":
         return 1
     return max(1, min(8, (os.cpu_count() or 1) // 2))
 

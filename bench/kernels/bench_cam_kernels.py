@@ -37,7 +37,9 @@ from pathlib import Path as FilePath  # "Path" is a benchmark path below
 import torch
 
 from camserve import kernels
+from camserve.errors import InvalidArgumentError
 from camserve.kernels import reference
+from camserve.runtime import check_device, device_kind
 
 sys.path.insert(0, str(FilePath(__file__).resolve().parents[1]))  # bench/: the shared timing helper
 from timing import cuda_median_ms, median_seconds  # noqa: E402
@@ -234,13 +236,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224, help="output maps are size x size")
     parser.add_argument("--reps", type=int, default=0, help="timed calls per path (default 50 GPU, 5 CPU)")
     parser.add_argument("--uint8", action="store_true", help="quantise the output maps to uint8")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--share-archs", default="resnet50,vgg16", help='"" skips the share section')
     parser.add_argument("--share-batch", type=int, default=0, help="default 64 on a GPU, 8 on the CPU")
     args = parser.parse_args(argv)
 
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
+    try:
+        kind = device_kind(check_device(args.device, "--device"))
+    except InvalidArgumentError as exc:
+        parser.error(str(exc))
+    cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
+    device = torch.device(args.device if kind == "cuda" else "cuda" if cuda else "cpu")
     reps = args.reps or (50 if cuda else 5)
     size = (args.size, args.size)
     torch.manual_seed(0)

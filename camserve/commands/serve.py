@@ -79,7 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="require `authorization: Bearer <token>` with the token in FILE "
         "(or set CAMSERVE_SERVICE_AUTH_TOKEN)",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (checked with the configuration)"
+    )
     parser.add_argument("--kernels", choices=("auto", "triton", "torch"))
     parser.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per run (0: all cores)")
     parser.set_defaults(func=run)
@@ -109,12 +111,14 @@ def model_directories(config: CamserveConfig) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from camserve.runtime import check_device
     from camserve.service.models import ModelRegistry
     from camserve.service.server import check_service_config, serve
     from camserve.service.workers import WorkerPool, apply_thread_budget, default_workers
 
     config = config_from_args(args)
     check_service_config(config.service)  # before the models load
+    check_device(config.runtime.device)
     workers = config.service.workers or default_workers(config)
     if workers < 1:
         raise InvalidArgumentError("service.workers", f"must be >= 0, got {config.service.workers}")
