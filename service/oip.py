@@ -144,7 +144,7 @@ _INSTANCE_KIND = {
 }
 
 
-def instance_kind(device: str) -> ip.ModelInstanceGroup.Kind.ValueType:
+def instance_kind(device: str) -> ip.ModelInstanceGroup.Kind:
     """The instance group kind a ModelConfig reports for ``runtime.device`` ('cuda:N' is a GPU)."""
     return _INSTANCE_KIND[device_kind(device)]
 
