@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from camserve.commands.explain import DEFAULT_METHODS
+from camserve.cli_flags import add_method_flag, add_target_flag
+from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
 
 
@@ -37,21 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", metavar="DIR", help="model directory from `camserve export` (default: built-in)"
     )
-    parser.add_argument(
-        "--method",
-        action="append",
-        dest="methods",
-        metavar="NAME",
-        help=f"a CAM method; repeat for several (default: {' '.join(DEFAULT_METHODS)})",
-    )
-    parser.add_argument(
-        "--target",
-        action="append",
-        dest="targets",
-        type=int,
-        metavar="CLASS",
-        help="class id, or -k for each image's k-th best class; repeat for several (default: -1)",
-    )
+    add_method_flag(parser)
+    add_target_flag(parser)
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="default: local")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT's maps of a different job")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per graph run (32)")

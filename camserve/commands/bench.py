@@ -23,7 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from camserve.cli_flags import add_method_flag, add_target_flag
 from camserve.commands.explain import add_remote_flags, check_remote_flags, client_token
+from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
 
 DEFAULT_CONCURRENCY = "1,4,16"
@@ -62,16 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="explain",
         help="camserve.v1 Explain, ExplainStream, or Open Inference Protocol ModelInfer (default explain)",
     )
-    work.add_argument(
-        "--method",
-        action="append",
-        dest="methods",
-        metavar="NAME",
-        help="CAM method; repeat (default gradcam)",
-    )
-    work.add_argument(
-        "--target", action="append", dest="targets", type=int, metavar="CLASS", help="class id or -k; repeat"
-    )
+    add_method_flag(work)
+    add_target_flag(work)
     images = work.add_mutually_exclusive_group()
     images.add_argument(
         "--images", metavar="DIR", help="image files to send (default: the default model's samples)"
@@ -228,7 +222,7 @@ def _bench(args: argparse.Namespace, plan: list[tuple[str, float]], server: Any)
         model = next(iter(served))
     elif model not in served:
         print(f"note: the server does not serve {model!r} (it serves {', '.join(served)})", file=sys.stderr)
-    methods = tuple(args.methods or ["gradcam"])
+    methods = tuple(args.methods or DEFAULT_METHODS)
     workload = build_workload(
         args.api, model, methods, tuple(args.targets or ()), args.image_count, args.images, size
     )

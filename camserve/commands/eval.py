@@ -21,6 +21,7 @@ import shlex
 from pathlib import Path
 
 from camserve import defaults as d
+from camserve.cli_flags import add_method_flag
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data", metavar="DIR", help="images with PASCAL-VOC XML boxes (default: the generated benchmark)"
     )
     parser.add_argument("--image-set", metavar="NAME", help="VOC layout: only ImageSets/Main/NAME.txt")
-    parser.add_argument(
-        "--method",
-        action="append",
-        dest="methods",
-        metavar="NAME",
-        help="a CAM method; repeat for several (default: every CAM method the model supports)",
-    )
+    add_method_flag(parser, default="every CAM method the model supports")
     parser.add_argument(
         "--images",
         type=int,

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from camserve import defaults
+from camserve.cli_flags import add_method_flag, add_target_flag
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
 
@@ -37,21 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", metavar="DIR", help="model directory from `camserve export` (default: built-in)"
     )
-    parser.add_argument(
-        "--method",
-        action="append",
-        dest="methods",
-        metavar="NAME",
-        help=f"a CAM method; repeat for several (default: {' '.join(DEFAULT_METHODS)}; see --list-methods)",
-    )
-    parser.add_argument(
-        "--target",
-        action="append",
-        dest="targets",
-        type=int,
-        metavar="CLASS",
-        help="class id to explain, or -k for each image's k-th best class; repeat for several (default: -1)",
-    )
+    add_method_flag(parser)
+    add_target_flag(parser)
     parser.add_argument(
         "--out", metavar="FILE.npz", help="write maps [N,T,H,W] per method, logits, target_ids"
     )
