@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 from torch.export import Dim
+from torch.fx.experimental import _config as fx_config
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
@@ -232,7 +233,9 @@ def trace(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> torch.fx.Grap
     def call(*args):  # a plain function: make_fx inspects the signature of what it traces
         return fn(*args)
 
-    with sdpa_kernel([SDPBackend.MATH]), _ExportFriendlyOps():
+    # no duck shaping: equal sizes must not share a symbol (a batch of 2 and a 2x2 feature map would,
+    # and a guard on the map's size would then fix the batch size: a head on a small input)
+    with sdpa_kernel([SDPBackend.MATH]), _ExportFriendlyOps(), fx_config.patch(use_duck_shape=False):
         graph = make_fx(
             call,
             decomposition_table=_decompositions(),
