@@ -207,21 +207,25 @@ class OnnxGraphRunner:
         self.num_classes = manifest.num_classes
         self.activation_shape = tuple(manifest.activation_shape)
         self.input_size = tuple(manifest.input_size)
+        # per-image shape of the head's extra input, when it has one: ViT's prefix (class) tokens
+        # [P, K], or for a layer that is not a cut the anchor block's input (manifest notes)
+        extra = manifest.notes.get("extra_shape")
+        if extra is None and manifest.prefix_tokens:
+            extra = [manifest.prefix_tokens, self.activation_shape[0]]
+        self.extra_shape: tuple[int, ...] | None = None if extra is None else tuple(int(v) for v in extra)
 
     # -- the GraphRunner protocol -------------------------------------------------------------
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
         n, t = targets.shape
-        k = self.activation_shape[0]
-        prefix = self.model_dir.manifest.prefix_tokens
         shapes = {
             "logits": ((n, self.num_classes), torch.float32),
             "activations": ((n, *self.activation_shape), torch.float32),
             "gradients": ((n, t, *self.activation_shape), torch.float32),
             "target_ids": ((n, t), torch.int64),
         }
-        if prefix:
-            shapes["extra_tokens"] = ((n, prefix, k), torch.float32)
+        if self.extra_shape is not None:
+            shapes["extra_tokens"] = ((n, *self.extra_shape), torch.float32)
         out = self._run("explain", {"images": images, "targets": targets}, shapes)
         return ExplainOutputs(
             out["logits"], out["activations"], out["gradients"], out["target_ids"], out.get("extra_tokens")
@@ -236,9 +240,9 @@ class OnnxGraphRunner:
 
     def head(self, activations: torch.Tensor, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
         inputs = {"activations": activations}
-        if self.model_dir.manifest.prefix_tokens:
+        if self.extra_shape is not None:
             if extra_tokens is None:
-                raise UnsupportedError("this model's head needs the extra (class) tokens of the explain run")
+                raise UnsupportedError("this model's head needs the extra tokens of the explain run")
             inputs["extra_tokens"] = extra_tokens
         shapes = {"logits": ((activations.shape[0], self.num_classes), torch.float32)}
         return self._run("head", inputs, shapes)["logits"]

@@ -151,7 +151,7 @@ def _is_basic_index(index: object) -> bool:
 def _window_matrix(windows: list[tuple[int, int, float]], size_in: int, like: torch.Tensor) -> torch.Tensor:
     """[out, in] pooling matrix along one axis: row i averages inputs [start, end) with ``weight``."""
     rows = [[0.0] * size_in for _ in windows]
-    for row, (start, end, weight) in zip(rows, windows):
+    for row, (start, end, weight) in zip(rows, windows, strict=True):
         row[start:end] = [weight] * (end - start)
     # built from Python numbers so that tracing records one constant, not the ops that filled it
     return torch.tensor(rows, dtype=like.dtype, device=like.device)
@@ -235,7 +235,8 @@ def trace(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> torch.fx.Grap
 
     # no duck shaping: equal sizes must not share a symbol (a batch of 2 and a 2x2 feature map would,
     # and a guard on the map's size would then fix the batch size: a head on a small input)
-    with sdpa_kernel([SDPBackend.MATH]), _ExportFriendlyOps(), fx_config.patch(use_duck_shape=False):
+    no_duck_shaping = fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]  # added by torch at import
+    with sdpa_kernel([SDPBackend.MATH]), _ExportFriendlyOps(), no_duck_shaping:
         graph = make_fx(
             call,
             decomposition_table=_decompositions(),

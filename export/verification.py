@@ -80,4 +80,6 @@ def verify_graph(
     for out, value, want in zip(session.get_outputs(), got, expected, strict=True):
         why = disagreement(out.name, np.asarray(value), want.numpy())
         if why is not None:
-            raise ExportError(f"the exported {graph} graph disagrees with PyTorch on output {out.name!r}: {why}")
+            raise ExportError(
+                f"the exported {graph} graph disagrees with PyTorch on output {out.name!r}: {why}"
+            )

@@ -4,6 +4,10 @@ default layer, the real default input size, seeded random weights), checked agai
 One export per architecture (a session fixture shared by the tests below); inputs from several seeds,
 batch sizes 1 and 3, T = 1 and 3 (mixed class ids and top-k targets).
 
+CI time: the seven slowest architectures (SLOW) take 5-15 min each to export at 224² on two cores, so
+the default run exports them at a small input (SMALL_SIZES, the same graphs and checks);
+``CAMSERVE_FULL_SIZE_EXPORTS=1`` exports every architecture at its real default size.
+
 Tolerances: logits, activations and head logits to 1e-4 of their largest value. Explain gradients are
 compared at the graph's own activations (the reference head is fed ORT's A), so a max-pool near-tie in
 the body cannot move them. Guided gradients go through every ReLU of the network: a unit whose input is
@@ -13,6 +17,8 @@ own verification rule; measured worst case in docs/export.md) plus a sign-agreem
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -32,6 +38,16 @@ from tests.reference.autograd_cam import autograd_explain, autograd_guided
 RELU_MLP_HEADS = {"vgg11", "vgg11_bn", "vgg16", "vgg16_bn"}
 RELU_MLP_HEAD_TOLERANCE = 2e-2
 SLOW = {"resnet101", "vgg16", "vgg16_bn", "densenet121", "convnext_tiny", "vit_b_16", "swin_t"}
+SMALL_SIZES = {"vgg16": 32, "vgg16_bn": 32, "vit_b_16": 32}  # the others of SLOW: 64
+FULL_SIZE = os.environ.get("CAMSERVE_FULL_SIZE_EXPORTS") == "1"
+
+
+def input_size(arch: str) -> tuple[int, int, int]:
+    """The architecture's default input size; a small one for SLOW in the default run (module docstring)."""
+    if arch in SLOW and not FULL_SIZE:
+        side = SMALL_SIZES.get(arch, 64)
+        return (3, side, side)
+    return tuple(ARCHITECTURES[arch].input_size)  # type: ignore[return-value]
 
 
 def seeded_model(arch: str, seed: int = 0) -> torch.nn.Module:
@@ -39,7 +55,7 @@ def seeded_model(arch: str, seed: int = 0) -> torch.nn.Module:
     from camserve.commands.export import _untie_zero_layers
 
     torch.manual_seed(seed)
-    model = build_torchvision(arch, ARCHITECTURES[arch].input_size).eval()
+    model = build_torchvision(arch, input_size(arch)).eval()
     _untie_zero_layers(model)
     return model
 
@@ -55,7 +71,7 @@ def exported(request, tmp_path_factory):
     model_dir = export_model(
         model,
         defaults.layer,
-        defaults.input_size,
+        input_size(arch),
         tmp_path_factory.mktemp("arch") / arch,
         name=arch,
         architecture=arch,
@@ -68,7 +84,7 @@ def exported(request, tmp_path_factory):
 
 
 def _images(arch: str, batch: int, seed: int) -> torch.Tensor:
-    return torch.randn(batch, *ARCHITECTURES[arch].input_size, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, *input_size(arch), generator=torch.Generator().manual_seed(seed))
 
 
 def _targets(batch: int, per_image: int, seed: int) -> torch.Tensor:
@@ -90,7 +106,7 @@ def test_all_four_graphs_are_exported(exported) -> None:
     arch, _, model_dir, _ = exported
     manifest = ModelDirectory(model_dir.path).manifest
     assert sorted(manifest.graphs) == ["explain", "forward", "guided", "head"]
-    assert manifest.input_size == list(ARCHITECTURES[arch].input_size)
+    assert manifest.input_size == list(input_size(arch))
     assert manifest.target_layer == ARCHITECTURES[arch].layer
 
 
@@ -156,8 +172,15 @@ def test_issue_13_vgg11_features19_seeded_after_resnet18_is_exported(tmp_path) -
     build_torchvision("resnet18")
     model = build_torchvision("vgg11").eval()
     model_dir = export_model(
-        model, "features.19", (3, 224, 224), tmp_path / "vgg11", name="vgg11", architecture="vgg11",
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, graphs=("explain", "guided"),
+        model,
+        "features.19",
+        (3, 224, 224),
+        tmp_path / "vgg11",
+        name="vgg11",
+        architecture="vgg11",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        graphs=("explain", "guided"),
     )
     images, targets = _images("vgg11", 2, 41), _targets(2, 2, 41)
     got = OnnxGraphRunner(model_dir).guided(images, targets)

@@ -12,6 +12,7 @@ import torch
 
 from camserve.export.architectures import build_torchvision
 from camserve.export.reference import TorchGraphRunner
+from camserve.methods.compute import compute_maps
 from camserve.runtime import OnnxGraphRunner
 from tests.export.exporting import export_test_model
 from tests.export.nets import BlockResidualNet
@@ -24,19 +25,29 @@ def _run_onnx(model_dir, graph: str, **inputs: torch.Tensor) -> list[np.ndarray]
 
 
 def _check(model, layer: str, model_dir, images: torch.Tensor, targets: torch.Tensor, layout) -> None:
-    logits, acts, grads, ids = autograd_explain(model, layer, images, targets, layout.to_nkhw, layout.from_nkhw)
+    logits, acts, grads, ids = autograd_explain(
+        model, layer, images, targets, layout.to_nkhw, layout.from_nkhw
+    )
     got_logits, got_acts, got_grads, got_ids, anchor_input = _run_onnx(
         model_dir, "explain", images=images, targets=targets
     )
-    for name, mine, ref in (("logits", got_logits, logits), ("activations", got_acts, acts), ("gradients", got_grads, grads)):
+    for name, mine, ref in (
+        ("logits", got_logits, logits),
+        ("activations", got_acts, acts),
+        ("gradients", got_grads, grads),
+    ):
         scale = ref.abs().max().item()
         assert scale > 0 and np.abs(mine - ref.numpy()).max() <= 1e-4 * scale, name
     np.testing.assert_array_equal(got_ids, ids.numpy())
     # the head graph: logits from A and the anchor's input alone, also for edited activations
-    (head_logits,) = _run_onnx(model_dir, "head", activations=torch.from_numpy(got_acts), extra_tokens=torch.from_numpy(anchor_input))
+    (head_logits,) = _run_onnx(
+        model_dir, "head", activations=torch.from_numpy(got_acts), extra_tokens=torch.from_numpy(anchor_input)
+    )
     np.testing.assert_allclose(head_logits, logits.numpy(), atol=1e-4 * logits.abs().max().item())
     halved = torch.from_numpy(got_acts) * 0.5
-    (head_halved,) = _run_onnx(model_dir, "head", activations=halved, extra_tokens=torch.from_numpy(anchor_input))
+    (head_halved,) = _run_onnx(
+        model_dir, "head", activations=halved, extra_tokens=torch.from_numpy(anchor_input)
+    )
     want, _, _, _ = autograd_explain(
         model, layer, images, targets[:, :1], layout.to_nkhw, layout.from_nkhw, activations=halved
     )
@@ -46,7 +57,9 @@ def _check(model, layer: str, model_dir, images: torch.Tensor, targets: torch.Te
 def test_conv_inside_a_residual_block(tmp_path) -> None:
     torch.manual_seed(0)
     model = BlockResidualNet().eval()
-    model_dir = export_test_model(model, "block.conv1", (3, 8, 8), tmp_path / "m", graphs=("explain", "head", "guided"))
+    model_dir = export_test_model(
+        model, "block.conv1", (3, 8, 8), tmp_path / "m", graphs=("explain", "head", "guided")
+    )
     notes = model_dir.manifest.notes
     assert notes == {"anchor": "block", "extra_shape": [4, 8, 8]}  # the block's input, per image
     images = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -59,7 +72,24 @@ def test_conv_inside_a_residual_block(tmp_path) -> None:
     # the eager runner (in-process explaining) agrees with its graphs, head included
     eager = TorchGraphRunner(model, "block.conv1", (3, 8, 8))
     out = eager.explain(images, targets)
-    torch.testing.assert_close(eager.head(out.activations, out.extra_tokens), out.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        eager.head(out.activations, out.extra_tokens), out.logits, rtol=1e-5, atol=1e-5
+    )
+    # the runner the Explainer and the service use binds the anchor's input both ways (Ablation-CAM's
+    # head runs on edited activations), and Ablation-CAM's maps equal the eager runner's
+    onnx = OnnxGraphRunner(model_dir)
+    got = onnx.explain(images, targets)
+    assert got.extra_tokens is not None and got.extra_tokens.shape == (3, 4, 8, 8)
+    torch.testing.assert_close(got.extra_tokens, out.extra_tokens, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        onnx.head(got.activations * 0.5, got.extra_tokens),
+        eager.head(out.activations * 0.5, out.extra_tokens),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    onnx_maps = compute_maps(onnx, images, targets, ["ablationcam"], num_classes=5).maps["ablationcam"]
+    eager_maps = compute_maps(eager, images, targets, ["ablationcam"], num_classes=5).maps["ablationcam"]
+    torch.testing.assert_close(onnx_maps, eager_maps, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

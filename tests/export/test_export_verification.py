@@ -51,7 +51,7 @@ def test_wrong_gradients_values_and_ids_are_refused() -> None:
 
 
 def _planted(model_dir, scale_channel: float) -> str:
-    """Copy the guided graph with output channel 0 of its first conv weight multiplied by ``scale_channel``."""
+    """Copy the guided graph with output channel 0 of its first conv weight scaled by ``scale_channel``."""
     graph = onnx.load(str(model_dir.graph_path("guided")))
     first = next(init for init in graph.graph.initializer if len(init.dims) == 4)
     weight = numpy_helper.to_array(first).copy()
