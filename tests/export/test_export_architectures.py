@@ -4,9 +4,11 @@ default layer, the real default input size, seeded random weights), checked agai
 One export per architecture (a session fixture shared by the tests below); inputs from several seeds,
 batch sizes 1 and 3, T = 1 and 3 (mixed class ids and top-k targets).
 
-CI time: the seven slowest architectures (SLOW) take 5-15 min each to export at 224² on two cores, so
-the default run exports them at a small input (SMALL_SIZES, the same graphs and checks);
-``CAMSERVE_FULL_SIZE_EXPORTS=1`` exports every architecture at its real default size.
+CI time: exporting all four graphs at 224² with verification costs 40 s to 5 min of CPU per
+architecture (docs/export.md), 30+ min for all 14 on two cores. The default run exports one architecture
+of each family at its real size (FULL_SIZE_BY_DEFAULT: residual, VGG's ReLU-MLP head, inverted residual
+with squeeze-excitation and hardswish, EfficientNet's SiLU) and the others at a small input (the same
+graphs and checks); ``CAMSERVE_FULL_SIZE_EXPORTS=1`` exports every architecture at its real size.
 
 Tolerances: logits, activations and head logits to 1e-4 of their largest value. Explain gradients are
 compared at the graph's own activations (the reference head is fed ORT's A), so a max-pool near-tie in
@@ -38,13 +40,14 @@ from tests.reference.autograd_cam import autograd_explain, autograd_guided
 RELU_MLP_HEADS = {"vgg11", "vgg11_bn", "vgg16", "vgg16_bn"}
 RELU_MLP_HEAD_TOLERANCE = 2e-2
 SLOW = {"resnet101", "vgg16", "vgg16_bn", "densenet121", "convnext_tiny", "vit_b_16", "swin_t"}
-SMALL_SIZES = {"vgg16": 32, "vgg16_bn": 32, "vit_b_16": 32}  # the others of SLOW: 64
+FULL_SIZE_BY_DEFAULT = {"resnet50", "vgg11", "mobilenet_v3_large", "efficientnet_b0"}
+SMALL_SIZES = {"vgg11_bn": 32, "vgg16": 32, "vgg16_bn": 32, "vit_b_16": 32}  # the others: 64
 FULL_SIZE = os.environ.get("CAMSERVE_FULL_SIZE_EXPORTS") == "1"
 
 
 def input_size(arch: str) -> tuple[int, int, int]:
-    """The architecture's default input size; a small one for SLOW in the default run (module docstring)."""
-    if arch in SLOW and not FULL_SIZE:
+    """The architecture's default input size, or a small one in the default run (module docstring)."""
+    if arch not in FULL_SIZE_BY_DEFAULT and not FULL_SIZE:
         side = SMALL_SIZES.get(arch, 64)
         return (3, side, side)
     return tuple(ARCHITECTURES[arch].input_size)  # type: ignore[return-value]
