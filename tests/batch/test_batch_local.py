@@ -103,6 +103,16 @@ def test_shards_open_with_plain_pyarrow(local_out, dataset, explainer):
     )
 
 
+def test_shards_open_with_duckdb_as_documented(local_out, dataset):
+    """docs/batch.md's DuckDB query on the shard glob: one row per image, the same ids and best classes."""
+    duckdb = pytest.importorskip("duckdb")
+    shards = str(local_out / "part-*.parquet")
+    rows = duckdb.sql(f"SELECT id, top_ids[1] AS best FROM read_parquet('{shards}')").fetchall()
+    table = read_rows(local_out, columns=["id", "top_ids"])
+    want = {image_id: top[0] for image_id, top in zip(*table.to_pydict().values(), strict=True)}
+    assert len(rows) == len(dataset[1]) and dict(rows) == want
+
+
 def test_rerun_skips_done_ids_and_writes_nothing(tmp_path, dataset, explainer):
     root, ids = dataset
     listing = tmp_path / "list.txt"
