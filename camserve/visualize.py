@@ -17,6 +17,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib import colormaps
@@ -28,6 +29,9 @@ from PIL import Image
 
 from camserve.errors import InvalidArgumentError
 from camserve.result import ExplainResult
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 COLORMAP = "jet"
 HEATMAP_ALPHA = 0.5
@@ -86,7 +90,7 @@ def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, normalised: bool = True
     return buffer.getvalue()
 
 
-def _draw(axes, pixels: np.ndarray, heatmap: np.ndarray, normalised: bool) -> ScalarMappable:
+def _draw(axes: Axes, pixels: np.ndarray, heatmap: np.ndarray, normalised: bool) -> ScalarMappable:
     """The blended overlay; returns its colour scale (opaque) for a colour bar."""
     axes.imshow(blend_heatmap(pixels, heatmap, normalised), interpolation="nearest")
     axes.set_xticks([])

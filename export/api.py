@@ -160,7 +160,9 @@ def _write_graphs(
     return files, tuple(acts.shape[1:]), cam
 
 
-def _cam_weights(split: SplitModel, acts: torch.Tensor, extra, staging: Path) -> GraphFile | None:
+def _cam_weights(
+    split: SplitModel, acts: torch.Tensor, extra: torch.Tensor | None, staging: Path
+) -> GraphFile | None:
     """If the head is GAP -> linear (logits = W · mean_ij A + b), save W [C,K] and b [C] for CAM.
 
     Found numerically, without knowing the architecture: spatially constant one-hot activations give

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,6 +33,10 @@ from torch.utils.hooks import RemovableHandle
 
 from camserve.errors import ExportError
 from camserve.export.layers import Layout, find_layer, guess_layout_kind
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+    from typing import Any
 
 
 def resolve_targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -57,7 +62,13 @@ class _GuidedReluMode(TorchDispatchMode):
     becomes g · [x > 0] · [g > 0]. Implemented at the aten level, so it applies to every ReLU
     (modules, functional and in-place) without touching the model, eagerly and under tracing."""
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         if func is torch.ops.aten.threshold_backward.default:
             grad, inp, threshold = args
@@ -109,13 +120,13 @@ class SplitModel(nn.Module):
 
     # -- the exported functions -------------------------------------------------------------
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor):
+    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.anchor is not None:
             return self._explain_from_anchor(images, targets)
         n, t = targets.shape
         cap = _Capture()
 
-        def hook(_module, _inputs, raw):
+        def hook(_module: nn.Module, _inputs: tuple[Any, ...], raw: torch.Tensor) -> torch.Tensor:
             cap.calls += 1
             acts, extra = self.layout.to_nkhw(raw.detach())
             cap.acts = acts.clone()  # a copy: an in-place op after the layer must not change it
@@ -136,17 +147,17 @@ class SplitModel(nn.Module):
         outs = (logits, cap.acts, grads, ids)
         return outs + ((cap.extra,) if cap.extra is not None else ())
 
-    def _explain_from_anchor(self, images: torch.Tensor, targets: torch.Tensor):
+    def _explain_from_anchor(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``explain`` for a non-cut layer: the body runs once up to the anchor's input, which is
         repeated T times; the anchor (its part before the layer included) and the rest run on N·T."""
         n, t = targets.shape
         cap = _Capture()
 
-        def enter(_module, args):
+        def enter(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             cap.extra = args[0].detach().clone()
             return (_repeat(cap.extra, t), *args[1:])
 
-        def hook(_module, _inputs, raw):
+        def hook(_module: nn.Module, _inputs: tuple[Any, ...], raw: torch.Tensor) -> torch.Tensor:
             acts, extra = self.layout.to_nkhw(raw.detach())
             cap.leaf = acts.clone().requires_grad_(True)
             cap.acts = cap.leaf.detach().reshape(n, t, *acts.shape[1:])[:, 0].clone()
@@ -155,7 +166,7 @@ class SplitModel(nn.Module):
         assert self.anchor is not None
         with torch.enable_grad(), _pre_hooked(self.anchor.module, enter), _hooked(self._layer, hook):
             logits_rep = self.model(images)
-        assert cap.leaf is not None and cap.acts is not None
+        assert cap.leaf is not None and cap.acts is not None and cap.extra is not None
         logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
         ids = resolve_targets(targets, logits)
         (grads,) = torch.autograd.grad(
@@ -175,7 +186,7 @@ class SplitModel(nn.Module):
         if self.anchor is not None:
             return self._head_from_anchor(activations, extra)
 
-        def hook(_module, _inputs, _raw):
+        def hook(_module: nn.Module, _inputs: tuple[Any, ...], _raw: torch.Tensor) -> torch.Tensor:
             # a copy: an in-place op after the layer (DenseNet's ReLU) must not write into the caller's tensor
             return self.layout.from_nkhw(activations, extra).clone()
 
@@ -190,10 +201,10 @@ class SplitModel(nn.Module):
         if anchor_input is None:
             raise ExportError(f"the head of non-cut layer {self.layer_name!r} needs the anchor's input")
 
-        def enter(_module, args):
+        def enter(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             return (anchor_input, *args[1:])
 
-        def hook(_module, _inputs, raw):
+        def hook(_module: nn.Module, _inputs: tuple[Any, ...], raw: torch.Tensor) -> torch.Tensor:
             return self.layout.from_nkhw(activations, self.layout.to_nkhw(raw)[1]).clone()
 
         assert self.anchor is not None
@@ -223,7 +234,7 @@ class SplitModel(nn.Module):
         example = torch.zeros(2, *self.input_size)
         seen: list[torch.Tensor] = []
 
-        def record(_module, _inputs, raw):
+        def record(_module: nn.Module, _inputs: tuple[Any, ...], raw: object) -> None:
             if not isinstance(raw, torch.Tensor):
                 raise ExportError(
                     f"layer {self.layer_name!r} returns {type(raw).__name__}, not a tensor; "
@@ -276,7 +287,7 @@ class SplitModel(nn.Module):
         acts = acts.clone().requires_grad_(True)
         dummy = torch.zeros(acts.shape[0], *self.input_size, requires_grad=True)
 
-        def hook(_module, _inputs, _raw):
+        def hook(_module: nn.Module, _inputs: tuple[Any, ...], _raw: torch.Tensor) -> torch.Tensor:
             return self.layout.from_nkhw(acts, extra).clone()  # in-place ops after the layer need a non-leaf
 
         with torch.enable_grad(), _hooked(self._layer, hook):
@@ -291,7 +302,7 @@ class SplitModel(nn.Module):
         assert self.anchor is not None
         seen: list[torch.Tensor] = []
 
-        def record(_module, args):
+        def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
             seen.append(args[0].detach().clone())
 
         with torch.no_grad(), _pre_hooked(self.anchor.module, record):
@@ -305,9 +316,11 @@ class SplitModel(nn.Module):
         for depth in range(len(parts) - 1, 0, -1):
             name = ".".join(parts[:depth])
             module = modules[name]
-            inputs: list = []
+            inputs: list[tuple[Any, ...]] = []
 
-            def record(_module, args, inputs=inputs):
+            def record(
+                _module: nn.Module, args: tuple[Any, ...], inputs: list[tuple[Any, ...]] = inputs
+            ) -> None:
                 inputs.append(args)
 
             with torch.no_grad(), _pre_hooked(module, record):
@@ -326,7 +339,7 @@ class SplitModel(nn.Module):
         leaf = example_input.clone().requires_grad_(True)
         dummy = torch.zeros(leaf.shape[0], *self.input_size, requires_grad=True)
 
-        def enter(_module, args):
+        def enter(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             return (leaf.clone(), *args[1:])
 
         with torch.enable_grad(), _pre_hooked(module, enter):
@@ -359,7 +372,7 @@ class _pre_hooked(_hooked):
         return self
 
 
-def _describe(value) -> str:
+def _describe(value: object) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     return type(value).__name__

@@ -19,6 +19,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
@@ -29,6 +30,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from camserve.errors import ExportError
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+    from typing import Any
 
 log = logging.getLogger(__name__)
 OPSET = 18
@@ -61,18 +66,18 @@ def _decompositions() -> dict:
 
 
 def _convolution_backward(
-    grad_out,
-    inp,
-    weight,
-    bias_sizes,
-    stride,
-    padding,
-    dilation,
-    transposed,
-    output_padding,
-    groups,
-    output_mask,
-):
+    grad_out: torch.Tensor,
+    inp: torch.Tensor,
+    weight: torch.Tensor,
+    bias_sizes: Sequence[int] | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    transposed: bool,
+    output_padding: Sequence[int],
+    groups: int,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor | None, None, None]:
     """Input gradient of a 2-d convolution as a transposed convolution (ONNX ConvTranspose).
 
     Only the input gradient is ever asked for: parameters are constants of the exported graphs.
@@ -116,7 +121,13 @@ class _ExportFriendlyOps(TorchFunctionMode):
     ONNX Runtime on every run, and by the exporter's constant folder).
     """
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         if func is torch.Tensor.__setitem__ and _is_number(args[2]) and _is_basic_index(args[1]):
             args[0][args[1]].fill_(args[2])  # basic indexing gives a view: the fill lands in x
@@ -186,7 +197,7 @@ def _avg_pool_matrix(
     return _window_matrix(windows, size_in, like)
 
 
-def _adaptive_avg_pool2d_backward(grad_out, inp):
+def _adaptive_avg_pool2d_backward(grad_out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
     """Adaptive average pooling is linear, out = P_h · x · P_wᵀ, so grad_in = P_hᵀ · grad · P_w
     (two MatMuls in ONNX; the aten backward kernel has no ONNX translation)."""
     p_h = _pool_matrix(int(inp.shape[-2]), int(grad_out.shape[-2]), grad_out)
@@ -195,8 +206,15 @@ def _adaptive_avg_pool2d_backward(grad_out, inp):
 
 
 def _avg_pool2d_backward(
-    grad_out, inp, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-):
+    grad_out: torch.Tensor,
+    inp: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> torch.Tensor:
     """Average pooling is linear and separable too (DenseNet's transitions): out = P_h · x · P_wᵀ,
     grad_in = P_hᵀ · grad · P_w, with the windows and divisors of ``_avg_pool_matrix``. Ceil mode
     needs nothing more: its extra windows are in ``grad_out``'s shape."""
@@ -222,7 +240,7 @@ class _GraphModule(torch.nn.Module):
         self.graph_module = graph
         self.input_names = list(input_names)
 
-    def forward(self, *inputs):
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.graph_module(*inputs)
         return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
@@ -230,7 +248,8 @@ class _GraphModule(torch.nn.Module):
 def trace(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
     """Forward + backward of ``fn`` as one aten-level fx graph with symbolic shapes."""
 
-    def call(*args):  # a plain function: make_fx inspects the signature of what it traces
+    # a plain function: make_fx inspects the signature of what it traces
+    def call(*args: torch.Tensor) -> Any:
         return fn(*args)
 
     # no duck shaping: equal sizes must not share a symbol (a batch of 2 and a 2x2 feature map would,

@@ -19,9 +19,17 @@ import argparse
 import logging
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from camserve import defaults as d
 from camserve.cli_flags import add_method_flag
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from camserve.config import CamserveConfig
+    from camserve.explainer import Explainer
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +180,7 @@ def _changed(args: argparse.Namespace, name: str) -> object:
     return None if value == FLAG_DEFAULTS[name] else value
 
 
-def torch_model_for(explainer, weights: str | None):
+def torch_model_for(explainer: Explainer, weights: str | None) -> nn.Module | None:
     """The PyTorch model behind the explainer's model directory, or None (with the reason logged)."""
     from camserve.default_model import ARCHITECTURE, load_default_model
 
@@ -193,11 +201,12 @@ def torch_model_for(explainer, weights: str | None):
     else:
         from camserve.export.architectures import build_torchvision
 
-        model = build_torchvision(arch, tuple(manifest.input_size), manifest.num_classes)
+        input_size = cast("tuple[int, int, int]", tuple(manifest.input_size))  # the manifest's [3, H, W]
+        model = build_torchvision(arch, input_size, manifest.num_classes)
     return load_weights(model, weights).eval()
 
 
-def _agrees(explainer, model, images) -> bool:
+def _agrees(explainer: Explainer, model: nn.Module, images: torch.Tensor) -> bool:
     """Whether the PyTorch model computes the exported graph's logits (else its maps mean nothing)."""
     import torch
 
@@ -238,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
 
 
-def _evaluate(args: argparse.Namespace, config) -> int:
+def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
     from camserve.errors import CamserveError
     from camserve.eval.data import BenchmarkData, EvalData, VocFolder
     from camserve.eval.evaluate import EvalSettings, Progress, evaluate

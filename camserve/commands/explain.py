@@ -14,11 +14,19 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camserve import defaults
 from camserve.cli_flags import add_method_flag, add_target_flag
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import torch
+
+    from camserve.client import Client
+    from camserve.config import CamserveConfig
+    from camserve.explainer import Explainer
 
 SAMPLE_IMAGES = 4  # built-in samples explained when no IMAGES are given with the default model
 SAMPLE_SEED = 2024
@@ -105,7 +113,7 @@ def add_remote_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace) -> CamserveConfig:
     """Configuration file (--config) and environment, then this command's flags."""
     from camserve.config import CamserveConfig, check_options
 
@@ -133,7 +141,7 @@ _OPTION_FLAGS = {
 }
 
 
-def build_explainer(args: argparse.Namespace, config):
+def build_explainer(args: argparse.Namespace, config: CamserveConfig) -> Explainer | Client:
     """The object whose ``explain(images, methods, targets)`` answers this command: a local Explainer
     on --model (None: the default model). A remote explainer (``--server host:port``, talking to
     ``camserve serve``) belongs here, returning an object with the same ``explain`` signature."""
@@ -144,7 +152,7 @@ def build_explainer(args: argparse.Namespace, config):
     return Explainer(args.model, config=config)
 
 
-def _remote_explainer(args: argparse.Namespace, config):
+def _remote_explainer(args: argparse.Namespace, config: CamserveConfig) -> Client:
     """--server: a camserve.Client, which has the Explainer's explain / preprocess / supported_methods;
     --model names one of the server's models (default: its only one), the explain options go along."""
     from camserve.client import Client
@@ -244,7 +252,7 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         raise InvalidArgumentError("overlay", f"{args.overlay} exists and is not a directory")
 
 
-def _load_inputs(args: argparse.Namespace, explainer):
+def _load_inputs(args: argparse.Namespace, explainer: Explainer | Client) -> tuple[torch.Tensor, list[str]]:
     """The preprocessed batch [N,3,H,W] and one display name per image."""
     import torch
 
@@ -265,7 +273,7 @@ def _load_inputs(args: argparse.Namespace, explainer):
     return torch.cat(batches), names
 
 
-def _sample_images(explainer):
+def _sample_images(explainer: Explainer | Client) -> tuple[torch.Tensor, list[str]]:
     """A few images of the default model's test split, as uint8 pixels through normal preprocessing."""
     import torch
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,6 +23,9 @@ from matplotlib.patches import Rectangle
 from camserve.eval.evaluate import Example, SubsetResult
 from camserve.eval.localisation import largest_component_box
 from camserve.eval.sanity import SanityResult
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 COLORMAP = "jet"
 HEATMAP_ALPHA = 0.5
@@ -38,7 +42,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _box(axes, box: Sequence[float], colour: str, width: float = 1.2) -> None:
+def _box(axes: Axes, box: Sequence[float], colour: str, width: float = 1.2) -> None:
     x0, y0, x1, y1 = (float(v) for v in box)
     if x1 > x0 and y1 > y0:
         # half-open pixel boxes: pixel c spans [c - 0.5, c + 0.5] in imshow's coordinates

@@ -36,7 +36,9 @@ def _flat(maps: torch.Tensor) -> torch.Tensor:
     return maps.reshape(-1, *maps.shape[-2:])
 
 
-def pad_boxes(boxes: Sequence[torch.Tensor], n: int, device: torch.device | None = None):
+def pad_boxes(
+    boxes: Sequence[torch.Tensor], n: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-image box lists as one tensor [N,M,4] (float) and a validity mask [N,M]."""
     if len(boxes) != n:
         raise InvalidArgumentError("boxes", f"has {len(boxes)} entries for {n} images")
@@ -57,7 +59,9 @@ def pad_boxes(boxes: Sequence[torch.Tensor], n: int, device: torch.device | None
     return out, valid
 
 
-def _per_item(boxes: torch.Tensor, valid: torch.Tensor, maps: torch.Tensor):
+def _per_item(
+    boxes: torch.Tensor, valid: torch.Tensor, maps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Repeat image-level boxes for each of the T maps of an image: [N*T,M,4], [N*T,M]."""
     t = maps.shape[1] if maps.dim() == 4 else 1
     return boxes.repeat_interleave(t, 0), valid.repeat_interleave(t, 0)
@@ -364,7 +368,9 @@ def pointing_game(
     return (near.any(-1) & ~constant).reshape(maps.shape[:-2])
 
 
-def boxes_mask(boxes: Sequence[torch.Tensor], height: int, width: int, device=None) -> torch.Tensor:
+def boxes_mask(
+    boxes: Sequence[torch.Tensor], height: int, width: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Union of each image's boxes as a boolean mask [N,H,W]."""
     true, valid = pad_boxes(boxes, len(boxes), device=device)
     r = torch.arange(height, device=device).reshape(1, 1, -1, 1).float()

@@ -8,11 +8,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from camserve.eval import figures
 from camserve.eval.evaluate import METRICS, PERCENT_METRICS, EvalSettings, SubsetResult
 from camserve.eval.sanity import SanityResult
 from camserve.eval.stats import mean_ci
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,9 @@ def write_csv(results: Sequence[SubsetResult], path: Path) -> Path:
     return path
 
 
-def _cell(result: SubsetResult, name: str, metric: str, where=None) -> str:
+def _cell(
+    result: SubsetResult, name: str, metric: str, where: Callable[[dict[str, Any]], bool] | None = None
+) -> str:
     values = result.values(name, metric, where) * _scale(metric)
     if values.numel() == 0:
         return "–"
@@ -118,7 +125,9 @@ def _table(
     return lines
 
 
-def _paired(result: SubsetResult, a: str, b: str, metric: str, where=None) -> str:
+def _paired(
+    result: SubsetResult, a: str, b: str, metric: str, where: Callable[[dict[str, Any]], bool] | None = None
+) -> str:
     """Mean ± CI of the per-image difference a - b, and how often a > b / a < b."""
     va, vb = result.values(a, metric, where), result.values(b, metric, where)
     if va.numel() == 0 or va.numel() != vb.numel():
