@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from camserve.errors import InvalidArgumentError
+from camserve.files import write_atomic
 from camserve.images import denormalize
 
 
@@ -83,14 +83,6 @@ def save_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray])
         raise InvalidArgumentError("out", f"{target} is a directory; give a file name such as result.npz")
     if not target.parent.is_dir():
         raise InvalidArgumentError("out", f"directory {target.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, allow_pickle=False, **arrays)  # a file object: savez would append ".npz" to a name
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    # a file object: savez would append ".npz" to a name
+    write_atomic(target, lambda fh: np.savez(fh, allow_pickle=False, **arrays), prefix=f".{target.name}.")
     return target

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from camserve.errors import InvalidArgumentError
+from camserve.files import write_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "camserve-batch/1"
@@ -144,18 +145,8 @@ class OutputDir:
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """``write`` into a hidden temporary file next to ``path``, fsync, rename over ``path``: a
-    reader (or a re-run after a kill) sees the whole file or none."""
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic write under the hidden prefix that resume and cleanup recognise."""
+    write_atomic(path, write, prefix=_TMP_PREFIX)
 
 
 def _first_difference(old: Any, new: Any, where: str = "") -> str:
