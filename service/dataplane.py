@@ -240,20 +240,30 @@ class DataPlane:
         if self.draining:
             raise UnavailableError("server is shutting down; retry on another replica")
         started = time.monotonic()
-        # Checking a request reads image headers and tensors: off the event loop.
-        request = await asyncio.to_thread(door.decode, wire, model, self.defaults)
-        record.images = len(request.images)
-        record.methods = ",".join(request.methods)
-        record.method_labels = request.methods
-        admit(request.cost(model), self.config.service)
+        # One hop off the event loop: checking reads image headers and tensors, decoding takes real time.
+        request, works = await asyncio.to_thread(self._admit_and_decode, door, wire, model, record)
         limits = [s for s in (time_remaining, request.timeout_s) if s is not None]
         deadline = started + min(limits) if limits else None
-        works = await asyncio.to_thread(request.decode)  # PNG/JPEG decoding takes real time
         completed = await run_works(model, works, request.options, deadline, record)
         results = [c.value for c in completed]
         if door.encode_in_thread(request):
             return await asyncio.to_thread(door.encode, wire, model, request, works, results)
         return door.encode(wire, model, request, works, results)
+
+    def _admit_and_decode(
+        self,
+        door: FrontDoor[WireRequest, Response],
+        wire: WireRequest,
+        model: ServedModel,
+        record: RequestRecord,
+    ) -> tuple[ServiceRequest, list[ImageWork]]:
+        """Check the request, admit it by its cost (before any image is decoded), then decode it."""
+        request = door.decode(wire, model, self.defaults)
+        record.images = len(request.images)
+        record.methods = ",".join(request.methods)
+        record.method_labels = request.methods
+        admit(request.cost(model), self.config.service)
+        return request, request.decode()
 
 
 async def run_works(

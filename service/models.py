@@ -144,11 +144,11 @@ class ServedModel:
     def supported_methods(self) -> list[str]:
         return list(self.explainer.supported_methods)
 
-    def preprocess_encoded(self, data: bytes, field: str) -> np.ndarray:
-        """PNG/JPEG bytes -> float32 [3,H,W], resized and normalised as the manifest says (the same
-        preprocessing as the in-process Explainer)."""
+    def preprocess_encoded(self, data: bytes | Image.Image, field: str) -> np.ndarray:
+        """PNG/JPEG bytes (or the image ``open_image`` made of them, header read) -> float32 [3,H,W],
+        resized and normalised as the manifest says (the same preprocessing as the in-process Explainer)."""
         check_request_alive(f"decoding {field}")
-        image = open_image(data, field)
+        image = open_image(data, field) if isinstance(data, bytes) else data
         width, height = image.size
         with self.pixel_budget.hold(width * height, field):
             m = self.manifest

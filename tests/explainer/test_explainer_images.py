@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from camserve.errors import InvalidArgumentError, NotFoundError
-from camserve.images import denormalize, normalize, preprocess
+from camserve.images import denormalize, normalize, normalize_pixels, preprocess
 from tests.explainer.tiny_model import INPUT_SIZE, MEAN, STD
 
 
@@ -26,6 +26,21 @@ def test_uint8_pixels_are_scaled_and_normalised_per_channel():
     assert torch.allclose(batch[0], expected, atol=1e-6)
     assert torch.allclose(denormalize(batch, MEAN, STD)[0], unit, atol=1e-6)
     assert torch.allclose(normalize(denormalize(batch, MEAN, STD), MEAN, STD), batch, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"), [(MEAN, STD), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.0,) * 3, (1.0,) * 3)]
+)
+def test_the_pixel_lookup_table_gives_normalize_numbers_bit_for_bit(mean, std):
+    """The CPU path at the input size (a table of the 256 values per channel) against torch's
+    ``normalize(pixels / 255)``: every uint8 value in every channel, equal to the last bit."""
+    every_value = np.stack([np.arange(256, dtype=np.uint8)] * 3, axis=-1).reshape(1, 16, 16, 3)
+    pixels = np.concatenate([every_value, every_value[:, ::-1, ::-1, ::-1]])  # channels see other values
+    want = normalize(torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0), mean, std)
+    got = normalize_pixels(pixels, mean, std)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == (2, 3, 16, 16)
+    assert torch.equal(torch.from_numpy(got), want)
+    assert torch.equal(preprocess(list(pixels), (3, 16, 16), mean, std), want)  # the path preprocess takes
 
 
 def test_preprocessed_float32_tensors_are_used_as_they_are():
