@@ -110,11 +110,20 @@ def _check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
     return size
 
 
+def _example_inputs(split: SplitModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [2,3,H,W] and targets [2,3] to trace with, mixing class ids and ranks (-1, -2); the
+    batch and the number of targets differ, so a graph that mixes them up fails its verification."""
+    images = torch.randn(2, *split.input_size, generator=torch.Generator().manual_seed(0))
+    k = torch.arange(6).reshape(2, 3)
+    rank = -(1 + (k // 2) % 2)
+    class_id = (k // 2) % split.num_classes
+    return images, torch.where(k % 2 == 0, rank, class_id)
+
+
 def _write_graphs(
     split: SplitModel, staging: Path, graphs: Sequence[str], verify: bool
 ) -> tuple[dict[str, GraphFile], tuple[int, ...], GraphFile | None]:
-    example = torch.randn(2, *split.input_size, generator=torch.Generator().manual_seed(0))
-    targets = torch.tensor([[-1, 0], [1, -2]], dtype=torch.int64)
+    example, targets = _example_inputs(split)
     with torch.no_grad():
         reference = split.explain(example, targets)
     tokens = split.extra_shape is not None  # the head also needs ``extra_tokens``

@@ -3,7 +3,7 @@
 ``torch.onnx.export(dynamo=True)`` cannot export a module that calls ``autograd.grad`` in its
 forward, and the TorchScript exporter cannot take decomposed backward graphs. What works:
 
-1. ``make_fx`` (symbolic shapes) traces the whole function, backward included, to core aten ops
+1. ``make_fx`` (batch and target sizes symbolic, see ``trace``) traces the whole function, backward included, to core aten ops
    (core-aten and backward decompositions), giving a plain fx graph with no autograd in it;
 2. ``torch.export`` re-exports that graph with dynamic batch (and target) dimensions;
 3. the dynamo ONNX exporter writes it (opset 18).
@@ -17,22 +17,23 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
+from torch._dynamo.source import ConstantSource
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.export import Dim
-from torch.fx.experimental import _config as fx_config
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from camserve.errors import ExportError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
     from typing import Any
 
 log = logging.getLogger(__name__)
@@ -245,23 +246,42 @@ class _GraphModule(torch.nn.Module):
         return tuple(out) if isinstance(out, (list, tuple)) else (out,)
 
 
-def trace(fn: Callable, example_inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
-    """Forward + backward of ``fn`` as one aten-level fx graph with symbolic shapes."""
+def trace(
+    fn: Callable,
+    example_inputs: Sequence[torch.Tensor],
+    dynamic_axes: Sequence[Collection[int]] | None = None,
+) -> torch.fx.GraphModule:
+    """Forward + backward of ``fn`` as one aten-level fx graph.
+
+    Only ``dynamic_axes[i]`` of input ``i`` are symbolic (default: axis 0, the batch), each with its
+    own symbol; every other size is the example's. Making every size symbolic, as make_fx's symbolic
+    mode does, costs minutes of sympy on Swin's window arithmetic and lets equal sizes share a
+    symbol (a batch of 2 beside a 2x2 map), which the export cannot use anyway: it fixes them.
+    """
 
     # a plain function: make_fx inspects the signature of what it traces
     def call(*args: torch.Tensor) -> Any:
         return fn(*args)
 
-    # no duck shaping: equal sizes must not share a symbol (a batch of 2 and a 2x2 feature map would,
-    # and a guard on the map's size would then fix the batch size: a head on a small input)
-    no_duck_shaping = fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]  # added by torch at import
-    with sdpa_kernel([SDPBackend.MATH]), _ExportFriendlyOps(), no_duck_shaping:
+    axes = dynamic_axes if dynamic_axes is not None else [{0}] * len(example_inputs)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
+    fake_inputs = [
+        fake_mode.from_tensor(
+            x,
+            source=ConstantSource(f"input{i}"),
+            symbolic_context=StatelessSymbolicContext(
+                dynamic_sizes=[DimDynamic.DYNAMIC if d in dims else DimDynamic.STATIC for d in range(x.dim())]
+            ),
+        )
+        for i, (x, dims) in enumerate(zip(example_inputs, axes, strict=True))
+    ]
+    with sdpa_kernel([SDPBackend.MATH]), _ExportFriendlyOps():
         graph = make_fx(
             call,
             decomposition_table=_decompositions(),
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,  # the model's parameters become constants of the graph
-        )(*example_inputs)
+        )(*fake_inputs)
     graph.graph.eliminate_dead_code()
     graph.recompile()
     return graph
@@ -279,7 +299,7 @@ def export_onnx(
 
     ``dynamic_dims`` maps an input name to {axis: dimension name}; equal names share one symbol.
     """
-    graph = trace(fn, example_inputs)
+    graph = trace(fn, example_inputs, [set(dynamic_dims.get(name, {})) for name in input_names])
     dims: dict[str, Dim] = {}
     dynamic_shapes = []
     for name in input_names:

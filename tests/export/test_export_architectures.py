@@ -43,13 +43,6 @@ SLOW = {"resnet101", "vgg16", "vgg16_bn", "densenet121", "convnext_tiny", "vit_b
 FULL_SIZE_BY_DEFAULT = {"resnet50", "vgg11", "mobilenet_v3_large", "efficientnet_b0"}
 SMALL_SIZES = {"vgg11_bn": 32, "vgg16": 32, "vgg16_bn": 32, "vit_b_16": 32}  # the others: 64
 FULL_SIZE = os.environ.get("CAMSERVE_FULL_SIZE_EXPORTS") == "1"
-# swin_t's symbolic trace (all four graphs) runs 10+ min in sympy since export traces without duck
-# shaping; issue 13 stays open for it. CAMSERVE_FULL_SIZE_EXPORTS=1 runs it.
-OPT_IN = {
-    "swin_t": [
-        pytest.mark.skipif(not FULL_SIZE, reason="slow symbolic trace; CAMSERVE_FULL_SIZE_EXPORTS=1 runs it")
-    ]
-}
 
 
 def input_size(arch: str) -> tuple[int, int, int]:
@@ -72,10 +65,7 @@ def seeded_model(arch: str, seed: int = 0) -> torch.nn.Module:
 
 @pytest.fixture(
     scope="session",
-    params=[
-        pytest.param(a, marks=[pytest.mark.slow, *OPT_IN.get(a, [])]) if a in SLOW else a
-        for a in ARCHITECTURES
-    ],
+    params=[pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in ARCHITECTURES],
 )
 def exported(request, tmp_path_factory):
     arch = request.param
