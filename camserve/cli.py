@@ -16,6 +16,7 @@ from types import ModuleType
 from camserve.commands import batch, bench, default_model, explain, export, serve
 from camserve.commands import eval as eval_command
 from camserve.errors import CamserveError
+from camserve.logs import configure_logging
 
 DESCRIPTION = """\
 Class Activation Maps (Grad-CAM, Grad-CAM++, Score-CAM, ...) for image classifiers: export a PyTorch
@@ -51,10 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:  # the ONNX exporter's passes log every rewrite at INFO
         for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._export"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

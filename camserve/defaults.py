@@ -46,6 +46,10 @@ MAX_REQUEST_GRAPH_RUNS = 65_536  # graph runs of one request (explain, noisy cop
 # Memory bounds across requests (docs/service.md, "Limits"):
 DECODE_PIXEL_BUDGET = 50_000_000  # decoded image pixels all requests together hold at once
 STREAM_MAX_UNREAD = 4  # answers (finished or being computed) a stream holds before it stops reading
+# A unary request of at most this many bytes whose images decode to at most INLINE_DECODE_PIXELS in all
+# is checked and decoded on the event loop: a hop to a worker thread cost more than the work.
+INLINE_REQUEST_BYTES = 64 * 1024
+INLINE_DECODE_PIXELS = 256 * 256
 
 # -- camserve eval (camserve.eval.evaluate.EvalSettings and the CLI's flags) ----------------------------
 EVAL_SINGLE_IMAGES = 200  # single-instance benchmark images

@@ -34,6 +34,7 @@ class RequestScope:
 
     deadline: float | None
     ended: threading.Event = field(default_factory=threading.Event)
+    request_bytes: int | None = None  # a unary call's request message size (None: a stream's)
 
     @classmethod
     def from_time_remaining(cls, time_remaining: float | None) -> RequestScope:

@@ -107,7 +107,7 @@ def _image(image: pb.Image, field: str, model: ServedModel, targets: tuple[int, 
     return PendingImage(targets, 0, functools.partial(_same, array))  # nothing to decode
 
 
-def _same(array: np.ndarray) -> np.ndarray:
+def _same(array: np.ndarray, budgeted: bool) -> np.ndarray:
     return array
 
 

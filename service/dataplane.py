@@ -6,7 +6,9 @@ validators of ``camserve.config``; images not decoded yet) and the results back 
 Everything else happens here, once for both:
 
 model lookup -> draining -> decode into a ServiceRequest -> admission by cost (``admission.py``, before
-any image is decoded or any graph runs) -> decoding -> the model's batcher -> the answer; plus the
+any image is decoded or any graph runs) -> decoding (in a worker thread; a small unary request is
+checked and decoded on the event loop, where it costs less than the hop) -> the model's batcher ->
+the answer; plus the
 in-flight count that shutdown waits for, the status mapping (``errors.status_for``) and one log line
 per request on ``camserve.service.requests`` (model, images, methods, queue / compute / total ms,
 batch size, status) with the metrics.
@@ -29,10 +31,11 @@ import grpc
 import numpy as np
 
 from camserve.config import CamserveConfig, ExplainOptions, check_service_limits
-from camserve.defaults import MAX_ECHO_CHARS
+from camserve.defaults import INLINE_DECODE_PIXELS, INLINE_REQUEST_BYTES, MAX_ECHO_CHARS
 from camserve.service import metrics
 from camserve.service.admission import AnswerShape, RequestCost, admit, request_cost
 from camserve.service.batcher import Completed
+from camserve.service.cancellation import current_scope
 from camserve.service.errors import MAX_STATUS_CHARS, UnavailableError, clip, status_for
 from camserve.service.models import ModelRegistry, ServedModel
 from camserve.service.runner import ImageResult, ImageWork, batch_key
@@ -50,7 +53,9 @@ class PendingImage:
 
     targets: tuple[int, ...]
     pixels: int  # decoded pixels (read from the header for encoded images)
-    load: Callable[[], np.ndarray]  # -> float32 [3,H,W], preprocessed as the model expects
+    # load(budgeted) -> float32 [3,H,W], preprocessed as the model expects; budgeted: within the
+    # server's pixel budget (ServiceRequest.decode)
+    load: Callable[[bool], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -67,15 +72,22 @@ class ServiceRequest:
     def cost(self, model: ServedModel) -> RequestCost:
         return request_cost(
             [len(image.targets) for image in self.images],
-            sum(image.pixels for image in self.images),
+            self.pixels,
             self.methods,
             self.options,
             self.answer,
             model.manifest,
         )
 
-    def decode(self) -> list[ImageWork]:
-        return [ImageWork(image.load(), image.targets, self.methods) for image in self.images]
+    @property
+    def pixels(self) -> int:
+        return sum(image.pixels for image in self.images)
+
+    def decode(self, budgeted: bool = True) -> list[ImageWork]:
+        """Decode the images. Decoding in worker threads holds the server's pixel budget; a small
+        request decoded on the event loop does not (``budgeted=False``): the loop decodes one at a
+        time, so those add at most INLINE_DECODE_PIXELS to the bound."""
+        return [ImageWork(image.load(budgeted), image.targets, self.methods) for image in self.images]
 
 
 WireRequest = TypeVar("WireRequest")
@@ -147,14 +159,15 @@ class RequestRecord:
             code.name,
             f" error={_logfmt(error, MAX_STATUS_CHARS)}" if error else "",
         )
-        label = self.model if served else "unknown"
-        metrics.REQUESTS.labels(label, code.name).inc()
-        if code is grpc.StatusCode.OK:
-            metrics.IMAGES.labels(label).inc(self.images)
-            metrics.REQUEST_SECONDS.labels(label).observe(total_ms / 1e3)
-            metrics.QUEUE_SECONDS.labels(label).observe(self.queue_ms / 1e3)
-            metrics.BATCH_SIZE.labels(label).observe(self.batch_size)
-        metrics.observe_request(label, self.method_labels, code.name, self.images, self.queue_ms, total_ms)
+        metrics.observe_request(
+            self.model if served else "unknown",
+            self.method_labels,
+            code.name,
+            self.images,
+            self.queue_ms,
+            total_ms,
+            self.batch_size,
+        )
 
 
 def _logfmt(value: str, limit: int = MAX_ECHO_CHARS) -> str:
@@ -240,8 +253,21 @@ class DataPlane:
         if self.draining:
             raise UnavailableError("server is shutting down; retry on another replica")
         started = time.monotonic()
-        # One hop off the event loop: checking reads image headers and tensors, decoding takes real time.
-        request, works = await asyncio.to_thread(self._admit_and_decode, door, wire, model, record)
+        scope = current_scope()
+        if (
+            scope is not None
+            and scope.request_bytes is not None
+            and scope.request_bytes <= INLINE_REQUEST_BYTES
+        ):
+            # a small unary request: checked on the event loop (a hop to a thread costs more), and
+            # decoded there too when its images are small
+            request = self._admit(door, wire, model, record)
+            if request.pixels <= INLINE_DECODE_PIXELS:
+                works = request.decode(budgeted=False)
+            else:
+                works = await asyncio.to_thread(request.decode)
+        else:  # one hop off the event loop: checking reads headers and tensors, decoding takes real time
+            request, works = await asyncio.to_thread(self._admit_and_decode, door, wire, model, record)
         limits = [s for s in (time_remaining, request.timeout_s) if s is not None]
         deadline = started + min(limits) if limits else None
         completed = await run_works(model, works, request.options, deadline, record)
@@ -258,12 +284,23 @@ class DataPlane:
         record: RequestRecord,
     ) -> tuple[ServiceRequest, list[ImageWork]]:
         """Check the request, admit it by its cost (before any image is decoded), then decode it."""
+        request = self._admit(door, wire, model, record)
+        return request, request.decode()
+
+    def _admit(
+        self,
+        door: FrontDoor[WireRequest, Response],
+        wire: WireRequest,
+        model: ServedModel,
+        record: RequestRecord,
+    ) -> ServiceRequest:
+        """The request checked against the model and admitted by its cost (nothing decoded yet)."""
         request = door.decode(wire, model, self.defaults)
         record.images = len(request.images)
         record.methods = ",".join(request.methods)
         record.method_labels = request.methods
         admit(request.cost(model), self.config.service)
-        return request, request.decode()
+        return request
 
 
 async def run_works(

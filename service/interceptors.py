@@ -18,7 +18,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -39,15 +39,23 @@ class MalformedRequest:
         self.reason = reason
 
 
-def _safe_parser(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+class SizedRequest(NamedTuple):
+    """A unary call's parsed request and its size on the wire (the handler unwraps it)."""
+
+    message: Any
+    size: int
+
+
+def _safe_parser(parse: Callable[[bytes], Any] | None, sized: bool = False) -> Callable[[bytes], Any] | None:
     if parse is None:
         return None
 
     def parse_or_mark(data: bytes) -> Any:
         try:
-            return parse(data)
+            message = parse(data)
         except Exception as exc:  # DecodeError, and whatever else a parser raises on hostile bytes
             return MalformedRequest(len(data), f"{type(exc).__name__}: {str(exc)[:200]}")
+        return SizedRequest(message, len(data)) if sized else message
 
     return parse_or_mark
 
@@ -92,7 +100,10 @@ def guard_handler(handler: Any, method: str, stream_max_unread: int) -> Any:
         return handler
     parser = _safe_parser(handler.request_deserializer)
     if handler.unary_unary is not None:
-        return handler._replace(request_deserializer=parser, unary_unary=_unary(handler.unary_unary, method))
+        return handler._replace(
+            request_deserializer=_safe_parser(handler.request_deserializer, sized=True),
+            unary_unary=_unary(handler.unary_unary, method),
+        )
     if handler.unary_stream is not None:
         return handler._replace(
             request_deserializer=parser, unary_stream=_unary_stream(handler.unary_stream, method)
@@ -107,8 +118,9 @@ def guard_handler(handler: Any, method: str, stream_max_unread: int) -> Any:
     )
 
 
-def _enter(context: grpc.aio.ServicerContext) -> RequestScope:
+def _enter(context: grpc.aio.ServicerContext, request_bytes: int | None = None) -> RequestScope:
     scope = RequestScope.from_time_remaining(context.time_remaining())
+    scope.request_bytes = request_bytes
     enter_scope(scope)
     return scope
 
@@ -124,7 +136,10 @@ def _unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[...
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, MalformedRequest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(_refuse_malformed(method, request)))
-        scope = _enter(context)
+        size = None
+        if isinstance(request, SizedRequest):
+            request, size = request
+        scope = _enter(context, size)
         try:
             return await behavior(request, context)
         finally:

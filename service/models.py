@@ -144,22 +144,26 @@ class ServedModel:
     def supported_methods(self) -> list[str]:
         return list(self.explainer.supported_methods)
 
-    def preprocess_encoded(self, data: bytes | Image.Image, field: str) -> np.ndarray:
+    def preprocess_encoded(self, data: bytes | Image.Image, field: str, budgeted: bool = True) -> np.ndarray:
         """PNG/JPEG bytes (or the image ``open_image`` made of them, header read) -> float32 [3,H,W],
-        resized and normalised as the manifest says (the same preprocessing as the in-process Explainer)."""
+        resized and normalised as the manifest says (the same preprocessing as the in-process Explainer).
+        ``budgeted``: hold the pixels in the pixel budget while decoding (see ``ServiceRequest.decode``)."""
         check_request_alive(f"decoding {field}")
         image = open_image(data, field) if isinstance(data, bytes) else data
         width, height = image.size
-        with self.pixel_budget.hold(width * height, field):
+        with self._budget(width * height, field, budgeted):
             m = self.manifest
             return preprocess(decode_image(image, field), m.input_size, m.mean, m.std)[0].numpy()
 
-    def preprocess_pixels(self, pixels: np.ndarray, field: str) -> list[np.ndarray]:
+    def preprocess_pixels(self, pixels: np.ndarray, field: str, budgeted: bool = True) -> list[np.ndarray]:
         """uint8 RGB pixels [N,H,W,3] -> float32 [3,H,W] per image, within the pixel budget."""
         check_request_alive(f"preprocessing {field}")
-        with self.pixel_budget.hold(int(pixels.shape[0] * pixels.shape[1] * pixels.shape[2]), field):
+        with self._budget(int(pixels.shape[0] * pixels.shape[1] * pixels.shape[2]), field, budgeted):
             m = self.manifest
             return list(preprocess(np.ascontiguousarray(pixels), m.input_size, m.mean, m.std).numpy())
+
+    def _budget(self, pixels: int, field: str, budgeted: bool) -> contextlib.AbstractContextManager[None]:
+        return self.pixel_budget.hold(pixels, field) if budgeted else contextlib.nullcontext()
 
 
 def open_image(data: bytes, field: str) -> Image.Image:

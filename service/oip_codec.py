@@ -315,7 +315,7 @@ def _tensor(tensor: ip.ModelInferRequest.InferInputTensor, raw: bytes | None, fi
     return np.asarray(values, dtype=dtype.newbyteorder("=")).reshape(shape)
 
 
-Loader = tuple[int, Callable[[], np.ndarray]]  # (decoded pixels, how to get the [3,H,W] input)
+Loader = tuple[int, Callable[[bool], np.ndarray]]  # (decoded pixels, how to get the [3,H,W] input)
 
 
 def _images(array: np.ndarray, field: str, model: ServedModel) -> list[Loader]:
@@ -333,7 +333,7 @@ def _images(array: np.ndarray, field: str, model: ServedModel) -> list[Loader]:
     return [(0, functools.partial(_row, array, n)) for n in range(array.shape[0])]  # nothing to decode
 
 
-def _row(array: np.ndarray, n: int) -> np.ndarray:
+def _row(array: np.ndarray, n: int, budgeted: bool) -> np.ndarray:
     return array[n]
 
 
@@ -356,8 +356,8 @@ def _pixels(array: np.ndarray, field: str, model: ServedModel) -> list[Loader]:
     ]
 
 
-def _preprocess_row(model: ServedModel, array: np.ndarray, n: int, field: str) -> np.ndarray:
-    return model.preprocess_pixels(array[n : n + 1], field)[0]
+def _preprocess_row(model: ServedModel, array: np.ndarray, n: int, field: str, budgeted: bool) -> np.ndarray:
+    return model.preprocess_pixels(array[n : n + 1], field, budgeted)[0]
 
 
 def _targets(array: np.ndarray, field: str, count: int, num_classes: int) -> list[tuple[int, ...]]:

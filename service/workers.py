@@ -31,13 +31,14 @@ from typing import Any
 
 from camserve.config import CamserveConfig
 from camserve.errors import CamserveError, InvalidArgumentError
+from camserve.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # model loading in N fresh interpreters on a busy machine
 STOP_MARGIN_S = 15.0  # beyond the grace period, before a worker that does not stop is killed
 SCRAPE_TIMEOUT_S = 5.0
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"  # which worker said it
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"  # which worker said it
 
 
 def default_workers(config: CamserveConfig) -> int:
@@ -92,7 +93,7 @@ def _worker_main(
     config: CamserveConfig, directories: dict[str, Path], index: int, log_level: int, messages: Any
 ) -> None:
     """One worker process: load the models, serve until SIGTERM / SIGINT, report its metrics port."""
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    configure_logging(log_level, WORKER_LOG_FORMAT)
     from prometheus_client import disable_created_metrics, start_http_server
 
     from camserve.service.models import ModelRegistry
