@@ -10,7 +10,7 @@ import pytest
 
 from tests.service.certs import Certs, make_certs
 from tests.service.conftest import digit_pixels, explainer, models_root, server  # noqa: F401 (fixtures)
-from tests.service.service_helpers import ServerProcess, serve_argv
+from tests.service.service_helpers import ServerProcess, secure_serve_argv
 
 TOKEN = "client-Token_0123456789"
 
@@ -35,13 +35,7 @@ def secure_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
     """mTLS (client certificates signed by certs.ca) and a bearer token."""
-    argv = serve_argv(
-        models_root,
-        "--tls-cert", str(certs.server_cert),
-        "--tls-key", str(certs.server_key),
-        "--tls-client-ca", str(certs.ca),
-        "--auth-token-file", str(token_file),
-    )  # fmt: skip
+    argv = secure_serve_argv(models_root, certs, token_file)
     process = ServerProcess(argv, tmp_path_factory.mktemp("client-secure") / "serve.log")
     yield process
     process.stop()

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -23,6 +24,9 @@ from PIL import Image
 
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from tests.service.certs import Certs
 
 MODEL = "digits"
 SLOW_SMOOTH_N = 256  # noisy copies per image in slow_request
@@ -90,6 +94,16 @@ def serve_argv(models_root: Path | None, *flags: str) -> list[str]:
     (None: no --models, the default model), on a free port, plus ``flags``."""
     models = [] if models_root is None else ["--models", str(models_root)]
     return [sys.executable, "-m", "camserve.cli", "--verbose", "serve", *models, "--port", "0", *flags]
+
+
+def secure_serve_argv(
+    models_root: Path | None, certs: Certs, token_file: Path, client_certs: bool = True
+) -> list[str]:
+    """``serve_argv`` with TLS (the server's certificate from ``certs``), client certificates signed by
+    ``certs.ca`` when ``client_certs`` (mTLS), and the bearer token in ``token_file``."""
+    mtls = ["--tls-client-ca", str(certs.ca)] if client_certs else []
+    tls = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
+    return serve_argv(models_root, *tls, *mtls, "--auth-token-file", str(token_file))
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -21,7 +21,7 @@ from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from tests.service.certs import Certs, make_certs
 from tests.service.hostile_helpers import raw_stream, raw_unary
-from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, serve_argv
+from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, secure_serve_argv
 
 TOKEN = "hostile-Token_42"
 TIMEOUT_S = 30.0
@@ -54,12 +54,7 @@ def token_server(
     directory = tmp_path_factory.mktemp("hostile-token")
     token_file = directory / "token.txt"
     token_file.write_text(TOKEN)
-    argv = serve_argv(
-        models_root,
-        "--tls-cert", str(certs.server_cert),
-        "--tls-key", str(certs.server_key),
-        "--auth-token-file", str(token_file),
-    )  # fmt: skip
+    argv = secure_serve_argv(models_root, certs, token_file, client_certs=False)
     process = ServerProcess(argv, directory / "serve.log")
     yield process
     process.stop()

@@ -24,7 +24,7 @@ from camserve.service.security import BearerTokenInterceptor, check_security_con
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from tests.service.certs import Certs, make_certs
-from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, serve_argv
+from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, secure_serve_argv, serve_argv
 
 TOKEN = "s3cret-Token_0123456789"
 WAIT_S = 60.0
@@ -43,14 +43,7 @@ def secure_server(
     directory = tmp_path_factory.mktemp("secure")
     token_file = directory / "token.txt"
     token_file.write_text(TOKEN + "\n")
-    argv = serve_argv(
-        models_root,
-        "--tls-cert", str(certs.server_cert),
-        "--tls-key", str(certs.server_key),
-        "--tls-client-ca", str(certs.ca),
-        "--auth-token-file", str(token_file),
-    )  # fmt: skip
-    process = ServerProcess(argv, directory / "serve.log")
+    process = ServerProcess(secure_serve_argv(models_root, certs, token_file), directory / "serve.log")
     yield process
     process.stop()
 
