@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from camserve.errors import CamserveError
@@ -23,6 +23,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listening_port(proc: subprocess.Popen, log: Callable[[], str], timeout_s: float) -> int | None:
+    """The port a starting `camserve serve` says in its log (``log()``) that it listens on; None when
+    the process exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        match = _LISTENING.search(log())
+        if match:
+            return int(match.group(1))
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.1)
+    return None
 
 
 class LocalServer:
@@ -46,17 +60,12 @@ class LocalServer:
         self.address = f"127.0.0.1:{self._wait_for_port()}"
 
     def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            match = _LISTENING.search(self.log())
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.stop()
-        lines = self.log().strip().splitlines() or ["(no output)"]
-        raise CamserveError(f"the server did not start ({self.proc.returncode=}): {lines[-1]}")
+        port = listening_port(self.proc, self.log, START_TIMEOUT_S)
+        if port is None:
+            self.stop()
+            lines = self.log().strip().splitlines() or ["(no output)"]
+            raise CamserveError(f"the server did not start ({self.proc.returncode=}): {lines[-1]}")
+        return port
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

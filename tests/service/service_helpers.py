@@ -22,6 +22,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from camserve.loadgen.local_server import listening_port
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
@@ -33,7 +34,6 @@ SLOW_SMOOTH_N = 256  # noisy copies per image in slow_request
 SLOW_METHODS = ("smoothgradcam++", "scorecam")
 START_TIMEOUT_S = 90.0  # a cold start imports torch and onnxruntime on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0
-_LISTENING = re.compile(r"camserve listening on [^\s:]+:(\d+)")
 
 
 class ServerProcess:
@@ -49,16 +49,15 @@ class ServerProcess:
         self.address = f"127.0.0.1:{self.port}"
 
     def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            match = _LISTENING.search(self.log())
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start within {START_TIMEOUT_S} s:\n{self.log()}")
+        port = listening_port(self.proc, self.log, START_TIMEOUT_S)
+        if port is None:
+            exited = self.proc.poll()
+            self.stop()
+            why = (
+                f"exited with {exited}" if exited is not None else f"did not start within {START_TIMEOUT_S} s"
+            )
+            raise RuntimeError(f"server {why}:\n{self.log()}")
+        return port
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
