@@ -3,8 +3,9 @@
 ``torch.onnx.export(dynamo=True)`` cannot export a module that calls ``autograd.grad`` in its
 forward, and the TorchScript exporter cannot take decomposed backward graphs. What works:
 
-1. ``make_fx`` (batch and target sizes symbolic, see ``trace``) traces the whole function, backward included, to core aten ops
-   (core-aten and backward decompositions), giving a plain fx graph with no autograd in it;
+1. ``make_fx`` (batch and target sizes symbolic, see ``trace``) traces the whole function, backward
+   included, to core aten ops (core-aten and backward decompositions), giving a plain fx graph with
+   no autograd in it;
 2. ``torch.export`` re-exports that graph with dynamic batch (and target) dimensions;
 3. the dynamo ONNX exporter writes it (opset 18).
 

@@ -8,10 +8,9 @@ Everything else happens here, once for both:
 model lookup -> draining -> decode into a ServiceRequest -> admission by cost (``admission.py``, before
 any image is decoded or any graph runs) -> decoding (in a worker thread; a small unary request is
 checked and decoded on the event loop, where it costs less than the hop) -> the model's batcher ->
-the answer; plus the
-in-flight count that shutdown waits for, the status mapping (``errors.status_for``) and one log line
-per request on ``camserve.service.requests`` (model, images, methods, queue / compute / total ms,
-batch size, status) with the metrics.
+the answer; plus the in-flight count that shutdown waits for, the status mapping
+(``errors.status_for``) and one log line per request on ``camserve.service.requests`` (model, images,
+methods, queue / compute / total ms, batch size, status) with the metrics.
 """
 
 from __future__ import annotations
@@ -253,14 +252,9 @@ class DataPlane:
         if self.draining:
             raise UnavailableError("server is shutting down; retry on another replica")
         started = time.monotonic()
-        scope = current_scope()
-        if (
-            scope is not None
-            and scope.request_bytes is not None
-            and scope.request_bytes <= INLINE_REQUEST_BYTES
-        ):
-            # a small unary request: checked on the event loop (a hop to a thread costs more), and
-            # decoded there too when its images are small
+        if _small_unary_call():
+            # checked on the event loop (a hop to a thread costs more), decoded there too when its
+            # images are small
             request = self._admit(door, wire, model, record)
             if request.pixels <= INLINE_DECODE_PIXELS:
                 works = request.decode(budgeted=False)
@@ -301,6 +295,14 @@ class DataPlane:
         record.method_labels = request.methods
         admit(request.cost(model), self.config.service)
         return request
+
+
+def _small_unary_call() -> bool:
+    """Whether the current call is unary and its request at most INLINE_REQUEST_BYTES on the wire
+    (the interceptor records the size; streams and direct calls have none)."""
+    scope = current_scope()
+    size = None if scope is None else scope.request_bytes
+    return size is not None and size <= INLINE_REQUEST_BYTES
 
 
 async def run_works(
