@@ -106,7 +106,9 @@ def test_decoding_stops_when_the_deadline_passes(load_server, big_png, digit_pix
 def test_graph_runs_stop_when_the_deadline_passes(load_server, digit_pixels):
     before = load_server.log().count("stopped: nobody waits for it any more")
     request = slow_request(digit_pixels, "slow-deadline", count=8)
-    spent = cpu_after_deadline(load_server, request, 1.0)
+    # The deadline must pass while graph runs remain (the stop check runs before each): on an idle
+    # host this batch's graph runs took under a second, and its CPU-only maths do not check.
+    spent = cpu_after_deadline(load_server, request, 0.3)
     assert spent < 1.0, f"{spent:.2f} CPU s after the deadline"
     assert load_server.log().count("stopped: nobody waits for it any more") == before + 1
     assert_healthy(load_server, digit_pixels[0])
