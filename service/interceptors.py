@@ -98,12 +98,10 @@ def guard_handler(handler: Any, method: str, stream_max_unread: int) -> Any:
     """``handler`` (a grpc RpcMethodHandler) with the safe parser and the call scope around its behaviour."""
     if not hasattr(handler, "_replace"):  # not grpc's own handler tuple: leave it alone
         return handler
-    parser = _safe_parser(handler.request_deserializer)
+    # unary requests carry their wire size to the call scope (small ones are decoded on the event loop)
+    parser = _safe_parser(handler.request_deserializer, sized=handler.unary_unary is not None)
     if handler.unary_unary is not None:
-        return handler._replace(
-            request_deserializer=_safe_parser(handler.request_deserializer, sized=True),
-            unary_unary=_unary(handler.unary_unary, method),
-        )
+        return handler._replace(request_deserializer=parser, unary_unary=_unary(handler.unary_unary, method))
     if handler.unary_stream is not None:
         return handler._replace(
             request_deserializer=parser, unary_stream=_unary_stream(handler.unary_stream, method)
