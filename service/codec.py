@@ -77,7 +77,7 @@ def decode_request(
         )
     m = model.manifest
     output = OutputSpec(dtype, request.output.overlay_png, tuple(m.mean), tuple(m.std), options.normalize)
-    colour = tuple(name for name in methods if "guided" in method_class(name).requires)
+    colour = tuple(name for name in methods if method_class(name).colour)
     answer = AnswerShape(methods, _ITEMSIZE[dtype], colour, output.overlay)
     return ServiceRequest(images, methods, options, answer, wire=output)
 

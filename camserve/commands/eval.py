@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NOT_CAMS = ("guidedbackprop", "guidedgradcam")  # pixel-level evidence, left out unless asked for
 # Flags whose default is a value (camserve.defaults, also EvalSettings' defaults): shown in --help and
 # left out of the report's command line when unchanged.
 FLAG_DEFAULTS = {
@@ -255,13 +254,15 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
     from camserve.eval.sanity import explainer_sanity_check
     from camserve.explainer import Explainer
     from camserve.images import normalize
+    from camserve.methods import method_class
 
     explainer = Explainer(args.model, config=config)
     manifest = explainer.manifest
     if args.methods:
         methods = list(dict.fromkeys(args.methods))
     else:
-        methods = [m for m in explainer.supported_methods if m not in NOT_CAMS]
+        # colour evidence (guided backprop) is pixel-level, not a CAM: left out unless asked for
+        methods = [m for m in explainer.supported_methods if not method_class(m).colour]
     explainer.check_methods(methods)
     size = (int(manifest.input_size[1]), int(manifest.input_size[2]))
 

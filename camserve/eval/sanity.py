@@ -193,14 +193,17 @@ def explainer_sanity_check(
     from dataclasses import replace
 
     from camserve.export.reference import TorchGraphRunner
-    from camserve.methods import compute_maps
+    from camserve.methods import compute_maps, method_class
 
     manifest = explainer.manifest
     options = replace(explainer.config.explain, output_size="input", normalize=True)
     methods = list(methods)
-    if "cam" in methods and classifier_weights(model, explainer.cam_weights) is None:
-        log.warning("sanity: no linear layer of the model matches the CAM weights; leaving 'cam' out")
-        methods.remove("cam")
+    needs_weights = [m for m in methods if "cam_weights" in method_class(m).requires]
+    if needs_weights and classifier_weights(model, explainer.cam_weights) is None:
+        log.warning(
+            "sanity: no linear layer of the model matches the CAM weights; leaving %s out", needs_weights
+        )
+        methods = [m for m in methods if m not in needs_weights]
     if not methods:
         raise InvalidArgumentError("methods", "no method left for the sanity check")
 
