@@ -20,9 +20,9 @@ from camserve.service.admission import AnswerShape
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
 from camserve.service.runner import ImageResult, ImageWork, maps_to_host
-from camserve.service.tensors import NUMPY_DTYPES, array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
+from camserve.wire import NUMPY_DTYPES, array_to_tensor, tensor_to_array
 
 #: ExplainOptions field -> its name in an ExplainRequest.
 OPTION_FIELDS = {
