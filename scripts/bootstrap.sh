@@ -20,8 +20,9 @@ if [ "${1:-}" = "--test-tools" ]; then
   missing=()
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-  # tests/clients: the Go, C++ and Java clients' toolchains (offline builds); Chromium opens clients/onnx's page. The Go protobuf 1.5 API is named
-  # because golang-google-grpc-dev alone pulls in 1.3, which cannot read protoc-gen-go's stubs.
+  # tests/clients: the Go, C++ and Java clients' toolchains (offline builds) and Chromium (clients/onnx's page).
+  # The Go protobuf 1.5 API is named because golang-google-grpc-dev alone pulls in 1.3, which cannot read
+  # protoc-gen-go's stubs.
   for pkg in golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev \
       protobuf-compiler protobuf-compiler-grpc libgrpc++-dev cmake g++ \
       default-jdk-headless libgrpc-java libprotobuf-java protobuf-compiler-grpc-java-plugin libnetty-java \
