@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from camserve.errors import ExportError, InvalidArgumentError
 from camserve.export.tracing import OPSET
 from camserve.export.verification import disagreement, fresh_inputs
 from camserve.kernels import reference
+from camserve.methods import get_method, known_methods, method_class
 from camserve.modeldir import MANIFEST_NAME, GraphFile, MapsGraph, ModelDirectory, sha256_file
 from camserve.outputs import ExplainOutputs
 
@@ -45,41 +46,12 @@ MAPS_TOLERANCE = 1e-5  # max |maps.onnx - camserve| of maps in [0, 1]
 DTYPES = ("float32", "uint8")
 _PREFIX = "camserve_maps/"  # the maths graph's own names, kept apart from the explain graph's
 
-Maths = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+DEFAULT_METHODS = defaults.MAPS_METHODS
 
 
-def _gradcampp(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``reference.channel_weights(a, g, "gradcam++")`` without its data-dependent branch (a graph
-    cannot branch on values): the vanishing denominator is always masked, which changes no number."""
-    relu_g = g.clamp_min(0)
-    denom = relu_g * a.sum(dim=(-2, -1)).unsqueeze(1)[..., None, None] + 2.0
-    weights = (relu_g / torch.where(denom == 0, torch.inf, denom)).sum(dim=(-2, -1))
-    return reference.weighted_sum_relu(a, weights)
-
-
-def _cam(a: torch.Tensor, ids: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
-    assert class_weights is not None  # checked by _check_methods
-    return reference.weighted_sum_relu(a, class_weights[ids])
-
-
-#: method -> ReLU'd maps [N,T,h,w] from activations, gradients, target ids and CAM's class weights.
-MATHS: dict[str, Maths] = {
-    "gradcam": lambda a, g, ids, w: reference.gradient_weighted_cam(a, g, "gradcam"),
-    "gradcam++": lambda a, g, ids, w: _gradcampp(a, g),
-    "xgradcam": lambda a, g, ids, w: reference.gradient_weighted_cam(a, g, "xgradcam"),
-    "layercam": lambda a, g, ids, w: reference.elementwise_sum_relu(a, g, True),
-    "hirescam": lambda a, g, ids, w: reference.elementwise_sum_relu(a, g, False),
-    "cam": lambda a, g, ids, w: _cam(a, ids, w),
-}
-DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
-
-#: why the other methods are not in the graph
-NOT_EXPRESSIBLE = {
-    "eigencam": "it needs an eigendecomposition (or SVD), which ONNX has no operator for",
-    "scorecam": "it runs the model on K masked copies of every image",
-    "ablationcam": "it runs the head on K ablated copies of the activations",
-    "smoothgradcam++": "it runs the explain graph on noisy copies of every image",
-}
+def graph_methods() -> list[str]:
+    """The registered methods the maps graph can hold (``CamMethod.not_in_graph`` empty)."""
+    return [name for name in known_methods() if not method_class(name).not_in_graph]
 
 
 def output_name(method: str) -> str:
@@ -87,21 +59,18 @@ def output_name(method: str) -> str:
     return "maps_" + re.sub(r"[^A-Za-z0-9_]", "_", method.replace("++", "pp"))
 
 
-def check_methods(methods: Sequence[str], has_cam_weights: bool) -> list[str]:
+def check_methods(methods: Sequence[str]) -> list[str]:
     """The methods, duplicates dropped; InvalidArgumentError("maps", ...) for one the graph cannot hold."""
     chosen = list(dict.fromkeys(m.strip() for m in methods if m.strip()))
     if not chosen:
         raise InvalidArgumentError("maps", "no method given")
     for method in chosen:
-        if method not in MATHS:
-            why = NOT_EXPRESSIBLE.get(method, "it is not a method the maps graph knows")
+        reason = method_class(method).not_in_graph  # an unknown name: InvalidArgumentError listing them
+        if reason:
             raise InvalidArgumentError(
-                "maps", f"{method!r} cannot be in the maps graph: {why}; choose from {', '.join(MATHS)}"
+                "maps",
+                f"{method!r} cannot be in the maps graph: {reason}; choose from {', '.join(graph_methods())}",
             )
-    if "cam" in chosen and not has_cam_weights:
-        raise InvalidArgumentError(
-            "maps", "'cam' needs a head that is global average pooling then one linear layer (no cam_weights)"
-        )
     return chosen
 
 
@@ -118,14 +87,15 @@ class _MapsMaths(nn.Module):
     ) -> None:
         super().__init__()
         self.methods, self.size, self.eps, self.uint8 = list(methods), size, eps, dtype == "uint8"
+        self.objects = [get_method(name) for name in methods]
         self.class_weights = class_weights
 
     def forward(
         self, activations: torch.Tensor, gradients: torch.Tensor, target_ids: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         out = []
-        for method in self.methods:
-            raw = MATHS[method](activations, gradients, target_ids, self.class_weights)
+        for method in self.objects:
+            raw = method.graph_maps(activations, gradients, target_ids, self.class_weights)
             maps = reference.upsample_normalize(raw, self.size, True, self.eps)
             out.append(reference.quantize_uint8(maps) if self.uint8 else maps)
         return tuple(out)
@@ -139,6 +109,7 @@ def _export_maths(maths: _MapsMaths, explain: onnx.ModelProto) -> onnx.ModelProt
     acts = torch.rand(2, k, h, w, generator=torch.Generator().manual_seed(0))
     grads = torch.randn(2, 3, k, h, w, generator=torch.Generator().manual_seed(1))
     ids = torch.arange(6).reshape(2, 3) % num_classes
+    maths(acts, grads, ids)  # eagerly first: a method's own refusal (CAM without W) is its message
     inputs = ["activations", "gradients", "target_ids"]
     dynamic = {"activations": {0: "batch"}, "gradients": {0: "batch", 1: "targets"}}
     dynamic["target_ids"] = {0: "batch", 1: "targets"}
@@ -214,7 +185,7 @@ def compose(explain: onnx.ModelProto, maths: onnx.ModelProto, size: tuple[int, i
 
 @dataclass(frozen=True)
 class MapsOptions:
-    """What the maps graph computes: ``methods`` (names of ``MATHS``), maps of ``output_size``
+    """What the maps graph computes: ``methods`` (``graph_methods()``), maps of ``output_size``
     ("input", "feature" or "HxW", as ``ExplainOptions.output_size``) and ``dtype``, min-max with ``eps``."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -222,14 +193,14 @@ class MapsOptions:
     dtype: str = "float32"
     eps: float = ExplainOptions.eps
 
-    def check(self, has_cam_weights: bool = True) -> list[str]:
+    def check(self) -> list[str]:
         """The methods to write; InvalidArgumentError naming the bad option."""
         if self.dtype not in DTYPES:
             raise InvalidArgumentError(
                 "maps_dtype", f"expected one of {', '.join(DTYPES)}, got {self.dtype!r}"
             )
         parse_output_size(self.output_size, "maps_size")
-        return check_methods(self.methods, has_cam_weights)
+        return check_methods(self.methods)
 
     def write(self, directory: Path, cam_weights: GraphFile | None, verify: bool = True) -> MapsGraph:
         """Write ``directory``/maps.onnx from the explain graph and CAM's weights in ``directory``."""
@@ -245,7 +216,7 @@ def write_maps_graph(
     verify: bool = True,
 ) -> MapsGraph:
     """Write ``out_path`` from the explain graph at ``explain_path``; returns its description."""
-    methods = options.check(class_weights is not None)
+    methods = options.check()
     explain = onnx.load(str(explain_path))
     activations = [o for o in explain.graph.output if o.name == "activations"][0]
     feature_hw = [d.dim_value for d in activations.type.tensor_type.shape.dim][2:]

@@ -28,8 +28,7 @@ from camserve.export.architectures import (
 )
 from camserve.export.maps import DEFAULT_METHODS as DEFAULT_MAPS_METHODS
 from camserve.export.maps import DTYPES as MAPS_DTYPES
-from camserve.export.maps import MATHS as MAPS_MATHS
-from camserve.export.maps import MapsOptions, add_maps_graph
+from camserve.export.maps import MapsOptions, add_maps_graph, graph_methods
 from camserve.modeldir import ModelDirectory
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="METHODS",
         help="also write maps.onnx, the CAM maths as ONNX operators: images, targets -> logits, "
         f"target_ids, maps_<method> (default {','.join(DEFAULT_MAPS_METHODS)}; "
-        f"possible: {', '.join(MAPS_MATHS)})",
+        f"possible: {', '.join(graph_methods())})",
     )
     p.add_argument(
         "--maps-size",

@@ -18,11 +18,11 @@ from camserve.config import CamserveConfig, ExplainOptions
 from camserve.default_model import ARCHITECTURE, MODEL_NAME, load_default_model
 from camserve.default_model.data import CLASS_NAMES, make_localisation_dataset
 from camserve.default_model.net import INPUT_SIZE, MEAN, STD, TARGET_LAYER, normalize
-from camserve.errors import ExportError, InvalidArgumentError
+from camserve.errors import ExportError, InvalidArgumentError, UnsupportedError
 from camserve.export import export_model
-from camserve.export import maps as maps_graph
 from camserve.export.architectures import build_torchvision
-from camserve.export.maps import MapsOptions, add_maps_graph, output_name
+from camserve.export.maps import MapsOptions, add_maps_graph, graph_methods, output_name
+from camserve.methods.gradient import GradCAM, GradCAMPlusPlus
 from camserve.modeldir import MANIFEST_NAME, ModelDirectory
 from tests.export.exporting import export_test_model
 from tests.export.nets import MaxPoolHead, TinyGapNet
@@ -140,10 +140,28 @@ def test_cli_adds_the_maps_graph_and_refuses_what_it_cannot_hold(digits_dir, tmp
     assert json.loads((copy / MANIFEST_NAME).read_text()) == manifest  # nothing changed
 
 
+def test_which_methods_the_graph_holds_and_why_not_the_others() -> None:
+    assert set(ALL) <= set(graph_methods())
+    reasons = {
+        "eigencam": "eigendecomposition (or SVD), which ONNX has no operator for",
+        "scorecam": "K masked copies",
+        "ablationcam": "K ablated copies",
+        "smoothgradcam++": "noisy copies",
+        "guidedbackprop": "guided-backprop graph",
+        "guidedgradcam": "guided-backprop graph",
+    }
+    for name, reason in reasons.items():
+        with pytest.raises(InvalidArgumentError, match="cannot be in the maps graph") as refused:
+            MapsOptions(methods=(name,)).check()
+        assert reason in str(refused.value) and name not in graph_methods()
+    with pytest.raises(InvalidArgumentError, match="unknown method 'gradcan'"):
+        MapsOptions(methods=("gradcan",)).check()
+
+
 def test_cam_needs_a_gap_linear_head(tmp_path) -> None:
     model_dir = export_test_model(MaxPoolHead(), "body", (3, 4, 4), tmp_path / "maxpool")
     assert model_dir.manifest.cam_weights is None
-    with pytest.raises(InvalidArgumentError, match="'cam' needs a head that is global average pooling"):
+    with pytest.raises(UnsupportedError, match="'cam' needs a head that is global average pooling"):
         add_maps_graph(model_dir.path, MapsOptions(methods=("cam",)))
     with pytest.raises(InvalidArgumentError, match="maps_dtype"):
         MapsOptions(dtype="float16").check()
@@ -153,7 +171,7 @@ def test_verification_fails_a_graph_with_wrong_maths(tmp_path, monkeypatch) -> N
     model_dir = export_test_model(TinyGapNet(), "features", (3, 16, 16), tmp_path / "tiny")
     # Grad-CAM written as Grad-CAM++: same shapes, other maps (HiRes-CAM would be Grad-CAM exactly
     # here: behind GAP -> linear the gradient is spatially constant).
-    monkeypatch.setitem(maps_graph.MATHS, "gradcam", maps_graph.MATHS["gradcam++"])
+    monkeypatch.setattr(GradCAM, "graph_maps", GradCAMPlusPlus.graph_maps)
     with pytest.raises(ExportError, match="maps_gradcam: max error"):
         add_maps_graph(model_dir.path, MapsOptions(methods=("gradcam",)))
     assert not model_dir.has_graph("maps") and not (model_dir.path / "maps.onnx").exists()
