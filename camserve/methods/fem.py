@@ -1,0 +1,31 @@
+"""FEM, the Feature Explanation Method: channels weighted by how much of them is unusually strong.
+Gradient-free and class-agnostic; it reads the activations of the shared explain run."""
+
+from __future__ import annotations
+
+from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
+
+
+@register
+class FEM(CamMethod):
+    """FEM (Fuad et al., "Features Understanding in 3D CNNs for Actions Recognition in Video",
+    IPTA 2020; pytorch-grad-cam's ``FEM``): a k-sigma rule per channel::
+
+        mu_k, sigma_k = mean and (population) standard deviation of A^k over its h x w pixels
+        w_k = (1/Z) sum_ij 1[A_ij^k > mu_k + k_sigma sigma_k]        k_sigma = 2
+        L   = ReLU(sum_k w_k A^k)
+
+    Class-agnostic: every target of an image gets the same map.
+    """
+
+    name = "fem"
+    class_agnostic = True
+    k_sigma = 2.0
+
+    def compute(self, ctx: MethodContext) -> MethodMaps:
+        activations = ctx.outputs.activations
+        mean = activations.mean(dim=(-2, -1), keepdim=True)
+        std = activations.std(dim=(-2, -1), keepdim=True, correction=0)
+        weights = (activations > mean + self.k_sigma * std).to(activations.dtype).mean(dim=(-2, -1))  # [N,K]
+        num_targets = ctx.outputs.target_ids.shape[1]
+        return MethodMaps(self.weighted_maps(ctx, weights.unsqueeze(1).expand(-1, num_targets, -1).contiguous()))
