@@ -28,4 +28,6 @@ class FEM(CamMethod):
         std = activations.std(dim=(-2, -1), keepdim=True, correction=0)
         weights = (activations > mean + self.k_sigma * std).to(activations.dtype).mean(dim=(-2, -1))  # [N,K]
         num_targets = ctx.outputs.target_ids.shape[1]
-        return MethodMaps(self.weighted_maps(ctx, weights.unsqueeze(1).expand(-1, num_targets, -1).contiguous()))
+        return MethodMaps(
+            self.weighted_maps(ctx, weights.unsqueeze(1).expand(-1, num_targets, -1).contiguous())
+        )

@@ -124,10 +124,12 @@ class RefineCAM(CamMethod):
         if len(ctx.layers) == 1:  # shared with gradcam++ when both are asked for
             return MethodMaps(weight_rule_maps(ctx, "gradcam++"))
         layer_maps = [
-            kernels.gradient_weighted_cam(acts, grads, "gradcam++", backend=ctx.backend) for acts, grads in ctx.layers
+            kernels.gradient_weighted_cam(acts, grads, "gradcam++", backend=ctx.backend)
+            for acts, grads in ctx.layers
         ]
         size = max(((int(m.shape[-2]), int(m.shape[-1])) for m in layer_maps), key=lambda hw: hw[0] * hw[1])
         normalised = [
-            kernels.upsample_normalize(m, size, True, ctx.options.eps, backend=ctx.backend) for m in layer_maps
+            kernels.upsample_normalize(m, size, True, ctx.options.eps, backend=ctx.backend)
+            for m in layer_maps
         ]
         return MethodMaps(torch.stack(normalised).prod(dim=0))

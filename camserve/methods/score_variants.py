@@ -43,7 +43,9 @@ class SampledScoreCAM(CamMethod):
     cost = "smooth_n x K forward images per image (K channels, or score_top_n), batched"
 
     @abstractmethod
-    def mask(self, masks: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
+    def mask(
+        self, masks: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor, ctx: MethodContext
+    ) -> torch.Tensor:
         """Sample ``samples[b]`` [B] of the masks [B,H,W] of channels ``channels[b]``."""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -90,12 +92,18 @@ class SSCAM(SampledScoreCAM):
 
     name = "sscam"
 
-    def mask(self, masks: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
+    def mask(
+        self, masks: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor, ctx: MethodContext
+    ) -> torch.Tensor:
         return masks + sscam_noise(ctx.options, masks.shape[-2:], samples, channels, masks.device)
 
 
 def sscam_noise(
-    options: ExplainOptions, size: torch.Size, samples: torch.Tensor, channels: torch.Tensor, device: torch.device
+    options: ExplainOptions,
+    size: torch.Size,
+    samples: torch.Tensor,
+    channels: torch.Tensor,
+    device: torch.device,
 ) -> torch.Tensor:
     """[B,H,W]: N(0, smooth_sigma^2) noise of sample samples[b] of channel channels[b]."""
     noise = torch.empty(len(samples), *size)
@@ -117,7 +125,9 @@ class ISCAM(SampledScoreCAM):
 
     name = "iscam"
 
-    def mask(self, masks: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
+    def mask(
+        self, masks: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor, ctx: MethodContext
+    ) -> torch.Tensor:
         i = samples.to(masks.dtype) + 1
         coefficient = i * (i + 1) / (2 * ctx.options.smooth_n)
         return masks * coefficient[:, None, None]

@@ -19,11 +19,11 @@ pytest.importorskip("torchcam")
 
 from pytorch_grad_cam import (  # noqa: E402
     FEM,
+    KPCA_CAM,
     EigenGradCAM,
     FinerCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
-    KPCA_CAM,
     RefineCAM,
     ShapleyCAM,
 )
@@ -101,7 +101,12 @@ CLASSES = [0, 1, 2, 3]  # every class once, one per image
 
 @pytest.mark.parametrize(
     ("method", "anchor"),
-    [("gradcamelementwise", GradCAMElementWise), ("fem", FEM), ("kpcacam", KPCA_CAM), ("shapleycam", ShapleyCAM)],
+    [
+        ("gradcamelementwise", GradCAMElementWise),
+        ("fem", FEM),
+        ("kpcacam", KPCA_CAM),
+        ("shapleycam", ShapleyCAM),
+    ],
 )
 def test_deterministic_methods_equal_pytorch_grad_cam(explainer, images, model, method, anchor):
     ours = camserve_maps(explainer, images, method, per_image_targets(CLASSES))[:, 0]
@@ -168,7 +173,10 @@ class DetachedWeightsTarget(FinerWeightedTarget):
         wn = model_output[self.main_category]
         prob = torch.softmax(model_output, dim=-1).detach()
         weights = [prob[idx] for idx in self.comparison_categories]
-        numerator = sum(w * (wn - self.alpha * model_output[idx]) for w, idx in zip(weights, self.comparison_categories))
+        numerator = sum(
+            w * (wn - self.alpha * model_output[idx])
+            for w, idx in zip(weights, self.comparison_categories, strict=True)
+        )
         return numerator / (sum(weights) + 1e-9)
 
 
@@ -205,7 +213,9 @@ def torchcam_maps(anchor_class, model, images, classes, **kwargs) -> torch.Tenso
 
 
 def test_iscam_equals_torchcam(explainer, images, model):
-    ours = camserve_maps(explainer, images, "iscam", per_image_targets(CLASSES), output_size="feature", smooth_n=6)
+    ours = camserve_maps(
+        explainer, images, "iscam", per_image_targets(CLASSES), output_size="feature", smooth_n=6
+    )
     theirs = torchcam_maps(ISCAM, model, images, CLASSES, num_samples=6, batch_size=16).numpy()
     assert max_abs(ours[:, 0], theirs) <= TOLERANCE
 
@@ -214,11 +224,20 @@ def test_sscam_equals_torchcam_fed_the_same_noise(explainer, images, model):
     samples, sigma = 5, 0.4
     options = ExplainOptions(smooth_n=samples, smooth_sigma=sigma, smooth_seed=7)
     ours = camserve_maps(
-        explainer, images, "sscam", per_image_targets(CLASSES), output_size="feature", smooth_n=samples, smooth_sigma=sigma, smooth_seed=7
+        explainer,
+        images,
+        "sscam",
+        per_image_targets(CLASSES),
+        output_size="feature",
+        smooth_n=samples,
+        smooth_sigma=sigma,
+        smooth_seed=7,
     )
     channels = 8
     draws = iter(
-        sscam_noise(options, torch.Size(INPUT_SIZE[1:]), torch.full((channels,), s), torch.arange(channels), "cpu")
+        sscam_noise(
+            options, torch.Size(INPUT_SIZE[1:]), torch.full((channels,), s), torch.arange(channels), "cpu"
+        )
         for s in range(samples)
     )
 
@@ -226,10 +245,14 @@ def test_sscam_equals_torchcam_fed_the_same_noise(explainer, images, model):
         def sample(self, size):  # [N,K,H,W]: sample s of every channel, the same for every image
             return next(draws).unsqueeze(0).expand(size)
 
-    with SSCAM(model, "3", input_shape=INPUT_SIZE, num_samples=samples, std=sigma, batch_size=16) as extractor:
+    with SSCAM(
+        model, "3", input_shape=INPUT_SIZE, num_samples=samples, std=sigma, batch_size=16
+    ) as extractor:
         extractor._distrib = CamserveNoise()
         theirs = extractor(class_idx=CLASSES, scores=model(images.clone()))[0].numpy()
     assert max_abs(ours[:, 0], theirs) <= TOLERANCE
     # with its own noise, torchcam's map still points at the same place
-    random = torchcam_maps(SSCAM, model, images, CLASSES, num_samples=samples, std=sigma, batch_size=16).numpy()
+    random = torchcam_maps(
+        SSCAM, model, images, CLASSES, num_samples=samples, std=sigma, batch_size=16
+    ).numpy()
     assert correlation(ours[:, 0], random) > 0.8
