@@ -78,7 +78,6 @@ class KPCACAM(CamMethod):
     """
 
     name = "kpcacam"
-    class_agnostic = True
     coef0 = 1.0
 
     def compute(self, ctx: MethodContext) -> MethodMaps:

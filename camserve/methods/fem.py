@@ -19,7 +19,6 @@ class FEM(CamMethod):
     """
 
     name = "fem"
-    class_agnostic = True
     k_sigma = 2.0
 
     def compute(self, ctx: MethodContext) -> MethodMaps:

@@ -8,6 +8,7 @@ import torch
 
 from camserve import kernels
 from camserve.chunking import run_in_chunks
+from camserve.config import ExplainOptions
 from camserve.errors import UnsupportedError
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 from camserve.methods.gradient import weight_rule_maps
@@ -78,6 +79,9 @@ class FinerCAM(CamMethod):
     comparisons = 3
     alpha = 1.0
     cost = "one more explain run with 3*T targets per image (the comparison classes' gradients)"
+
+    def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
+        return {"finercam comparison explain": 1}
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         outputs = ctx.outputs

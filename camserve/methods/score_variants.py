@@ -42,6 +42,12 @@ class SampledScoreCAM(CamMethod):
     requires = frozenset({"forward"})
     cost = "smooth_n x K forward images per image (K channels, or score_top_n), batched"
 
+    def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
+        top_n = options.score_top_n
+        return {
+            f"{self.name} masked forward": options.smooth_n * (top_n if 0 < top_n < channels else channels)
+        }
+
     @abstractmethod
     def mask(
         self, masks: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor, ctx: MethodContext
