@@ -56,6 +56,7 @@ class EigenGradCAM(CamMethod):
     """
 
     name = "eigengradcam"
+    not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         weighted = ctx.outputs.gradients * ctx.outputs.activations.unsqueeze(1)  # [N,T,K,h,w]
@@ -78,6 +79,7 @@ class KPCACAM(CamMethod):
     """
 
     name = "kpcacam"
+    not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
     coef0 = 1.0
 
     def compute(self, ctx: MethodContext) -> MethodMaps:

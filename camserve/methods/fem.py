@@ -3,6 +3,9 @@ Gradient-free and class-agnostic; it reads the activations of the shared explain
 
 from __future__ import annotations
 
+import torch
+
+from camserve.kernels import reference
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 
 
@@ -20,13 +23,24 @@ class FEM(CamMethod):
 
     name = "fem"
     k_sigma = 2.0
+    not_in_graph = ""
+
+    def weights(self, activations: torch.Tensor, num_targets: int) -> torch.Tensor:
+        """w [N,T,K], the same for every target."""
+        mean = activations.mean(dim=(-2, -1), keepdim=True)
+        std = (activations - mean).square().mean(dim=(-2, -1), keepdim=True).sqrt()  # population std
+        weights = (activations > mean + self.k_sigma * std).to(activations.dtype).mean(dim=(-2, -1))  # [N,K]
+        return weights.unsqueeze(1).expand(-1, num_targets, -1).contiguous()
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
-        activations = ctx.outputs.activations
-        mean = activations.mean(dim=(-2, -1), keepdim=True)
-        std = activations.std(dim=(-2, -1), keepdim=True, correction=0)
-        weights = (activations > mean + self.k_sigma * std).to(activations.dtype).mean(dim=(-2, -1))  # [N,K]
-        num_targets = ctx.outputs.target_ids.shape[1]
-        return MethodMaps(
-            self.weighted_maps(ctx, weights.unsqueeze(1).expand(-1, num_targets, -1).contiguous())
-        )
+        weights = self.weights(ctx.outputs.activations, ctx.outputs.target_ids.shape[1])
+        return MethodMaps(self.weighted_maps(ctx, weights))
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return reference.weighted_sum_relu(activations, self.weights(activations, target_ids.shape[1]))

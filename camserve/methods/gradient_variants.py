@@ -10,8 +10,9 @@ from camserve import kernels
 from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions
 from camserve.errors import UnsupportedError
+from camserve.kernels import reference
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
-from camserve.methods.gradient import weight_rule_maps
+from camserve.methods.gradient import GradCAMPlusPlus, weight_rule_maps
 
 
 @register
@@ -23,10 +24,20 @@ class GradCAMElementWise(CamMethod):
     """
 
     name = "gradcamelementwise"
+    not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
-        products = ctx.outputs.gradients * ctx.outputs.activations.unsqueeze(1)  # [N,T,K,h,w]
-        return MethodMaps(products.clamp_min(0).sum(dim=2))
+        outputs = ctx.outputs
+        return MethodMaps(self.graph_maps(outputs.activations, outputs.gradients, outputs.target_ids, None))
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return (gradients * activations.unsqueeze(1)).clamp_min(0).sum(dim=2)  # [N,T,K,h,w] -> [N,T,h,w]
 
 
 @register
@@ -48,15 +59,31 @@ class ShapleyCAM(CamMethod):
     requires = frozenset({"cam_weights"})
     weight_rules = ("gradcam",)
     cost = "nothing beyond the shared explain run (GAP -> linear heads only: H A = 0 there)"
+    not_in_graph = ""
+
+    @staticmethod
+    def _no_hessian(model: str) -> UnsupportedError:
+        return UnsupportedError(
+            f"methods: 'shapleycam' needs the Hessian-vector product of the layers after the target "
+            f"layer; {model} has a head other than global average pooling -> linear (where it is "
+            f"zero), and no graph for it is exported"
+        )
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         if ctx.cam_weights is None:
-            raise UnsupportedError(
-                f"methods: 'shapleycam' needs the Hessian-vector product of the layers after the target "
-                f"layer; model {ctx.model_name!r} has a head other than global average pooling -> linear "
-                f"(where it is zero), and no graph for it is exported"
-            )
+            raise self._no_hessian(f"model {ctx.model_name!r}")
         return MethodMaps(weight_rule_maps(ctx, "gradcam"))
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if class_weights is None:
+            raise self._no_hessian("this model")
+        return reference.gradient_weighted_cam(activations, gradients, "gradcam")
 
 
 @register
@@ -79,6 +106,7 @@ class FinerCAM(CamMethod):
     comparisons = 3
     alpha = 1.0
     cost = "one more explain run with 3*T targets per image (the comparison classes' gradients)"
+    not_in_graph = "it runs the explain graph again for the comparison classes' gradients"
 
     def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
         return {"finercam comparison explain": 1}
@@ -123,6 +151,7 @@ class RefineCAM(CamMethod):
 
     name = "refinecam"
     weight_rules = ("gradcam++",)
+    not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         if len(ctx.layers) == 1:  # shared with gradcam++ when both are asked for
@@ -137,3 +166,13 @@ class RefineCAM(CamMethod):
             for m in layer_maps
         ]
         return MethodMaps(torch.stack(normalised).prod(dim=0))
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One exported layer: Grad-CAM++'s map."""
+        return GradCAMPlusPlus().graph_maps(activations, gradients, target_ids, class_weights)
