@@ -88,7 +88,9 @@ def main() -> None:
         run = ExplainOptions(**{**vars(options), "output_size": output_size})
         return explainer.explain(images, methods=[method], targets=targets, options=run).maps[method][:, 0]
 
-    print(f"default model, {args.images} test images, true class; {args.samples} samples where a method samples")
+    print(
+        f"default model, {args.images} test images, true class; {args.samples} samples where methods sample"
+    )
     print(f"{'anchor':36s} {'camserve':20s} {'max |diff|':>10s} {'r':>7s}")
     for name, method in GRAD_CAM.items():
         cam = getattr(gc, name)(model=model, target_layers=[layer])
