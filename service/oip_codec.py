@@ -1,6 +1,6 @@
-"""Open Inference Protocol (inference.*) messages <-> the service's work items and results. Every check
-of an inference request lives here, and every error names what was wrong (``inputs[1] (TARGETS)``,
-``parameters.smooth_n``, ``outputs[0]``).
+"""Open Inference Protocol (inference.*) messages <-> the service's work items and results. The
+protocol's own checks (tensor names, shapes, datatypes, parameters) live here, and every error names
+what was wrong (``inputs[1] (TARGETS)``, ``parameters.smooth_n``, ``outputs[0]``).
 
 What a camserve model looks like over this protocol (ModelMetadata says the same):
 
