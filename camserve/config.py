@@ -70,8 +70,8 @@ class ServiceConfig:
     port: int = defaults.PORT
     models: str = ""  # a directory of model directories; empty: the embedded default model
     max_batch_size: int = defaults.MAX_BATCH_SIZE
-    max_queue_delay_ms: float = 5.0
-    max_queue_size: int = 256
+    max_queue_delay_ms: float = defaults.MAX_QUEUE_DELAY_MS
+    max_queue_size: int = defaults.MAX_QUEUE_SIZE
     max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
     # Admission: requests over any of these are refused before any work (docs/service.md, "Limits").
     max_request_images: int = defaults.MAX_REQUEST_IMAGES
@@ -79,7 +79,7 @@ class ServiceConfig:
     max_request_pixels: int = defaults.MAX_REQUEST_PIXELS  # decoded pixels, read from image headers
     max_image_work_bytes: int = defaults.MAX_IMAGE_WORK_BYTES  # working memory of one image in a batch
     max_request_graph_runs: int = defaults.MAX_REQUEST_GRAPH_RUNS
-    grace_period_s: float = 10.0
+    grace_period_s: float = defaults.GRACE_PERIOD_S
     metrics_port: int = 0  # 0: no Prometheus endpoint
     workers: int = 0  # server processes sharing the port; 0: one per two cores (1 on CUDA)
     # Memory bounds under hostile load (docs/service.md, "Limits"):
@@ -113,6 +113,23 @@ def parse_output_size(text: object, field: str = "options.output_size") -> Outpu
         )
     height, width = int(match.group(1)), int(match.group(2))
     return check_output_side(height, field, "height"), check_output_side(width, field, "width")
+
+
+def resolve_output_size(
+    text: object,
+    input_size: tuple[int, int],
+    feature_size: tuple[int, int],
+    field: str = "options.output_size",
+) -> tuple[int, int]:
+    """The (H, W) an output size means for a model: "input" -> ``input_size``, "feature" ->
+    ``feature_size`` (the target layer's h x w), "HxW" -> (H, W) as :func:`parse_output_size` reads it."""
+    size = parse_output_size(text, field)
+    if size == "input":
+        return input_size
+    if size == "feature":
+        return feature_size
+    assert isinstance(size, tuple)
+    return size
 
 
 def check_output_side(value: int, field: str, side: str = "") -> int:

@@ -45,7 +45,7 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, dataset):
     assert "--ray-actors: applies only with --engine ray" in _cli_error(
         capsys, ["--input", str(root), *out, "--ray-actors", "2"]
     )
-    assert "output_size" in _cli_error(capsys, ["--input", str(root), *out, "--map-size", "7by7"])
+    assert "--map-size: expected" in _cli_error(capsys, ["--input", str(root), *out, "--map-size", "7by7"])
     assert "apply only to a Parquet" in _cli_error(capsys, ["--input", str(root), *out, "--path-column", "p"])
     assert "unknown method" in _cli_error(capsys, ["--input", str(root), *out, "--method", "nocam"])
     assert not (tmp_path / "out").exists()
