@@ -234,18 +234,45 @@ def clip(text: str, limit: int = defaults.MAX_ECHO_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more characters)"
 
 
-def check_service_limits(service: ServiceConfig) -> None:
-    """InvalidArgumentError naming the [service] admission limit that is not a positive number."""
+def check_service_config(service: ServiceConfig) -> None:
+    """The one check of the [service] settings' values: InvalidArgumentError naming the first setting the
+    server cannot run with. The files they name (certificates, token file) are read, and refused by
+    name, by ``camserve.service.security.check_security_files``."""
+    for name in ("port", "metrics_port"):
+        value = getattr(service, name)
+        if not 0 <= value <= 65535:
+            raise InvalidArgumentError(f"service.{name}", f"must be in 0..65535, got {value}")
+    if service.max_message_bytes < 1024:
+        raise InvalidArgumentError(
+            "service.max_message_bytes", f"must be at least 1024, got {service.max_message_bytes}"
+        )
+    for name in ("grace_period_s", "max_queue_delay_ms", "workers"):
+        value = getattr(service, name)
+        if not value >= 0:  # NaN too
+            raise InvalidArgumentError(f"service.{name}", f"must be >= 0, got {value}")
     for name in (
+        "max_batch_size",
+        "max_queue_size",
         "max_request_images",
         "max_targets_per_image",
         "max_request_pixels",
         "max_image_work_bytes",
         "max_request_graph_runs",
+        "decode_pixel_budget",
+        "stream_max_unread",
     ):
         value = getattr(service, name)
         if value < 1:
             raise InvalidArgumentError(f"service.{name}", f"must be >= 1, got {value}")
+    if bool(service.tls_cert) != bool(service.tls_key):
+        missing = "tls_key" if service.tls_cert else "tls_cert"
+        raise InvalidArgumentError(f"service.{missing}", "tls_cert and tls_key go together; set both")
+    if service.tls_client_ca and not service.tls_cert:
+        raise InvalidArgumentError(
+            "service.tls_client_ca", "client certificates (mTLS) need TLS: set tls_cert and tls_key too"
+        )
+    if service.auth_token and service.auth_token_file:
+        raise InvalidArgumentError("service.auth_token", "set auth_token or auth_token_file, not both")
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,6 @@ class PixelBudget:
     """
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise InvalidArgumentError("service.decode_pixel_budget", f"must be at least 1, got {capacity}")
         self.capacity = capacity
         self._free = capacity
         self._changed = threading.Condition()
