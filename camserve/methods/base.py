@@ -62,6 +62,11 @@ class MethodContext:
     def backend(self) -> str:
         return self.runtime.kernels
 
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(activations, gradients) of each target layer; model directories have one layer today."""
+        return [(self.outputs.activations, self.outputs.gradients)]
+
     def shared(self, key: str, make: Callable[[], _T]) -> _T:
         """``make()`` computed once per batch: products several methods use (guided gradients,
         the Grad-CAM map under guided Grad-CAM) are not computed twice."""

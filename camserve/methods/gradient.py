@@ -7,6 +7,8 @@ class's pre-softmax score (logit), i,j pixel indices, Z = h*w.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from camserve import kernels
@@ -173,18 +175,29 @@ class LayerCAM(CamMethod):
 
         L^c = ReLU(sum_k ReLU(g^k) * A^k)          (elementwise: one weight per pixel)
 
-    One target layer: the paper's fusion of several layers (each map upsampled to the finest,
-    normalised, summed) returns with multi-layer model directories, which do not exist yet.
+    Several target layers are fused by upsampling each layer's map to the finest layer's
+    resolution, min-max normalising each, and summing (:meth:`fuse`).
     """
 
     name = "layercam"
     not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
-        maps = kernels.elementwise_sum_relu(
-            ctx.outputs.activations, ctx.outputs.gradients, relu_gradients=True, backend=ctx.backend
-        )
-        return MethodMaps(maps)
+        layer_maps = [
+            kernels.elementwise_sum_relu(acts, grads, relu_gradients=True, backend=ctx.backend)
+            for acts, grads in ctx.layers
+        ]
+        return MethodMaps(self.fuse(layer_maps, eps=ctx.options.eps, backend=ctx.backend))
+
+    @staticmethod
+    def fuse(layer_maps: Sequence[torch.Tensor], eps: float, backend: str = "torch") -> torch.Tensor:
+        """One map: returned as is (so raw output stays raw). Several [N,T,h_l,w_l]: each upsampled
+        to the largest h_l x w_l and min-max normalised, then summed."""
+        if len(layer_maps) == 1:
+            return layer_maps[0]
+        size = max(((int(m.shape[-2]), int(m.shape[-1])) for m in layer_maps), key=lambda hw: hw[0] * hw[1])
+        normalised = [kernels.upsample_normalize(m, size, True, eps, backend=backend) for m in layer_maps]
+        return torch.stack(normalised).sum(dim=0)
 
     def graph_maps(
         self,
