@@ -70,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--samples", type=int, default=8, help="SS-CAM / IS-CAM / Smooth Grad-CAM++ samples")
+    parser.add_argument("--methods", default="", help="comma-separated camserve names (default: all)")
     args = parser.parse_args()
     import pytorch_grad_cam as gc
     import torchcam.methods as tc
@@ -91,8 +92,12 @@ def main() -> None:
     print(
         f"default model, {args.images} test images, true class; {args.samples} samples where methods sample"
     )
-    print(f"{'anchor':36s} {'camserve':20s} {'max |diff|':>10s} {'r':>7s}")
+    print(f"{'anchor':42s} {'camserve':20s} {'max |diff|':>10s} {'r':>7s}")
+    everything = {*GRAD_CAM.values(), *TORCHCAM.values(), "guidedbackprop"}
+    wanted = set(args.methods.split(",")) if args.methods else everything
     for name, method in GRAD_CAM.items():
+        if method not in wanted:
+            continue
         cam = getattr(gc, name)(model=model, target_layers=[layer])
         if name == "FinerCAM":  # its own targets: the prediction against its nearest classes
             theirs = cam(images.clone())
@@ -101,8 +106,19 @@ def main() -> None:
             theirs = cam(images.clone(), [ClassifierOutputTarget(c) for c in classes])
             mine = ours(method, "input")
         diff, r = agreement(mine, theirs)
-        print(f"{'pytorch-grad-cam ' + name:36s} {method:20s} {diff:10.2e} {r:7.4f}", flush=True)
+        print(f"{'pytorch-grad-cam ' + name:42s} {method:20s} {diff:10.2e} {r:7.4f}", flush=True)
+    if "guidedbackprop" in wanted:  # per image, as the anchor takes them; the map is max over colours of |G|
+        guided = gc.GuidedBackpropReLUModel(model, device="cpu")
+        theirs = np.stack(
+            [np.abs(guided(images[n : n + 1].clone(), c)).max(axis=-1) for n, c in enumerate(classes)]
+        )
+        diff, r = agreement(ours("guidedbackprop", "input"), theirs)
+        print(
+            f"{'pytorch-grad-cam GuidedBackpropReLUModel':42s} {'guidedbackprop':20s} {diff:10.2e} {r:7.4f}"
+        )
     for name, method in TORCHCAM.items():
+        if method not in wanted:
+            continue
         kwargs: dict[str, object] = {"input_shape": (3, 64, 64)}
         if name in ("SSCAM", "ISCAM", "SmoothGradCAMpp"):
             kwargs["num_samples"] = args.samples
@@ -115,7 +131,7 @@ def main() -> None:
             theirs = extractor(class_idx=classes, scores=scores)[0].detach().numpy()
         model.zero_grad()
         diff, r = agreement(ours(method, "feature"), theirs)
-        print(f"{'torchcam ' + name:36s} {method:20s} {diff:10.2e} {r:7.4f}", flush=True)
+        print(f"{'torchcam ' + name:42s} {method:20s} {diff:10.2e} {r:7.4f}", flush=True)
 
 
 if __name__ == "__main__":
