@@ -38,6 +38,9 @@ MAX_GRAPH_BATCH = 64
 # -- [service] ---------------------------------------------------------------------------------------
 PORT = 50051
 MAX_BATCH_SIZE = 16
+MAX_QUEUE_DELAY_MS = 5.0  # how long the batcher waits for a batch to fill
+MAX_QUEUE_SIZE = 256  # images waiting per model before requests are refused
+GRACE_PERIOD_S = 10.0  # on SIGTERM: time for running calls to finish
 #: gRPC message limit of the server and of the Python client (requests and answers).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Admission limits: a request over any of them is refused before any work (docs/service.md).
@@ -48,6 +51,7 @@ MAX_IMAGE_WORK_BYTES = 256 * 1024 * 1024  # estimated working memory of one imag
 MAX_REQUEST_GRAPH_RUNS = 65_536  # graph runs of one request (explain, noisy copies, Score-CAM, Ablation)
 # Memory bounds across requests (docs/service.md, "Limits"):
 DECODE_PIXEL_BUDGET = 50_000_000  # decoded image pixels all requests together hold at once
+MAX_IMAGE_PIXELS = 50_000_000  # one image's decoded size: a small file must not expand into gigabytes
 STREAM_MAX_UNREAD = 4  # answers (finished or being computed) a stream holds before it stops reading
 # A unary request of at most this many bytes whose images decode to at most INLINE_DECODE_PIXELS in all
 # is checked and decoded on the event loop: a hop to a worker thread cost more than the work.

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from camserve.config import CamserveConfig, ServiceConfig
+from camserve.defaults import DECODE_PIXEL_BUDGET, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from camserve.explainer import Explainer
 from camserve.images import preprocess
@@ -34,7 +35,6 @@ from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
-MAX_IMAGE_PIXELS = 50_000_000  # decoded size limit: a small file must not expand into gigabytes
 #: How often a decode waiting for its pixel budget looks at its request's deadline.
 _BUDGET_POLL_S = 0.05
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -97,8 +97,6 @@ class PixelBudget:
     """
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise InvalidArgumentError("service.decode_pixel_budget", f"must be at least 1, got {capacity}")
         self.capacity = capacity
         self._free = capacity
         self._changed = threading.Condition()
@@ -134,7 +132,7 @@ class ServedModel:
     name: str
     explainer: Explainer
     batcher: DynamicBatcher[ImageWork, ImageResult]
-    pixel_budget: PixelBudget = field(default_factory=lambda: PixelBudget(MAX_IMAGE_PIXELS))
+    pixel_budget: PixelBudget = field(default_factory=lambda: PixelBudget(DECODE_PIXEL_BUDGET))
 
     @property
     def manifest(self) -> Manifest:
