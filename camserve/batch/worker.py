@@ -21,7 +21,7 @@ import numpy as np
 from camserve.batch.encoding import computed_size, encode_maps, png_maps, resize_stored
 from camserve.batch.job import JobConfig, ShardTask
 from camserve.batch.outdir import OutputDir, map_column, png_column
-from camserve.batch.sources import NPY_SUFFIX, ImageRecord, ImageSource
+from camserve.batch.sources import NPY_SUFFIX, ImageRecord, ImageSource, printable
 from camserve.encoded_images import check_image, decode_checked
 from camserve.errors import InvalidArgumentError
 
@@ -106,7 +106,7 @@ class ShardWorker:
         assert result is not None
         columns: dict[str, list[Any]] = {
             "id": [item.record.id for item in items],
-            "path": [item.record.path for item in items],
+            "path": [printable(item.record.path) for item in items],
             "top_ids": [[p.class_id for p in row] for row in result.predictions],
             "top_probs": [[p.probability for p in row] for row in result.predictions],
             "target_ids": result.target_ids.tolist(),
@@ -218,5 +218,7 @@ def errors_schema() -> Any:
 def _errors_table(errors: list[_Decoded]) -> Any:
     import pyarrow as pa
 
-    rows = [{"id": e.record.id, "path": e.record.path, "message": e.error} for e in errors]
+    rows = [
+        {"id": e.record.id, "path": printable(e.record.path), "message": printable(e.error)} for e in errors
+    ]
     return pa.Table.from_pylist(rows, schema=errors_schema())
