@@ -158,11 +158,21 @@ class OutputDir:
         return {"rows": rows, "errors": errors, "shards": len(self.shard_files())}
 
     def write_shard(self, name: str, rows: Any, errors: Any | None) -> None:
-        """Write the errors table (if any) then the rows table of one shard, each atomically."""
+        """Write the errors table (if any) then the rows table of one shard, each atomically; when
+        the rows fail, the errors go too (a shard is on disk whole or not at all)."""
         if errors is not None and errors.num_rows:
             self._write_table(self.errors_path / name, errors)
         if rows.num_rows:
-            self._write_table(self.path / name, rows)
+            try:
+                self._write_table(self.path / name, rows)
+            except BaseException:
+                self.remove_shard(name)
+                raise
+
+    def remove_shard(self, name: str) -> None:
+        """Delete shard ``name`` (rows and errors): its ids are then not done, a re-run explains them."""
+        (self.path / name).unlink(missing_ok=True)
+        (self.errors_path / name).unlink(missing_ok=True)
 
     def _write_table(self, path: Path, table: Any) -> None:
         import pyarrow.parquet as pq

@@ -84,18 +84,24 @@ def run_batch(
                 summaries = run_ray(job, tasks, ray or RayOptions())
             for summary in summaries:
                 report.update(summary.rows, summary.errors)
-                # the shard is on disk: count it, so the manifest is true whenever the run ends
-                counts = {
+                # A shard counts once a manifest counting it is on disk; one the disk refuses to
+                # count is removed, so the manifest is true however the run ends.
+                landed = {
                     "rows": counts["rows"] + summary.rows,
                     "errors": counts["errors"] + summary.errors,
                     "shards": counts["shards"] + (1 if summary.rows else 0),
                 }
-                out.write_manifest(manifest(job, explainer, counts))
+                try:
+                    out.write_manifest(manifest(job, explainer, landed))
+                except StorageError:
+                    out.remove_shard(summary.name)
+                    raise
+                counts = landed
         finally:
             report.close()
-            with contextlib.suppress(StorageError):  # a full disk: the last manifest written stays true
-                counts = out.counts()
-                out.write_manifest(manifest(job, explainer, counts))
+            with contextlib.suppress(StorageError):  # a full disk: the last manifest written is true
+                out.write_manifest(manifest(job, explainer, out.counts()))
+            counts = out.counts()
     seconds = time.monotonic() - start
     log.info("%s", report.line())
     return BatchSummary(
