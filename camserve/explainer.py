@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from camserve import hostcopy
 from camserve.config import CamserveConfig, ExplainOptions, RuntimeConfig, check_methods
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
@@ -60,6 +61,7 @@ class Explainer:
         self.manifest = self.model_dir.manifest
         self.runner = runner if runner is not None else _onnx_runner(self.model_dir, self.config.runtime)
         self.cam_weights = _cam_weights(self.model_dir)
+        self._copy_streams = hostcopy.HostCopyStreams()  # result()'s device-to-host copies
 
     @property
     def name(self) -> str:
@@ -148,8 +150,14 @@ class Explainer:
         return None
 
     def result(self, images: torch.Tensor, computed: ComputedMaps, options: ExplainOptions) -> ExplainResult:
-        """:meth:`compute`'s tensors -> the ExplainResult on the host (maps, predictions, ...)."""
-        logits = computed.logits.detach().to("cpu", torch.float32)
+        """:meth:`compute`'s tensors -> the ExplainResult on the host (maps, predictions, ...): every
+        tensor leaves the device in one ``hostcopy.to_host`` call (one host wait per batch)."""
+        tensors = {("logits", ""): computed.logits, ("target_ids", ""): computed.target_ids}
+        tensors[("images", "")] = images
+        tensors.update({("maps", method): maps for method, maps in computed.maps.items()})
+        tensors.update({("rgb", method): rgb for method, rgb in computed.rgb.items()})
+        host = hostcopy.to_host(tensors, self._copy_streams)
+        logits = host[("logits", "")].to(torch.float32)
         probabilities = torch.softmax(logits, dim=1)
         top = probabilities.topk(min(options.topk_predictions, probabilities.shape[1]), dim=1)
         names = self.class_names
@@ -161,22 +169,23 @@ class Explainer:
             for row_probabilities, row_ids in zip(top.values.tolist(), top.indices.tolist(), strict=True)
         ]
         return ExplainResult(
-            maps={method: _numpy(maps) for method, maps in computed.maps.items()},
+            maps={method: _numpy(host[("maps", method)]) for method in computed.maps},
             logits=logits.numpy(),
             probabilities=probabilities.numpy(),
-            target_ids=computed.target_ids.detach().to("cpu", torch.int64).numpy(),
+            target_ids=host[("target_ids", "")].to(torch.int64).numpy(),
             predictions=predictions,
-            images=_numpy(images),
+            images=_numpy(host[("images", "")]),
             class_names=names,
             mean=list(self.manifest.mean),
             std=list(self.manifest.std),
-            rgb={method: _numpy(rgb) for method, rgb in computed.rgb.items()},
+            rgb={method: _numpy(host[("rgb", method)]) for method in computed.rgb},
             model_name=self.name,
         )
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+    """A host tensor (``hostcopy.to_host``'s) as float32 numpy."""
+    return tensor.to(torch.float32).contiguous().numpy()
 
 
 def _model_directory(
