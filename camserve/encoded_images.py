@@ -18,10 +18,14 @@ The bytes are walked before Pillow opens them (a few microseconds per chunk or m
 * WebP: a RIFF length the file holds, chunk lengths within it, no animation, at most
   ``MAX_IMAGE_METADATA`` chunks.
 
-Every format: at most ``max_pixels`` pixels. :attr:`ImageHeader.cost` is what decoding allocates, in
-pixels of ``DECODE_BYTES_PER_PIXEL`` bytes (what a plain 8-bit decode and the resize take): a
-progressive JPEG adds its coefficient buffer (128 B per 8x8 block per component), a WebP its RGBA
-canvas, a PNG with alpha or 16-bit samples its wider pixels.
+Every format: at most ``max_pixels`` pixels. :attr:`ImageHeader.cost` is the peak memory of decoding
+and preprocessing the image, in pixels of ``DECODE_BYTES_PER_PIXEL`` bytes: the larger of the
+decoder's own holding (a progressive JPEG's coefficients, 128 B per 8x8 block per component, plus the
+image; a WebP's RGBA canvas plus the image; a PNG's 1-4 B per pixel plus the RGB copy) and the
+preprocessing's 20 B per pixel (RGB, float copy, resize), which come one after the other. For the
+formats accepted the decoder holds at most 11 B per pixel, so the cost is the pixel count (measured:
+20.1-20.2 B per pixel of peak for 7000x7000 PNG, JPEG and WebP and a 6000x6000 progressive JPEG with
+32 scans; docs/operations.md); formats whose decoders hold more per pixel (tiles) are refused.
 """
 
 from __future__ import annotations
@@ -152,8 +156,9 @@ def _bad(field: str, why: str) -> InvalidArgumentError:
     return InvalidArgumentError(field, f"the image cannot be decoded ({why})")
 
 
-def _cost(pixels: int, extra_bytes_per_pixel: float) -> int:
-    return math.ceil(pixels * (DECODE_BYTES_PER_PIXEL + extra_bytes_per_pixel) / DECODE_BYTES_PER_PIXEL)
+def _cost(pixels: int, decoder_bytes_per_pixel: float) -> int:
+    """Peak memory in DECODE_BYTES_PER_PIXEL pixels: the decoder's holding, then the preprocessing's."""
+    return math.ceil(pixels * max(DECODE_BYTES_PER_PIXEL, decoder_bytes_per_pixel) / DECODE_BYTES_PER_PIXEL)
 
 
 # -- PNG --------------------------------------------------------------------------------------------
@@ -208,7 +213,8 @@ def _check_png(data: bytes, field: str) -> ImageHeader:
             f"{needed}",
         )
     wide = depth == 16 or colour in (4, 6)  # Pillow holds these at 4 B per pixel (RGBA, LA, I;16)
-    return ImageHeader("PNG", width, height, _cost(width * height, 4 if wide else 0), b"".join(kept))
+    held = (4 if wide else 3) + 3  # the decoded image and its RGB copy
+    return ImageHeader("PNG", width, height, _cost(width * height, held), b"".join(kept))
 
 
 # -- JPEG -------------------------------------------------------------------------------------------
@@ -272,12 +278,10 @@ def _check_jpeg(data: bytes, field: str) -> ImageHeader:
             f"truncated JPEG: {scan_bytes} bytes of scan data, but a {width}x{height} image needs at "
             f"least {math.ceil(total_blocks / 8)}",
         )
-    extra = 0.0
+    held = 4.0 + 3  # the decoded image (CMYK: 4 B per pixel) and its RGB copy
     if coding == "progressive":  # libjpeg holds every block's 64 coefficients (int16) until the end
-        extra = 128 * total_blocks / (width * height)
-    if len(blocks) == 4:
-        extra += 1  # CMYK: 4 B per pixel before the RGB conversion
-    return ImageHeader("JPEG", width, height, _cost(width * height, extra), data)
+        held += 128 * total_blocks / (width * height)
+    return ImageHeader("JPEG", width, height, _cost(width * height, held), data)
 
 
 def _jpeg_frame(
@@ -347,4 +351,5 @@ def _check_webp(data: bytes, field: str) -> ImageHeader:
     width, height = size or bitstream
     if width == 0 or height == 0 or bitstream[0] > width or bitstream[1] > height:
         raise _bad(field, f"invalid WebP size ({width}x{height}, image {bitstream[0]}x{bitstream[1]})")
-    return ImageHeader("WEBP", width, height, _cost(width * height, 5), data)  # + RGBA canvas, RGBA image
+    held = 4 + 4 + 3  # libwebp's RGBA canvas, Pillow's RGBA image, the RGB copy
+    return ImageHeader("WEBP", width, height, _cost(width * height, held), data)

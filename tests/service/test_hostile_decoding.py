@@ -6,7 +6,6 @@ formats decode to the same pixels as Pillow does, and what a decode costs is wha
 from __future__ import annotations
 
 import io
-import math
 import time
 
 import grpc
@@ -104,18 +103,15 @@ def test_limits_are_exact():
     assert check_image(png(10, 10), FIELD, max_pixels=100).pixels == 100
 
 
-def test_the_decode_cost_counts_what_the_decoder_holds():
-    side = 64
-    plain = check_image(noise_jpeg(side, side), FIELD)
-    progressive = check_image(noise_jpeg(side, side, progressive=True, subsampling=0), FIELD)
-    progressive_420 = check_image(noise_jpeg(side, side, progressive=True, subsampling=2), FIELD)
-    pixels = side * side
-    assert plain.cost == pixels  # a baseline JPEG decodes a band at a time: the plain 20 B per pixel
-    # 4:4:4: 3 components x 64 blocks x 128 B of coefficients; 4:2:0: 1.5 x 64 blocks
-    assert progressive.cost == math.ceil(pixels * (DECODE_BYTES_PER_PIXEL + 6) / DECODE_BYTES_PER_PIXEL)
-    assert progressive_420.cost == math.ceil(pixels * (DECODE_BYTES_PER_PIXEL + 3) / DECODE_BYTES_PER_PIXEL)
-    assert check_image(png(side, side, "RGBA"), FIELD).cost == math.ceil(pixels * 24 / 20)
-    assert check_image(PICTURES["webp-lossy"], FIELD).cost == math.ceil(23 * 37 * 25 / 20)
+def test_the_decode_cost_is_the_pixel_count_for_every_accepted_format():
+    """The decoders' own buffers (a progressive JPEG's coefficients: 6 B per pixel at 4:4:4, plus the
+    image) stay under the 20 B per pixel that preprocessing takes afterwards (measured peaks:
+    docs/operations.md), so an image's decode cost is its pixel count whatever its format."""
+    for name, data in PICTURES.items():
+        header = check_image(data, FIELD)
+        assert header.cost == header.pixels == (64 if name == "png-with-text" else 23 * 37), name
+    progressive = check_image(noise_jpeg(64, 64, progressive=True, subsampling=0), FIELD)
+    assert progressive.cost == 64 * 64 and DECODE_BYTES_PER_PIXEL == 20
 
 
 def test_a_decode_stops_at_its_next_block_of_input():
