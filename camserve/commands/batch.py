@@ -6,8 +6,9 @@
 
 --input is a folder (recursive), a text file with one path per line, or a Parquet table with an id
 column and a path or image-bytes column. Re-running the same command skips images already in OUT,
-so a killed run is resumed by running it again. Exit status: 0 when every image was explained,
-1 when OUT's errors table is not empty (OUT/errors/), 2 on bad arguments (nothing done).
+so a killed run is resumed by running it again; one job at a time owns OUT. Exit status: 0 when
+every image was explained, 1 when OUT's errors table is not empty (OUT/errors/), 2 on bad arguments
+or an OUT in use (nothing done), 3 when the disk refused a write (full, read-only).
 See docs/batch.md for the output schema and the Ray engine.
 """
 
