@@ -20,9 +20,9 @@ from camserve.service.admission import AnswerShape
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
 from camserve.service.runner import ImageResult, ImageWork, maps_as
-from camserve.service.tensors import NUMPY_DTYPES, array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
+from camserve.wire import NUMPY_DTYPES, array_to_tensor, tensor_to_array
 
 #: ExplainOptions field -> its name in an ExplainRequest.
 OPTION_FIELDS = {
@@ -77,7 +77,7 @@ def decode_request(
         )
     m = model.manifest
     output = OutputSpec(dtype, request.output.overlay_png, tuple(m.mean), tuple(m.std), options.normalize)
-    colour = tuple(name for name in methods if "guided" in method_class(name).requires)
+    colour = tuple(name for name in methods if method_class(name).colour)
     answer = AnswerShape(methods, _ITEMSIZE[dtype], colour, output.overlay)
     return ServiceRequest(images, methods, options, answer, wire=output)
 

@@ -39,7 +39,7 @@ from camserve.service.admission import AnswerShape
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import MAX_IMAGE_PIXELS, ServedModel
 from camserve.service.runner import ImageResult, ImageWork, maps_as
-from camserve.service.tensors import check_shape
+from camserve.wire import check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
 PLATFORM = "camserve"

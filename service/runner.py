@@ -30,15 +30,6 @@ from camserve.service.cancellation import RequestCancelledError, StopCheck
 
 log = logging.getLogger(__name__)
 
-#: Graphs a method may need that cost nothing per extra method (read once per model).
-_FREE_REQUIREMENTS = frozenset({"cam_weights"})
-
-
-def shares_explain_run(method: str, options: ExplainOptions) -> bool:
-    """True for methods whose maps come from the one explain run alone (no extra graph runs)."""
-    cls = method_class(method)
-    return not (cls.requires - _FREE_REQUIREMENTS) and cls().noisy_copies(options) == 0
-
 
 @dataclass(frozen=True)
 class BatchKey:
@@ -66,7 +57,7 @@ class ImageResult:
 
 
 def batch_key(work: ImageWork, options: ExplainOptions) -> BatchKey:
-    costly = tuple(sorted(m for m in work.methods if not shares_explain_run(m, options)))
+    costly = tuple(sorted(m for m in work.methods if not method_class(m)().shares_explain_run(options)))
     return BatchKey(len(work.targets), costly, options)
 
 
