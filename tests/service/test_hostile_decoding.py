@@ -19,9 +19,9 @@ from bench.hostile_images import HOSTILE_IMAGES, noise_jpeg, png, ztxt_png
 from camserve.defaults import DECODE_BYTES_PER_PIXEL, MAX_JPEG_SCANS
 from camserve.encoded_images import check_image, decode_checked
 from camserve.errors import InvalidArgumentError
-from camserve.service.tensors import tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from camserve.wire import tensor_to_array
 from tests.service.hostile_helpers import MIB, PeakRss, cpu_seconds
 from tests.service.service_helpers import MODEL, ServerProcess, png_bytes
 
