@@ -209,8 +209,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list_methods:
         from camserve.methods import method_class
 
+        width = max(map(len, explainer.supported_methods))
         for name in explainer.supported_methods:
-            print(f"{name:16s} {method_class(name).cost}")
+            print(f"{name:{width}s}  {method_class(name).cost}")
         return 0
     images, names = _load_inputs(args, explainer)
     methods = args.methods or list(DEFAULT_METHODS)

@@ -272,3 +272,20 @@ def test_bad_job_fails_before_any_work(tmp_path, dataset, explainer):
         with pytest.raises(Exception, match=message):
             run_batch(job, progress=False, explainer=explainer)
         assert not Path(job.out).exists() or not list(Path(job.out).iterdir())
+
+
+def test_issue_24_methods_store_the_explainer_maps(tmp_path, dataset, explainer):
+    """Methods that run more graphs (finercam: a comparison explain run; iscam: masked forward
+    images) go through the batch job like the others and store Explainer's maps."""
+    root, ids = dataset
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(root / i) for i in ids[:3]) + "\n")
+    out = tmp_path / "out"
+    methods = ("finercam", "eigengradcam", "iscam")
+    encoding = MapEncoding(size="input", dtype="float32")
+    run_batch(make_job(listing, out, methods=methods, encoding=encoding), progress=False, explainer=explainer)
+    paths = [str(root / i) for i in ids[:3]]
+    expected = explainer.explain(paths, methods=list(methods))
+    for method in methods:
+        got = read_maps(out, ids=paths, method=method, size="stored")
+        np.testing.assert_allclose(got, expected.maps[method], atol=TOLERANCE["float32"], err_msg=method)
