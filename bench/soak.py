@@ -43,9 +43,9 @@ import grpc
 import numpy as np
 from hostile_images import HOSTILE_IMAGES
 from PIL import Image
-from server_process import start_server
 
 from camserve import defaults
+from camserve.loadgen.local_server import LocalServer
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
@@ -281,13 +281,13 @@ def main(argv: list[str] | None = None) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     pixels = digit_pixels(IMAGES)
-    proc = None
+    server = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.server:
             address, pid = args.server, args.pid
         else:
-            proc, address = start_server(None, args.server_flag, Path(tmp) / "serve.log")
-            pid = proc.pid
+            server = LocalServer(None, args.server_flag, Path(tmp) / "serve.log", metrics=False)
+            address, pid = server.address, server.proc.pid
         try:
             figures = Figures(args.clients, args.seconds, ",".join(methods))
             if pid:
@@ -328,9 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 sampler.join(5)
                 figures.rss_peak_mib = sampler.peak_mib
         finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=60)
+            if server is not None:
+                server.stop()
     latencies = np.array([ms for c in clients for ms in c.latencies_ms])
     errors: Counter[str] = Counter()
     for client in clients:

@@ -38,6 +38,9 @@ MAX_GRAPH_BATCH = 64
 # -- [service] ---------------------------------------------------------------------------------------
 PORT = 50051
 MAX_BATCH_SIZE = 16
+MAX_QUEUE_DELAY_MS = 5.0  # how long the batcher waits for a batch to fill
+MAX_QUEUE_SIZE = 256  # images waiting per model before requests are refused
+GRACE_PERIOD_S = 10.0  # on SIGTERM: time for running calls to finish
 #: gRPC message limit of the server and of the Python client (requests and answers).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Admission limits: a request over any of them is refused before any work (docs/service.md).

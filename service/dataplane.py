@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import numpy as np
 
-from camserve.config import CamserveConfig, ExplainOptions, check_service_limits
+from camserve.config import CamserveConfig, ExplainOptions, check_service_config
 from camserve.defaults import INLINE_DECODE_PIXELS, INLINE_REQUEST_BYTES, MAX_ECHO_CHARS
 from camserve.service import metrics
 from camserve.service.admission import AnswerShape, RequestCost, admit, request_cost
@@ -181,7 +181,7 @@ class DataPlane:
     """Models, defaults, limits, draining and the in-flight count shared by every front door."""
 
     def __init__(self, models: ModelRegistry, config: CamserveConfig) -> None:
-        check_service_limits(config.service)
+        check_service_config(config.service)
         self.models = models
         self.config = config
         self.defaults = config.explain

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from camserve.config import CamserveConfig, ServiceConfig
-from camserve.defaults import MAX_IMAGE_PIXELS as MAX_IMAGE_PIXELS  # re-exported for the OIP codec
+from camserve.defaults import DECODE_PIXEL_BUDGET, MAX_IMAGE_PIXELS
 from camserve.encoded_images import ImageHeader, check_image, decode_checked
 from camserve.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from camserve.explainer import Explainer
@@ -98,8 +98,6 @@ class PixelBudget:
     """
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise InvalidArgumentError("service.decode_pixel_budget", f"must be at least 1, got {capacity}")
         self.capacity = capacity
         self._free = capacity
         self._changed = threading.Condition()
@@ -135,7 +133,7 @@ class ServedModel:
     name: str
     explainer: Explainer
     batcher: DynamicBatcher[ImageWork, ImageResult]
-    pixel_budget: PixelBudget = field(default_factory=lambda: PixelBudget(MAX_IMAGE_PIXELS))
+    pixel_budget: PixelBudget = field(default_factory=lambda: PixelBudget(DECODE_PIXEL_BUDGET))
 
     @property
     def manifest(self) -> Manifest:

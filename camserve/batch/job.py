@@ -12,10 +12,9 @@ from typing import Any
 from camserve.batch.encoding import RESIZE_RULE, MapEncoding, computed_size
 from camserve.batch.outdir import OutputDir, map_column, png_column, shard_name
 from camserve.batch.sources import ImageRecord, ImageSource, SourceSpec
-from camserve.config import CamserveConfig
+from camserve.config import CamserveConfig, resolve_output_size
 from camserve.defaults import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError
-from camserve.methods import parse_output_size
 
 FORMAT = "camserve-batch/1"
 # ExplainOptions fields that do not change stored maps (output_size is replaced by the encoding).
@@ -95,7 +94,7 @@ def manifest(job: JobConfig, explainer: Any, counts: dict[str, int] | None) -> d
     maps = {}
     for method in job.methods:
         size = computed_size(method, job.encoding)
-        stored = parse_output_size(size, (height, width), feature_hw)  # type: ignore[arg-type]
+        stored = resolve_output_size(size, (height, width), feature_hw)  # type: ignore[arg-type]
         maps[method] = {
             "column": map_column(method),
             "png_column": png_column(method) if job.encoding.png else None,

@@ -25,7 +25,7 @@ from camserve.methods.base import (
     known_methods,
     method_class,
 )
-from camserve.methods.compute import ComputedMaps, compute_maps, parse_methods, parse_output_size
+from camserve.methods.compute import ComputedMaps, compute_maps, parse_methods
 from camserve.methods.targets import parse_targets, resolve_targets
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "known_methods",
     "method_class",
     "parse_methods",
-    "parse_output_size",
     "parse_targets",
     "resolve_targets",
 ]

@@ -266,7 +266,7 @@ def test_bad_job_fails_before_any_work(tmp_path, dataset, explainer):
         ),
         "must be >= 1": make_job(root, tmp_path / "o4", batch_size=0),
         "unknown method": make_job(root, tmp_path / "o5", methods=("nosuchcam",)),
-        "output_size": make_job(root, tmp_path / "o6", encoding=MapEncoding(size="big")),
+        "--map-size": make_job(root, tmp_path / "o6", encoding=MapEncoding(size="big")),
     }
     for message, job in cases.items():
         with pytest.raises(Exception, match=message):
