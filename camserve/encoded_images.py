@@ -92,7 +92,7 @@ def check_image(
 ) -> ImageHeader:
     """The header of encoded image ``data`` once its bytes pass this module's checks;
     InvalidArgumentError naming ``field`` otherwise. Nothing is decompressed or allocated by size."""
-    kind = _format_of(data)
+    kind = image_format(data)
     if kind is None or kind not in formats:
         what = "not an image in an accepted format" if kind is None else f"{kind} images are not accepted"
         raise InvalidArgumentError(field, f"{what} (accepted: {', '.join(formats)})")
@@ -142,7 +142,8 @@ class _StoppableReader(io.BytesIO):
         return super().read(size)
 
 
-def _format_of(data: bytes) -> str | None:
+def image_format(data: bytes) -> str | None:
+    """The format encoded ``data`` is in, by its first bytes ("PNG", "GIF", ...); None if unknown."""
     if data.startswith(PNG_SIGNATURE):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):
