@@ -49,7 +49,7 @@ class TritonPythonModel:
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads") or 0)
-        providers = ["CPUExecutionProvider"]
+        providers: list[Any] = ["CPUExecutionProvider"]
         if (
             args.get("model_instance_kind") == "GPU"
             and "CUDAExecutionProvider" in ort.get_available_providers()
