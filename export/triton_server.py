@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config-name", default="python", help="configs/NAME.pbtxt per model ('' for config.pbtxt)"
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the server on SIGTERM too
     try:
         server = TritonServer(
             args.repository,

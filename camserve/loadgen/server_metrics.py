@@ -83,22 +83,19 @@ def difference(before: Snapshot, after: Snapshot, model: str) -> ServerFigures:
 
 
 def _triton_difference(delta: Callable[..., float], model: str) -> ServerFigures:
-    """The same figures from Triton Inference Server's own metrics (counters without ``_total``; the
-    durations are cumulative microseconds). It has no process CPU counter: ``cpu_s`` is 0."""
-    requests = delta("nv_inference_request_success", model=model) + delta(
-        "nv_inference_request_failure", model=model
-    )
-    images = delta("nv_inference_count", model=model)
-    batches = delta("nv_inference_exec_count", model=model)
-    success = delta("nv_inference_request_success", model=model)
+    """The same figures from Triton Inference Server's own metrics (its durations are cumulative
+    microseconds). It has no process CPU counter: ``cpu_s`` is 0."""
+
+    def counter(name: str) -> float:
+        return delta(f"nv_inference_{name}_total", model=model)
+
+    success, images, batches = counter("request_success"), counter("count"), counter("exec_count")
     return ServerFigures(
-        requests=round(requests),
+        requests=round(success + counter("request_failure")),
         images=round(images),
         batches=round(batches),
-        queue_ms=delta("nv_inference_queue_duration_us", model=model) * 1e-3 / success if success else 0.0,
-        compute_ms=delta("nv_inference_compute_infer_duration_us", model=model) * 1e-3 / batches
-        if batches
-        else 0.0,
+        queue_ms=counter("queue_duration_us") * 1e-3 / success if success else 0.0,
+        compute_ms=counter("compute_infer_duration_us") * 1e-3 / batches if batches else 0.0,
         batch_size=images / batches if batches else 0.0,
         cpu_s=0.0,
     )
