@@ -222,3 +222,33 @@ def test_the_preprocessing_model_matches_camserve(model_dir):
         triton_preprocess(padded + bytes(100), size, manifest.mean, manifest.std),
         triton_preprocess(padded, size, manifest.mean, manifest.std),
     )
+
+
+def test_camserve_bench_measures_the_triton_server(server, tmp_path):
+    """`camserve bench --api oip` against Triton: graph-input requests, counts equal Triton's own."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "camserve.cli", "bench", "--server", server.grpc, "--api", "oip"]
+    argv += [
+        "--metrics-url",
+        server.metrics_url,
+        "--model",
+        "digits",
+        "--concurrency",
+        "4",
+        "--processes",
+        "1",
+    ]
+    argv += ["--warmup-s", "0.5", "--window-s", "0.5", "--stable-windows", "2", "--max-windows", "3"]
+    argv += ["--target", "-1", "--target", "2", "--json", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["sent_errors"] == {} and level["measured"]["requests"] > 0
+    # Every answered request was counted by Triton (nv_inference_request_success), and nothing else.
+    assert level["sent"] == level["server_total"]["requests"] == level["server_total"]["images"]
+    assert 1 <= level["server_measured"]["batch_size"] <= 16
+    assert level["server_total"]["cpu_s"] == 0.0  # Triton has no process CPU counter
