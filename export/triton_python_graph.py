@@ -49,6 +49,9 @@ class TritonPythonModel:
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads") or 0)
+        # Idle threads sleep rather than spin: they share the cores with Triton's own threads (as camserve's
+        # runtime does, for the same reason).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = ["CPUExecutionProvider"]
         if (
             args.get("model_instance_kind") == "GPU"
