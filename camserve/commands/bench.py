@@ -104,7 +104,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run the Explainer in-process on the same work (ratios)",
     )
-    out.add_argument("--model-dir", metavar="DIR", help="--in-process with --server: the model's directory")
+    out.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help="with --server: the model's directory (--in-process; --api oip on Triton: preprocessing, maps)",
+    )
     out.add_argument("--csv", metavar="FILE", help="write one row per level")
     out.add_argument("--json", metavar="FILE", help="write settings and every figure")
     out.add_argument("--plot", metavar="FILE.png", help="write latency against throughput")
@@ -135,8 +139,8 @@ def _check_args(args: argparse.Namespace) -> None:
         from camserve.loadgen.workload import parse_size
 
         parse_size(args.image_size)
-    if args.model_dir and not args.in_process:
-        raise InvalidArgumentError("--model-dir", "is for --in-process")
+    if args.model_dir and not (args.in_process or args.api == "oip"):
+        raise InvalidArgumentError("--model-dir", "is for --in-process or --api oip")
     positive = {
         "--image-count": args.image_count,
         "--timeout-s": args.timeout_s,

@@ -2,19 +2,23 @@
 Inference Server on a repository from ``camserve export --triton-repository``: what the model takes
 (``ModelMetadata``) and requests that feed the graph's own inputs, ``images`` (float32 [1,3,H,W],
 preprocessed here as camserve does) and ``targets`` (int64 [1,T]), asking only for the maps of the
-chosen methods when the graph returns maps."""
+chosen methods when the graph is the maps graph."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
 from camserve.errors import CamserveError, InvalidArgumentError
 from camserve.loadgen.clients import Target
-from camserve.service.security import channel_credentials, token_metadata
+from camserve.wire import open_channel, token_metadata
+
+if TYPE_CHECKING:
+    from camserve.modeldir import Manifest
 
 MODEL_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
 METADATA_TIMEOUT_S = 10.0
@@ -37,11 +41,13 @@ def model_metadata(target: Target, model: str) -> GraphModel:
     """The model's inputs and outputs from the server's ``ModelMetadata``."""
     from camserve.inference import grpc_service_pb2 as ip
 
-    if target.tls or target.ca_file or target.cert_file or target.key_file:
-        credentials = channel_credentials(target.ca_file, target.cert_file, target.key_file)
-        channel = grpc.secure_channel(target.address, credentials)
-    else:
-        channel = grpc.insecure_channel(target.address)
+    channel = open_channel(
+        target.address,
+        tls=target.tls,
+        ca_file=target.ca_file,
+        cert_file=target.cert_file,
+        key_file=target.key_file,
+    )
     with channel:
         call = channel.unary_unary(
             MODEL_METADATA,
@@ -65,20 +71,29 @@ def model_metadata(target: Target, model: str) -> GraphModel:
     )
 
 
-def map_output(method: str) -> str:
-    """The maps graph's output of a method: ``gradcam++`` -> ``maps_gradcampp``."""
-    return "maps_" + method.replace("+", "p").replace("-", "_")
+def map_outputs(manifest: Manifest, methods: Sequence[str]) -> list[str] | None:
+    """The maps graph's outputs of ``methods`` (from the manifest); None for a model without one (the
+    explain graph: every output is asked for)."""
+    if manifest.maps is None:
+        return None
+    by_method = dict(zip(manifest.maps.methods, manifest.maps.outputs[2:], strict=True))
+    missing = [m for m in methods if m not in by_method]
+    if missing:
+        have = ", ".join(manifest.maps.methods)
+        raise InvalidArgumentError("--method", f"the maps graph has no {', '.join(missing)} (it has {have})")
+    return [by_method[m] for m in methods]
 
 
 def graph_request(
     model: str,
     graph: GraphModel,
-    methods: Sequence[str],
+    outputs: Sequence[str] | None,
     targets: Sequence[int],
     images: np.ndarray,
 ) -> bytes:
-    """A ModelInferRequest for one preprocessed image (float32 [1,3,H,W]). Targets: the given ones
-    (default: the top class), padded with -1 to the model's fixed target slots if it has them."""
+    """A ModelInferRequest for one preprocessed image (float32 [1,3,H,W]) asking for ``outputs`` (None:
+    all). Targets: the given ones (default: the top class), padded with -1 to the model's fixed target
+    slots if it has them."""
     from camserve.inference import grpc_service_pb2 as ip
 
     wanted = list(targets) or [PAD_TARGET]
@@ -94,12 +109,8 @@ def graph_request(
     request.raw_input_contents.append(np.ascontiguousarray(images, dtype="<f4").tobytes())
     request.inputs.add(name="targets", datatype="INT64", shape=[1, len(wanted)])
     request.raw_input_contents.append(np.asarray([wanted], dtype="<i8").tobytes())
-    if any(name.startswith("maps_") for name in graph.outputs):  # a maps graph: only the maps asked for
-        for method in methods:
-            name = map_output(method)
-            if name not in graph.outputs:
-                raise InvalidArgumentError(
-                    "--method", f"{model!r} has no output {name} (it has {graph.outputs})"
-                )
-            request.outputs.add(name=name)
+    for name in outputs or ():
+        if name not in graph.outputs:
+            raise InvalidArgumentError("--model", f"{model!r} has no output {name} (it has {graph.outputs})")
+        request.outputs.add(name=name)
     return request.SerializeToString()

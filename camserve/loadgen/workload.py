@@ -115,15 +115,16 @@ def build_workload(
         encoded = [png_bytes(p) for p in pixels] if api != "oip" else []
     if api == "oip" and graph is not None and graph.takes_graph_inputs:
         from camserve.images import preprocess
-        from camserve.loadgen.oip import graph_request
+        from camserve.loadgen.oip import graph_request, map_outputs
 
         if manifest is None:
             raise InvalidArgumentError("--model-dir", f"needed to preprocess images for {model!r}")
+        outputs = map_outputs(manifest, methods)
         requests = [
             graph_request(
                 model,
                 graph,
-                methods,
+                outputs,
                 targets,
                 preprocess(p, manifest.input_size, manifest.mean, manifest.std).numpy(),
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import shutil
 import threading
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from camserve.config import CamserveConfig
+from camserve.explainer import Explainer
 from camserve.loadgen.local_server import free_port
 from camserve.modeldir import ModelDirectory
 
@@ -28,10 +30,14 @@ CALL_TIMEOUT_S = 60.0
 
 
 @pytest.fixture(scope="module")
-def model_dir() -> ModelDirectory:
+def model_dir(tmp_path_factory) -> ModelDirectory:
+    """A copy of the default model's directory with a maps graph of the default methods."""
     from camserve.default_model import default_model_dir
+    from camserve.export.maps import MapsOptions, add_maps_graph
 
-    return ModelDirectory(default_model_dir(cache_dir=CamserveConfig.load().runtime.cache_dir))
+    path = tmp_path_factory.mktemp("maps") / "digits"
+    shutil.copytree(default_model_dir(cache_dir=CamserveConfig.load(env={}).runtime.cache_dir), path)
+    return add_maps_graph(path, MapsOptions())
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +91,7 @@ def infer(module, client, model: str, x: np.ndarray, targets: np.ndarray, output
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_the_served_outputs_equal_the_graph_run_here(protocol, server, graph, model_dir):
+def test_the_served_maps_equal_camserve_explain(protocol, server, graph, model_dir):
     if protocol == "grpc":
         import tritonclient.grpc as module
 
@@ -97,6 +103,18 @@ def test_the_served_outputs_equal_the_graph_run_here(protocol, server, graph, mo
     x = images(3, seed=1, model_dir=model_dir)
     targets = np.array([[-1, 3], [-2, 0], [7, -1]], dtype=np.int64)
     answer = infer(module, client, "digits", x, targets)
+    maps = model_dir.manifest.maps
+    assert maps is not None and len(maps.methods) == 5
+    want = Explainer(model_dir, config=CamserveConfig.load(env={})).explain(
+        x, methods=maps.methods, targets=targets
+    )
+    np.testing.assert_array_equal(answer.as_numpy("target_ids"), want.target_ids)
+    np.testing.assert_allclose(answer.as_numpy("logits"), want.logits, atol=1e-5, rtol=0)
+    for method, name in zip(maps.methods, maps.outputs[2:], strict=True):
+        got = answer.as_numpy(name)
+        assert got.shape == want.maps[method].shape == (3, 2, 64, 64), name
+        np.testing.assert_allclose(got, want.maps[method], atol=1e-5, rtol=0, err_msg=name)
+    # And exactly what the graph gives run here.
     expected = run_graph(graph, x, targets)
     for name, value in expected.items():
         got = answer.as_numpy(name)
@@ -105,9 +123,9 @@ def test_the_served_outputs_equal_the_graph_run_here(protocol, server, graph, mo
     # The top class is resolved by the graph: target -1 is the arg max of the logits.
     assert answer.as_numpy("target_ids")[0, 0] == expected["logits"][0].argmax()
     # Only the outputs asked for come back.
-    only = infer(module, client, "digits", x, targets, outputs=["target_ids"])
-    np.testing.assert_array_equal(only.as_numpy("target_ids"), expected["target_ids"])
-    assert only.as_numpy("logits") is None
+    only = infer(module, client, "digits", x, targets, outputs=["maps_layercam"])
+    np.testing.assert_array_equal(only.as_numpy("maps_layercam"), expected["maps_layercam"])
+    assert only.as_numpy("logits") is None and only.as_numpy("maps_gradcam") is None
 
 
 def test_requests_with_different_target_counts_share_executions(server, graph, model_dir):
@@ -224,7 +242,7 @@ def test_the_preprocessing_model_matches_camserve(model_dir):
     )
 
 
-def test_camserve_bench_measures_the_triton_server(server, tmp_path):
+def test_camserve_bench_measures_the_triton_server(server, model_dir, tmp_path):
     """`camserve bench --api oip` against Triton: graph-input requests, counts equal Triton's own."""
     import json
     import subprocess
@@ -243,7 +261,8 @@ def test_camserve_bench_measures_the_triton_server(server, tmp_path):
         "1",
     ]
     argv += ["--warmup-s", "0.5", "--window-s", "0.5", "--stable-windows", "2", "--max-windows", "3"]
-    argv += ["--target", "-1", "--target", "2", "--json", str(out)]
+    argv += ["--target", "-1", "--target", "2", "--method", "gradcam++", "--model-dir", str(model_dir.path)]
+    argv += ["--json", str(out)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     (level,) = json.loads(out.read_text())["levels"]
@@ -252,3 +271,50 @@ def test_camserve_bench_measures_the_triton_server(server, tmp_path):
     assert level["sent"] == level["server_total"]["requests"] == level["server_total"]["images"]
     assert 1 <= level["server_measured"]["batch_size"] <= 16
     assert level["server_total"]["cpu_s"] == 0.0  # Triton has no process CPU counter
+
+
+BENCH_REQUEST_CHECK = """
+import sys
+import numpy as np
+from camserve.errors import InvalidArgumentError
+from camserve.inference import grpc_service_pb2 as ip
+from camserve.loadgen.oip import GraphModel, graph_request, map_outputs
+from camserve.modeldir import ModelDirectory
+
+manifest = ModelDirectory(sys.argv[1]).manifest
+outputs = map_outputs(manifest, ["gradcam++", "layercam"])
+assert outputs == ["maps_gradcampp", "maps_layercam"], outputs
+x = np.random.default_rng(5).normal(size=(1, 3, 64, 64)).astype(np.float32)
+served = GraphModel({"images": (-1, 3, 64, 64), "targets": (-1, 3)}, tuple(manifest.maps.outputs))
+request = ip.ModelInferRequest.FromString(graph_request("digits", served, outputs, [4], x))
+got = [(t.name, t.datatype, list(t.shape)) for t in request.inputs]
+assert got == [("images", "FP32", [1, 3, 64, 64]), ("targets", "INT64", [1, 3])], got
+assert np.array_equal(np.frombuffer(request.raw_input_contents[0], "<f4").reshape(x.shape), x)
+assert np.frombuffer(request.raw_input_contents[1], "<i8").tolist() == [4, -1, -1]  # padded slots
+assert [o.name for o in request.outputs] == outputs
+for call, message in (
+    (lambda: map_outputs(manifest, ["cam"]), "--method: the maps graph has no cam"),
+    (lambda: graph_request("digits", served, outputs, [1, 2, 3, 4], x), "--target: the model takes 3"),
+):
+    try:
+        call()
+    except InvalidArgumentError as exc:
+        assert str(exc).startswith(message), exc
+    else:
+        raise AssertionError(message)
+print("ok")
+"""
+
+
+def test_bench_requests_feed_the_graph_and_ask_for_the_chosen_maps(model_dir):
+    """camserve's ``inference`` stubs and tritonclient's cannot share a process: checked in a subprocess."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", BENCH_REQUEST_CHECK, str(model_dir.path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
