@@ -3,7 +3,8 @@
 
   camserve serve   started by `camserve bench` (PIXELS uint8 [1,H,W,3], the server preprocesses)
   Triton           the PyPI tritonserver (nvidia-pytriton) on `camserve export --triton-repository`'s
-                   repository, python backend (model.py runs the graph with ONNX Runtime), requests
+                   repository of the model's maps graph (added to a copy if it has none), python
+                   backend (model.py runs the graph with ONNX Runtime), requests
                    with the graph's own inputs (images float32 [1,3,H,W] preprocessed by the client,
                    targets int64), the maps graph's chosen maps only when the model has one
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,12 @@ def main() -> int:
             served = ["--models", str(models)]
         print("\n== camserve serve ==", flush=True)
         codes.append(bench([*common, *served, "--model", name]))
+        if model_dir.manifest.maps is None:  # Triton serves the maps graph: add one to a copy
+            from camserve.export.maps import MapsOptions, add_maps_graph
+
+            copy = Path(tmp) / "with-maps" / name
+            shutil.copytree(model_dir.path, copy)
+            model_dir = add_maps_graph(copy, MapsOptions())
         repo = Path(tmp) / "triton"
         # No preferred sizes, no delay: a batch takes what queued while the instance was busy, as
         # camserve's batcher does (a delay would hold a lone request back at 1 client).

@@ -4,6 +4,7 @@ copy) and matches the explain graph's inputs and outputs; model.onnx is the expl
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,7 +208,7 @@ def test_cli_writes_a_repository_from_an_existing_model_directory(digits, tmp_pa
     assert code == 0, capsys.readouterr().err
     assert parse_config(out / "digits" / "config.pbtxt").max_batch_size == 16
     assert main(["export", "--from-model", str(digits.path)]) == 2
-    assert "--from-model: only used with --triton-repository" in capsys.readouterr().err
+    assert "--from-model: only used with --maps and/or --triton-repository" in capsys.readouterr().err
     argv = ["export", "--from-model", str(digits.path), "--triton-repository", str(out), "--random-weights"]
     assert main(argv) == 2
     assert "--weights, --random-weights and --out do not apply" in capsys.readouterr().err
@@ -237,3 +238,32 @@ def test_cli_export_still_needs_weights_and_out(tmp_path, capsys):
     assert "--weights: one of --weights FILE or --random-weights is required" in capsys.readouterr().err
     assert main([*base, "--random-weights"]) == 2
     assert "--out: the output model directory is required" in capsys.readouterr().err
+
+
+def test_the_repository_serves_the_maps_graph_when_there_is_one(digits, tmp_path):
+    from camserve.export.maps import MapsOptions, add_maps_graph
+
+    copy = tmp_path / "digits"
+    shutil.copytree(digits.path, copy)
+    model = add_maps_graph(copy, MapsOptions(methods=("gradcam", "layercam")))
+    folder = write_triton_repository(model, tmp_path / "repo", target_slots=2)
+    assert (folder / "1" / "model.onnx").read_bytes() == model.graph_path("maps").read_bytes()
+    graph = onnx.load(str(folder / "1" / "model.onnx"))
+    config = parse_config(folder / "config.pbtxt")
+    python = parse_config(folder / "configs" / "python.pbtxt")
+    for parsed in (config, python):
+        for entries, values in ((parsed.input, graph.graph.input), (parsed.output, graph.graph.output)):
+            expected = graph_tensors(values)
+            assert [e.name for e in entries] == [name for name, _, _ in expected]
+            for entry, (name, _, dims) in zip(entries, expected, strict=True):
+                assert compatible(list(entry.dims), dims[1:]), name
+    # onnxruntime backend: two target slots on targets and every per-target output.
+    assert [(e.name, list(e.dims)) for e in config.output] == [
+        ("logits", [10]),
+        ("target_ids", [2]),
+        ("maps_gradcam", [2, 64, 64]),
+        ("maps_layercam", [2, 64, 64]),
+    ]
+    assert [list(e.dims) for e in python.output] == [[10], [-1], [-1, 64, 64], [-1, 64, 64]]
+    outputs = python.parameters["target_outputs"].string_value
+    assert outputs == '["maps_gradcam", "maps_layercam", "target_ids"]'
