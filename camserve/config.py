@@ -85,6 +85,12 @@ class ServiceConfig:
     # Memory bounds under hostile load (docs/service.md, "Limits"):
     decode_pixel_budget: int = defaults.DECODE_PIXEL_BUDGET  # decoded pixels of all requests at once
     stream_max_unread: int = defaults.STREAM_MAX_UNREAD  # answers a stream holds before it stops reading
+    # Connections and HTTP/2, enforced by gRPC core before any call is read (docs/operations.md):
+    accept_compressed_requests: bool = defaults.ACCEPT_COMPRESSED_REQUESTS
+    max_concurrent_streams: int = defaults.MAX_CONCURRENT_STREAMS  # per connection
+    max_connections: int = defaults.MAX_CONNECTIONS
+    connection_idle_timeout_s: float = defaults.CONNECTION_IDLE_TIMEOUT_S
+    handshake_timeout_s: float = defaults.HANDSHAKE_TIMEOUT_S
     # Transport security (off by default; see docs/operations.md for production):
     tls_cert: str = ""  # PEM server certificate (chain); with tls_key the server speaks TLS only
     tls_key: str = ""  # PEM private key of tls_cert

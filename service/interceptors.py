@@ -25,6 +25,7 @@ import grpc
 from camserve.errors import InvalidArgumentError
 from camserve.service import metrics
 from camserve.service.cancellation import RequestScope, enter_scope
+from camserve.service.heap import TRIMMER
 
 request_log = logging.getLogger("camserve.service.requests")
 
@@ -51,6 +52,7 @@ def _safe_parser(parse: Callable[[bytes], Any] | None, sized: bool = False) -> C
         return None
 
     def parse_or_mark(data: bytes) -> Any:
+        TRIMMER.note_request(len(data))
         try:
             message = parse(data)
         except Exception as exc:  # DecodeError, and whatever else a parser raises on hostile bytes
@@ -142,6 +144,7 @@ def _unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[...
             return await behavior(request, context)
         finally:
             scope.ended.set()
+            TRIMMER.call_ended()
 
     return guarded
 
@@ -159,6 +162,7 @@ def _unary_stream(behavior: Callable[..., Any], method: str) -> Callable[..., An
                 yield response
         finally:
             scope.ended.set()
+            TRIMMER.call_ended()
 
     return guarded
 
@@ -170,6 +174,7 @@ def _stream_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Calla
             return await behavior(_checked(requests, method), context)
         finally:
             scope.ended.set()
+            TRIMMER.call_ended()
 
     return guarded
 
@@ -213,6 +218,7 @@ def _stream_stream(behavior: Callable[..., Any], method: str, max_unread: int) -
                 unread.taken()
         finally:
             scope.ended.set()
+            TRIMMER.call_ended()
 
     return guarded
 

@@ -20,6 +20,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from camserve.config import CamserveConfig, ServiceConfig
+from camserve.defaults import MAX_HEALTH_SERVICE_CHARS
 from camserve.errors import InvalidArgumentError
 from camserve.service.dataplane import DataPlane
 from camserve.service.interceptors import RequestGuardInterceptor
@@ -53,19 +54,13 @@ class ExplainServer:
         service = config.service
         self.dataplane = DataPlane(models, config)  # the one request path of both APIs
         self.servicer = ExplainServicer(self.dataplane, service.max_batch_size)
-        self.health = health_aio.HealthServicer()
+        self.health = BoundedHealthServicer()
         token = load_token(service)
         # The token check runs first: a caller without a valid token gets nothing parsed.
         guard = RequestGuardInterceptor(service.stream_max_unread)
         self.server = grpc.aio.server(
             interceptors=[BearerTokenInterceptor(token), guard] if token else [guard],
-            options=[
-                ("grpc.max_send_message_length", service.max_message_bytes),
-                ("grpc.max_receive_message_length", service.max_message_bytes),
-                # A second server on the same port must fail, not share it; workers share it on purpose
-                # (camserve.service.workers holds the port and refuses one already taken).
-                ("grpc.so_reuseport", 0 if worker is None else 1),
-            ],
+            options=transport_options(service, worker),
         )
         pb_grpc.add_ExplainServiceServicer_to_server(self.servicer, self.server)
         # Imported here, not at module level: see camserve.inference (tritonclient shares its names).
@@ -172,6 +167,64 @@ class ExplainServer:
                 loop.remove_signal_handler(sig)
 
 
+#: Compression algorithms as gRPC core numbers them (identity 0, deflate 1, gzip 2), as a bit set.
+_IDENTITY_ONLY = 0b001
+_IDENTITY_DEFLATE_GZIP = 0b111
+
+
+def transport_options(service: ServiceConfig, worker: int | None = None) -> list[tuple[str, int]]:
+    """gRPC core's server options from ``service``: the limits that hold before any call is read."""
+    return [
+        # Also the inflated size of a compressed message: core stops inflating past it.
+        ("grpc.max_send_message_length", service.max_message_bytes),
+        ("grpc.max_receive_message_length", service.max_message_bytes),
+        # Off by default: a 61 KB gzip body inflates to 60 MiB, and an unauthenticated caller needs no
+        # more to cost the server that much. A compressed request gets UNIMPLEMENTED, uninflated.
+        (
+            "grpc.compression_enabled_algorithms_bitset",
+            _IDENTITY_DEFLATE_GZIP if service.accept_compressed_requests else _IDENTITY_ONLY,
+        ),
+        # Advertised as SETTINGS_MAX_CONCURRENT_STREAMS; streams beyond it are refused (REFUSED_STREAM).
+        ("grpc.max_concurrent_streams", service.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", service.max_connections),
+        ("grpc.max_connection_idle_ms", round(service.connection_idle_timeout_s * 1000)),
+        ("grpc.server_handshake_timeout_ms", round(service.handshake_timeout_s * 1000)),
+        # A second server on the same port must fail, not share it; workers share it on purpose
+        # (camserve.service.workers holds the port and refuses one already taken).
+        ("grpc.so_reuseport", 0 if worker is None else 1),
+    ]
+
+
+class BoundedHealthServicer(health_aio.HealthServicer):
+    """grpc.health.v1 whose Check and Watch refuse service names over MAX_HEALTH_SERVICE_CHARS with
+    INVALID_ARGUMENT: the health service needs no token, and an open Watch holds its request."""
+
+    async def Check(  # noqa: N802 - gRPC's method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        await _refuse_long_name(request, context)
+        return await super().Check(request, context)
+
+    async def Watch(  # noqa: N802 - gRPC's method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await _refuse_long_name(request, context)
+        await super().Watch(request, context)
+
+
+async def _refuse_long_name(
+    request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+) -> None:
+    if len(request.service) > MAX_HEALTH_SERVICE_CHARS:
+        log.info(
+            "health: refused a service name of %d characters from %s", len(request.service), context.peer()
+        )
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"service: at most {MAX_HEALTH_SERVICE_CHARS} characters, got {len(request.service)}",
+        )
+
+
 def check_service_config(service: ServiceConfig) -> None:
     """InvalidArgumentError naming the setting for values the server cannot run with."""
     for name, value in (("port", service.port), ("metrics_port", service.metrics_port)):
@@ -181,6 +234,15 @@ def check_service_config(service: ServiceConfig) -> None:
         raise InvalidArgumentError(
             "service.max_message_bytes", f"must be at least 1024, got {service.max_message_bytes}"
         )
+    for name in ("max_concurrent_streams", "max_connections"):
+        if getattr(service, name) < 1:
+            raise InvalidArgumentError(f"service.{name}", f"must be >= 1, got {getattr(service, name)}")
+    for name in ("connection_idle_timeout_s", "handshake_timeout_s"):
+        # core takes whole milliseconds in an int
+        if not 0.001 <= getattr(service, name) <= 2**31 / 1000:
+            raise InvalidArgumentError(
+                f"service.{name}", f"must be in 0.001..{2**31 // 1000}, got {getattr(service, name)}"
+            )
     if not service.grace_period_s >= 0:
         raise InvalidArgumentError("service.grace_period_s", f"must be >= 0, got {service.grace_period_s}")
     check_security_config(service)
