@@ -86,24 +86,22 @@ def request_cost(
     channels, height, width = (int(v) for v in manifest.activation_shape)
     layer_values = channels * height * width
     out = output_pixels(options, manifest)
-    classes = [method_class(m) for m in methods]
-    copies = max((cls().noisy_copies(options) for cls in classes), default=0)
-    guided = sum(1 for cls in classes if "guided" in cls.requires)
+    described = [method_class(m)() for m in methods]
+    copies = max((method.noisy_copies(options) for method in described), default=0)
+    colour = sum(1 for method in described if method.colour)
+    extra: dict[str, int] = {}  # methods naming the same runs share them
+    for method in described:
+        for runs_of, runs_per_image in method.extra_runs(options, channels).items():
+            extra[runs_of] = max(extra.get(runs_of, 0), runs_per_image)
     runs = 1 + copies
     work = FLOAT32 * (
         runs * (input_values + layer_values + 2 * most * layer_values)
         + 2 * copies * most * layer_values
         + 2 * most * len(methods) * out
-        + (2 * most * input_values if guided else 0)
-        + guided * most * input_values
+        + (2 * most * input_values if colour else 0)
+        + colour * most * input_values
     )
-    per_image_runs = runs + (1 if guided else 0)
-    for name in methods:
-        if name == "scorecam":
-            top_n = options.score_top_n
-            per_image_runs += top_n if 0 < top_n < channels else channels
-        elif name == "ablationcam":
-            per_image_runs += channels
+    per_image_runs = runs + sum(extra.values())
     fixed = FLOAT32 * len(manifest.class_names) + options.topk_predictions * 64
     per_target = len(answer.map_methods) * (MAP_OVERHEAD_BYTES + out * answer.map_itemsize)
     per_target += len(answer.rgb_methods) * FLOAT32 * input_values

@@ -17,7 +17,7 @@ from camserve import config, kernels
 from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions, RuntimeConfig, check_options
 from camserve.errors import InvalidArgumentError
-from camserve.methods.base import CamMethod, MethodContext, MethodMaps, get_method
+from camserve.methods.base import CamMethod, MethodContext, get_method
 from camserve.methods.targets import TargetsLike, parse_targets, resolve_targets
 from camserve.outputs import ExplainOutputs, GraphRunner
 
@@ -72,11 +72,38 @@ def compute_maps(
     model_name: str = "model",
 ) -> ComputedMaps:
     """Maps of ``methods`` for preprocessed ``images`` [N,3,H,W] and ``targets`` (see
-    ``camserve.methods.targets``) from one explain-graph run plus what each method adds."""
-    options = options or ExplainOptions()
-    runtime = runtime or RuntimeConfig()
+    ``camserve.methods.targets``) from one explain-graph run plus what each method adds; the
+    method names and ``options`` are checked here (:func:`checked_maps` when they were already)."""
     method_objects = parse_methods(methods)
-    options = check_options(options)
+    return checked_maps(
+        runner,
+        images,
+        targets,
+        method_objects,
+        num_classes=num_classes,
+        options=check_options(options or ExplainOptions()),
+        runtime=runtime,
+        cam_weights=cam_weights,
+        model_name=model_name,
+    )
+
+
+def checked_maps(
+    runner: GraphRunner,
+    images: torch.Tensor,
+    targets: TargetsLike,
+    methods: Sequence[CamMethod],
+    *,
+    num_classes: int,
+    options: ExplainOptions,
+    runtime: RuntimeConfig | None = None,
+    cam_weights: torch.Tensor | None = None,
+    model_name: str = "model",
+) -> ComputedMaps:
+    """:func:`compute_maps` for methods and options checked once where the request came in (the
+    service's codecs, ``Explainer.explain``, the batch job's and the evaluation's start)."""
+    runtime = runtime or RuntimeConfig()
+    method_objects = list(methods)
     if images.ndim != 4 or images.shape[0] == 0:
         raise InvalidArgumentError(
             "images", f"expected a non-empty [N,3,H,W] batch, got shape {list(images.shape)}"
@@ -125,16 +152,21 @@ def compute_maps(
     rgb: dict[str, torch.Tensor] = {}
     for method in method_objects:
         result = method.compute(ctx)
-        maps[method.name] = _finish(result, size, options, runtime.kernels).to(torch.float32)
+        if (result.rgb is not None) != method.colour:
+            raise TypeError(
+                f"CAM method {method.name!r}: colour = {method.colour} but rgb is {result.rgb is not None}"
+            )
+        maps[method.name] = _finish(result.maps, method, size, options, runtime.kernels).to(torch.float32)
         if result.rgb is not None:
             rgb[method.name] = result.rgb.to(torch.float32)
     return ComputedMaps(maps, rgb, outputs.logits, outputs.target_ids, feature_size)
 
 
-def _finish(result: MethodMaps, size: tuple[int, int], options: ExplainOptions, backend: str) -> torch.Tensor:
-    """Resize to ``size`` and min-max normalise (unless options.normalize is False)."""
-    maps = result.maps
-    if result.resolution == "input" and tuple(maps.shape[-2:]) != size:
+def _finish(
+    maps: torch.Tensor, method: CamMethod, size: tuple[int, int], options: ExplainOptions, backend: str
+) -> torch.Tensor:
+    """Resize ``method``'s maps to ``size`` and min-max normalise (unless options.normalize is False)."""
+    if method.resolution == "input" and tuple(maps.shape[-2:]) != size:
         # Input-resolution evidence (guided gradients) is high-frequency: a smaller output averages
         # each output pixel's footprint (bilinear sampling would keep arbitrary pixels); a larger
         # one is bilinear.

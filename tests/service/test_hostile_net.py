@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from camserve.service.security import token_metadata
-from camserve.service.tensors import tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from camserve.wire import tensor_to_array, token_metadata
 from tests.service.h2_helpers import (
     RawH2,
     headers_then_reset,
