@@ -57,6 +57,8 @@ MAX_CONNECTIONS = 512  # open connections of the whole server; more are closed a
 CONNECTION_IDLE_TIMEOUT_S = 120.0  # a connection without a call this long gets GOAWAY
 HANDSHAKE_TIMEOUT_S = 10.0  # a new connection must finish its HTTP/2 (and TLS) handshake within this
 MAX_HEALTH_SERVICE_CHARS = 1024  # health Check/Watch service names (no token needed); longer: refused
+METRICS_CONNECTIONS = 8  # /metrics connections served at once; more are closed as they arrive
+METRICS_TIMEOUT_S = 5.0  # a /metrics request must arrive within this
 
 # -- camserve eval (camserve.eval.evaluate.EvalSettings and the CLI's flags) ----------------------------
 EVAL_SINGLE_IMAGES = 200  # single-instance benchmark images

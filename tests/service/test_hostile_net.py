@@ -6,8 +6,12 @@ the whole module; after each case the server is SERVING and a call with the toke
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +21,14 @@ import h2.exceptions
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2 as ip  # not camserve.inference: see its docstring
+from tritonclient.grpc import service_pb2_grpc as ip_grpc
 
+from camserve.config import CamserveConfig
+from camserve.defaults import METRICS_TIMEOUT_S
+from camserve.errors import InvalidArgumentError
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from camserve.wire import tensor_to_array, token_metadata
@@ -29,7 +40,7 @@ from tests.service.h2_helpers import (
     silent_connection_end,
 )
 from tests.service.hostile_helpers import MIB, PeakRss, cpu_seconds, raw_unary, rss_bytes
-from tests.service.service_helpers import MODEL, ServerProcess, environ, png_bytes, serve_argv
+from tests.service.service_helpers import MODEL, ServerProcess, environ, png_bytes, serve_argv, wait_for_log
 
 TOKEN = "net-Token_7"
 TIMEOUT_S = 30.0
@@ -42,11 +53,26 @@ HEALTH_NAME_CHARS = 1024  # camserve.defaults.MAX_HEALTH_SERVICE_CHARS
 
 
 @pytest.fixture(scope="module")
+def served(models_root: Path):
+    from camserve.service.models import ModelRegistry, discover_models
+
+    config = CamserveConfig.load(env={})
+    return ModelRegistry.load(discover_models(models_root), config).get(MODEL), config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
 def net_server(models_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("hostile-net")
     token_file = directory / "token.txt"
     token_file.write_text(TOKEN)
     env = environ(
+        CAMSERVE_SERVICE_METRICS_PORT=str(free_port()),
         CAMSERVE_SERVICE_MAX_CONCURRENT_STREAMS=str(MAX_STREAMS),
         CAMSERVE_SERVICE_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
         CAMSERVE_SERVICE_CONNECTION_IDLE_TIMEOUT_S=str(IDLE_S),
@@ -241,3 +267,152 @@ def test_connections_beyond_the_cap_are_closed_as_they_arrive(net_server, digit_
             client.close()
     time.sleep(0.3)
     assert_healthy(net_server, digit_pixels[8])
+
+
+# -- item 7: echoed fields, absurd shapes and values, the token file, the metrics endpoint -----------
+
+
+def explain_stub(address: str) -> tuple[grpc.Channel, pb_grpc.ExplainServiceStub]:
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    channel = grpc.insecure_channel(address, options=options)
+    return channel, pb_grpc.ExplainServiceStub(channel)
+
+
+def test_an_answer_too_big_only_through_its_echoed_id_is_refused_before_any_work(net_server, digit_pixels):
+    # The request fits in max_message_bytes (64 MiB); its answer (the id plus a 256x256 float32 map)
+    # would not.
+    image = pb.Image(encoded=png_bytes(digit_pixels[0]))
+    output = pb.OutputOptions(size=pb.OUTPUT_SIZE_CUSTOM, height=256, width=256)
+    request = pb.ExplainRequest(id="i" * (64 * MIB - 64 * 1024), model=MODEL, images=[image], output=output)
+    channel, stub = explain_stub(net_server.address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Explain(request, timeout=TIMEOUT_S, metadata=token_metadata(TOKEN))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.details().startswith("request refused before any work: its answer size is")
+    assert "the echoed `id` alone is 67043328 bytes (63.9 MiB): send a shorter id" in caught.value.details()
+    line = wait_for_log(net_server, "status=RESOURCE_EXHAUSTED")
+    assert "request refused before any work" in line
+    assert "Traceback" not in net_server.log() and "larger than max" not in net_server.log()
+
+
+def test_stream_error_answers_clip_the_echoed_model_name(net_server, digit_pixels):
+    name = "m" * MIB
+    image = pb.Image(encoded=png_bytes(digit_pixels[0]))
+    channel, stub = explain_stub(net_server.address)
+    with channel:
+        requests = iter([pb.ExplainRequest(id="s1", model=name, images=[image])])
+        (answer,) = list(stub.ExplainStream(requests, timeout=TIMEOUT_S, metadata=token_metadata(TOKEN)))
+    assert answer.id == "s1" and answer.error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert answer.model == "m" * 128 + f"...({MIB - 128} more characters)"
+    assert len(answer.error.message) < 500
+
+
+def call_explain(address: str, request: pb.ExplainRequest) -> grpc.RpcError | pb.ExplainResponse:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return pb_grpc.ExplainServiceStub(channel).Explain(
+                request, timeout=TIMEOUT_S, metadata=token_metadata(TOKEN)
+            )
+        except grpc.RpcError as exc:
+            return exc
+
+
+def tensor_request(shape: list[int], data: bytes) -> pb.ExplainRequest:
+    tensor = pb.Tensor(shape=shape, data=data, dtype=pb.DATA_TYPE_FLOAT32)
+    return pb.ExplainRequest(id="t", model=MODEL, images=[pb.Image(tensor=tensor)])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=4).map(lambda s: [*s, 0]))
+def test_empty_tensors_of_absurd_shapes_are_invalid_argument_naming_the_field(served, shape):
+    from camserve.service.codec import decode_request
+
+    model, config = served
+    request = tensor_request(shape, b"")
+    with pytest.raises(InvalidArgumentError) as caught:
+        decode_request(request, model, config.explain)
+    assert caught.value.argument == "images[0].tensor.shape"
+
+
+def test_huge_shapes_on_both_apis_over_the_wire(net_server):
+    error = call_explain(net_server.address, tensor_request([2**62, 0], b""))
+    assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "images[0].tensor.shape: [4611686018427387904, 0] is too big: at most 2147483647 elements"
+        " (a 0 counted as 1)"
+    )
+    images = np.zeros((1, 3, 64, 64), np.float32)
+    request = ip.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[
+            ip.ModelInferRequest.InferInputTensor(name="IMAGES", datatype="FP32", shape=[1, 3, 64, 64]),
+            ip.ModelInferRequest.InferInputTensor(name="TARGETS", datatype="INT64", shape=[2**62, 0]),
+        ],
+        raw_input_contents=[images.tobytes(), b""],
+    )
+    with grpc.insecure_channel(net_server.address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            ip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                request, timeout=TIMEOUT_S, metadata=token_metadata(TOKEN)
+            )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("inputs[1] (TARGETS).shape: [4611686018427387904, 0] is too big")
+    assert "Traceback" not in net_server.log()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.floats(width=32, allow_nan=False, allow_infinity=False) | st.sampled_from([3e38, -3e38, 1e6]))
+def test_finite_inputs_give_finite_maps_or_invalid_argument(net_server, value):
+    data = np.full((3, 64, 64), value, np.float32)
+    answer = call_explain(net_server.address, tensor_request([3, 64, 64], data.tobytes()))
+    if abs(value) > 1e6:
+        assert isinstance(answer, grpc.RpcError) and answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert answer.details().startswith("images[0].tensor.data: image 0 has values up to")
+        assert "(larger ones overflow the model to NaN)" in answer.details()
+    else:
+        assert isinstance(answer, pb.ExplainResponse), answer
+        maps = tensor_to_array(answer.images[0].maps[0].data, "map")
+        logits = tensor_to_array(answer.images[0].logits, "logits")
+        assert np.isfinite(maps).all() and np.isfinite(logits).all()
+
+
+def test_a_token_file_that_is_not_ascii_stops_the_server_at_start(tmp_path):
+    token_file = tmp_path / "token.txt"
+    token_file.write_text("tökenö", encoding="utf-8")
+    argv = [
+        sys.executable,
+        "-m",
+        "camserve.cli",
+        "serve",
+        "--port",
+        "0",
+        "--auth-token-file",
+        str(token_file),
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "camserve serve: error: service.auth_token_file: the token must be printable ASCII, got '\\xf6'"
+    ]
+
+
+def thread_count(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/status").read_text().split("Threads:")[1].split()[0])
+
+
+def test_the_metrics_endpoint_holds_no_thread_per_half_sent_request(net_server):
+    port = int(net_server.log().split("Prometheus metrics on http://127.0.0.1:")[1].split("/")[0])
+    before = thread_count(net_server.proc.pid)
+    sockets = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+    try:
+        for sock in sockets:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+        time.sleep(0.5)
+        assert thread_count(net_server.proc.pid) <= before + 8
+    finally:
+        for sock in sockets:
+            sock.close()
+    time.sleep(METRICS_TIMEOUT_S + 0.5)  # the held threads time out
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert reply.status == 200 and b"camserve_requests_total" in reply.read()
