@@ -4,15 +4,20 @@ server, with graceful shutdown on SIGTERM / SIGINT. TLS / mTLS and the bearer-to
 here from ServiceConfig (camserve.service.security).
 
 Shutdown: health goes NOT_SERVING, new Explain requests get UNAVAILABLE, requests in flight finish
-(at most ServiceConfig.grace_period_s), then the server stops.
+(at most ServiceConfig.grace_period_s); then every call still open (streams, health watches, requests
+past the grace period) ends UNAVAILABLE with a log line, the server stops and the process exits, within
+the grace period plus FINAL_GRACE_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import time
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,7 +45,8 @@ from camserve.v1 import camserve_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 EXPLAIN_SERVICE = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
-# After the last Explain request finished, long-lived streams (health Watch) get this long to end.
+# After the last request finished or the grace period ended: the time to end open calls with
+# UNAVAILABLE, stop gRPC and the batchers (the process exits within the grace period plus this).
 FINAL_GRACE_S = 1.0
 
 
@@ -58,6 +64,7 @@ class ExplainServer:
         token = load_token(service)
         # The token check runs first: a caller without a valid token gets nothing parsed.
         guard = RequestGuardInterceptor(service.stream_max_unread)
+        self.calls = guard.calls
         self.server = grpc.aio.server(
             interceptors=[BearerTokenInterceptor(token), guard] if token else [guard],
             options=transport_options(service, worker),
@@ -141,10 +148,18 @@ class ExplainServer:
         try:
             await asyncio.wait_for(self.dataplane.wait_idle(), grace)
         except TimeoutError:
-            log.warning("grace period over: cancelling the requests still in flight")
-        remaining = max(0.0, grace - (time.monotonic() - started))
-        await self.server.stop(min(FINAL_GRACE_S, remaining))
-        await self.models.close()
+            log.warning("grace period over: ending the requests still in flight with UNAVAILABLE")
+        # Streams, health watches and requests past the grace period end UNAVAILABLE with a log line
+        # (grpc's stop would cancel them: CANCELLED, unlogged); calls arriving now are refused alike.
+        self.dataplane.stopping = True
+        ended = await self.calls.end_all(FINAL_GRACE_S / 2)
+        if ended:
+            log.info("ended %d open calls with UNAVAILABLE", ended)
+        await self.server.stop(FINAL_GRACE_S / 4)  # GOAWAY: later calls are refused by gRPC itself
+        try:
+            await asyncio.wait_for(self.models.close(), FINAL_GRACE_S / 4)
+        except TimeoutError:
+            log.warning("a batch still running at exit is abandoned")
         log.info("stopped after %.2f s", time.monotonic() - started)
 
     async def wait_for_shutdown_signal(self) -> None:
@@ -253,3 +268,13 @@ async def serve(config: CamserveConfig, models: ModelRegistry) -> None:
     server = ExplainServer(config, models)
     await server.start()
     await server.wait_for_shutdown_signal()
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process at once after a shutdown: the interpreter's own teardown (worker threads
+    still decoding or running a graph, ONNX Runtime, torch) took 5 s and more after "stopped", past
+    the grace period that orchestrators wait for before SIGKILL."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -113,7 +113,7 @@ def model_directories(config: CamserveConfig) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     from camserve.runtime import check_device
     from camserve.service.models import ModelRegistry
-    from camserve.service.server import check_service_config, serve
+    from camserve.service.server import check_service_config, exit_now, serve
     from camserve.service.workers import WorkerPool, apply_thread_budget, default_workers
 
     config = config_from_args(args)
@@ -127,4 +127,4 @@ def run(args: argparse.Namespace) -> int:
     apply_thread_budget(config)
     models = ModelRegistry.load(model_directories(config), config)
     asyncio.run(serve(config, models))
-    return 0
+    exit_now(0)
