@@ -13,7 +13,7 @@ import torch
 
 from camserve import kernels
 from camserve.config import ExplainOptions
-from camserve.kernels import WeightMethod
+from camserve.kernels import WeightMethod, reference
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 
 
@@ -47,9 +47,21 @@ class ChannelWeightCAM(CamMethod):
     """A method of the form ReLU(sum_k w_k A^k) whose weights come from one spatial reduction of
     A and g (``kernels.channel_weights``); subclasses only name their weight rule."""
 
+    not_in_graph = ""
+
     def compute(self, ctx: MethodContext) -> MethodMaps:
         (rule,) = self.weight_rules
         return MethodMaps(weight_rule_maps(ctx, rule))
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        (rule,) = self.weight_rules
+        return reference.gradient_weighted_cam(activations, gradients, rule)
 
 
 @register
@@ -82,6 +94,21 @@ class GradCAMPlusPlus(ChannelWeightCAM):
 
     name = "gradcam++"
     weight_rules = ("gradcam++",)
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``reference.channel_weights``' Grad-CAM++ rule with its vanishing-denominator guard always
+        on (a graph cannot branch on values; the guard changes no number where it is not needed)."""
+        relu_g = gradients.clamp_min(0)
+        sum_a = activations.sum(dim=(-2, -1)).unsqueeze(1)[..., None, None]  # [N,1,K,1,1]
+        denom = relu_g * sum_a + 2.0
+        weights = (relu_g / torch.where(denom == 0, torch.inf, denom)).sum(dim=(-2, -1))
+        return reference.weighted_sum_relu(activations, weights)
 
 
 @register
@@ -117,6 +144,7 @@ class SmoothGradCAMPlusPlus(CamMethod):
     """
 
     name = "smoothgradcam++"
+    not_in_graph = "it runs the explain graph again on noisy copies of every image"
     requires = frozenset({"forward"})  # resolves negative targets on the clean images first
     cost = (
         "n = smooth_n noisy copies of each image in the explain run (N*(1+n) images), "
@@ -152,6 +180,7 @@ class LayerCAM(CamMethod):
     """
 
     name = "layercam"
+    not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         layer_maps = [
@@ -170,6 +199,15 @@ class LayerCAM(CamMethod):
         normalised = [kernels.upsample_normalize(m, size, True, eps, backend=backend) for m in layer_maps]
         return torch.stack(normalised).sum(dim=0)
 
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return reference.elementwise_sum_relu(activations, gradients, relu_gradients=True)  # one layer
+
 
 @register
 class HiResCAM(CamMethod):
@@ -180,9 +218,19 @@ class HiResCAM(CamMethod):
     """
 
     name = "hirescam"
+    not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         maps = kernels.elementwise_sum_relu(
             ctx.outputs.activations, ctx.outputs.gradients, relu_gradients=False, backend=ctx.backend
         )
         return MethodMaps(maps)
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return reference.elementwise_sum_relu(activations, gradients, relu_gradients=False)
