@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from camserve import config, kernels
+from camserve import kernels
 from camserve.chunking import run_in_chunks
-from camserve.config import ExplainOptions, RuntimeConfig, check_options
+from camserve.config import ExplainOptions, RuntimeConfig, check_options, resolve_output_size
 from camserve.errors import InvalidArgumentError
 from camserve.methods.base import CamMethod, MethodContext, get_method
 from camserve.methods.targets import TargetsLike, parse_targets, resolve_targets
@@ -43,20 +43,6 @@ def parse_methods(methods: str | Sequence[str]) -> list[CamMethod]:
         if not isinstance(name, str):
             raise InvalidArgumentError("methods", f"expected method names, got {name!r}")
     return [get_method(name) for name in dict.fromkeys(names)]
-
-
-def parse_output_size(
-    output_size: str, input_size: tuple[int, int], feature_size: tuple[int, int]
-) -> tuple[int, int]:
-    """ "input" -> the model's input H x W; "feature" -> the target layer's h x w; "HxW" -> (H, W)
-    (parsed and checked by ``camserve.config.parse_output_size``)."""
-    size = config.parse_output_size(output_size)
-    if size == "input":
-        return input_size
-    if size == "feature":
-        return feature_size
-    assert isinstance(size, tuple)
-    return size
 
 
 def compute_maps(
@@ -147,7 +133,7 @@ def checked_maps(
     )
     input_size = (int(images.shape[-2]), int(images.shape[-1]))
     feature_size = (int(outputs.activations.shape[-2]), int(outputs.activations.shape[-1]))
-    size = parse_output_size(options.output_size, input_size, feature_size)
+    size = resolve_output_size(options.output_size, input_size, feature_size)
     maps: dict[str, torch.Tensor] = {}
     rgb: dict[str, torch.Tensor] = {}
     for method in method_objects:

@@ -110,6 +110,26 @@ def test_uint8_feature_size_maps_added_to_an_existing_directory(digits_dir, digi
         assert (maps == 255).any()
 
 
+def test_issue_24_methods_in_the_maps_graph_equal_the_explainers(digits_dir, digit_images, tmp_path) -> None:
+    """The new methods whose maps come from one explain run by graph operators: element-wise
+    Grad-CAM, FEM, ShapleyCAM (GAP -> linear: Grad-CAM) and RefineCAM (one layer: Grad-CAM++)."""
+    copy = tmp_path / "digits"
+    shutil.copytree(digits_dir.path, copy)
+    methods = ("gradcamelementwise", "fem", "shapleycam", "refinecam")
+    _assert_equal_to_explainer(
+        add_maps_graph(copy, MapsOptions(methods=methods)), digit_images, TARGETS, "input"
+    )
+    reasons = {
+        "eigengradcam": "eigendecomposition",
+        "kpcacam": "eigendecomposition",
+        "finercam": "comparison",
+    }
+    reasons |= {"sscam": "masked copies", "iscam": "masked copies"}
+    for name, reason in reasons.items():
+        with pytest.raises(InvalidArgumentError, match=reason):
+            MapsOptions(methods=(name,)).check()
+
+
 def test_cli_adds_the_maps_graph_and_refuses_what_it_cannot_hold(digits_dir, tmp_path, capsys) -> None:
     copy = tmp_path / "digits"
     shutil.copytree(digits_dir.path, copy)
