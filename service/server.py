@@ -249,10 +249,11 @@ def check_service_config(service: ServiceConfig) -> None:
 
 
 async def serve(config: CamserveConfig, models: ModelRegistry) -> None:
-    """Run a server until SIGTERM / SIGINT."""
+    """Run a server until SIGTERM / SIGINT, then end the process (``exit_now``): `camserve serve`."""
     server = ExplainServer(config, models)
     await server.start()
     await server.wait_for_shutdown_signal()
+    exit_now(0)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -112,7 +112,7 @@ def model_directories(config: CamserveConfig) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     from camserve.runtime import check_device
     from camserve.service.models import ModelRegistry
-    from camserve.service.server import check_service_config, exit_now, serve
+    from camserve.service.server import check_service_config, serve
     from camserve.service.workers import WorkerPool, apply_thread_budget, default_workers
 
     config = config_from_args(args)
@@ -123,5 +123,5 @@ def run(args: argparse.Namespace) -> int:
         return WorkerPool(config, model_directories(config), workers).run()
     apply_thread_budget(config)
     models = ModelRegistry.load(model_directories(config), config)
-    asyncio.run(serve(config, models))
-    exit_now(0)
+    asyncio.run(serve(config, models))  # ends the process after the shutdown
+    return 0
