@@ -153,12 +153,14 @@ class ExplainServer:
         # Streams, health watches and requests past the grace period end UNAVAILABLE with a log line
         # (grpc's stop would cancel them: CANCELLED, unlogged); calls arriving now are refused alike.
         self.dataplane.stopping = True
-        ended = await self.calls.end_all(FINAL_GRACE_S / 2)
+        ended = await self.calls.end_all(FINAL_GRACE_S * 0.25)
         if ended:
             log.info("ended %d open calls with UNAVAILABLE", ended)
-        await self.server.stop(FINAL_GRACE_S / 4)  # GOAWAY: later calls are refused by gRPC itself
+        # GOAWAY: new calls are refused by gRPC itself; calls it took already still reach the handlers
+        # (refused there, UNAVAILABLE) within this grace, after which gRPC would cancel them.
+        await self.server.stop(FINAL_GRACE_S * 0.5)
         try:
-            await asyncio.wait_for(self.models.close(), FINAL_GRACE_S / 4)
+            await asyncio.wait_for(self.models.close(), FINAL_GRACE_S * 0.15)
         except TimeoutError:
             log.warning("a batch still running at exit is abandoned")
         log.info("stopped after %.2f s", time.monotonic() - started)
