@@ -27,10 +27,10 @@ from camserve.images import preprocess
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
 from camserve.runtime import OnnxGraphRunner, describe_stack, warm_up
 from camserve.service import metrics
+from camserve.service.batch_runner import ExplainBatchRunner, ImageResult, ImageWork
 from camserve.service.batcher import DynamicBatcher
 from camserve.service.cancellation import check_request_alive
 from camserve.service.errors import clip
-from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 
 log = logging.getLogger(__name__)
 
