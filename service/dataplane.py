@@ -51,7 +51,7 @@ class PendingImage:
     """One image of a request before decoding: its targets, its decoded size and how to decode it."""
 
     targets: tuple[int, ...]
-    pixels: int  # decoded pixels (read from the header for encoded images)
+    pixels: int  # decode cost in pixels (camserve.encoded_images.ImageHeader.cost for encoded images)
     # load(budgeted) -> float32 [3,H,W], preprocessed as the model expects; budgeted: within the
     # server's pixel budget (ServiceRequest.decode)
     load: Callable[[bool], np.ndarray]

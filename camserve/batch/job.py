@@ -13,6 +13,7 @@ from camserve.batch.encoding import RESIZE_RULE, MapEncoding, computed_size
 from camserve.batch.outdir import OutputDir, map_column, png_column, shard_name
 from camserve.batch.sources import ImageRecord, ImageSource, SourceSpec
 from camserve.config import CamserveConfig, resolve_output_size
+from camserve.defaults import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError
 
 FORMAT = "camserve-batch/1"
@@ -34,11 +35,15 @@ class JobConfig:
     batch_size: int = 32  # images per explain-graph run
     shard_size: int = 1024  # images per Parquet shard (and per Ray task)
     decode_workers: int = 2  # threads decoding and preprocessing ahead of the graph
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are error rows, never decoded
+    max_image_file_bytes: int = MAX_IMAGE_FILE_BYTES  # larger files are error rows, never read
 
     def check(self) -> None:
         for name, value in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size)):
             if value < 1:
                 raise InvalidArgumentError(name, f"must be >= 1, got {value}")
+        if self.max_image_pixels < 1:
+            raise InvalidArgumentError("--max-image-pixels", f"must be >= 1, got {self.max_image_pixels}")
         if self.decode_workers < 1:
             raise InvalidArgumentError("--decode-workers", f"must be >= 1, got {self.decode_workers}")
         self.encoding.check(self.config.explain.normalize)

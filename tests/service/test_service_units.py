@@ -118,8 +118,10 @@ def png(width: int, height: int) -> bytes:
 
 def test_decode_image_converts_to_rgb_and_names_the_field_when_it_fails():
     assert decode_image(png(5, 4), "images[0].encoded").mode == "RGB"
-    with pytest.raises(InvalidArgumentError, match=r"images\[3\]\.encoded: not an image"):
-        decode_image(b"GIF89a-truncated", "images[3].encoded")
+    with pytest.raises(InvalidArgumentError, match=r"images\[3\]\.encoded: not an image in an accepted"):
+        decode_image(b"\x00\x01garbage", "images[3].encoded")
+    with pytest.raises(InvalidArgumentError, match=r"images\[2\]\.encoded: GIF images are not accepted"):
+        decode_image(b"GIF89a-truncated", "images[2].encoded")
     with pytest.raises(InvalidArgumentError, match=r"images\[1\]\.encoded: the image cannot be decoded"):
         decode_image(png(64, 64)[:60], "images[1].encoded")
 
