@@ -63,7 +63,7 @@ class TritonServer:
     """``tritonserver`` on ``repository``, listening on 127.0.0.1 (or ``host``); a context manager.
 
     ``config_name`` "python": the python backend's configs (configs/python.pbtxt), which the exported
-    repositories need on this binary. Output goes to ``log``.
+    repositories need on this binary. Output goes to ``log`` (None: a temporary file, removed by stop()).
     """
 
     def __init__(
@@ -136,7 +136,7 @@ class TritonServer:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
-        shutil.rmtree(self._work / "backends", ignore_errors=True)
+        shutil.rmtree(self._work, ignore_errors=True)
 
     def __enter__(self) -> TritonServer:
         return self

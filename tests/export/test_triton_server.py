@@ -49,7 +49,9 @@ def server(model_dir, tmp_path_factory):
     write_triton_repository(
         model_dir, repo, ensemble=True, max_queue_delay_us=QUEUE_DELAY_US, intra_op_threads=1
     )
-    triton = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+    triton = TritonServer(repo, log=log, **ports)
     try:
         triton.wait_ready(120)
         yield triton
