@@ -66,7 +66,11 @@ class RawH2:
                 self.sock.settimeout(0.0)
         except (BlockingIOError, TimeoutError):
             pass
-        except (OSError, h2.exceptions.ProtocolError) as exc:
+        except h2.exceptions.ProtocolError as exc:
+            # h2 refuses frames that follow a GOAWAY and drops that read's events with it
+            closed = self.conn.state_machine.state == h2.connection.ConnectionState.CLOSED
+            self.ended = self.ended or ("GOAWAY (then more frames)" if closed else f"closed ({exc!r})")
+        except OSError as exc:
             self.ended = self.ended or f"closed ({type(exc).__name__})"
         self.flush()
 

