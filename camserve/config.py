@@ -85,6 +85,12 @@ class ServiceConfig:
     # Memory bounds under hostile load (docs/service.md, "Limits"):
     decode_pixel_budget: int = defaults.DECODE_PIXEL_BUDGET  # decoded pixels of all requests at once
     stream_max_unread: int = defaults.STREAM_MAX_UNREAD  # answers a stream holds before it stops reading
+    # Connections and HTTP/2, enforced by gRPC core before any call is read (docs/operations.md):
+    accept_compressed_requests: bool = defaults.ACCEPT_COMPRESSED_REQUESTS
+    max_concurrent_streams: int = defaults.MAX_CONCURRENT_STREAMS  # per connection
+    max_connections: int = defaults.MAX_CONNECTIONS
+    connection_idle_timeout_s: float = defaults.CONNECTION_IDLE_TIMEOUT_S
+    handshake_timeout_s: float = defaults.HANDSHAKE_TIMEOUT_S
     # Transport security (off by default; see docs/operations.md for production):
     tls_cert: str = ""  # PEM server certificate (chain); with tls_key the server speaks TLS only
     tls_key: str = ""  # PEM private key of tls_cert
@@ -260,10 +266,16 @@ def check_service_config(service: ServiceConfig) -> None:
         "max_request_graph_runs",
         "decode_pixel_budget",
         "stream_max_unread",
+        "max_concurrent_streams",
+        "max_connections",
     ):
         value = getattr(service, name)
         if value < 1:
             raise InvalidArgumentError(f"service.{name}", f"must be >= 1, got {value}")
+    for name in ("connection_idle_timeout_s", "handshake_timeout_s"):
+        value = getattr(service, name)
+        if not 0.001 <= value <= 2**31 / 1000:  # gRPC core takes whole milliseconds in an int
+            raise InvalidArgumentError(f"service.{name}", f"must be in 0.001..{2**31 // 1000}, got {value}")
     if bool(service.tls_cert) != bool(service.tls_key):
         missing = "tls_key" if service.tls_cert else "tls_cert"
         raise InvalidArgumentError(f"service.{missing}", "tls_cert and tls_key go together; set both")

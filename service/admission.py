@@ -48,6 +48,7 @@ class AnswerShape:
     map_itemsize: int  # bytes per map value: 4 (float32), 2 (float16) or 1 (uint8)
     rgb_methods: tuple[str, ...] = ()  # methods sent with their [T,3,H,W] float32 colour maps
     overlay: bool = False  # one PNG [H,W,3] per map
+    id_bytes: int = 0  # the request's `id`, which the answer echoes
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class RequestCost:
     work_bytes: int  # of the costliest image
     graph_runs: int
     answer_bytes: int
+    id_bytes: int = 0  # of answer_bytes: the echoed `id`
 
 
 def output_pixels(options: ExplainOptions, manifest: Manifest) -> int:
@@ -106,8 +108,8 @@ def request_cost(
     per_target += len(answer.rgb_methods) * FLOAT32 * input_values
     if answer.overlay:
         per_target += len(answer.map_methods) * math.ceil(input_values * PNG_OVERHEAD + 1024)
-    answer_bytes = sum(fixed + 8 * t + t * per_target for t in targets)
-    return RequestCost(count, most, pixels, work, count * per_image_runs, answer_bytes)
+    answer_bytes = answer.id_bytes + sum(fixed + 8 * t + t * per_target for t in targets)
+    return RequestCost(count, most, pixels, work, count * per_image_runs, answer_bytes, answer.id_bytes)
 
 
 def admit(cost: RequestCost, service: ServiceConfig) -> None:
@@ -132,6 +134,8 @@ def admit(cost: RequestCost, service: ServiceConfig) -> None:
     )
     for what, figure, limit_name, advice in checks:
         limit = getattr(service, limit_name)
+        if limit_name == "max_message_bytes" and cost.id_bytes > limit // 2:
+            advice = f"the echoed `id` alone is {_figure(cost.id_bytes, limit_name)}: send a shorter id"
         if figure > limit:
             raise ResourceExhaustedError(
                 f"request refused before any work: its {what} is {_figure(figure, limit_name)}, over "

@@ -17,12 +17,12 @@ from camserve.errors import InvalidArgumentError
 from camserve.images import denormalize
 from camserve.methods.base import method_class
 from camserve.service.admission import AnswerShape
+from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
-from camserve.service.runner import ImageResult, ImageWork, maps_as
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
-from camserve.wire import NUMPY_DTYPES, array_to_tensor, tensor_to_array
+from camserve.wire import NUMPY_DTYPES, array_to_tensor, check_input_values, tensor_to_array
 
 #: ExplainOptions field -> its name in an ExplainRequest.
 OPTION_FIELDS = {
@@ -78,7 +78,7 @@ def decode_request(
     m = model.manifest
     output = OutputSpec(dtype, request.output.overlay_png, tuple(m.mean), tuple(m.std), options.normalize)
     colour = tuple(name for name in methods if method_class(name).colour)
-    answer = AnswerShape(methods, _ITEMSIZE[dtype], colour, output.overlay)
+    answer = AnswerShape(methods, _ITEMSIZE[dtype], colour, output.overlay, len(request.id.encode()))
     return ServiceRequest(images, methods, options, answer, wire=output)
 
 
@@ -101,8 +101,7 @@ def _image(image: pb.Image, field: str, model: ServedModel, targets: tuple[int, 
             f"{field}.tensor.shape",
             f"expected {expected} (the model's preprocessed input), got {list(array.shape)}",
         )
-    if not np.isfinite(array).all():
-        raise InvalidArgumentError(f"{field}.tensor.data", "contains NaN or infinite values")
+    check_input_values(array[None], f"{field}.tensor.data")
     return PendingImage(targets, 0, functools.partial(_same, array))  # nothing to decode
 
 

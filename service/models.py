@@ -19,17 +19,18 @@ from PIL import Image
 
 from camserve.config import CamserveConfig, ServiceConfig
 from camserve.defaults import DECODE_PIXEL_BUDGET, MAX_IMAGE_PIXELS
+from camserve.doctor import describe_stack
 from camserve.encoded_images import DecodeBudget, ImageHeader, check_image, decode_checked
 from camserve.errors import InvalidArgumentError, NotFoundError
 from camserve.explainer import Explainer
 from camserve.images import preprocess
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
-from camserve.runtime import OnnxGraphRunner, describe_stack, warm_up
+from camserve.runtime import OnnxGraphRunner, warm_up
 from camserve.service import metrics
+from camserve.service.batch_runner import ExplainBatchRunner, ImageResult, ImageWork
 from camserve.service.batcher import DynamicBatcher
 from camserve.service.cancellation import check_request_alive
 from camserve.service.errors import clip
-from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from camserve.defaults import MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.service.admission import AnswerShape
+from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel
-from camserve.service.runner import ImageResult, ImageWork, maps_as
-from camserve.wire import check_shape
+from camserve.wire import check_input_values, check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
 PLATFORM = "camserve"
@@ -129,7 +129,7 @@ def decode_infer_request(
     params.integer("priority")
     images = _inputs(request, model)
     answered = tuple(m for m in methods if saliency_output(m) in outputs)
-    answer = AnswerShape(answered, DTYPES[datatype].itemsize)
+    answer = AnswerShape(answered, DTYPES[datatype].itemsize, id_bytes=len(request.id.encode()))
     timeout_s = None if timeout_us is None else timeout_us / 1e6
     return ServiceRequest(images, methods, options, answer, InferAnswer(outputs, datatype), timeout_s)
 
@@ -327,9 +327,7 @@ def _images(array: np.ndarray, field: str, model: ServedModel) -> list[Loader]:
             f"{field}.shape",
             f"expected [N, {', '.join(map(str, expected))}] with N >= 1, got {list(array.shape)}",
         )
-    finite = np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)
-    if not finite.all():
-        raise InvalidArgumentError(field, f"image {int(np.argmin(finite))} has NaN or infinite values")
+    check_input_values(array, field)
     return [(0, functools.partial(_row, array, n)) for n in range(array.shape[0])]  # nothing to decode
 
 
