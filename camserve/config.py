@@ -59,6 +59,10 @@ class ExplainOptions:
     )  # noise std as a fraction of the input's value range (max - min)
     smooth_seed: int = 0  # seed of the Smooth Grad-CAM++ noise: the same request gives the same map
     score_top_n: int = 0  # Score-CAM: 0 = all channels, else the N with largest mean activation
+    # first principal component of the weighted activations instead of their sum (docs/methods.md)
+    eigen_smooth: bool = False
+    # mean of the maps of 6 copies: flipped or not x input scaled by AUG_FACTORS (docs/methods.md)
+    aug_smooth: bool = False
     topk_predictions: int = defaults.TOPK_PREDICTIONS  # predictions returned with each result
 
 
@@ -136,8 +140,9 @@ def check_options(
     ``topk_predictions`` by the model's classes (the service; the Python API clips instead)."""
     names = {**OPTION_FIELDS, **field_names}
     size = format_output_size(parse_output_size(options.output_size, names["output_size"]))
-    if not isinstance(options.normalize, bool):
-        raise InvalidArgumentError(names["normalize"], f"expected true or false, got {options.normalize!r}")
+    for flag in ("normalize", "eigen_smooth", "aug_smooth"):
+        if not isinstance(getattr(options, flag), bool):
+            raise InvalidArgumentError(names[flag], f"expected true or false, got {getattr(options, flag)!r}")
     _check_number(options.eps, names["eps"], ">= 0", lambda v: v >= 0)
     _check_int(options.smooth_n, names["smooth_n"], 1, defaults.MAX_SMOOTH_N)
     _check_number(options.smooth_sigma, names["smooth_sigma"], ">= 0", lambda v: v >= 0)

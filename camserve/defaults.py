@@ -28,6 +28,13 @@ OUTPUT_SIZE = "input"
 SMOOTH_N = 8
 SMOOTH_SIGMA = 0.15
 TOPK_PREDICTIONS = 5
+#: aug_smooth: each image also runs flipped left-right, and each of the two scaled by these factors
+#: (pytorch-grad-cam's test-time augmentation: ttach HorizontalFlip x Multiply(0.9, 1, 1.1)).
+AUG_FACTORS: tuple[float, ...] = (0.9, 1.0, 1.1)
+#: Overlays: the colour map and the input's weight in the blend (pytorch-grad-cam's show_cam_on_image
+#: defaults: jet, 0.5).
+OVERLAY_COLORMAP = "jet"
+OVERLAY_IMAGE_WEIGHT = 0.5
 
 # -- [runtime] ---------------------------------------------------------------------------------------
 MAX_GRAPH_BATCH = 64

@@ -59,6 +59,7 @@ class EigenCAM(CamMethod):
 
     name = "eigencam"
     class_agnostic = True
+    eigen_smoothable = False  # already the principal component (pytorch-grad-cam ignores it too)
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         activations = ctx.outputs.activations

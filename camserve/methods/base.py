@@ -20,6 +20,7 @@ from camserve import kernels
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.errors import InvalidArgumentError
 from camserve.kernels import WeightMethod
+from camserve.methods import smoothing
 from camserve.outputs import ExplainOutputs, GraphRunner
 
 #: What a method may need beyond the explain graph: graph names of the model directory, plus
@@ -92,6 +93,9 @@ class CamMethod(ABC):
     ``cost``: what one call costs beyond the shared explain run, for docs and ``known_methods``.
     ``weight_rules``: the ``kernels.channel_weights`` rules the method reads, so that a batch asking
     for several gets all their weights from one pass over A and g.
+    ``eigen_smoothable`` / ``aug_smoothable``: whether ``ExplainOptions.eigen_smooth`` /
+    ``aug_smooth`` change this method's maps (``camserve.methods.smoothing``); methods that do not
+    take an option ignore it, as pytorch-grad-cam's do.
     """
 
     name: ClassVar[str]
@@ -99,6 +103,8 @@ class CamMethod(ABC):
     weight_rules: ClassVar[tuple[WeightMethod, ...]] = ()
     cost: ClassVar[str] = "nothing beyond the shared explain run"
     class_agnostic: ClassVar[bool] = False
+    eigen_smoothable: ClassVar[bool] = True
+    aug_smoothable: ClassVar[bool] = True
 
     def noisy_copies(self, options: ExplainOptions) -> int:
         """How many noisy copies of each image this method needs in the explain run."""
@@ -110,7 +116,10 @@ class CamMethod(ABC):
 
     @staticmethod
     def weighted_maps(ctx: MethodContext, weights: torch.Tensor) -> torch.Tensor:
-        """ReLU(sum_k w_k A^k) with channel weights [N,T,K] on the explain run's activations."""
+        """ReLU(sum_k w_k A^k) with channel weights [N,T,K] on the explain run's activations, or
+        their first principal component with ``options.eigen_smooth``."""
+        if ctx.options.eigen_smooth:
+            return smoothing.channel_principal_maps(ctx.outputs.activations, weights)
         return kernels.weighted_sum_relu(ctx.outputs.activations, weights, backend=ctx.backend)
 
 

@@ -45,6 +45,8 @@ class GuidedBackprop(CamMethod):
 
     name = "guidedbackprop"
     requires = frozenset({"guided"})
+    eigen_smoothable = False  # input gradients, not weighted activations
+    aug_smoothable = False
     cost = "one guided-graph run (forward + guided backward)"
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -65,6 +67,7 @@ class GuidedGradCAM(CamMethod):
 
     name = "guidedgradcam"
     requires = frozenset({"guided"})
+    aug_smoothable = False  # eigen_smooth does apply: to its Grad-CAM factor
     weight_rules = ("gradcam",)
     cost = "one guided-graph run (shared with guidedbackprop)"
 
