@@ -152,6 +152,30 @@ def check_options(
     return options if size == options.output_size else dataclasses.replace(options, output_size=size)
 
 
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How a map is drawn over its image (CLI figures, the Python API, the service's overlay PNGs):
+    ``image_weight`` x image + (1 - ``image_weight``) x the map in ``colormap``."""
+
+    colormap: str = defaults.OVERLAY_COLORMAP  # one of defaults.OVERLAY_COLORMAPS
+    image_weight: float = defaults.OVERLAY_IMAGE_WEIGHT  # in [0, 1]
+
+
+def check_overlay_style(
+    colormap: object, image_weight: object, fields: tuple[str, str] = ("colormap", "image_weight")
+) -> OverlayStyle:
+    """An OverlayStyle, or InvalidArgumentError naming the field (``fields``: the caller's spelling of
+    the colour map's and the weight's)."""
+    if colormap not in defaults.OVERLAY_COLORMAPS:
+        raise InvalidArgumentError(
+            fields[0],
+            f"unknown colour map {clip(repr(colormap))} (known: {', '.join(defaults.OVERLAY_COLORMAPS)})",
+        )
+    _check_number(image_weight, fields[1], "in [0, 1]", lambda v: 0 <= v <= 1)
+    assert isinstance(colormap, str) and isinstance(image_weight, int | float)
+    return OverlayStyle(colormap, float(image_weight))
+
+
 def _check_int(value: object, field: str, low: int, high: int | None, note: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidArgumentError(field, f"expected an integer, got {value!r}")

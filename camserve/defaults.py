@@ -35,6 +35,11 @@ AUG_FACTORS: tuple[float, ...] = (0.9, 1.0, 1.1)
 #: defaults: jet, 0.5).
 OVERLAY_COLORMAP = "jet"
 OVERLAY_IMAGE_WEIGHT = 0.5
+#: The colour maps an overlay may use: OpenCV's (pytorch-grad-cam's choices) by their matplotlib names.
+OVERLAY_COLORMAPS: tuple[str, ...] = (
+    "autumn", "bone", "cividis", "cool", "hot", "hsv", "inferno", "jet", "magma", "ocean", "pink",
+    "plasma", "rainbow", "spring", "summer", "turbo", "twilight", "twilight_shifted", "viridis", "winter",
+)  # fmt: skip
 
 # -- [runtime] ---------------------------------------------------------------------------------------
 MAX_GRAPH_BATCH = 64
