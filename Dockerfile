@@ -1,14 +1,18 @@
 # camserve explanation service image.
 #   CPU: docker build -t camserve .
-#   GPU: docker build -t camserve:gpu --build-arg EXTRAS=gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
-#   (torch's cu128 wheel and onnxruntime-gpu's PyPI wheel are both CUDA 12: one CUDA major version;
-#   the build ends with `python -m camserve.runtime`'s check of that install, see docs/kernels.md)
+#   GPU: docker build -t camserve:gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .
+#   (torch's cu130 wheel and the onnxruntime-gpu wheel camserve installs on Linux x86_64 are both
+#   CUDA 13: one CUDA major version, driver R580 or newer on the host; the GPU build ends with
+#   `python -m camserve.runtime --build`'s check of that install, see docs/kernels.md)
+#   GPU check in the image: docker run --rm --gpus all camserve:gpu python /src/bench/gpu_check.py
 # Serves every model directory mounted under /models (see docker-compose.yml); with none mounted,
 # set CAMSERVE_SERVICE_MODELS="" to serve the embedded default model, which is exported at build time.
 FROM python:3.11-slim
 
+# optional extras, e.g. EXTRAS=ray
 ARG EXTRAS=""
-# CPU-only torch wheels keep the image small; the GPU build points this at a CUDA wheel index.
+# CPU-only torch wheels keep the image small; the GPU build points this at torch's CUDA 13 index
+# (cu130), the CUDA major of onnxruntime-gpu 1.28-1.31. Any other index than .../cpu is a GPU build.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,9 +26,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/camserve \
     TRITON_CACHE_DIR=/home/camserve/.triton/cache
 
-# Triton builds its kernel launcher with a C compiler on first use (the Python headers are in the
-# base image): gcc and libc headers in the GPU image only.
-RUN case ",${EXTRAS}," in *,gpu,*) \
+# Triton builds its kernel launcher with a C compiler and Python.h on first use (the base image has
+# Python.h under /usr/local/include): gcc and libc headers in the GPU image only.
+RUN case "${TORCH_INDEX_URL}" in */cpu) ;; *) \
       apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
       && rm -rf /var/lib/apt/lists/* ;; esac
 
@@ -35,13 +39,11 @@ COPY export export
 COPY kernels kernels
 COPY service service
 COPY proto proto
-# onnxruntime (a base dependency) and onnxruntime-gpu (the gpu extra) install the same
-# `onnxruntime` module; in the GPU image the CPU wheel is removed and the GPU wheel's files restored.
+COPY bench bench
+# One ONNX Runtime: onnxruntime-gpu on linux/amd64 (it runs CPU sessions too), onnxruntime elsewhere.
 RUN pip install --extra-index-url "${TORCH_INDEX_URL}" ".${EXTRAS:+[${EXTRAS}]}" \
-    && case ",${EXTRAS}," in *,gpu,*) \
-         pip uninstall -y onnxruntime \
-         && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.20" \
-         && python -m camserve.runtime --build ;; esac \
+    && pip check \
+    && case "${TORCH_INDEX_URL}" in */cpu) ;; *) python -m camserve.runtime --build ;; esac \
     && python -c "from camserve.default_model import default_model_dir; default_model_dir('/opt/camserve/cache')" \
     && useradd --system --uid 10001 --create-home --home-dir /home/camserve camserve \
     && mkdir -p /models "${TRITON_CACHE_DIR}" \

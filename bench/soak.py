@@ -123,7 +123,7 @@ class Client(threading.Thread):
         import tritonclient.grpc as triton
         from tritonclient.utils import InferenceServerException
 
-        from camserve.service.tensors import tensor_to_array
+        from camserve.wire import tensor_to_array
 
         with (
             grpc.insecure_channel(self.address) as channel,

@@ -35,10 +35,9 @@ from camserve.errors import CamserveError, InvalidArgumentError, NotFoundError
 from camserve.images import ImageLike, preprocess
 from camserve.methods.targets import parse_targets
 from camserve.result import ExplainResult, Prediction
-from camserve.service.security import open_channel, token_metadata
-from camserve.service.tensors import array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from camserve.wire import array_to_tensor, open_channel, tensor_to_array, token_metadata
 
 
 class ServerError(CamserveError):

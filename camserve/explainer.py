@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camserve.config import CamserveConfig, ExplainOptions, RuntimeConfig, check_methods
+from camserve import hostcopy
+from camserve.config import CamserveConfig, ExplainOptions, RuntimeConfig, check_methods, check_options
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
 from camserve.images import ImageLike, preprocess
-from camserve.methods import ComputedMaps, compute_maps, known_methods, method_class, parse_methods
+from camserve.methods import ComputedMaps, get_method, known_methods, method_class
+from camserve.methods.compute import checked_maps
 from camserve.methods.targets import TargetsLike
 from camserve.modeldir import ModelDirectory
 from camserve.outputs import GraphRunner
@@ -56,10 +58,12 @@ class Explainer:
         runner: GraphRunner | None = None,
     ) -> None:
         self.config = config if config is not None else CamserveConfig.load()
+        check_options(self.config.explain)  # once: compute() trusts config.explain
         self.model_dir = _model_directory(model, self.config.runtime)
         self.manifest = self.model_dir.manifest
         self.runner = runner if runner is not None else _onnx_runner(self.model_dir, self.config.runtime)
         self.cam_weights = _cam_weights(self.model_dir)
+        self._copy_streams = hostcopy.HostCopyStreams()  # result()'s device-to-host copies
 
     @property
     def name(self) -> str:
@@ -100,9 +104,8 @@ class Explainer:
                  of class ids where -k means the k-th best class (``camserve.methods.targets``)
         options  None: ``config.explain``
         """
-        options = options if options is not None else self.config.explain
-        method_names = [method.name for method in parse_methods(methods)]
-        self.check_methods(method_names)
+        method_names = self.check_methods(methods)
+        options = check_options(options) if options is not None else self.config.explain
         batch = self.preprocess(images)
         computed = self.compute(batch, targets, method_names, options)
         return self.result(batch, computed, options)
@@ -115,13 +118,14 @@ class Explainer:
         options: ExplainOptions | None = None,
     ) -> ComputedMaps:
         """The tensor-level call under :meth:`explain`: preprocessed images [N,3,H,W] in, torch maps
-        out (for callers that stay in torch; the service's batcher calls :meth:`explain`)."""
-        self.check_methods(methods)
-        return compute_maps(
+        out (the service's batcher, the batch job and the evaluation call it). ``methods`` as
+        :meth:`check_methods` returns them and ``options`` as ``check_options`` does: callers check
+        a request once where it comes in, not once per batch."""
+        return checked_maps(
             self.runner,
             images,
             targets,
-            methods,
+            [get_method(name) for name in methods],
             num_classes=self.manifest.num_classes,
             options=options if options is not None else self.config.explain,
             runtime=self.config.runtime,
@@ -129,10 +133,16 @@ class Explainer:
             model_name=self.name,
         )
 
-    def check_methods(self, methods: Sequence[str]) -> None:
-        """InvalidArgumentError for unknown names, UnsupportedError (with why) for methods this model
-        cannot run (``camserve.config.check_methods``, the service's check too)."""
-        check_methods([("methods", name) for name in methods], self.supported_methods, self.name, self._why)
+    def check_methods(self, methods: str | Sequence[str]) -> tuple[str, ...]:
+        """The method names in order, duplicates dropped; InvalidArgumentError for none or unknown
+        names, UnsupportedError (with why) for methods this model cannot run
+        (``camserve.config.check_methods``, the service's check too)."""
+        names = [methods] if isinstance(methods, str) else list(methods)
+        if not names:
+            raise InvalidArgumentError("methods", "no method given")
+        return check_methods(
+            [("methods", name) for name in names], self.supported_methods, self.name, self._why
+        )
 
     def _why(self, name: str) -> str | None:
         missing = self._missing(name)
@@ -148,8 +158,14 @@ class Explainer:
         return None
 
     def result(self, images: torch.Tensor, computed: ComputedMaps, options: ExplainOptions) -> ExplainResult:
-        """:meth:`compute`'s tensors -> the ExplainResult on the host (maps, predictions, ...)."""
-        logits = computed.logits.detach().to("cpu", torch.float32)
+        """:meth:`compute`'s tensors -> the ExplainResult on the host (maps, predictions, ...): every
+        tensor leaves the device in one ``hostcopy.to_host`` call (one host wait per batch)."""
+        tensors = {("logits", ""): computed.logits, ("target_ids", ""): computed.target_ids}
+        tensors[("images", "")] = images
+        tensors.update({("maps", method): maps for method, maps in computed.maps.items()})
+        tensors.update({("rgb", method): rgb for method, rgb in computed.rgb.items()})
+        host = hostcopy.to_host(tensors, self._copy_streams)
+        logits = host[("logits", "")].to(torch.float32)
         probabilities = torch.softmax(logits, dim=1)
         top = probabilities.topk(min(options.topk_predictions, probabilities.shape[1]), dim=1)
         names = self.class_names
@@ -161,22 +177,23 @@ class Explainer:
             for row_probabilities, row_ids in zip(top.values.tolist(), top.indices.tolist(), strict=True)
         ]
         return ExplainResult(
-            maps={method: _numpy(maps) for method, maps in computed.maps.items()},
+            maps={method: _numpy(host[("maps", method)]) for method in computed.maps},
             logits=logits.numpy(),
             probabilities=probabilities.numpy(),
-            target_ids=computed.target_ids.detach().to("cpu", torch.int64).numpy(),
+            target_ids=host[("target_ids", "")].to(torch.int64).numpy(),
             predictions=predictions,
-            images=_numpy(images),
+            images=_numpy(host[("images", "")]),
             class_names=names,
             mean=list(self.manifest.mean),
             std=list(self.manifest.std),
-            rgb={method: _numpy(rgb) for method, rgb in computed.rgb.items()},
+            rgb={method: _numpy(host[("rgb", method)]) for method in computed.rgb},
             model_name=self.name,
         )
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+    """A host tensor (``hostcopy.to_host``'s) as float32 numpy."""
+    return tensor.to(torch.float32).contiguous().numpy()
 
 
 def _model_directory(

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +38,24 @@ INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
 _INT32_LIMIT = 2**31
 _GRID_YZ_LIMIT = 65535  # CUDA's limit on grid dimensions 1 and 2
+
+
+def _launched_kernel(fn: Callable[..., None]) -> Any:
+    """``@triton.jit`` for a kernel the launchers launch, with no specialisation on argument values.
+
+    By default the JIT compiles a new variant on the device when an integer argument is 1 (made a
+    constant) or a multiple of 16, or a pointer is 16-byte aligned: views such as ``out[1]`` and sizes
+    such as T = 16 would compile variants the ahead-of-time compile test never saw. With every
+    runtime argument in ``do_not_specialize`` and ``do_not_specialize_on_alignment`` a kernel has one
+    variant per constexpr set and dtype, the one ``tests/kernels/kernel_compile.py`` compiles; the
+    kernels' loads are per-pixel plane offsets (h*w = 49, 196...), which alignment hints would not
+    vectorise anyway."""
+    runtime_args = [
+        name
+        for name, parameter in inspect.signature(fn).parameters.items()
+        if "constexpr" not in str(parameter.annotation)
+    ]
+    return triton.jit(fn, do_not_specialize=runtime_args, do_not_specialize_on_alignment=runtime_args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,7 +131,7 @@ def _round_half_to_even(x):
 # 1. Channel weights: one spatial reduction per (image, target, channel), several methods at once
 
 
-@triton.jit
+@_launched_kernel
 def _channel_weights_kernel(
     a_ptr,
     g_ptr,
@@ -216,7 +236,7 @@ def _channel_weights_kernel(
 # 2. Combine: per pixel, ReLU(sum_k c_k A^k) with c a channel weight or a per-pixel gradient
 
 
-@triton.jit
+@_launched_kernel
 def _channel_sum_relu_kernel(
     a_ptr,
     c_ptr,
@@ -292,7 +312,7 @@ def _channel_sum_relu_kernel(
 # 1+2 fused: weights and combine in one pass over A and G (planes up to launch.MAX_FUSED_PLANE pixels)
 
 
-@triton.jit
+@_launched_kernel
 def _gradient_weighted_cam_kernel(
     a_ptr,
     g_ptr,
@@ -374,7 +394,7 @@ def _store_map_or_partial(
         tl.store(partial_ptr + offsets, acc, mask=ok)
 
 
-@triton.jit
+@_launched_kernel
 def _sum_splits_relu_kernel(partial_ptr, out_ptr, S, HW, stride_ps, BLOCK_HW: tl.constexpr):
     """out[n,t] = ReLU(sum_s partial[s,n,t]); grid (N*T, cdiv(HW, BLOCK_HW)); out contiguous.
 
@@ -430,7 +450,7 @@ def _bilinear_tile(src, y, x, h, w, scale_h, scale_w, y_ok, x_ok, RESIZE: tl.con
     return v
 
 
-@triton.jit
+@_launched_kernel
 def _upsample_normalize_kernel(
     src_ptr,
     out_ptr,

@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# One ONNX Runtime (pyproject.toml): on Linux x86_64 the GPU wheel, which writes the same module as the
+# CPU wheel. A venv made before holds the CPU one: remove both so the install leaves only the GPU one.
+if .venv/bin/python - <<'PYEOF' 2>/dev/null; then
+import importlib.metadata, platform, sys
+importlib.metadata.version("onnxruntime")  # raises when the CPU wheel is absent
+sys.exit(0 if (sys.platform, platform.machine()) == ("linux", "x86_64") else 1)
+PYEOF
+  .venv/bin/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu
+fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,ray]'
 if [ "${1:-}" = "--test-tools" ]; then
   missing=()

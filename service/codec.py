@@ -27,10 +27,10 @@ from camserve.methods.base import method_class
 from camserve.service.admission import AnswerShape
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
-from camserve.service.runner import ImageResult, ImageWork, maps_to_host
-from camserve.service.tensors import NUMPY_DTYPES, array_to_tensor, tensor_to_array
+from camserve.service.runner import ImageResult, ImageWork, maps_as
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
+from camserve.wire import NUMPY_DTYPES, array_to_tensor, tensor_to_array
 
 #: ExplainOptions field -> its name in an ExplainRequest.
 OPTION_FIELDS = {
@@ -91,7 +91,7 @@ def decode_request(
     output = OutputSpec(
         dtype, request.output.overlay_png, tuple(m.mean), tuple(m.std), options.normalize, style
     )
-    colour = tuple(name for name in methods if "guided" in method_class(name).requires)
+    colour = tuple(name for name in methods if method_class(name).colour)
     answer = AnswerShape(methods, _ITEMSIZE[dtype], colour, output.overlay)
     return ServiceRequest(images, methods, options, answer, wire=output)
 
@@ -171,23 +171,18 @@ def encode_response(
     results: list[ImageResult],
 ) -> pb.ExplainResponse:
     output: OutputSpec = decoded.wire
-    backend = model.explainer.config.runtime.kernels
-    images = [encode_image_result(r, w, output, backend) for r, w in zip(results, works, strict=True)]
+    images = [encode_image_result(r, w, output) for r, w in zip(results, works, strict=True)]
     return pb.ExplainResponse(id=request.id, model=model.name, images=images)
 
 
-def encode_image_result(
-    result: ImageResult, work: ImageWork, output: OutputSpec, backend: str
-) -> pb.ImageExplanation:
-    """One image's answer: predictions, resolved targets, logits and a map per (target, method).
-    ``backend`` (``runtime.kernels``) quantises uint8 maps where they were computed."""
+def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec) -> pb.ImageExplanation:
+    """One image's answer: predictions, resolved targets, logits and a map per (target, method), from
+    the host maps of the batch (``ImageResult``)."""
     maps = []
     pixels = _pixels(work.image, output) if output.overlay else None
     dtype = NUMPY_DTYPES[output.dtype]
-    data = {method: maps_to_host(result.maps[method], dtype, backend) for method in work.methods}
-    floats = data  # overlays draw the float maps
-    if pixels is not None and dtype != np.float32:
-        floats = {m: maps_to_host(result.maps[m], np.dtype(np.float32), backend) for m in work.methods}
+    data = {method: maps_as(result.maps[method], dtype) for method in work.methods}
+    floats = result.maps  # overlays draw the float maps
     for t, class_id in enumerate(result.target_ids.tolist()):
         for method in work.methods:
             entry = pb.Map(

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from camserve.config import CamserveConfig, ServiceConfig
-from camserve.service.security import open_channel
+from camserve.wire import open_channel
 
 # A server listening on every interface is reached through loopback.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "[::]": "[::1]", "": "127.0.0.1"}

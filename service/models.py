@@ -24,7 +24,7 @@ from camserve.errors import InvalidArgumentError, NotFoundError, ResourceExhaust
 from camserve.explainer import Explainer
 from camserve.images import preprocess
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
-from camserve.runtime import OnnxGraphRunner, warm_up
+from camserve.runtime import OnnxGraphRunner, describe_stack, warm_up
 from camserve.service import metrics
 from camserve.service.batcher import DynamicBatcher
 from camserve.service.cancellation import check_request_alive
@@ -253,6 +253,8 @@ def warm_up_model(name: str, explainer: Explainer, config: CamserveConfig) -> No
     timings = warm_up(runner, config.runtime.kernels)
     steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in timings.items())
     log.info("model %s warmed up on %s in %.2f s (%s)", name, runner.device, sum(timings.values()), steps)
+    provider = runner.session("explain").get_providers()[0]
+    log.info("model %s runs on %s", name, describe_stack(runner.device, provider))
 
 
 def make_batcher(

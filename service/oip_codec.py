@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from camserve.config import ExplainOptions, check_methods, check_options, check_targets, clip
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
@@ -39,8 +38,8 @@ from camserve.inference import grpc_service_pb2 as ip
 from camserve.service.admission import AnswerShape
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import MAX_IMAGE_PIXELS, ServedModel
-from camserve.service.runner import ImageResult, ImageWork, maps_to_host
-from camserve.service.tensors import check_shape
+from camserve.service.runner import ImageResult, ImageWork, maps_as
+from camserve.wire import check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
 PLATFORM = "camserve"
@@ -397,7 +396,6 @@ def encode_infer_response(
 ) -> ip.ModelInferResponse:
     """The requested outputs of all images, stacked along the batch dimension, as raw contents."""
     answer: InferAnswer = decoded.wire
-    backend = model.explainer.config.runtime.kernels
     response = ip.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
     for name in answer.outputs:
         if name == LOGITS:
@@ -406,9 +404,9 @@ def encode_infer_response(
             array, datatype = np.stack([r.target_ids for r in results]).astype("<i8", copy=False), "INT64"
         else:
             method = name[len(SALIENCY_PREFIX) :].lower()
-            maps = torch.stack([r.maps[method] for r in results])
+            maps = np.stack([r.maps[method] for r in results])
             datatype = answer.saliency_datatype
-            array = maps_to_host(maps, DTYPES[datatype], backend)
+            array = maps_as(maps, DTYPES[datatype])
         response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
     return response

@@ -12,7 +12,6 @@ the batch's ``stop()`` is asked: once nobody waits for the batch, the rest of it
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,15 +29,6 @@ from camserve.result import Prediction
 from camserve.service.cancellation import RequestCancelledError, StopCheck
 
 log = logging.getLogger(__name__)
-
-#: Graphs a method may need that cost nothing per extra method (read once per model).
-_FREE_REQUIREMENTS = frozenset({"cam_weights"})
-
-
-def shares_explain_run(method: str, options: ExplainOptions) -> bool:
-    """True for methods whose maps come from the one explain run alone (no extra graph runs)."""
-    cls = method_class(method)
-    return not (cls.requires - _FREE_REQUIREMENTS) and cls().noisy_copies(options) == 0
 
 
 @dataclass(frozen=True)
@@ -59,7 +49,7 @@ class ImageWork:
 
 @dataclass(frozen=True)
 class ImageResult:
-    maps: dict[str, torch.Tensor]  # method -> float32 [T,H,W] where computed (a GPU): see maps_to_host
+    maps: dict[str, np.ndarray]  # method -> float32 [T,H,W] on the host (one copy per batch: hostcopy)
     rgb: dict[str, np.ndarray]  # method -> float32 [T,3,H,W], for methods with colour evidence
     logits: np.ndarray  # float32 [C]
     target_ids: np.ndarray  # int64 [T]
@@ -67,7 +57,7 @@ class ImageResult:
 
 
 def batch_key(work: ImageWork, options: ExplainOptions) -> BatchKey:
-    costly = tuple(sorted(m for m in work.methods if not shares_explain_run(m, options)))
+    costly = tuple(sorted(m for m in work.methods if not method_class(m)().shares_explain_run(options)))
     return BatchKey(len(work.targets), costly, options)
 
 
@@ -131,11 +121,11 @@ class ExplainBatchRunner:
         targets = [list(w.targets) for w in works]
         log.debug("explain run: images=%d methods=%s", len(works), ",".join(methods))
         computed = self.explainer.compute(images, targets, methods, options)
-        # the maps stay where they were computed until a codec encodes them (maps_to_host)
-        result = self.explainer.result(images, dataclasses.replace(computed, maps={}), options)
+        # every map of the batch reaches the host in one copy (camserve.hostcopy), not per image
+        result = self.explainer.result(images, computed, options)
         return [
             ImageResult(
-                maps={m: computed.maps[m][n] for m in work.methods},
+                maps={m: result.maps[m][n] for m in work.methods},
                 rgb={m: result.rgb[m][n] for m in work.methods if m in result.rgb},
                 logits=result.logits[n],
                 target_ids=result.target_ids[n],
@@ -145,13 +135,11 @@ class ExplainBatchRunner:
         ]
 
 
-def maps_to_host(maps: torch.Tensor, dtype: np.dtype, backend: str) -> np.ndarray:
-    """Float maps [..., H, W], on the device that computed them -> a host array of ``dtype``
-    (float32, float16 or uint8), for both front doors. uint8 is quantised on the maps' device by
-    ``camserve.kernels.quantize_uint8`` (``backend``: ``runtime.kernels``) before the copy, so a
-    quarter of the bytes leave a GPU: round(255 * clip(m, 0, 1)) with ties to even, numpy's
-    ``np.rint`` rule, bit for bit."""
+def maps_as(maps: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float32 host maps [..., H, W] -> ``dtype`` (float32, float16 or uint8), for both front doors.
+    uint8 is ``camserve.kernels.quantize_uint8``'s torch reference: round(255 * clip(m, 0, 1)) with
+    ties to even, numpy's ``np.rint`` rule, bit for bit (the bytes the Triton kernel gives on a GPU)."""
     if dtype == np.uint8:
-        flat = maps.reshape(-1, 1, *maps.shape[-2:])  # quantize_uint8 takes [N,T,H,W]
-        return kernels.quantize_uint8(flat, backend).reshape(maps.shape).cpu().numpy()
-    return maps.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
+        flat = torch.from_numpy(np.ascontiguousarray(maps).reshape(-1, 1, *maps.shape[-2:]))
+        return kernels.quantize_uint8(flat, "torch").reshape(maps.shape).numpy()
+    return maps.astype(dtype, copy=False)

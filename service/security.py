@@ -1,5 +1,5 @@
-"""Transport security and authentication: TLS / mTLS server credentials, the bearer-token interceptor,
-and the matching client-side channel (used by ``camserve.Client`` and the health check).
+"""Transport security and authentication: TLS / mTLS server credentials and the bearer-token
+interceptor (the client side, channel credentials and tokens, is ``camserve.wire``).
 
 Both are off by default (the server listens on 127.0.0.1). With ``service.tls_cert`` and
 ``service.tls_key`` the port speaks TLS only; ``service.tls_client_ca`` also requires a client
@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from camserve.config import ServiceConfig
-from camserve.errors import InvalidArgumentError, NotFoundError
+from camserve.errors import InvalidArgumentError
 from camserve.service import metrics
 from camserve.service.interceptors import peer_host, with_precheck
+from camserve.wire import AUTH_METADATA_KEY, BEARER, check_token, read_file, read_token_file
 
 log = logging.getLogger(__name__)
 
-AUTH_METADATA_KEY = "authorization"
-BEARER = "bearer "
 #: Methods under these prefixes need no token.
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
 _LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
@@ -42,17 +39,6 @@ _LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
 AUTH_FAILURE_BURST = 10
 AUTH_FAILURE_INTERVAL_S = 1.0
 _TRACKED_PEERS = 4096  # addresses remembered; the oldest are forgotten first
-
-
-def _read(path: str, setting: str) -> bytes:
-    """The file's bytes; errors name ``setting`` (e.g. "service.tls_key")."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise NotFoundError(f"{setting}: no such file: {file}")
-    try:
-        return file.read_bytes()
-    except OSError as exc:
-        raise InvalidArgumentError(setting, f"cannot read {file} ({exc})") from None
 
 
 def check_security_config(service: ServiceConfig) -> None:
@@ -66,7 +52,7 @@ def check_security_config(service: ServiceConfig) -> None:
         )
     for setting in ("tls_cert", "tls_key", "tls_client_ca"):
         if getattr(service, setting):
-            _read(getattr(service, setting), f"service.{setting}")
+            read_file(getattr(service, setting), f"service.{setting}")
     if service.auth_token and service.auth_token_file:
         raise InvalidArgumentError("service.auth_token", "set auth_token or auth_token_file, not both")
     load_token(service)
@@ -76,9 +62,9 @@ def server_credentials(service: ServiceConfig) -> grpc.ServerCredentials | None:
     """TLS credentials for the listening port; None when TLS is off."""
     if not service.tls_cert:
         return None
-    key = _read(service.tls_key, "service.tls_key")
-    cert = _read(service.tls_cert, "service.tls_cert")
-    ca = _read(service.tls_client_ca, "service.tls_client_ca") if service.tls_client_ca else None
+    key = read_file(service.tls_key, "service.tls_key")
+    cert = read_file(service.tls_cert, "service.tls_cert")
+    ca = read_file(service.tls_client_ca, "service.tls_client_ca") if service.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
     )
@@ -91,18 +77,6 @@ def load_token(service: ServiceConfig) -> str | None:
     if service.auth_token:
         return check_token(service.auth_token.strip(), "service.auth_token")
     return None
-
-
-def read_token_file(path: str, setting: str) -> str:
-    """The bearer token in the file at ``path`` (surrounding whitespace dropped); errors name ``setting``."""
-    return check_token(_read(path, setting).decode("utf-8", "replace").strip(), setting)
-
-
-def check_token(token: str, setting: str) -> str:
-    """``token`` if it can travel in an ``authorization: Bearer`` header, else an error naming ``setting``."""
-    if not token or any(c.isspace() for c in token):
-        raise InvalidArgumentError(setting, "the token must be non-empty, without whitespace")
-    return token
 
 
 def warn_if_exposed(service: ServiceConfig) -> None:
@@ -243,58 +217,3 @@ def _refusing_handler(
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(refuse_stream)
     return grpc.unary_unary_rpc_method_handler(refuse)
-
-
-def channel_credentials(
-    ca_file: str | os.PathLike[str] | None = None,
-    cert_file: str | os.PathLike[str] | None = None,
-    key_file: str | os.PathLike[str] | None = None,
-) -> grpc.ChannelCredentials:
-    """Client TLS credentials: ``ca_file`` verifies the server (None: the system's roots); ``cert_file``
-    and ``key_file`` are the client's own certificate for mTLS."""
-    if (cert_file is None) != (key_file is None):
-        raise InvalidArgumentError("cert_file", "a client certificate needs its key: pass both or neither")
-
-    def read(path: str | os.PathLike[str] | None, name: str) -> bytes | None:
-        if path is None:
-            return None
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise NotFoundError(f"{name}: no such file: {file}")
-        return file.read_bytes()
-
-    return grpc.ssl_channel_credentials(
-        root_certificates=read(ca_file, "ca_file"),
-        private_key=read(key_file, "key_file"),
-        certificate_chain=read(cert_file, "cert_file"),
-    )
-
-
-def open_channel(
-    address: str,
-    *,
-    tls: bool = False,
-    ca_file: str | os.PathLike[str] | None = None,
-    cert_file: str | os.PathLike[str] | None = None,
-    key_file: str | os.PathLike[str] | None = None,
-    server_name: str | None = None,
-    options: Sequence[tuple[str, Any]] = (),
-) -> grpc.Channel:
-    """A blocking channel to a camserve server: TLS when ``tls`` or any certificate file is given.
-
-    ``server_name`` overrides the name the server's certificate is checked against (when the address
-    is an IP or an alias the certificate does not list).
-    """
-    options = list(options)
-    if not (tls or ca_file or cert_file or key_file):
-        if server_name:
-            raise InvalidArgumentError("server_name", "only used with TLS")
-        return grpc.insecure_channel(address, options=options)
-    if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.secure_channel(address, channel_credentials(ca_file, cert_file, key_file), options=options)
-
-
-def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying ``token`` (empty without one)."""
-    return ((AUTH_METADATA_KEY, f"Bearer {token}"),) if token else ()

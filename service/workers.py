@@ -43,10 +43,10 @@ WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)
 
 def default_workers(config: CamserveConfig) -> int:
     """One worker per two cores (a worker's Python thread and its ONNX Runtime threads share them);
-    one on a GPU, whose work one process already feeds."""
-    from camserve.runtime import device_kind
+    one on a GPU, whose work one process already feeds ('auto' that resolves to CUDA included)."""
+    from camserve.runtime import uses_cuda
 
-    if device_kind(config.runtime.device) == "cuda":
+    if uses_cuda(config.runtime.device):
         return 1
     return max(1, min(8, (os.cpu_count() or 1) // 2))
 

@@ -52,14 +52,9 @@ class MapEncoding:
         return asdict(self)
 
 
-def input_resolution(method: str) -> bool:
-    """Whether ``method``'s evidence is at input resolution (the guided-backprop gradients)."""
-    return "guided" in method_class(method).requires
-
-
 def computed_size(method: str, encoding: MapEncoding) -> str:
     """The ``ExplainOptions.output_size`` the job computes ``method`` at (its stored size)."""
-    if encoding.size == "feature" and input_resolution(method):
+    if encoding.size == "feature" and method_class(method).resolution == "input":
         return "input"
     return encoding.size
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -30,10 +31,10 @@ if TYPE_CHECKING:
 
     from camserve.config import CamserveConfig
     from camserve.explainer import Explainer
+    from camserve.outputs import GraphRunner
 
 log = logging.getLogger(__name__)
 
-NOT_CAMS = ("guidedbackprop", "guidedgradcam")  # pixel-level evidence, left out unless asked for
 # Flags whose default is a value (camserve.defaults, also EvalSettings' defaults): shown in --help and
 # left out of the report's command line when unchanged.
 FLAG_DEFAULTS = {
@@ -180,6 +181,25 @@ def _changed(args: argparse.Namespace, name: str) -> object:
     return None if value == FLAG_DEFAULTS[name] else value
 
 
+def eager_runner(explainer: Explainer) -> Callable[[nn.Module], GraphRunner]:
+    """``model`` -> a GraphRunner running it in eager PyTorch, split as ``explainer``'s manifest says."""
+    from camserve.export.reference import TorchGraphRunner
+
+    manifest = explainer.manifest
+    channels, height, width = manifest.input_size
+
+    def runner(model: nn.Module) -> GraphRunner:
+        return TorchGraphRunner(
+            model,
+            manifest.target_layer,
+            (channels, height, width),
+            layout=manifest.layout,
+            prefix_tokens=manifest.prefix_tokens,
+        )
+
+    return runner
+
+
 def torch_model_for(explainer: Explainer, weights: str | None) -> nn.Module | None:
     """The PyTorch model behind the explainer's model directory, or None (with the reason logged)."""
     from camserve.default_model import ARCHITECTURE, load_default_model
@@ -255,13 +275,15 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
     from camserve.eval.sanity import explainer_sanity_check
     from camserve.explainer import Explainer
     from camserve.images import normalize
+    from camserve.methods import method_class
 
     explainer = Explainer(args.model, config=config)
     manifest = explainer.manifest
     if args.methods:
         methods = list(dict.fromkeys(args.methods))
     else:
-        methods = [m for m in explainer.supported_methods if m not in NOT_CAMS]
+        # colour evidence (guided backprop) is pixel-level, not a CAM: left out unless asked for
+        methods = [m for m in explainer.supported_methods if not method_class(m).colour]
     explainer.check_methods(methods)
     size = (int(manifest.input_size[1]), int(manifest.input_size[2]))
 
@@ -314,7 +336,7 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
         if model is not None and _agrees(explainer, model, images):
             log.info("sanity check: cascading randomisation on %d images", len(batch))
             sanity = explainer_sanity_check(
-                explainer, model, images, batch.labels[:, None], methods, args.seed
+                explainer, model, images, batch.labels[:, None], methods, eager_runner(explainer), args.seed
             )
 
     notes = [

@@ -208,13 +208,13 @@ def check_remote_flags(args: argparse.Namespace) -> None:
 def client_token(args: argparse.Namespace) -> str | None:
     """The bearer token from --token-file, else CAMSERVE_AUTH_TOKEN, else None."""
     if args.token_file:
-        from camserve.service.security import read_token_file
+        from camserve.wire import read_token_file
 
         return read_token_file(args.token_file, "--token-file")
     token = os.environ.get("CAMSERVE_AUTH_TOKEN")
     if not token:
         return None
-    from camserve.service.security import check_token
+    from camserve.wire import check_token
 
     return check_token(token.strip(), "CAMSERVE_AUTH_TOKEN")
 

@@ -8,7 +8,7 @@ destroyed: the Spearman rank correlation between trained and randomised maps mus
 whose maps stay the same is an edge detector, not an explanation.
 
 How the randomised models run: the check takes a PyTorch ``nn.Module`` and a callable that turns a
-model into maps (camserve's evaluation wraps it in ``camserve.export.reference.TorchGraphRunner``,
+model into maps (``camserve eval`` wraps it in ``camserve.export.reference.TorchGraphRunner``,
 the eager-autograd GraphRunner, and runs the CAM methods on it). Re-exporting an ONNX model directory
 for every stage of the cascade would test the same maths through minutes of export per stage; the
 ONNX runner and the eager runner are checked against each other by the export tests. The maps of both
@@ -35,6 +35,7 @@ from camserve.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from camserve.explainer import Explainer
+    from camserve.outputs import GraphRunner
 
 log = logging.getLogger(__name__)
 
@@ -181,41 +182,36 @@ def explainer_sanity_check(
     images: torch.Tensor,
     targets: torch.Tensor,
     methods: Sequence[str],
+    runner_for: Callable[[nn.Module], GraphRunner],
     seed: int = 0,
 ) -> SanityResult:
     """Cascading randomisation of ``model`` (the PyTorch model behind ``explainer``'s model directory)
     for ``methods``, on preprocessed ``images`` [N,3,H,W] and ``targets`` [N,T] (class ids).
 
-    Every model, trained or randomised, runs through ``TorchGraphRunner`` (eager autograd; the same
-    functions the ONNX graphs are traced from) and ``camserve.methods.compute_maps`` with the
-    explainer's options, so the maps are those ``camserve explain`` gives, at the input's size.
+    Every model, trained or randomised, runs through ``runner_for(model)`` (the CLI passes
+    ``TorchGraphRunner``: eager autograd, the same functions the ONNX graphs are traced from; the core
+    does not import the exporter) and ``camserve.methods.compute_maps`` with the explainer's options,
+    so the maps are those ``camserve explain`` gives, at the input's size.
     """
     from dataclasses import replace
 
-    from camserve.export.reference import TorchGraphRunner
-    from camserve.methods import compute_maps
+    from camserve.methods import compute_maps, method_class
 
     manifest = explainer.manifest
     options = replace(explainer.config.explain, output_size="input", normalize=True)
     methods = list(methods)
-    if "cam" in methods and classifier_weights(model, explainer.cam_weights) is None:
-        log.warning("sanity: no linear layer of the model matches the CAM weights; leaving 'cam' out")
-        methods.remove("cam")
+    needs_weights = [m for m in methods if "cam_weights" in method_class(m).requires]
+    if needs_weights and classifier_weights(model, explainer.cam_weights) is None:
+        log.warning(
+            "sanity: no linear layer of the model matches the CAM weights; leaving %s out", needs_weights
+        )
+        methods = [m for m in methods if m not in needs_weights]
     if not methods:
         raise InvalidArgumentError("methods", "no method left for the sanity check")
 
-    channels, height, width = manifest.input_size
-
     def maps_for_model(candidate: nn.Module) -> dict[str, torch.Tensor]:
-        runner = TorchGraphRunner(
-            candidate,
-            manifest.target_layer,
-            (channels, height, width),
-            layout=manifest.layout,
-            prefix_tokens=manifest.prefix_tokens,
-        )
         computed = compute_maps(
-            runner,
+            runner_for(candidate),
             images,
             targets,
             methods,

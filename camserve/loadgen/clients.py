@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from camserve.loadgen.workload import Workload
-from camserve.service.security import channel_credentials, token_metadata
+from camserve.wire import channel_credentials, token_metadata
 
 Call = Callable[[int], Awaitable[str]]
 EXPLAIN = "/camserve.v1.ExplainService/Explain"

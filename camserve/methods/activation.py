@@ -8,6 +8,7 @@ import torch
 
 from camserve import kernels
 from camserve.chunking import run_in_chunks
+from camserve.config import ExplainOptions
 from camserve.errors import UnsupportedError
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 
@@ -58,7 +59,6 @@ class EigenCAM(CamMethod):
     """
 
     name = "eigencam"
-    class_agnostic = True
     eigen_smoothable = False  # already the principal component (pytorch-grad-cam ignores it too)
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -97,6 +97,10 @@ class ScoreCAM(CamMethod):
     name = "scorecam"
     requires = frozenset({"forward"})
     cost = "K forward images per image (K channels, or score_top_n), batched"
+
+    def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
+        top_n = options.score_top_n
+        return {"masked forward": top_n if 0 < top_n < channels else channels}
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         activations = ctx.outputs.activations
@@ -151,6 +155,9 @@ class AblationCAM(CamMethod):
     name = "ablationcam"
     requires = frozenset({"head"})
     cost = "K head runs per image (only the layers after the target layer), batched"
+
+    def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
+        return {"ablated head": channels}
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         outputs = ctx.outputs

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 
@@ -26,6 +26,8 @@ from camserve.outputs import ExplainOutputs, GraphRunner
 #: What a method may need beyond the explain graph: graph names of the model directory, plus
 #: "cam_weights" (the classifier's W [C,K], present only for GAP -> linear heads).
 Requirement = str
+#: Where a method's maps live: the target layer's h x w, or the model input's H x W.
+Resolution = Literal["feature", "input"]
 
 _T = TypeVar("_T")
 
@@ -76,39 +78,81 @@ class MethodContext:
 
 @dataclass
 class MethodMaps:
-    """What a method returns: maps [N,T,h,w] (ReLU'd, not normalised) at ``resolution``
-    ("feature": the target layer's h x w; "input": H x W), and, for methods whose evidence has
-    colour channels (guided backprop), the raw signed per-channel array [N,T,3,H,W]."""
+    """What a method returns: maps [N,T,h,w] (ReLU'd, not normalised) at the method's
+    ``resolution``, and, for ``colour`` methods, the raw signed per-channel array [N,T,3,H,W]."""
 
     maps: torch.Tensor
-    resolution: str = "feature"
     rgb: torch.Tensor | None = None
 
 
 class CamMethod(ABC):
-    """A CAM method. Subclasses set the class attributes and implement :meth:`compute`; their
-    docstring carries the paper's formula and citation.
+    """A CAM method: one subclass per method, registered with ``@register``; its docstring carries
+    the paper's formula and citation.
 
-    ``requires``: graphs (and "cam_weights") the model directory must have besides "explain".
-    ``cost``: what one call costs beyond the shared explain run, for docs and ``known_methods``.
-    ``weight_rules``: the ``kernels.channel_weights`` rules the method reads, so that a batch asking
-    for several gets all their weights from one pass over A and g.
-    ``eigen_smoothable`` / ``aug_smoothable``: whether ``ExplainOptions.eigen_smooth`` /
-    ``aug_smooth`` change this method's maps (``camserve.methods.smoothing``); methods that do not
-    take an option ignore it, as pytorch-grad-cam's do.
+    The contract: a method describes itself with the class attributes below and implements
+    :meth:`compute`. Everything outside ``camserve/methods/`` (the codec, admission, the batcher,
+    the batch job, the CLI's method list) reads these; none of it tests a method's name
+    (``tests/test_house_methods.py`` fails if one does).
+
+    ``name``         the registry key, as users type it ("gradcam++").
+    ``requires``     graphs of the model directory it needs besides "explain" ("forward", "head",
+                     "guided"), and "cam_weights" (the classifier's W [C,K]).
+    ``resolution``   where :meth:`compute`'s maps live: "feature" (the target layer's h x w) or
+                     "input" (the model's H x W; resized by averaging when the output is smaller).
+    ``colour``       True if :meth:`compute` also returns signed per-channel evidence
+                     ``MethodMaps.rgb`` [N,T,3,H,W] (guided backprop); the answer then carries it.
+    ``weight_rules`` the ``kernels.channel_weights`` rules it reads, so that a batch asking for
+                     several methods gets all their weights from one pass over A and g.
+    ``cost``         one line for people (``camserve explain --list-methods``, docs).
+
+    and two methods, overridden only by methods that need more than the shared explain run:
+
+    :meth:`noisy_copies`  noisy copies of each image added to the explain run (Smooth Grad-CAM++).
+    :meth:`extra_runs`    graph runs per image beyond the explain run, which admission counts.
+
+    Options a method takes (pytorch-grad-cam's ``BaseCAM`` options, ``camserve.methods.smoothing``);
+    a method that does not take one ignores it, as pytorch-grad-cam's do:
+
+    ``eigen_smoothable`` ``ExplainOptions.eigen_smooth`` changes its maps.
+    ``aug_smoothable``   ``ExplainOptions.aug_smooth`` runs it on augmented copies of each image
+                         (:meth:`augmented_copies`; admission multiplies its runs by them).
     """
 
     name: ClassVar[str]
     requires: ClassVar[frozenset[Requirement]] = frozenset()
+    resolution: ClassVar[Resolution] = "feature"
+    colour: ClassVar[bool] = False
     weight_rules: ClassVar[tuple[WeightMethod, ...]] = ()
     cost: ClassVar[str] = "nothing beyond the shared explain run"
-    class_agnostic: ClassVar[bool] = False
     eigen_smoothable: ClassVar[bool] = True
     aug_smoothable: ClassVar[bool] = True
 
     def noisy_copies(self, options: ExplainOptions) -> int:
         """How many noisy copies of each image this method needs in the explain run."""
         return 0
+
+    def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
+        """Graph runs per image this method adds beyond the explain run (and its noisy copies),
+        keyed by what they compute: methods giving the same key share those runs in one batch
+        (guided backprop and guided Grad-CAM both give {"guided": 1}, run once). ``channels`` is
+        K, the target layer's channel count."""
+        return {}
+
+    def augmented_copies(self, options: ExplainOptions) -> int:
+        """Copies of each image this method runs on: R (``smoothing.augmented_copies()``) with
+        ``options.aug_smooth`` if it takes that option, else 1. The explain run, the noisy copies
+        and :meth:`extra_runs` are all per copy."""
+        return smoothing.augmented_copies() if options.aug_smooth and self.aug_smoothable else 1
+
+    def shares_explain_run(self, options: ExplainOptions) -> bool:
+        """True when the maps come from the shared explain run alone (no extra graph runs, no
+        noisy copies, no augmented copies): the batcher may group such requests whatever else
+        they ask."""
+        return (
+            not self.extra_runs(options, 1)
+            and self.noisy_copies(options) == 0
+            and self.augmented_copies(options) == 1
+        )
 
     @abstractmethod
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -132,6 +176,10 @@ def register(cls: _M) -> _M:
     """Class decorator: make ``cls`` available under ``cls.name``."""
     if cls.name in _REGISTRY:
         raise ValueError(f"CAM method {cls.name!r} registered twice")
+    if cls.resolution not in ("feature", "input"):
+        raise ValueError(
+            f"CAM method {cls.name!r}: resolution {cls.resolution!r} is not 'feature' or 'input'"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 

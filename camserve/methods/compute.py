@@ -19,7 +19,7 @@ from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions, RuntimeConfig, check_options
 from camserve.errors import InvalidArgumentError
 from camserve.methods import smoothing
-from camserve.methods.base import CamMethod, MethodContext, MethodMaps, get_method
+from camserve.methods.base import CamMethod, MethodContext, get_method
 from camserve.methods.targets import TargetsLike, parse_targets, resolve_targets
 from camserve.outputs import ExplainOutputs, GraphRunner
 
@@ -74,18 +74,46 @@ def compute_maps(
     model_name: str = "model",
 ) -> ComputedMaps:
     """Maps of ``methods`` for preprocessed ``images`` [N,3,H,W] and ``targets`` (see
-    ``camserve.methods.targets``) from one explain-graph run plus what each method adds."""
-    options = options or ExplainOptions()
-    runtime = runtime or RuntimeConfig()
+    ``camserve.methods.targets``) from one explain-graph run plus what each method adds; the
+    method names and ``options`` are checked here (:func:`checked_maps` when they were already)."""
     method_objects = parse_methods(methods)
-    options = check_options(options)
+    return checked_maps(
+        runner,
+        images,
+        targets,
+        method_objects,
+        num_classes=num_classes,
+        options=check_options(options or ExplainOptions()),
+        runtime=runtime,
+        cam_weights=cam_weights,
+        model_name=model_name,
+    )
+
+
+def checked_maps(
+    runner: GraphRunner,
+    images: torch.Tensor,
+    targets: TargetsLike,
+    methods: Sequence[CamMethod],
+    *,
+    num_classes: int,
+    options: ExplainOptions,
+    runtime: RuntimeConfig | None = None,
+    cam_weights: torch.Tensor | None = None,
+    model_name: str = "model",
+) -> ComputedMaps:
+    """:func:`compute_maps` for methods and options checked once where the request came in (the
+    service's codecs, ``Explainer.explain``, the batch job's and the evaluation's start)."""
+    runtime = runtime or RuntimeConfig()
+    method_objects = list(methods)
     if images.ndim != 4 or images.shape[0] == 0:
         raise InvalidArgumentError(
             "images", f"expected a non-empty [N,3,H,W] batch, got shape {list(images.shape)}"
         )
     num_images = images.shape[0]
     target_table = parse_targets(targets, num_images, num_classes)
-    augmented = options.aug_smooth and any(method.aug_smoothable for method in method_objects)
+    repeats = max(method.augmented_copies(options) for method in method_objects)
+    augmented = repeats > 1
     copies = max(method.noisy_copies(options) for method in method_objects)
     if (copies or augmented) and bool((target_table < 0).any()):
         # Noisy and augmented copies must explain the clean image's class, not their own top class.
@@ -94,7 +122,6 @@ def compute_maps(
     # With aug_smooth the batch is the R augmented copies of every image (copy-major; the clean
     # images are copy ``identity_copy()``), all in one explain run with the noisy copies.
     run_images = smoothing.augment(images) if augmented else images
-    repeats = smoothing.augmented_copies() if augmented else 1
     run_count = run_images.shape[0]
     noisy_gradients = None
     if copies == 0:
@@ -137,25 +164,26 @@ def compute_maps(
     maps: dict[str, torch.Tensor] = {}
     rgb: dict[str, torch.Tensor] = {}
     for method in method_objects:
-        if augmented and method.aug_smoothable:
+        augmented_method = method.augmented_copies(options) > 1
+        result = method.compute(every_copy if augmented_method else clean)
+        if (result.rgb is not None) != method.colour:
+            raise TypeError(
+                f"CAM method {method.name!r}: colour = {method.colour} but rgb is {result.rgb is not None}"
+            )
+        if augmented_method:
             # each copy normalised at the output size, flipped back, the copies averaged
             per_copy = _finish(
-                method.compute(every_copy),
-                size,
-                dataclasses.replace(options, normalize=True),
-                runtime.kernels,
+                result.maps, method, size, dataclasses.replace(options, normalize=True), runtime.kernels
             )
             mean = smoothing.deaugment(per_copy, num_images)
-            maps[method.name] = (
-                kernels.upsample_normalize(mean, None, True, options.eps, backend=runtime.kernels)
-                if options.normalize
-                else mean
-            ).to(torch.float32)
-            continue
-        result = method.compute(clean)
-        maps[method.name] = _finish(result, size, options, runtime.kernels).to(torch.float32)
+            if options.normalize:
+                mean = kernels.upsample_normalize(mean, None, True, options.eps, backend=runtime.kernels)
+            maps[method.name] = mean.to(torch.float32)
+        else:
+            maps[method.name] = _finish(result.maps, method, size, options, runtime.kernels).to(torch.float32)
         if result.rgb is not None:
-            rgb[method.name] = result.rgb.to(torch.float32)
+            colour = smoothing.deaugment(result.rgb, num_images) if augmented_method else result.rgb
+            rgb[method.name] = colour.to(torch.float32)
     clean_outputs = clean.outputs
     return ComputedMaps(maps, rgb, clean_outputs.logits, clean_outputs.target_ids, feature_size)
 
@@ -173,10 +201,11 @@ def _rows(outputs: ExplainOutputs, rows: slice) -> ExplainOutputs:
     )
 
 
-def _finish(result: MethodMaps, size: tuple[int, int], options: ExplainOptions, backend: str) -> torch.Tensor:
-    """Resize to ``size`` and min-max normalise (unless options.normalize is False)."""
-    maps = result.maps
-    if result.resolution == "input" and tuple(maps.shape[-2:]) != size:
+def _finish(
+    maps: torch.Tensor, method: CamMethod, size: tuple[int, int], options: ExplainOptions, backend: str
+) -> torch.Tensor:
+    """Resize ``method``'s maps to ``size`` and min-max normalise (unless options.normalize is False)."""
+    if method.resolution == "input" and tuple(maps.shape[-2:]) != size:
         # Input-resolution evidence (guided gradients) is high-frequency: a smaller output averages
         # each output pixel's footprint (bilinear sampling would keep arbitrary pixels); a larger
         # one is bilinear.

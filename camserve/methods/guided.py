@@ -11,8 +11,21 @@ import torch
 
 from camserve import kernels
 from camserve.chunking import run_in_chunks
+from camserve.config import ExplainOptions
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 from camserve.methods.gradient import gradcam_maps
+
+
+class _Guided(CamMethod):
+    """What the guided methods share: the guided graph (run once per batch for all of them), and
+    evidence at input resolution with colour channels."""
+
+    requires = frozenset({"guided"})
+    resolution = "input"
+    colour = True
+
+    def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
+        return {"guided": 1}
 
 
 def guided_gradients(ctx: MethodContext) -> torch.Tensor:
@@ -32,7 +45,7 @@ def guided_gradients(ctx: MethodContext) -> torch.Tensor:
 
 
 @register
-class GuidedBackprop(CamMethod):
+class GuidedBackprop(_Guided):
     """Guided backpropagation (Springenberg et al., "Striving for Simplicity: The All
     Convolutional Net", ICLR 2015 workshop, arXiv:1412.6806): the input gradient of y^c where each
     ReLU passes back only positive gradients at positive inputs::
@@ -44,18 +57,17 @@ class GuidedBackprop(CamMethod):
     """
 
     name = "guidedbackprop"
-    requires = frozenset({"guided"})
     eigen_smoothable = False  # input gradients, not weighted activations
     aug_smoothable = False
     cost = "one guided-graph run (forward + guided backward)"
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         gradients = guided_gradients(ctx)
-        return MethodMaps(gradients.abs().amax(dim=2), resolution="input", rgb=gradients)
+        return MethodMaps(gradients.abs().amax(dim=2), rgb=gradients)
 
 
 @register
-class GuidedGradCAM(CamMethod):
+class GuidedGradCAM(_Guided):
     """Guided Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391): the guided gradient
     times the Grad-CAM map upsampled (bilinear) to the input size::
 
@@ -66,7 +78,6 @@ class GuidedGradCAM(CamMethod):
     """
 
     name = "guidedgradcam"
-    requires = frozenset({"guided"})
     aug_smoothable = False  # eigen_smooth does apply: to its Grad-CAM factor
     weight_rules = ("gradcam",)
     cost = "one guided-graph run (shared with guidedbackprop)"
@@ -77,4 +88,4 @@ class GuidedGradCAM(CamMethod):
             gradcam_maps(ctx), ctx.input_size, normalize=False, backend=ctx.backend
         )
         rgb = gradients * cam.unsqueeze(2)
-        return MethodMaps(rgb.abs().amax(dim=2), resolution="input", rgb=rgb)
+        return MethodMaps(rgb.abs().amax(dim=2), rgb=rgb)

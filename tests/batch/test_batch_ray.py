@@ -33,6 +33,8 @@ def ray_cluster():
     context = ray.init(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False)
     yield context.address_info["address"]
     ray.shutdown()
+    # the session's logs and spilled objects under /tmp/ray: nothing a failure report needs (issue 27)
+    shutil.rmtree(context.address_info["session_dir"], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ own verification rule; measured worst case in docs/export.md) plus a sign-agreem
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -68,14 +69,16 @@ def seeded_model(arch: str, seed: int = 0) -> torch.nn.Module:
     params=[pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in ARCHITECTURES],
 )
 def exported(request, tmp_path_factory):
+    """One architecture's export, deleted when the next one is built (up to ~2 GB each at 224²)."""
     arch = request.param
     defaults = ARCHITECTURES[arch]
     model = seeded_model(arch)
+    out = tmp_path_factory.mktemp("arch")
     model_dir = export_model(
         model,
         defaults.layer,
         input_size(arch),
-        tmp_path_factory.mktemp("arch") / arch,
+        out / arch,
         name=arch,
         architecture=arch,
         mean=IMAGENET_MEAN,
@@ -83,7 +86,8 @@ def exported(request, tmp_path_factory):
         layout=defaults.layout,
         prefix_tokens=defaults.prefix_tokens,
     )
-    return arch, model, model_dir, OnnxGraphRunner(model_dir)
+    yield arch, model, model_dir, OnnxGraphRunner(model_dir)
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _images(arch: str, batch: int, seed: int) -> torch.Tensor:

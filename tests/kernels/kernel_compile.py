@@ -6,7 +6,10 @@ input dtype x target) with ``triton.compile(ASTSource(...), target=GPUTarget("cu
 and prints one JSON line per item: registers and spilled (local) bytes per thread from
 ``cuobjdump --dump-resource-usage`` of the cubin (what ``CompiledKernel.n_regs`` / ``n_spills``
 read from the driver on a GPU), shared memory, seconds, and the error if it failed.
-It must run without TRITON_INTERPRET (the kernels are then compiler-mode ``JITFunction``s).
+``--specialisations`` instead prints, as JSON, every launch of the launchers on awkward arguments
+(unaligned views, sizes of 1 and multiples of 16) whose JIT specialisation differs from what is
+compiled here: the kernels specialise on nothing but their constexprs (``_launched_kernel``), so
+the list must be empty. It must run without TRITON_INTERPRET (compiler-mode ``JITFunction``s).
 """
 
 from __future__ import annotations
@@ -37,12 +40,12 @@ def compile_items() -> Iterator[tuple[Any, str, int]]:
 
 
 def _signature(fn: Any, step: Any, dtype: str) -> tuple[dict[str, str], dict[tuple[int, ...], Any]]:
-    """Triton types of ``fn``'s arguments as the launchers pass them, and the 16-byte alignment
-    attributes the launcher's specialisation gives torch's (aligned) buffers."""
+    """Triton types of ``fn``'s arguments as the launchers pass them, and the attributes of the JIT's
+    specialisation: none, since no runtime argument is specialised (``_launched_kernel``)."""
     signature: dict[str, str] = {}
     attrs: dict[tuple[int, ...], Any] = {}
     constants = step.constants
-    for index, name in enumerate(fn.arg_names):
+    for name in fn.arg_names:
         if name in constants:
             signature[name] = "constexpr"
         elif name == "partial_ptr":
@@ -57,8 +60,6 @@ def _signature(fn: Any, step: Any, dtype: str) -> tuple[dict[str, str], dict[tup
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-        if name.endswith("_ptr"):
-            attrs[(index,)] = [["tt.divisibility", 16]]
     return signature, attrs
 
 
@@ -112,12 +113,84 @@ def compile_one(step: Any, dtype: str, cc: int) -> dict[str, Any]:
     return record
 
 
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _awkward_launches(dtype: str) -> Iterator[tuple[Any, tuple[Any, ...]]]:
+    """(launch, kernel arguments) of every launcher on CPU tensors that would make a default JIT
+    compile new variants: sizes 1 and 16, unaligned views (``x[1:]``, ``out[1]`` of odd sizes)."""
+    import torch
+
+    from camserve.kernels import triton_cam
+
+    launches: list[tuple[Any, tuple[Any, ...]]] = []
+    real_run = triton_cam._run
+    triton_cam._run = lambda step, device, *args: launches.append((step, args))  # record, do not launch
+    try:
+        torch_dtype = getattr(torch, _TORCH_DTYPES[dtype])
+        for n, t, k, h, w in (
+            (1, 1, 16, 4, 4),
+            (3, 2, 5, 7, 7),
+            (2, 16, 32, 8, 2),
+            (1, 1, 1, 1, 1),
+            (1, 1, 2048, 7, 7),
+        ):
+            # one element more than needed, then [1:]: every tensor starts 2 or 4 bytes off alignment;
+            # the last shape splits the channel loop (_sum_splits_relu_kernel)
+            a = torch.zeros(n * k * h * w + 1, dtype=torch_dtype)[1:].view(n, k, h, w)
+            g = torch.zeros(n * t * k * h * w + 1, dtype=torch_dtype)[1:].view(n, t, k, h, w)
+            for tensors in ((a, g), (a.contiguous(), g.contiguous())):
+                triton_cam.channel_weights(*tensors, ["gradcam", "gradcam++", "xgradcam"])
+                for method in ("gradcam", "gradcam++", "xgradcam"):
+                    triton_cam.gradient_weighted_cam(*tensors, method)
+                triton_cam.elementwise_sum_relu(*tensors, True)
+                triton_cam.weighted_sum_relu(tensors[0], tensors[1][:, :, :, 0, 0])
+            maps = torch.zeros(n * t * h * w + 1, dtype=torch_dtype)[1:].view(n, t, h, w)
+            for size in ((h, w), (16, 16), (1, 1), (33, 17)):
+                for to_uint8 in (False, True):
+                    triton_cam.upsample_normalize(maps, size, True, 1e-7, to_uint8)
+    finally:
+        triton_cam._run = real_run
+    yield from launches
+
+
+def specialisation_mismatches() -> list[dict[str, Any]]:
+    """Launches whose JIT specialisation (what Triton would compile on a device) is not the
+    signature compiled ahead of time: a runtime argument made constant or given a divisibility or
+    alignment hint, or typed otherwise."""
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import create_function_from_signature
+
+    from camserve.kernels import triton_cam
+
+    mismatches = []
+    for dtype in DTYPES:
+        for step, args in _awkward_launches(dtype):
+            fn = getattr(triton_cam, step.kernel)
+            binder = create_function_from_signature(fn.signature, fn.params, BaseBackend)
+            _, specialisation, _ = binder(*args, **step.constants)
+            signature, _ = _signature(fn, step, dtype)
+            # the JIT's view: (type, key); compiled ahead of time: (type, no key) or (constexpr, value)
+            expected = [
+                ("constexpr", step.constants[name]) if kind == "constexpr" else (kind, None)
+                for name, kind in signature.items()
+            ]
+            got = [tuple(entry) for entry in specialisation]
+            if got != expected:
+                mismatches.append({"kernel": step.kernel, "dtype": dtype, "jit": got, "compiled": expected})
+    return mismatches
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shard", default="0/1", help="I/N: compile every N-th item starting at I")
+    parser.add_argument("--specialisations", action="store_true", help="list unseen JIT variants")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET"):
         raise SystemExit("unset TRITON_INTERPRET: the compile check needs Triton's compiler mode")
+    if args.specialisations:
+        print(json.dumps(specialisation_mismatches(), default=str))
+        return
     index, count = (int(v) for v in args.shard.split("/"))
     for position, (step, dtype, cc) in enumerate(compile_items()):
         if position % count == index:

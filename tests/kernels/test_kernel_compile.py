@@ -63,6 +63,17 @@ def test_split_plan_matches_the_bytes_model() -> None:
         assert model["with_splits"] / model["minimum"] <= 1 + 8 / (launch.MIN_CHANNELS_PER_SPLIT * 4)
 
 
+def test_the_device_jit_compiles_no_variant_the_compile_test_did_not() -> None:
+    """On a GPU the JIT specialises runtime arguments (an int of 1 becomes a constant, multiples of
+    16 and 16-byte-aligned pointers get hints) unless told not to: every launcher, on unaligned
+    views and sizes of 1 and 16, must produce exactly the signatures compiled below."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    argv = [sys.executable, "-m", "tests.kernels.kernel_compile", "--specialisations"]
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
 @pytest.mark.slow
 def test_every_launch_configuration_compiles_for_sm80_and_sm90(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}

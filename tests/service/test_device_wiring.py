@@ -1,5 +1,5 @@
-"""The service's device wiring: warm-up before SERVING, uint8 maps quantised where they were computed
-(the numpy rule, bit for bit), and 'cuda:N' accepted wherever a device is named."""
+"""The service's device wiring: warm-up before SERVING, uint8 maps quantised by the numpy rule, bit
+for bit, and 'cuda:N' accepted wherever a device is named."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from camserve.config import CamserveConfig
 from camserve.errors import InvalidArgumentError
 from camserve.runtime import check_device, device_kind
 from camserve.service.models import ModelRegistry, discover_models
-from camserve.service.runner import maps_to_host
+from camserve.service.runner import maps_as
 from camserve.service.workers import default_workers
 from tests.service.service_helpers import MODEL, ServerProcess
 
 
 def _numpy_rule(maps: np.ndarray) -> np.ndarray:
-    """What both front doors answered before quantisation moved to the device."""
+    """What both front doors answer: numpy's rule, written out."""
     return np.rint(np.clip(maps, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -48,23 +48,23 @@ def test_uint8_maps_equal_the_numpy_rule_bit_for_bit() -> None:
     ties = [m for m in edges if float(m * np.float32(255)) % 1 == 0.5]
     assert len(ties) >= 255  # every k + 0.5 is represented, so the rounding rule is exercised
     expected = _numpy_rule(maps)
-    got = maps_to_host(torch.from_numpy(maps), np.dtype("u1"), "torch")  # OIP: images stacked
+    got = maps_as(maps, np.dtype("u1"))  # OIP: images stacked
     assert got.dtype == np.uint8 and got.shape == maps.shape
     np.testing.assert_array_equal(got, expected)
-    one_image = maps_to_host(torch.from_numpy(maps[0]), np.dtype("u1"), "torch")  # camserve.v1
+    one_image = maps_as(maps[0], np.dtype("u1"))  # camserve.v1
     np.testing.assert_array_equal(one_image, expected[0])
     # ties go to the even neighbour, as np.rint: k + 0.5 -> k for even k, k + 1 for odd k
-    got_ties = maps_to_host(torch.tensor(ties).reshape(1, 1, 1, -1), np.dtype("u1"), "torch").reshape(-1)
+    got_ties = maps_as(np.asarray(ties).reshape(1, 1, 1, -1), np.dtype("u1")).reshape(-1)
     halves = [m * 255 - 0.5 for m in np.asarray(ties, dtype=np.float32)]
     assert got_ties.tolist() == [int(k) + int(k) % 2 for k in halves]
 
 
 def test_float_maps_reach_the_host_unchanged_or_as_float16() -> None:
-    maps = torch.rand(2, 5, 7)
-    np.testing.assert_array_equal(maps_to_host(maps, np.dtype("<f4"), "torch"), maps.numpy())
-    half = maps_to_host(maps, np.dtype("<f2"), "torch")
+    maps = torch.rand(2, 5, 7).numpy()
+    np.testing.assert_array_equal(maps_as(maps, np.dtype("<f4")), maps)
+    half = maps_as(maps, np.dtype("<f2"))
     assert half.dtype == np.float16
-    np.testing.assert_array_equal(half, maps.numpy().astype(np.float16))
+    np.testing.assert_array_equal(half, maps.astype(np.float16))
 
 
 def test_each_model_is_warmed_up_once_before_the_registry_is_ready(models_root: Path, caplog) -> None:

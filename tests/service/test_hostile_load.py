@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as ip  # not camserve.inference: see its docstring
 
-from camserve.service.tensors import tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from camserve.wire import tensor_to_array
 from tests.service.hostile_helpers import MIB, PeakRss, cpu_seconds, raw_stream, zero_png
 from tests.service.service_helpers import MODEL, ServerProcess, environ, png_bytes, serve_argv, slow_request
 

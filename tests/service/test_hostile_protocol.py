@@ -15,10 +15,10 @@ import pytest
 from tritonclient.grpc import service_pb2 as ip  # not camserve.inference: see its docstring
 from tritonclient.grpc import service_pb2_grpc as ip_grpc
 
-from camserve.service.security import AUTH_FAILURE_BURST, open_channel, token_metadata
-from camserve.service.tensors import tensor_to_array
+from camserve.service.security import AUTH_FAILURE_BURST
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from camserve.wire import open_channel, tensor_to_array, token_metadata
 from tests.service.certs import Certs, make_certs
 from tests.service.hostile_helpers import raw_stream, raw_unary
 from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, secure_serve_argv

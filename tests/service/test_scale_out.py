@@ -28,9 +28,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from camserve.service.tensors import tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from camserve.wire import tensor_to_array
 from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, serve_argv
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,9 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from camserve.client import Client, ServerError
 from camserve.config import ServiceConfig
 from camserve.errors import InvalidArgumentError, NotFoundError
-from camserve.service.security import BearerTokenInterceptor, check_security_config, load_token, open_channel
+from camserve.service.security import BearerTokenInterceptor, check_security_config, load_token
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from camserve.wire import open_channel
 from tests.service.certs import Certs, make_certs
 from tests.service.service_helpers import MODEL, ServerProcess, png_bytes, secure_serve_argv, serve_argv
 

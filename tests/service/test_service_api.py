@@ -16,8 +16,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 
 from camserve.client import Client
-from camserve.service.tensors import array_to_tensor, tensor_to_array
 from camserve.v1 import camserve_pb2 as pb
+from camserve.wire import array_to_tensor, tensor_to_array
 from tests.service.service_helpers import MODEL, png_bytes, slow_request, stub
 
 TOLERANCE = 1e-6

@@ -51,6 +51,36 @@ def test_the_gpu_variant_is_behind_the_gpu_profile_and_reserves_a_gpu():
     assert "profiles" not in compose()["services"]["camserve"]
 
 
+def test_the_gpu_image_pairs_torch_and_onnxruntime_on_one_cuda_major_and_ships_the_gpu_check():
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    # onnxruntime-gpu 1.28-1.31 are CUDA 13 builds; torch must come from its CUDA 13 index
+    deps = [
+        Requirement(d)
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ]
+    (gpu_ort,) = [d for d in deps if d.name == "onnxruntime-gpu"]
+    assert gpu_ort.specifier.contains("1.28.0") and gpu_ort.specifier.contains("1.31.1")
+    assert not gpu_ort.specifier.contains("1.27.0") and not gpu_ort.specifier.contains("1.32.0")
+    linux = {"sys_platform": "linux", "platform_machine": "x86_64"}
+    assert gpu_ort.marker is not None and gpu_ort.marker.evaluate(linux)
+    (cpu_ort,) = [d for d in deps if d.name == "onnxruntime"]
+    assert cpu_ort.marker is not None and not cpu_ort.marker.evaluate(linux)  # never both
+    for other in ({"sys_platform": "linux", "platform_machine": "aarch64"}, {"sys_platform": "darwin"}):
+        env = {"platform_machine": "arm64", **other}
+        assert cpu_ort.marker.evaluate(env) and not gpu_ort.marker.evaluate(env)
+    args = compose()["services"]["camserve-gpu"]["build"]["args"]
+    assert args["TORCH_INDEX_URL"].endswith("/whl/cu130")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "/whl/cu130" in dockerfile and not re.search(r"cu12\d|CUDA 12", dockerfile)
+    assert "COPY bench bench" in dockerfile and "gcc" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "bench" not in ignored and "bench/" not in ignored
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from camserve.service.tensors import array_to_tensor
 from camserve.v1 import camserve_pb2 as pb
+from camserve.wire import array_to_tensor
 from tests.service.service_helpers import (
     MODEL,
     ServerProcess,
