@@ -97,7 +97,7 @@ def deprocess_image(rgb: np.ndarray) -> np.ndarray:
     img = img - np.mean(img)
     img = img / (np.std(img) + 1e-5)
     img = np.clip(img * 0.1 + 0.5, 0, 1)
-    return np.uint8(img * 255)
+    return (img * 255).astype(np.uint8)  # truncated, as np.uint8(img * 255)
 
 
 def overlay_png(
