@@ -15,6 +15,9 @@ from __future__ import annotations
 
 #: Methods computed when a request or a call names none.
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam",)
+# the maps graph's methods (`camserve export --maps`): the gradient methods it can hold (not "cam",
+# which needs a GAP -> linear head)
+MAPS_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 
 #: "HxW" output sizes beyond this side are refused rather than allocated.
 MAX_OUTPUT_SIDE = 8192

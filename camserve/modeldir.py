@@ -8,6 +8,8 @@ Layout::
     DIR/head.onnx          activations [M,K,h,w] (+ extra_tokens) -> logits (Ablation-CAM)
     DIR/guided.onnx        images, targets -> guided-backprop input gradients [N,T,3,H,W]
     DIR/cam_weights.npz    arrays 'weight' [C,K] and 'bias' [C], only when the head is GAP -> linear (CAM)
+    DIR/maps.onnx          optional (``export --maps``): images, targets -> logits, target_ids and one
+                           map [N,T,H',W'] per method, the CAM maths as ONNX operators (``Manifest.maps``)
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ class GraphFile:
 
 
 @dataclass
+class MapsGraph:
+    """What ``maps.onnx`` computes: ``outputs`` = logits, target_ids, then one map per method, in
+    ``methods`` order, min-max normalised per map, of ``size`` [H', W'] and ``dtype``."""
+
+    methods: list[str]
+    inputs: list[str]
+    outputs: list[str]
+    size: list[int]  # [H', W']
+    dtype: str  # "float32" (in [0, 1]) or "uint8" (round(255 m))
+    eps: float  # maps whose max - min <= eps are all zeros
+
+
+@dataclass
 class Manifest:
     name: str
     architecture: str  # torchvision name, or "module:pkg.mod:factory"
@@ -44,6 +59,7 @@ class Manifest:
     prefix_tokens: int = 0  # tokens dropped by the "tokens" layout (class/register tokens)
     graphs: dict[str, GraphFile] = field(default_factory=dict)
     cam_weights: GraphFile | None = None  # present only for GAP -> linear heads
+    maps: MapsGraph | None = None  # present only with a maps graph (graphs["maps"])
     versions: dict[str, str] = field(default_factory=dict)
     opset: int = 18
     format: str = FORMAT
@@ -64,6 +80,8 @@ class Manifest:
         data["graphs"] = {k: GraphFile(**v) for k, v in data.get("graphs", {}).items()}
         if data.get("cam_weights"):
             data["cam_weights"] = GraphFile(**data["cam_weights"])
+        if data.get("maps"):
+            data["maps"] = MapsGraph(**data["maps"])
         return cls(**data)
 
 

@@ -22,6 +22,9 @@ from torch import nn
 import camserve
 from camserve.errors import ExportError, InvalidArgumentError, NotFoundError
 from camserve.export.graphs import SplitModel
+from camserve.export.maps import FILE as MAPS_FILE
+from camserve.export.maps import GRAPH as MAPS_GRAPH
+from camserve.export.maps import MapsOptions
 from camserve.export.tracing import OPSET, export_onnx
 from camserve.export.verification import verify_graph
 from camserve.modeldir import GraphFile, Manifest, ModelDirectory, sha256_file
@@ -48,8 +51,10 @@ def export_model(
     prefix_tokens: int | None = None,
     graphs: Sequence[str] = GRAPHS,
     verify: bool = True,
+    maps: MapsOptions | None = None,
 ) -> ModelDirectory:
-    """Export ``model`` cut at ``layer`` to ``out_dir``; the model itself is not modified."""
+    """Export ``model`` cut at ``layer`` to ``out_dir``; the model itself is not modified. With
+    ``maps``, also the maps graph (``camserve.export.maps``)."""
     out_dir = Path(out_dir)
     input_size = _check_input_size(input_size)
     unknown = set(graphs) - set(GRAPHS)
@@ -57,6 +62,8 @@ def export_model(
         raise InvalidArgumentError("graphs", f"choose from {', '.join(GRAPHS)} (explain is required)")
     if out_dir.exists() and not force:
         raise ExportError(f"output directory {out_dir} exists; pass --force (force=True) to replace it")
+    if maps is not None:
+        maps.check()  # before the minutes of tracing
     split = SplitModel(model, layer, input_size, layout=layout, prefix_tokens=prefix_tokens)
     if class_names is None:
         class_names = [str(i) for i in range(split.num_classes)]
@@ -69,6 +76,10 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         files, acts_shape, cam = _write_graphs(split, staging, graphs, verify)
+        maps_info = None
+        if maps is not None:
+            maps_info = maps.write(staging, cam, verify)
+            files[MAPS_GRAPH] = GraphFile(MAPS_FILE, sha256_file(staging / MAPS_FILE))
         manifest = Manifest(
             name=name,
             architecture=architecture,
@@ -83,6 +94,7 @@ def export_model(
             notes=_non_cut_notes(split),
             graphs=files,
             cam_weights=cam,
+            maps=maps_info,
             versions=_versions(),
             opset=OPSET,
         )

@@ -52,6 +52,19 @@ def disagreement(name: str, got: np.ndarray, want: np.ndarray) -> str | None:
     )
 
 
+def fresh_inputs(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A batch one larger than the traced one: int64 inputs (targets) gain a copy of their first row,
+    float inputs are fresh normal samples with the traced input's mean and std."""
+    gen = torch.Generator().manual_seed(1)
+    fresh = []
+    for x in inputs:
+        if x.dtype == torch.int64:
+            fresh.append(torch.cat([x, x[:1]]))
+        else:
+            fresh.append(torch.randn(x.shape[0] + 1, *x.shape[1:], generator=gen) * x.std() + x.mean())
+    return fresh
+
+
 def verify_graph(
     graph: str,
     path: Path,
@@ -63,13 +76,7 @@ def verify_graph(
     than the traced one (which checks the dynamic batch dimension too)."""
     import onnxruntime as ort
 
-    gen = torch.Generator().manual_seed(1)
-    fresh = []
-    for x in inputs:
-        if x.dtype == torch.int64:
-            fresh.append(torch.cat([x, x[:1]]))
-        else:
-            fresh.append(torch.randn(x.shape[0] + 1, *x.shape[1:], generator=gen) * x.std() + x.mean())
+    fresh = fresh_inputs(inputs)
     with torch.no_grad():
         expected = fn(*fresh)
     expected = expected if isinstance(expected, tuple) else (expected,)

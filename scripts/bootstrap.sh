@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh checkout: .venv with camserve (editable) and its test tools. Idempotent.
-#   --test-tools  also the system tools some tests drive (Debian's docker-compose, nginx and the Go / C++ /
-#                 Java client toolchains, via apt-get when run as root).
+#   --test-tools  also the system tools some tests drive (Debian's docker-compose, nginx, the Go / C++ /
+#                 Java client toolchains and Chromium, via apt-get when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -20,13 +20,14 @@ if [ "${1:-}" = "--test-tools" ]; then
   missing=()
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-  # tests/clients: the Go, C++ and Java clients' toolchains (offline builds). The Go protobuf 1.5 API is named
-  # because golang-google-grpc-dev alone pulls in 1.3, which cannot read protoc-gen-go's stubs.
+  # tests/clients: the Go, C++ and Java clients' toolchains (offline builds) and Chromium (clients/onnx's page).
+  # The Go protobuf 1.5 API is named because golang-google-grpc-dev alone pulls in 1.3, which cannot read
+  # protoc-gen-go's stubs.
   for pkg in golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev \
       protobuf-compiler protobuf-compiler-grpc libgrpc++-dev cmake g++ \
       default-jdk-headless libgrpc-java libprotobuf-java protobuf-compiler-grpc-java-plugin libnetty-java \
       libnetty-tcnative-java libnetty-tcnative-jni libperfmark-java libgoogle-gson-java \
-      libgeronimo-annotation-1.3-spec-java; do
+      libgeronimo-annotation-1.3-spec-java chromium; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

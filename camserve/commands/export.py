@@ -1,8 +1,9 @@
 """``camserve export``: a PyTorch classifier -> a model directory (explain / forward / head / guided graphs).
 
-With ``--triton-repository DIR`` it also writes a Triton Inference Server model repository for the
-explain graph; ``--from-model MODEL_DIR --triton-repository DIR`` writes one for an existing model
-directory without exporting anything.
+With ``--maps`` it also writes the maps graph (maps.onnx: the CAM maths as ONNX operators). With
+``--triton-repository DIR`` it also writes a Triton Inference Server model repository for the
+explain graph. ``--from-model MODEL_DIR`` with ``--maps`` and/or ``--triton-repository DIR`` does
+either for an existing model directory without the PyTorch model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camserve.defaults import OUTPUT_SIZE
 from camserve.errors import InvalidArgumentError
 from camserve.export import GRAPHS, build_from_import_path, export_model, load_weights
 from camserve.export.architectures import (
@@ -24,6 +26,10 @@ from camserve.export.architectures import (
     build_torchvision,
     imagenet_class_names,
 )
+from camserve.export.maps import DEFAULT_METHODS as DEFAULT_MAPS_METHODS
+from camserve.export.maps import DTYPES as MAPS_DTYPES
+from camserve.export.maps import MapsOptions, add_maps_graph, graph_methods
+from camserve.modeldir import ModelDirectory
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--arch", help=f"torchvision architecture: {', '.join(ARCHITECTURES)}")
     source.add_argument("--module", help="import path of a factory returning an nn.Module: pkg.mod:build")
     source.add_argument(
-        "--from-model", metavar="MODEL_DIR", help="an existing model directory (with --triton-repository)"
+        "--from-model",
+        metavar="MODEL_DIR",
+        help="an existing model directory: add the maps graph (--maps) and/or write a Triton repository",
     )
     # One of the two is required unless --from-model (checked in run()).
     weights = p.add_mutually_exclusive_group()
@@ -53,6 +61,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=["nchw", "nhwc", "tokens"], help="layout of the layer's output")
     p.add_argument("--prefix-tokens", type=int, help="tokens layout: leading class/register tokens")
     p.add_argument("--graphs", default=",".join(GRAPHS), help=f"graphs to write (default {','.join(GRAPHS)})")
+    p.add_argument(
+        "--maps",
+        nargs="?",
+        const=",".join(DEFAULT_MAPS_METHODS),
+        metavar="METHODS",
+        help="also write maps.onnx, the CAM maths as ONNX operators: images, targets -> logits, "
+        f"target_ids, maps_<method> (default {','.join(DEFAULT_MAPS_METHODS)}; "
+        f"possible: {', '.join(graph_methods())})",
+    )
+    p.add_argument(
+        "--maps-size",
+        default=OUTPUT_SIZE,
+        help=f"maps.onnx's map size: input, feature or HxW (default {OUTPUT_SIZE})",
+    )
+    p.add_argument(
+        "--maps-dtype",
+        choices=MAPS_DTYPES,
+        default="float32",
+        help="maps.onnx's maps: float32 in [0,1] or uint8",
+    )
     p.add_argument("--name", help="model name (default: the output directory's name)")
     p.add_argument("--out", help="output model directory (required unless --from-model)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -113,16 +141,38 @@ def _write_triton_repository(args: argparse.Namespace, model_dir: Path | str) ->
     print(f"Triton model repository: {target}/config.pbtxt, {target}/1/model.onnx")
 
 
+def _maps_options(args: argparse.Namespace) -> MapsOptions | None:
+    if args.maps is None:
+        return None
+    methods = tuple(m.strip() for m in args.maps.split(",") if m.strip())
+    options = MapsOptions(methods, args.maps_size, args.maps_dtype)
+    options.check()
+    return options
+
+
+def _print_maps(model_dir: ModelDirectory) -> None:
+    maps = model_dir.manifest.maps
+    if maps is not None:
+        size = "x".join(map(str, maps.size))
+        print(
+            f"  maps graph: {model_dir.graph_path('maps')} -> {', '.join(maps.outputs)} ({maps.dtype} {size})"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    maps = _maps_options(args)
     if args.from_model:
-        if not args.triton_repository:
-            raise InvalidArgumentError("--from-model", "only used with --triton-repository DIR")
+        if not (args.triton_repository or maps):
+            raise InvalidArgumentError("--from-model", "only used with --maps and/or --triton-repository DIR")
         if args.weights or args.random_weights or args.out:
             raise InvalidArgumentError(
                 "--from-model",
                 "reads an existing model directory: --weights, --random-weights and --out do not apply",
             )
-        _write_triton_repository(args, args.from_model)
+        if maps is not None:
+            _print_maps(add_maps_graph(args.from_model, maps))
+        if args.triton_repository:
+            _write_triton_repository(args, args.from_model)
         return 0
     if not (args.weights or args.random_weights):
         raise InvalidArgumentError("--weights", "one of --weights FILE or --random-weights is required")
@@ -181,11 +231,13 @@ def run(args: argparse.Namespace) -> int:
         layout=layout,
         prefix_tokens=prefix,
         graphs=[g.strip() for g in args.graphs.split(",") if g.strip()],
+        maps=maps,
     )
     m = model_dir.manifest
     cam = "yes" if m.cam_weights else "no (head is not GAP -> linear)"
     print(f"exported {m.architecture} layer {m.target_layer} -> {model_dir.path}")
     print(f"  activations [N,{','.join(map(str, m.activation_shape))}], {m.num_classes} classes, CAM: {cam}")
+    _print_maps(model_dir)
     if args.triton_repository:
         _write_triton_repository(args, model_dir.path)
     return 0

@@ -10,6 +10,7 @@ from camserve import kernels
 from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions
 from camserve.errors import UnsupportedError
+from camserve.kernels import reference
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 
 
@@ -27,14 +28,19 @@ class CAM(CamMethod):
     name = "cam"
     requires = frozenset({"cam_weights"})
     cost = "nothing beyond the shared explain run (needs a GAP -> linear head)"
+    not_in_graph = ""
+
+    @staticmethod
+    def _no_class_weights(model: str) -> UnsupportedError:
+        return UnsupportedError(
+            f"methods: 'cam' needs a head that is global average pooling followed by one linear layer, "
+            f"and {model} has another head, so it has no class weights to use "
+            f"(use 'gradcam': on a GAP -> linear head it gives CAM's map)"
+        )
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         if ctx.cam_weights is None:
-            raise UnsupportedError(
-                f"methods: 'cam' needs a head that is global average pooling followed by one linear layer, "
-                f"and model {ctx.model_name!r} has another head, so it has no class weights to use "
-                f"(use 'gradcam': on a GAP -> linear head it gives CAM's map)"
-            )
+            raise self._no_class_weights(f"model {ctx.model_name!r}")
         activations = ctx.outputs.activations
         class_weights = ctx.cam_weights.to(device=activations.device, dtype=activations.dtype)
         if class_weights.shape[1] != activations.shape[1]:
@@ -44,6 +50,17 @@ class CAM(CamMethod):
             )
         weights = class_weights[ctx.outputs.target_ids.to(activations.device)]  # [N,T,K]
         return MethodMaps(self.weighted_maps(ctx, weights))
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if class_weights is None:
+            raise self._no_class_weights("this model")
+        return reference.weighted_sum_relu(activations, class_weights[target_ids])
 
 
 @register
@@ -60,6 +77,7 @@ class EigenCAM(CamMethod):
 
     name = "eigencam"
     eigen_smoothable = False  # already the principal component (pytorch-grad-cam ignores it too)
+    not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         activations = ctx.outputs.activations
@@ -95,6 +113,7 @@ class ScoreCAM(CamMethod):
     """
 
     name = "scorecam"
+    not_in_graph = "it runs the model again on K masked copies of every image"
     requires = frozenset({"forward"})
     cost = "K forward images per image (K channels, or score_top_n), batched"
 
@@ -153,6 +172,7 @@ class AblationCAM(CamMethod):
     """
 
     name = "ablationcam"
+    not_in_graph = "it runs the head again on K ablated copies of the activations"
     requires = frozenset({"head"})
     cost = "K head runs per image (only the layers after the target layer), batched"
 

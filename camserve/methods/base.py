@@ -18,7 +18,7 @@ import torch
 
 from camserve import kernels
 from camserve.config import ExplainOptions, RuntimeConfig
-from camserve.errors import InvalidArgumentError
+from camserve.errors import InvalidArgumentError, UnsupportedError
 from camserve.kernels import WeightMethod
 from camserve.methods import smoothing
 from camserve.outputs import ExplainOutputs, GraphRunner
@@ -104,11 +104,16 @@ class CamMethod(ABC):
     ``weight_rules`` the ``kernels.channel_weights`` rules it reads, so that a batch asking for
                      several methods gets all their weights from one pass over A and g.
     ``cost``         one line for people (``camserve explain --list-methods``, docs).
+    ``not_in_graph`` why the maps graph (``export/maps.py``: the maths as ONNX operators) cannot
+                     hold the method; "" for a method that implements :meth:`graph_maps`.
 
     and two methods, overridden only by methods that need more than the shared explain run:
 
     :meth:`noisy_copies`  noisy copies of each image added to the explain run (Smooth Grad-CAM++).
     :meth:`extra_runs`    graph runs per image beyond the explain run, which admission counts.
+
+    A method whose maps come from one explain run by operators a graph can hold also implements
+    :meth:`graph_maps`, which the maps graph exports.
 
     Options a method takes (pytorch-grad-cam's ``BaseCAM`` options, ``camserve.methods.smoothing``);
     a method that does not take one ignores it, as pytorch-grad-cam's do:
@@ -126,6 +131,7 @@ class CamMethod(ABC):
     cost: ClassVar[str] = "nothing beyond the shared explain run"
     eigen_smoothable: ClassVar[bool] = True
     aug_smoothable: ClassVar[bool] = True
+    not_in_graph: ClassVar[str] = "its maths is not written as graph operators (graph_maps)"
 
     def noisy_copies(self, options: ExplainOptions) -> int:
         """How many noisy copies of each image this method needs in the explain run."""
@@ -157,6 +163,19 @@ class CamMethod(ABC):
     @abstractmethod
     def compute(self, ctx: MethodContext) -> MethodMaps:
         """Maps for every image and target of ``ctx``."""
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`compute`'s maps [N,T,h,w] (ReLU'd, before resizing and min-max) from A [N,K,h,w],
+        g [N,T,K,h,w], the target ids [N,T] and CAM's W [C,K] (None without a GAP -> linear head),
+        written with torch operators a graph can hold: no branch on values, no further graph run.
+        The maps graph exports it and checks it against :meth:`compute`."""
+        raise UnsupportedError(f"methods: {self.name!r} cannot be in the maps graph: {self.not_in_graph}")
 
     @staticmethod
     def weighted_maps(ctx: MethodContext, weights: torch.Tensor) -> torch.Tensor:

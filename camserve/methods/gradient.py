@@ -13,7 +13,7 @@ import torch
 
 from camserve import kernels
 from camserve.config import ExplainOptions
-from camserve.kernels import WeightMethod
+from camserve.kernels import WeightMethod, reference
 from camserve.methods import smoothing
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 
@@ -59,9 +59,21 @@ class ChannelWeightCAM(CamMethod):
     """A method of the form ReLU(sum_k w_k A^k) whose weights come from one spatial reduction of
     A and g (``kernels.channel_weights``); subclasses only name their weight rule."""
 
+    not_in_graph = ""
+
     def compute(self, ctx: MethodContext) -> MethodMaps:
         (rule,) = self.weight_rules
         return MethodMaps(weight_rule_maps(ctx, rule))
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        (rule,) = self.weight_rules
+        return reference.gradient_weighted_cam(activations, gradients, rule)
 
 
 @register
@@ -94,6 +106,21 @@ class GradCAMPlusPlus(ChannelWeightCAM):
 
     name = "gradcam++"
     weight_rules = ("gradcam++",)
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``reference.channel_weights``' Grad-CAM++ rule with its vanishing-denominator guard always
+        on (a graph cannot branch on values; the guard changes no number where it is not needed)."""
+        relu_g = gradients.clamp_min(0)
+        sum_a = activations.sum(dim=(-2, -1)).unsqueeze(1)[..., None, None]  # [N,1,K,1,1]
+        denom = relu_g * sum_a + 2.0
+        weights = (relu_g / torch.where(denom == 0, torch.inf, denom)).sum(dim=(-2, -1))
+        return reference.weighted_sum_relu(activations, weights)
 
 
 @register
@@ -129,6 +156,7 @@ class SmoothGradCAMPlusPlus(CamMethod):
     """
 
     name = "smoothgradcam++"
+    not_in_graph = "it runs the explain graph again on noisy copies of every image"
     requires = frozenset({"forward"})  # resolves negative targets on the clean images first
     cost = (
         "n = smooth_n noisy copies of each image in the explain run (N*(1+n) images), "
@@ -164,6 +192,7 @@ class LayerCAM(CamMethod):
     """
 
     name = "layercam"
+    not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         layer_maps = [elementwise_maps(ctx, acts, grads, relu_gradients=True) for acts, grads in ctx.layers]
@@ -179,6 +208,15 @@ class LayerCAM(CamMethod):
         normalised = [kernels.upsample_normalize(m, size, True, eps, backend=backend) for m in layer_maps]
         return torch.stack(normalised).sum(dim=0)
 
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return reference.elementwise_sum_relu(activations, gradients, relu_gradients=True)  # one layer
+
 
 @register
 class HiResCAM(CamMethod):
@@ -189,7 +227,17 @@ class HiResCAM(CamMethod):
     """
 
     name = "hirescam"
+    not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         outputs = ctx.outputs
         return MethodMaps(elementwise_maps(ctx, outputs.activations, outputs.gradients, relu_gradients=False))
+
+    def graph_maps(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor,
+        target_ids: torch.Tensor,
+        class_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return reference.elementwise_sum_relu(activations, gradients, relu_gradients=False)

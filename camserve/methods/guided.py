@@ -23,6 +23,7 @@ class _Guided(CamMethod):
     requires = frozenset({"guided"})
     resolution = "input"
     colour = True
+    not_in_graph = "it needs the guided-backprop graph's input gradients"
 
     def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
         return {"guided": 1}

@@ -1,0 +1,201 @@
+"""The maps graph (maps.onnx): its maps equal camserve.Explainer's for every method it holds, on the
+default model and a torchvision ResNet-18; the manifest describes it; the export refuses what it
+cannot hold and its verification fails a graph with wrong maths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from camserve import Explainer
+from camserve.cli import main
+from camserve.config import CamserveConfig, ExplainOptions
+from camserve.default_model import ARCHITECTURE, MODEL_NAME, load_default_model
+from camserve.default_model.data import CLASS_NAMES, make_localisation_dataset
+from camserve.default_model.net import INPUT_SIZE, MEAN, STD, TARGET_LAYER, normalize
+from camserve.errors import ExportError, InvalidArgumentError, UnsupportedError
+from camserve.export import export_model
+from camserve.export.architectures import build_torchvision
+from camserve.export.maps import MapsOptions, add_maps_graph, graph_methods, output_name
+from camserve.methods.gradient import GradCAM, GradCAMPlusPlus
+from camserve.modeldir import MANIFEST_NAME, ModelDirectory
+from tests.export.exporting import export_test_model
+from tests.export.nets import MaxPoolHead, TinyGapNet
+
+ALL = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "cam")
+TARGETS = [[-1, 3, -2], [-1, 0, 7], [-3, 5, -1], [2, -1, 9]]  # ranks and ids, T = 3
+
+
+def _run_maps(
+    model_dir: ModelDirectory, images: torch.Tensor, targets: list[list[int]]
+) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(model_dir.graph_path("maps")), providers=["CPUExecutionProvider"])
+    feed = {"images": images.numpy(), "targets": np.asarray(targets, np.int64)}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feed), strict=True))
+
+
+def _assert_equal_to_explainer(
+    model_dir: ModelDirectory, images: torch.Tensor, targets: list[list[int]], output_size: str
+) -> None:
+    info = model_dir.manifest.maps
+    assert info is not None
+    got = _run_maps(model_dir, images, targets)
+    config = CamserveConfig(explain=ExplainOptions(output_size=output_size))
+    want = Explainer(model_dir, config=config).explain(images, methods=info.methods, targets=targets)
+    np.testing.assert_array_equal(got["target_ids"], want.target_ids)
+    np.testing.assert_allclose(got["logits"], want.logits, rtol=1e-5, atol=1e-5)
+    for method in info.methods:
+        maps = got[output_name(method)]
+        assert maps.dtype == np.float32 and maps.shape == want.maps[method].shape
+        assert maps.min() >= 0.0 and maps.max() <= 1.0
+        np.testing.assert_allclose(maps, want.maps[method], rtol=0, atol=1e-5, err_msg=method)
+        assert (maps.max(axis=(-2, -1)) == 1.0).sum() >= 1  # normalised, not all-zero maps
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> ModelDirectory:
+    """The default model, its explain graph and maps graph (all six methods, input size)."""
+    return export_model(
+        load_default_model(),
+        TARGET_LAYER,
+        INPUT_SIZE,
+        tmp_path_factory.mktemp("maps") / "digits",
+        name=MODEL_NAME,
+        architecture=ARCHITECTURE,
+        mean=MEAN,
+        std=STD,
+        class_names=CLASS_NAMES,
+        graphs=("explain",),
+        maps=MapsOptions(methods=ALL),
+    )
+
+
+@pytest.fixture(scope="module")
+def digit_images() -> torch.Tensor:
+    return normalize(make_localisation_dataset(4, seed=5, instances=(1, 2)).images)
+
+
+def test_default_model_maps_equal_the_explainers(digits_dir, digit_images) -> None:
+    _assert_equal_to_explainer(digits_dir, digit_images, TARGETS, "input")
+
+
+def test_manifest_names_the_graph_its_inputs_and_outputs(digits_dir) -> None:
+    manifest = ModelDirectory(digits_dir.path).manifest  # read back from JSON
+    assert manifest.graphs["maps"].file == "maps.onnx"
+    info = manifest.maps
+    assert info is not None
+    assert info.methods == list(ALL)
+    assert info.inputs == ["images", "targets"]
+    expected = ["logits", "target_ids"] + [f"maps_{m}" for m in ("gradcam", "gradcampp", "xgradcam")]
+    assert info.outputs == expected + ["maps_layercam", "maps_hirescam", "maps_cam"]
+    assert (info.size, info.dtype, info.eps) == ([64, 64], "float32", 1e-7)
+    session = ort.InferenceSession(str(digits_dir.graph_path("maps")), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == info.inputs
+    assert [i.shape for i in session.get_inputs()] == [["batch", 3, 64, 64], ["batch", "targets"]]
+    assert [o.name for o in session.get_outputs()] == info.outputs
+    assert [o.shape for o in session.get_outputs()][2:] == [["batch", "targets", 64, 64]] * 6
+
+
+def test_uint8_feature_size_maps_added_to_an_existing_directory(digits_dir, digit_images, tmp_path) -> None:
+    """--from-model path: the maps graph replaced in place, uint8 at the feature size (16x16)."""
+    copy = tmp_path / "digits"
+    shutil.copytree(digits_dir.path, copy)
+    methods = ("gradcam++", "layercam")
+    model_dir = add_maps_graph(copy, MapsOptions(methods=methods, output_size="feature", dtype="uint8"))
+    assert model_dir.manifest.maps is not None and model_dir.manifest.maps.size == [16, 16]
+    got = _run_maps(model_dir, digit_images, TARGETS)
+    assert sorted(got) == ["logits", "maps_gradcampp", "maps_layercam", "target_ids"]
+    config = CamserveConfig(explain=ExplainOptions(output_size="feature"))
+    want = Explainer(model_dir, config=config).explain(digit_images, methods=list(methods), targets=TARGETS)
+    for method in methods:
+        maps = got[output_name(method)]
+        assert maps.dtype == np.uint8 and maps.shape == (4, 3, 16, 16)
+        expected = np.round(np.clip(want.maps[method], 0, 1) * 255)
+        assert np.abs(maps.astype(np.int32) - expected).max() <= 1, method
+        assert (maps == 255).any()
+
+
+def test_cli_adds_the_maps_graph_and_refuses_what_it_cannot_hold(digits_dir, tmp_path, capsys) -> None:
+    copy = tmp_path / "digits"
+    shutil.copytree(digits_dir.path, copy)
+    assert (
+        main(["export", "--from-model", str(copy), "--maps", "hirescam,gradcam", "--maps-size", "32x24"]) == 0
+    )
+    assert "maps_hirescam, maps_gradcam (float32 32x24)" in capsys.readouterr().out
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    assert manifest["maps"]["methods"] == ["hirescam", "gradcam"] and manifest["maps"]["size"] == [32, 24]
+    assert ModelDirectory(copy).manifest.graphs["maps"].sha256 != digits_dir.manifest.graphs["maps"].sha256
+
+    assert main(["export", "--from-model", str(copy), "--maps", "eigencam"]) == 2
+    err = capsys.readouterr().err
+    assert "'eigencam' cannot be in the maps graph" in err and "no operator" in err
+    assert main(["export", "--from-model", str(copy), "--maps", "gradcam", "--maps-size", "big"]) == 2
+    assert "maps_size" in capsys.readouterr().err
+    assert json.loads((copy / MANIFEST_NAME).read_text()) == manifest  # nothing changed
+
+
+def test_which_methods_the_graph_holds_and_why_not_the_others() -> None:
+    assert set(ALL) <= set(graph_methods())
+    reasons = {
+        "eigencam": "eigendecomposition (or SVD), which ONNX has no operator for",
+        "scorecam": "K masked copies",
+        "ablationcam": "K ablated copies",
+        "smoothgradcam++": "noisy copies",
+        "guidedbackprop": "guided-backprop graph",
+        "guidedgradcam": "guided-backprop graph",
+    }
+    for name, reason in reasons.items():
+        with pytest.raises(InvalidArgumentError, match="cannot be in the maps graph") as refused:
+            MapsOptions(methods=(name,)).check()
+        assert reason in str(refused.value) and name not in graph_methods()
+    with pytest.raises(InvalidArgumentError, match="unknown method 'gradcan'"):
+        MapsOptions(methods=("gradcan",)).check()
+
+
+def test_cam_needs_a_gap_linear_head(tmp_path) -> None:
+    model_dir = export_test_model(MaxPoolHead(), "body", (3, 4, 4), tmp_path / "maxpool")
+    assert model_dir.manifest.cam_weights is None
+    with pytest.raises(UnsupportedError, match="'cam' needs a head that is global average pooling"):
+        add_maps_graph(model_dir.path, MapsOptions(methods=("cam",)))
+    with pytest.raises(InvalidArgumentError, match="maps_dtype"):
+        MapsOptions(dtype="float16").check()
+
+
+def test_verification_fails_a_graph_with_wrong_maths(tmp_path, monkeypatch) -> None:
+    model_dir = export_test_model(TinyGapNet(), "features", (3, 16, 16), tmp_path / "tiny")
+    # Grad-CAM written as Grad-CAM++: same shapes, other maps (HiRes-CAM would be Grad-CAM exactly
+    # here: behind GAP -> linear the gradient is spatially constant).
+    monkeypatch.setattr(GradCAM, "graph_maps", GradCAMPlusPlus.graph_maps)
+    with pytest.raises(ExportError, match="maps_gradcam: max error"):
+        add_maps_graph(model_dir.path, MapsOptions(methods=("gradcam",)))
+    assert not model_dir.has_graph("maps") and not (model_dir.path / "maps.onnx").exists()
+    assert [p.name for p in model_dir.path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_resnet18_maps_equal_the_explainers(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_torchvision("resnet18", (3, 64, 64), 10)
+    model_dir = export_model(
+        model,
+        "layer4",
+        (3, 64, 64),
+        tmp_path / "resnet18",
+        name="resnet18",
+        architecture="resnet18",
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        graphs=("explain",),
+        maps=MapsOptions(methods=ALL, output_size="feature"),
+    )
+    assert model_dir.manifest.maps is not None and model_dir.manifest.maps.size == [2, 2]
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    _assert_equal_to_explainer(model_dir, images, TARGETS, "feature")
+    add_maps_graph(model_dir.path, MapsOptions(methods=ALL))  # input size: bilinear 2x2 -> 64x64
+    _assert_equal_to_explainer(ModelDirectory(model_dir.path), images, TARGETS, "input")
