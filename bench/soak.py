@@ -16,8 +16,10 @@ RSS is read from /proc/<pid>/status (Linux).
 
 With --heavy-clients N, N more clients send, in turn, the heaviest requests the server's default limits
 admit (``HEAVY_KINDS``): a 7000x7000 PNG (49M decoded pixels), a 4000x4000 map (a 61 MiB answer),
-Smooth Grad-CAM++ with 256 noisy copies on 8 images, two 7000x7000 PNGs with a 2 s deadline, and a
-stream of twenty 4000x4000 maps that is not read for 5 s and then cancelled. The RSS is then also
+Smooth Grad-CAM++ with 256 noisy copies on 8 images, two 7000x7000 PNGs with a 2 s deadline, a
+stream of twenty 4000x4000 maps that is not read for 5 s and then cancelled, and the hostile images of
+``bench/hostile_images.py`` in turn (tiled TIFF, 5000-scan JPEG, thin 7000x7000 headers, ...), each of
+which must be INVALID_ARGUMENT. The RSS is then also
 sampled every 0.1 s, and its peak is printed against the documented bound (docs/service.md):
 RSS after the warm-up + max_batch_size x max_image_work_bytes + decode_pixel_budget x 20 B + one
 max_message_bytes answer per heavy client.
@@ -39,17 +41,18 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from hostile_images import HOSTILE_IMAGES
 from PIL import Image
-from server_process import start_server
 
 from camserve import defaults
+from camserve.loadgen.local_server import LocalServer
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
 IMAGES = 32
 CALL_TIMEOUT_S = 30.0
 HEAVY_TIMEOUT_S = 120.0
-HEAVY_KINDS = ("big-png", "big-map", "smooth-256", "deadline-2-big-pngs", "unread-stream")
+HEAVY_KINDS = ("big-png", "big-map", "smooth-256", "deadline-2-big-pngs", "unread-stream", "hostile-image")
 DECODE_BYTES_PER_PIXEL = 20  # measured: decoding + resizing a big PNG (service/models.py, PixelBudget)
 
 
@@ -184,6 +187,8 @@ class HeavyClient(threading.Thread):
     #: Statuses a heavy request may get without being an error (the deadline kind is meant to expire,
     #: the unread stream is cancelled by the client, a full queue refuses at once).
     EXPECTED = {"OK", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"}
+    #: Kinds that must get one status only (a hostile image that is decoded is an error).
+    EXPECTED_BY_KIND = {"hostile-image": {"INVALID_ARGUMENT"}}
 
     def __init__(
         self, index: int, address: str, model: str, pixels: np.ndarray, stop: threading.Event
@@ -193,6 +198,8 @@ class HeavyClient(threading.Thread):
         self.big_png = png(np.zeros((7000, 7000, 3), np.uint8))
         self.small_png = png(pixels[index % len(pixels)])
         self.statuses: dict[str, Counter[str]] = {kind: Counter() for kind in HEAVY_KINDS}
+        self.hostile = [make() for make, _ in HOSTILE_IMAGES.values()]  # bench/hostile_images.py
+        self.sent_hostile = 0
 
     def run(self) -> None:
         options = [("grpc.max_receive_message_length", defaults.MAX_MESSAGE_BYTES)]
@@ -229,6 +236,11 @@ class HeavyClient(threading.Thread):
         elif kind == "deadline-2-big-pngs":  # 98M pixels: max_request_pixels (100M) refuses more
             images = [pb.Image(encoded=self.big_png)] * 2
             stub.Explain(pb.ExplainRequest(id=request_id, model=self.model, images=images), timeout=2.0)
+        elif kind == "hostile-image":  # the next of bench/hostile_images.py: refused before decoding
+            data = self.hostile[self.sent_hostile % len(self.hostile)]
+            self.sent_hostile += 1
+            image = pb.Image(encoded=data)
+            stub.Explain(pb.ExplainRequest(id=request_id, model=self.model, images=[image]), timeout=30.0)
         else:  # unread-stream: twenty 4000x4000 maps asked for, none read for 5 s, then cancelled
             requests = (big_map_request(self.model, f"{request_id}-{i}", self.small_png) for i in range(20))
             stream = stub.ExplainStream(requests, timeout=HEAVY_TIMEOUT_S)
@@ -269,13 +281,13 @@ def main(argv: list[str] | None = None) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     pixels = digit_pixels(IMAGES)
-    proc = None
+    server = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.server:
             address, pid = args.server, args.pid
         else:
-            proc, address = start_server(None, args.server_flag, Path(tmp) / "serve.log")
-            pid = proc.pid
+            server = LocalServer(None, args.server_flag, Path(tmp) / "serve.log", metrics=False)
+            address, pid = server.address, server.proc.pid
         try:
             figures = Figures(args.clients, args.seconds, ",".join(methods))
             if pid:
@@ -316,9 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 sampler.join(5)
                 figures.rss_peak_mib = sampler.peak_mib
         finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=60)
+            if server is not None:
+                server.stop()
     latencies = np.array([ms for c in clients for ms in c.latencies_ms])
     errors: Counter[str] = Counter()
     for client in clients:
@@ -341,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             merged = figures.heavy_requests.setdefault(kind, {})
             for code, count in counts.items():
                 merged[code] = merged.get(code, 0) + count
-                unexpected += 0 if code in HeavyClient.EXPECTED else count
+                expected = HeavyClient.EXPECTED_BY_KIND.get(kind, HeavyClient.EXPECTED)
+                unexpected += 0 if code in expected else count
     if figures.rss_start_mib:
         figures.rss_bound_mib = figures.rss_start_mib + (
             defaults.MAX_BATCH_SIZE * defaults.MAX_IMAGE_WORK_BYTES

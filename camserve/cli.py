@@ -3,7 +3,7 @@ served over gRPC.
 
 Every sub-command is a module of ``camserve.commands`` with ``register(subparsers)``, which adds its
 parser and sets ``func``; all are imported here, so a missing or broken one fails at once. A
-CamserveError becomes one line on stderr and exit status 2.
+CamserveError becomes one line on stderr and its exit status (2; 3 for a disk that cannot be written).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CamserveError as exc:
         print(f"camserve {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
 

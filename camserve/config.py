@@ -74,8 +74,8 @@ class ServiceConfig:
     port: int = defaults.PORT
     models: str = ""  # a directory of model directories; empty: the embedded default model
     max_batch_size: int = defaults.MAX_BATCH_SIZE
-    max_queue_delay_ms: float = 5.0
-    max_queue_size: int = 256
+    max_queue_delay_ms: float = defaults.MAX_QUEUE_DELAY_MS
+    max_queue_size: int = defaults.MAX_QUEUE_SIZE
     max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
     # Admission: requests over any of these are refused before any work (docs/service.md, "Limits").
     max_request_images: int = defaults.MAX_REQUEST_IMAGES
@@ -83,7 +83,7 @@ class ServiceConfig:
     max_request_pixels: int = defaults.MAX_REQUEST_PIXELS  # decoded pixels, read from image headers
     max_image_work_bytes: int = defaults.MAX_IMAGE_WORK_BYTES  # working memory of one image in a batch
     max_request_graph_runs: int = defaults.MAX_REQUEST_GRAPH_RUNS
-    grace_period_s: float = 10.0
+    grace_period_s: float = defaults.GRACE_PERIOD_S
     metrics_port: int = 0  # 0: no Prometheus endpoint
     workers: int = 0  # server processes sharing the port; 0: one per two cores (1 on CUDA)
     # Memory bounds under hostile load (docs/service.md, "Limits"):
@@ -117,6 +117,23 @@ def parse_output_size(text: object, field: str = "options.output_size") -> Outpu
         )
     height, width = int(match.group(1)), int(match.group(2))
     return check_output_side(height, field, "height"), check_output_side(width, field, "width")
+
+
+def resolve_output_size(
+    text: object,
+    input_size: tuple[int, int],
+    feature_size: tuple[int, int],
+    field: str = "options.output_size",
+) -> tuple[int, int]:
+    """The (H, W) an output size means for a model: "input" -> ``input_size``, "feature" ->
+    ``feature_size`` (the target layer's h x w), "HxW" -> (H, W) as :func:`parse_output_size` reads it."""
+    size = parse_output_size(text, field)
+    if size == "input":
+        return input_size
+    if size == "feature":
+        return feature_size
+    assert isinstance(size, tuple)
+    return size
 
 
 def check_output_side(value: int, field: str, side: str = "") -> int:
@@ -246,18 +263,45 @@ def clip(text: str, limit: int = defaults.MAX_ECHO_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text) - limit} more characters)"
 
 
-def check_service_limits(service: ServiceConfig) -> None:
-    """InvalidArgumentError naming the [service] admission limit that is not a positive number."""
+def check_service_config(service: ServiceConfig) -> None:
+    """The one check of the [service] settings' values: InvalidArgumentError naming the first setting the
+    server cannot run with. The files they name (certificates, token file) are read, and refused by
+    name, by ``camserve.service.security.check_security_files``."""
+    for name in ("port", "metrics_port"):
+        value = getattr(service, name)
+        if not 0 <= value <= 65535:
+            raise InvalidArgumentError(f"service.{name}", f"must be in 0..65535, got {value}")
+    if service.max_message_bytes < 1024:
+        raise InvalidArgumentError(
+            "service.max_message_bytes", f"must be at least 1024, got {service.max_message_bytes}"
+        )
+    for name in ("grace_period_s", "max_queue_delay_ms", "workers"):
+        value = getattr(service, name)
+        if not value >= 0:  # NaN too
+            raise InvalidArgumentError(f"service.{name}", f"must be >= 0, got {value}")
     for name in (
+        "max_batch_size",
+        "max_queue_size",
         "max_request_images",
         "max_targets_per_image",
         "max_request_pixels",
         "max_image_work_bytes",
         "max_request_graph_runs",
+        "decode_pixel_budget",
+        "stream_max_unread",
     ):
         value = getattr(service, name)
         if value < 1:
             raise InvalidArgumentError(f"service.{name}", f"must be >= 1, got {value}")
+    if bool(service.tls_cert) != bool(service.tls_key):
+        missing = "tls_key" if service.tls_cert else "tls_cert"
+        raise InvalidArgumentError(f"service.{missing}", "tls_cert and tls_key go together; set both")
+    if service.tls_client_ca and not service.tls_cert:
+        raise InvalidArgumentError(
+            "service.tls_client_ca", "client certificates (mTLS) need TLS: set tls_cert and tls_key too"
+        )
+    if service.auth_token and service.auth_token_file:
+        raise InvalidArgumentError("service.auth_token", "set auth_token or auth_token_file, not both")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ MAX_GRAPH_BATCH = 64
 # -- [service] ---------------------------------------------------------------------------------------
 PORT = 50051
 MAX_BATCH_SIZE = 16
+MAX_QUEUE_DELAY_MS = 5.0  # how long the batcher waits for a batch to fill
+MAX_QUEUE_SIZE = 256  # images waiting per model before requests are refused
+GRACE_PERIOD_S = 10.0  # on SIGTERM: time for running calls to finish
 #: gRPC message limit of the server and of the Python client (requests and answers).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Admission limits: a request over any of them is refused before any work (docs/service.md).
@@ -65,6 +68,19 @@ STREAM_MAX_UNREAD = 4  # answers (finished or being computed) a stream holds bef
 # is checked and decoded on the event loop: a hop to a worker thread cost more than the work.
 INLINE_REQUEST_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
+
+# -- encoded images: service requests and `camserve batch` (camserve/encoded_images.py) ----------------
+#: Formats decoded; others (TIFF, BMP, GIF, ...) are refused before decoding (docs/operations.md).
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+MAX_IMAGE_PIXELS = 50_000_000  # decoded pixels of one image: a small file must not expand into gigabytes
+#: What decoding and resizing a plain 8-bit image takes per pixel (RGB, its float copy, the resize);
+#: the unit of decode costs and of the pixel budget.
+DECODE_BYTES_PER_PIXEL = 20
+MAX_IMAGE_METADATA = 64  # PNG ancillary chunks, JPEG APPn/COM segments, WebP chunks of one image
+MAX_PNG_CHUNKS = 16_384  # chunks of one PNG (libpng writes 8 KiB IDATs: 128 MiB of image data)
+MAX_JPEG_SCANS = 32  # scans of one JPEG (libjpeg writes 10 for progressive colour); CPU grows per scan
+#: `camserve batch`: image files larger than this are error rows, not read (requests: max_message_bytes).
+MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
 
 # -- camserve eval (camserve.eval.evaluate.EvalSettings and the CLI's flags) ----------------------------
 EVAL_SINGLE_IMAGES = 200  # single-instance benchmark images

@@ -13,6 +13,8 @@ class CamserveError(Exception):
 
     #: gRPC status code name (``grpc.StatusCode[...]``) this error maps to.
     grpc_code = "INTERNAL"
+    #: The CLI's exit status for it.
+    exit_status = 2
 
 
 class InvalidArgumentError(CamserveError, ValueError):
@@ -47,3 +49,10 @@ class ResourceExhaustedError(CamserveError):
     """A queue or size limit was hit."""
 
     grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class StorageError(CamserveError):
+    """Output could not be written: a full, read-only or failing disk (the CLI exits 3)."""
+
+    grpc_code = "UNAVAILABLE"
+    exit_status = 3

@@ -33,17 +33,11 @@ from torch.utils.hooks import RemovableHandle
 
 from camserve.errors import ExportError
 from camserve.export.layers import Layout, find_layer, guess_layout_kind
+from camserve.methods.targets import resolve_targets
 
 if TYPE_CHECKING:
     from collections.abc import Collection
     from typing import Any
-
-
-def resolve_targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Targets [N,T]: t >= 0 is a class id, t = -k the k-th highest-scoring class (torch.topk order)."""
-    order = torch.topk(logits, logits.shape[1], dim=1).indices  # ONNX TopK: the same order as torch.topk
-    rank = (-targets - 1).clamp(min=0, max=logits.shape[1] - 1)
-    return torch.where(targets >= 0, targets, torch.gather(order, 1, rank))
 
 
 def _select(ids: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:

@@ -31,7 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from camserve.config import ExplainOptions, ServiceConfig, parse_output_size
+from camserve.config import ExplainOptions, ServiceConfig, resolve_output_size
 from camserve.errors import ResourceExhaustedError
 from camserve.methods.base import method_class
 from camserve.modeldir import Manifest
@@ -64,13 +64,12 @@ class RequestCost:
 
 
 def output_pixels(options: ExplainOptions, manifest: Manifest) -> int:
-    size = parse_output_size(options.output_size)
-    if size == "input":
-        return int(manifest.input_size[1]) * int(manifest.input_size[2])
-    if size == "feature":
-        return int(manifest.activation_shape[1]) * int(manifest.activation_shape[2])
-    assert isinstance(size, tuple)
-    return size[0] * size[1]
+    height, width = resolve_output_size(
+        options.output_size,
+        (int(manifest.input_size[1]), int(manifest.input_size[2])),
+        (int(manifest.activation_shape[1]), int(manifest.activation_shape[2])),
+    )
+    return height * width
 
 
 def request_cost(

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from camserve.errors import InvalidArgumentError, ResourceExhaustedError
+from camserve.errors import ResourceExhaustedError
 from camserve.service.cancellation import StopCheck
 from camserve.service.errors import DeadlineExceededError, UnavailableError
 
@@ -76,12 +76,6 @@ class DynamicBatcher(Generic[P, R]):
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         """``on_batch(batch_size, compute_ms)`` is called on the event loop after every successful run."""
-        if max_batch_size < 1:
-            raise InvalidArgumentError("max_batch_size", f"must be at least 1, got {max_batch_size}")
-        if max_queue_size < 1:
-            raise InvalidArgumentError("max_queue_size", f"must be at least 1, got {max_queue_size}")
-        if max_queue_delay_ms < 0:
-            raise InvalidArgumentError("max_queue_delay_ms", f"must be >= 0, got {max_queue_delay_ms}")
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0

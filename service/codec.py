@@ -103,10 +103,9 @@ def _image(image: pb.Image, field: str, model: ServedModel, targets: tuple[int, 
     if source == "encoded":
         if not image.encoded:
             raise InvalidArgumentError(f"{field}.encoded", "is empty")
-        header = open_image(image.encoded, f"{field}.encoded")  # the header only
-        width, height = header.size
+        header = open_image(image.encoded, f"{field}.encoded")  # checked, nothing decoded
         load = functools.partial(model.preprocess_encoded, header, f"{field}.encoded")
-        return PendingImage(targets, width * height, load)
+        return PendingImage(targets, header.cost, load)
     array = tensor_to_array(image.tensor, f"{field}.tensor")
     if image.tensor.dtype not in (pb.DATA_TYPE_UNSPECIFIED, pb.DATA_TYPE_FLOAT32):
         raise InvalidArgumentError(f"{field}.tensor.dtype", "preprocessed images must be float32")

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import numpy as np
 
-from camserve.config import CamserveConfig, ExplainOptions, check_service_limits
+from camserve.config import CamserveConfig, ExplainOptions, check_service_config
 from camserve.defaults import INLINE_DECODE_PIXELS, INLINE_REQUEST_BYTES, MAX_ECHO_CHARS
 from camserve.service import metrics
 from camserve.service.admission import AnswerShape, RequestCost, admit, request_cost
@@ -51,7 +51,7 @@ class PendingImage:
     """One image of a request before decoding: its targets, its decoded size and how to decode it."""
 
     targets: tuple[int, ...]
-    pixels: int  # decoded pixels (read from the header for encoded images)
+    pixels: int  # decode cost in pixels (camserve.encoded_images.ImageHeader.cost for encoded images)
     # load(budgeted) -> float32 [3,H,W], preprocessed as the model expects; budgeted: within the
     # server's pixel budget (ServiceRequest.decode)
     load: Callable[[bool], np.ndarray]
@@ -181,7 +181,7 @@ class DataPlane:
     """Models, defaults, limits, draining and the in-flight count shared by every front door."""
 
     def __init__(self, models: ModelRegistry, config: CamserveConfig) -> None:
-        check_service_limits(config.service)
+        check_service_config(config.service)
         self.models = models
         self.config = config
         self.defaults = config.explain

@@ -77,10 +77,6 @@ class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
     """See the module docstring; install it after the token check (which must parse nothing)."""
 
     def __init__(self, stream_max_unread: int) -> None:
-        if stream_max_unread < 1:
-            raise InvalidArgumentError(
-                "service.stream_max_unread", f"must be at least 1, got {stream_max_unread}"
-            )
         self.stream_max_unread = stream_max_unread
 
     async def intercept_service(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import logging
 import re
 import threading
@@ -17,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from camserve.config import CamserveConfig, ServiceConfig
+from camserve.defaults import DECODE_PIXEL_BUDGET, MAX_IMAGE_PIXELS
+from camserve.encoded_images import ImageHeader, check_image, decode_checked
 from camserve.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from camserve.explainer import Explainer
 from camserve.images import preprocess
@@ -33,8 +34,6 @@ from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 
 log = logging.getLogger(__name__)
 
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
-MAX_IMAGE_PIXELS = 50_000_000  # decoded size limit: a small file must not expand into gigabytes
 #: How often a decode waiting for its pixel budget looks at its request's deadline.
 _BUDGET_POLL_S = 0.05
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -91,14 +90,14 @@ class PixelBudget:
     """Decoded pixels that all requests together may hold at once (``service.decode_pixel_budget``).
 
     Decoding an image costs about 20 bytes per pixel until it is resized to the model's input (the
-    RGB image, its float copy, the antialiased resize), however small the file: decodes wait for their
-    share, so concurrent requests cannot add up to more than the budget. A waiting decode gives up as
-    soon as its request is over (deadline or cancellation).
+    RGB image, its float copy, the antialiased resize), however small the file, and more where the
+    decoder holds more (a progressive JPEG's coefficients): an image holds its decode cost
+    (``camserve.encoded_images.ImageHeader.cost``, in such pixels). Decodes wait for their share, so
+    concurrent requests cannot add up to more than the budget. A waiting decode gives up as soon as
+    its request is over (deadline or cancellation), a running one at its next 64 KiB of input.
     """
 
     def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise InvalidArgumentError("service.decode_pixel_budget", f"must be at least 1, got {capacity}")
         self.capacity = capacity
         self._free = capacity
         self._changed = threading.Condition()
@@ -134,7 +133,7 @@ class ServedModel:
     name: str
     explainer: Explainer
     batcher: DynamicBatcher[ImageWork, ImageResult]
-    pixel_budget: PixelBudget = field(default_factory=lambda: PixelBudget(MAX_IMAGE_PIXELS))
+    pixel_budget: PixelBudget = field(default_factory=lambda: PixelBudget(DECODE_PIXEL_BUDGET))
 
     @property
     def manifest(self) -> Manifest:
@@ -144,16 +143,17 @@ class ServedModel:
     def supported_methods(self) -> list[str]:
         return list(self.explainer.supported_methods)
 
-    def preprocess_encoded(self, data: bytes | Image.Image, field: str, budgeted: bool = True) -> np.ndarray:
-        """PNG/JPEG bytes (or the image ``open_image`` made of them, header read) -> float32 [3,H,W],
-        resized and normalised as the manifest says (the same preprocessing as the in-process Explainer).
-        ``budgeted``: hold the pixels in the pixel budget while decoding (see ``ServiceRequest.decode``)."""
+    def preprocess_encoded(self, data: bytes | ImageHeader, field: str, budgeted: bool = True) -> np.ndarray:
+        """Encoded image bytes (or their ``open_image`` header) -> float32 [3,H,W], resized and
+        normalised as the manifest says (the same preprocessing as the in-process Explainer).
+        ``budgeted``: hold the image's decode cost in the pixel budget while decoding (see
+        ``ServiceRequest.decode``). The decode stops at its next block of input once the call is over."""
         check_request_alive(f"decoding {field}")
-        image = open_image(data, field) if isinstance(data, bytes) else data
-        width, height = image.size
-        with self._budget(width * height, field, budgeted):
+        header = open_image(data, field) if isinstance(data, bytes) else data
+        with self._budget(header.cost, field, budgeted):
             m = self.manifest
-            return preprocess(decode_image(image, field), m.input_size, m.mean, m.std)[0].numpy()
+            rgb = decode_checked(header, field, stop=lambda: check_request_alive(f"decoding {field}"))
+            return preprocess(rgb, m.input_size, m.mean, m.std)[0].numpy()
 
     def preprocess_pixels(self, pixels: np.ndarray, field: str, budgeted: bool = True) -> list[np.ndarray]:
         """uint8 RGB pixels [N,H,W,3] -> float32 [3,H,W] per image, within the pixel budget."""
@@ -166,32 +166,17 @@ class ServedModel:
         return self.pixel_budget.hold(pixels, field) if budgeted else contextlib.nullcontext()
 
 
-def open_image(data: bytes, field: str) -> Image.Image:
-    """Encoded image bytes -> a PIL image whose header only is read; InvalidArgumentError naming
-    ``field`` for unknown formats and images above MAX_IMAGE_PIXELS (before any pixel is decoded)."""
-    try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
-    except UnidentifiedImageError:
-        formats = ", ".join(IMAGE_FORMATS)
-        raise InvalidArgumentError(field, f"not an image in a known format ({formats})") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidArgumentError(field, f"the image cannot be decoded ({exc})") from None
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise InvalidArgumentError(
-            field, f"image is {width}x{height}; at most {MAX_IMAGE_PIXELS} pixels are decoded"
-        )
-    return image
+def open_image(data: bytes, field: str) -> ImageHeader:
+    """Encoded image bytes -> their checked header (``camserve.encoded_images``: accepted formats,
+    MAX_IMAGE_PIXELS, truncation, scans and chunks); InvalidArgumentError naming ``field`` otherwise.
+    Nothing is decompressed: cheap enough for the event loop on a small request."""
+    return check_image(data, field, MAX_IMAGE_PIXELS)
 
 
-def decode_image(data: bytes | Image.Image, field: str) -> Image.Image:
-    """Encoded image bytes (or an image from ``open_image``) -> an RGB PIL image; InvalidArgumentError
-    naming ``field`` otherwise."""
-    image = open_image(data, field) if isinstance(data, bytes) else data
-    try:
-        return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidArgumentError(field, f"the image cannot be decoded ({exc})") from None
+def decode_image(data: bytes | ImageHeader, field: str) -> Image.Image:
+    """Encoded image bytes (or their header from ``open_image``) -> an RGB PIL image;
+    InvalidArgumentError naming ``field`` otherwise."""
+    return decode_checked(open_image(data, field) if isinstance(data, bytes) else data, field)
 
 
 class ModelRegistry:

@@ -1,6 +1,6 @@
-"""Open Inference Protocol (inference.*) messages <-> the service's work items and results. Every check
-of an inference request lives here, and every error names what was wrong (``inputs[1] (TARGETS)``,
-``parameters.smooth_n``, ``outputs[0]``).
+"""Open Inference Protocol (inference.*) messages <-> the service's work items and results. The
+protocol's own checks (tensor names, shapes, datatypes, parameters) live here, and every error names
+what was wrong (``inputs[1] (TARGETS)``, ``parameters.smooth_n``, ``outputs[0]``).
 
 What a camserve model looks like over this protocol (ModelMetadata says the same):
 
@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 
 from camserve.config import ExplainOptions, check_methods, check_options, check_targets, clip
+from camserve.defaults import MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.service.admission import AnswerShape
 from camserve.service.dataplane import PendingImage, ServiceRequest
-from camserve.service.models import MAX_IMAGE_PIXELS, ServedModel
+from camserve.service.models import ServedModel
 from camserve.service.runner import ImageResult, ImageWork, maps_as
 from camserve.wire import check_shape
 

@@ -25,7 +25,6 @@ from typing import Any
 import grpc
 
 from camserve.config import ServiceConfig
-from camserve.errors import InvalidArgumentError
 from camserve.service import metrics
 from camserve.service.interceptors import peer_host, with_precheck
 from camserve.wire import AUTH_METADATA_KEY, BEARER, check_token, read_file, read_token_file
@@ -41,20 +40,12 @@ AUTH_FAILURE_INTERVAL_S = 1.0
 _TRACKED_PEERS = 4096  # addresses remembered; the oldest are forgotten first
 
 
-def check_security_config(service: ServiceConfig) -> None:
-    """InvalidArgumentError / NotFoundError naming the setting for an unusable TLS or token setup."""
-    if bool(service.tls_cert) != bool(service.tls_key):
-        missing = "tls_key" if service.tls_cert else "tls_cert"
-        raise InvalidArgumentError(f"service.{missing}", "tls_cert and tls_key go together; set both")
-    if service.tls_client_ca and not service.tls_cert:
-        raise InvalidArgumentError(
-            "service.tls_client_ca", "client certificates (mTLS) need TLS: set tls_cert and tls_key too"
-        )
+def check_security_files(service: ServiceConfig) -> None:
+    """NotFoundError / InvalidArgumentError naming the setting whose certificate or token file cannot
+    be used (the settings' values are checked by ``camserve.config.check_service_config``)."""
     for setting in ("tls_cert", "tls_key", "tls_client_ca"):
         if getattr(service, setting):
             read_file(getattr(service, setting), f"service.{setting}")
-    if service.auth_token and service.auth_token_file:
-        raise InvalidArgumentError("service.auth_token", "set auth_token or auth_token_file, not both")
     load_token(service)
 
 

@@ -20,6 +20,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from camserve.config import CamserveConfig, ServiceConfig
+from camserve.config import check_service_config as check_service_values
 from camserve.errors import InvalidArgumentError
 from camserve.service.dataplane import DataPlane
 from camserve.service.interceptors import RequestGuardInterceptor
@@ -27,7 +28,7 @@ from camserve.service.metrics import serve_metrics
 from camserve.service.models import ModelRegistry, return_freed_buffers_to_the_system
 from camserve.service.security import (
     BearerTokenInterceptor,
-    check_security_config,
+    check_security_files,
     load_token,
     server_credentials,
     warn_if_exposed,
@@ -173,17 +174,10 @@ class ExplainServer:
 
 
 def check_service_config(service: ServiceConfig) -> None:
-    """InvalidArgumentError naming the setting for values the server cannot run with."""
-    for name, value in (("port", service.port), ("metrics_port", service.metrics_port)):
-        if not 0 <= value <= 65535:
-            raise InvalidArgumentError(f"service.{name}", f"must be in 0..65535, got {value}")
-    if service.max_message_bytes < 1024:
-        raise InvalidArgumentError(
-            "service.max_message_bytes", f"must be at least 1024, got {service.max_message_bytes}"
-        )
-    if not service.grace_period_s >= 0:
-        raise InvalidArgumentError("service.grace_period_s", f"must be >= 0, got {service.grace_period_s}")
-    check_security_config(service)
+    """InvalidArgumentError / NotFoundError naming the setting the server cannot run with: the values
+    (``camserve.config.check_service_config``), then the files they name."""
+    check_service_values(service)
+    check_security_files(service)
 
 
 async def serve(config: CamserveConfig, models: ModelRegistry) -> None:

@@ -90,7 +90,21 @@ def test_traits_of_the_methods_that_need_more_than_the_explain_run():
     assert method_class("ablationcam")().extra_runs(options, 64) == {"ablated head": 64}
     assert method_class("smoothgradcam++")().noisy_copies(options) == 5
     sharing = [name for name in known_methods() if method_class(name)().shares_explain_run(options)]
-    assert sharing == ["cam", "eigencam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
+    assert sharing == ["cam", "eigencam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"] + [
+        "eigengradcam",
+        "kpcacam",
+        "fem",
+        "gradcamelementwise",
+        "shapleycam",
+        "refinecam",
+    ]
+    assert method_class("finercam")().extra_runs(options, 64) == {"finercam comparison explain": 1}
+    assert method_class("sscam")().extra_runs(options, 64) == {
+        "sscam masked forward": 5 * 8
+    }  # smooth_n x top_n
+    assert method_class("iscam")().extra_runs(ExplainOptions(smooth_n=3), 64) == {
+        "iscam masked forward": 3 * 64
+    }
     assert not method_class("smoothgradcam++")().shares_explain_run(options)
     assert method_class("smoothgradcam++")().shares_explain_run(ExplainOptions(smooth_n=0))
 

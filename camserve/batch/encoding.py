@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from camserve.config import parse_output_size
 from camserve.errors import InvalidArgumentError
-from camserve.methods import method_class, parse_output_size
+from camserve.methods import method_class
 
 MAP_DTYPES: dict[str, type[np.generic]] = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
 # Largest difference from the Explainer's float32 maps after resize_stored, per stored dtype
@@ -39,8 +40,7 @@ class MapEncoding:
     png: bool = False
 
     def check(self, normalize: bool) -> None:
-        if self.size not in ("feature", "input"):
-            parse_output_size(self.size, input_size=(1, 1), feature_size=(1, 1))  # raises on a bad HxW
+        parse_output_size(self.size, "--map-size")
         if self.dtype not in MAP_DTYPES:
             raise InvalidArgumentError("--map-dtype", f"{self.dtype!r} is not one of {', '.join(MAP_DTYPES)}")
         if self.dtype == "uint8" and not normalize:
@@ -62,10 +62,21 @@ def computed_size(method: str, encoding: MapEncoding) -> str:
 def encode_maps(maps: np.ndarray, dtype: str) -> list[bytes]:
     """float32 maps [N,T,h,w] -> one little-endian C-order blob per image."""
     if dtype == "uint8":
-        stored = np.round(np.clip(maps, 0.0, 1.0) * 255.0).astype(np.uint8)
+        stored = quantize_uint8(maps)
     else:
         stored = maps.astype(np.dtype(MAP_DTYPES[dtype]).newbyteorder("<"))
     return [image.tobytes() for image in stored]
+
+
+def quantize_uint8(maps: np.ndarray) -> np.ndarray:
+    """Normalised maps [N,T,h,w] -> uint8 by the kernels' one rule (``kernels.quantize_uint8``)."""
+    import torch
+
+    from camserve import kernels
+
+    return kernels.quantize_uint8(
+        torch.from_numpy(np.ascontiguousarray(maps, np.float32)), backend="torch"
+    ).numpy()
 
 
 def decode_maps(blobs: list[bytes], dtype: str, shape: tuple[int, int, int]) -> np.ndarray:
@@ -95,7 +106,7 @@ def png_maps(maps: np.ndarray) -> list[list[bytes]]:
     from PIL import Image
 
     out = []
-    for image in np.round(np.clip(maps, 0.0, 1.0) * 255.0).astype(np.uint8):
+    for image in quantize_uint8(maps):
         encoded = []
         for target_map in image:
             buffer = io.BytesIO()

@@ -34,11 +34,13 @@ class RayOptions:
 
     def check(self) -> None:
         if self.actors < 0:
-            raise InvalidArgumentError("--workers", f"must be >= 0 (0: fill the cluster), got {self.actors}")
+            raise InvalidArgumentError(
+                "--ray-actors", f"must be >= 0 (0: fill the cluster), got {self.actors}"
+            )
         if self.cpus_per_actor <= 0:
-            raise InvalidArgumentError("--cpus-per-worker", f"must be > 0, got {self.cpus_per_actor}")
+            raise InvalidArgumentError("--ray-cpus-per-actor", f"must be > 0, got {self.cpus_per_actor}")
         if self.gpus_per_actor < 0:
-            raise InvalidArgumentError("--gpus-per-worker", f"must be >= 0, got {self.gpus_per_actor}")
+            raise InvalidArgumentError("--ray-gpus-per-actor", f"must be >= 0, got {self.gpus_per_actor}")
 
 
 class RayShardWorker:
@@ -118,6 +120,6 @@ def _actors_that_fit(resources: dict[str, float], options: RayOptions) -> int:
         fit = min(fit, int(resources.get("GPU", 0) // options.gpus_per_actor))
     if fit < 1:
         raise InvalidArgumentError(
-            "--cpus-per-worker/--gpus-per-worker", f"no actor fits the cluster's resources {resources}"
+            "--ray-cpus-per-actor/--ray-gpus-per-actor", f"no actor fits the cluster's resources {resources}"
         )
     return fit

@@ -12,9 +12,9 @@ from typing import Any
 from camserve.batch.encoding import RESIZE_RULE, MapEncoding, computed_size
 from camserve.batch.outdir import OutputDir, map_column, png_column, shard_name
 from camserve.batch.sources import ImageRecord, ImageSource, SourceSpec
-from camserve.config import CamserveConfig
+from camserve.config import CamserveConfig, resolve_output_size
+from camserve.defaults import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError
-from camserve.methods import parse_output_size
 
 FORMAT = "camserve-batch/1"
 # ExplainOptions fields that do not change stored maps (output_size is replaced by the encoding).
@@ -35,11 +35,15 @@ class JobConfig:
     batch_size: int = 32  # images per explain-graph run
     shard_size: int = 1024  # images per Parquet shard (and per Ray task)
     decode_workers: int = 2  # threads decoding and preprocessing ahead of the graph
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are error rows, never decoded
+    max_image_file_bytes: int = MAX_IMAGE_FILE_BYTES  # larger files are error rows, never read
 
     def check(self) -> None:
         for name, value in (("--batch-size", self.batch_size), ("--shard-size", self.shard_size)):
             if value < 1:
                 raise InvalidArgumentError(name, f"must be >= 1, got {value}")
+        if self.max_image_pixels < 1:
+            raise InvalidArgumentError("--max-image-pixels", f"must be >= 1, got {self.max_image_pixels}")
         if self.decode_workers < 1:
             raise InvalidArgumentError("--decode-workers", f"must be >= 1, got {self.decode_workers}")
         self.encoding.check(self.config.explain.normalize)
@@ -90,7 +94,7 @@ def manifest(job: JobConfig, explainer: Any, counts: dict[str, int] | None) -> d
     maps = {}
     for method in job.methods:
         size = computed_size(method, job.encoding)
-        stored = parse_output_size(size, (height, width), feature_hw)  # type: ignore[arg-type]
+        stored = resolve_output_size(size, (height, width), feature_hw)  # type: ignore[arg-type]
         maps[method] = {
             "column": map_column(method),
             "png_column": png_column(method) if job.encoding.png else None,

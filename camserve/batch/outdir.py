@@ -8,19 +8,28 @@ Layout::
 
 Each file is written under a hidden temporary name and renamed into place, errors before rows, so
 a run killed at any moment leaves only whole shards; ids in either table count as done on resume.
+
+One job at a time owns OUT: it holds an exclusive lock on ``OUT/.camserve-batch.lock`` (flock; the
+kernel releases it when the process ends, however it ends), which says the owner's pid and host.
+A disk that refuses a write (full, read-only, quota, I/O error) raises StorageError.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
+import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from camserve.errors import InvalidArgumentError
+from camserve.errors import InvalidArgumentError, StorageError
 from camserve.files import write_atomic
 
 MANIFEST = "manifest.json"
@@ -29,6 +38,9 @@ ERRORS_DIR = "errors"
 SHARD_GLOB = "part-*.parquet"
 _SHARD_NAME = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 _TMP_PREFIX = ".tmp-"
+LOCK = ".camserve-batch.lock"
+#: errno values that mean the disk, not the arguments: the job ends with StorageError (exit 3).
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EFBIG}
 
 
 def shard_name(run: int, index: int) -> str:
@@ -49,6 +61,36 @@ class OutputDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.errors_path = self.path / ERRORS_DIR
+
+    @contextlib.contextmanager
+    def owned(self) -> Iterator[None]:
+        """Hold OUT for this job while the block runs: created if needed, locked against any other
+        ``camserve batch`` (InvalidArgumentError naming the owner when one holds it)."""
+        self._check_writable()
+        path = self.path / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _write_failure(exc, path) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+                raise InvalidArgumentError(
+                    "--out",
+                    f"{self.path} is in use by another camserve batch job ({_owner(owner)}); "
+                    "wait for it to end or use another --out",
+                ) from None
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(me).encode(), 0)
+            except OSError as exc:
+                raise _write_failure(exc, path) from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def prepare(self, job: dict[str, Any], overwrite: bool) -> None:
         """Create OUT (or check it is writable), refuse a different job's output unless ``overwrite``
@@ -116,11 +158,21 @@ class OutputDir:
         return {"rows": rows, "errors": errors, "shards": len(self.shard_files())}
 
     def write_shard(self, name: str, rows: Any, errors: Any | None) -> None:
-        """Write the errors table (if any) then the rows table of one shard, each atomically."""
+        """Write the errors table (if any) then the rows table of one shard, each atomically; when
+        the rows fail, the errors go too (a shard is on disk whole or not at all)."""
         if errors is not None and errors.num_rows:
             self._write_table(self.errors_path / name, errors)
         if rows.num_rows:
-            self._write_table(self.path / name, rows)
+            try:
+                self._write_table(self.path / name, rows)
+            except BaseException:
+                self.remove_shard(name)
+                raise
+
+    def remove_shard(self, name: str) -> None:
+        """Delete shard ``name`` (rows and errors): its ids are then not done, a re-run explains them."""
+        (self.path / name).unlink(missing_ok=True)
+        (self.errors_path / name).unlink(missing_ok=True)
 
     def _write_table(self, path: Path, table: Any) -> None:
         import pyarrow.parquet as pq
@@ -135,6 +187,8 @@ class OutputDir:
             probe = tempfile.NamedTemporaryFile(prefix=_TMP_PREFIX, dir=self.path)
             probe.close()
         except OSError as exc:
+            if exc.errno in _STORAGE_ERRNOS:
+                raise _write_failure(exc, self.path) from None
             raise InvalidArgumentError(
                 "--out", f"cannot write to {self.path} ({exc.strerror or exc})"
             ) from None
@@ -145,8 +199,26 @@ class OutputDir:
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Atomic write under the hidden prefix that resume and cleanup recognise."""
-    write_atomic(path, write, prefix=_TMP_PREFIX)
+    """Atomic write under the hidden prefix that resume and cleanup recognise; a disk that refuses
+    it raises StorageError (and leaves no partial file)."""
+    try:
+        write_atomic(path, write, prefix=_TMP_PREFIX)
+    except OSError as exc:  # whatever the errno: OUT itself refused the write
+        raise _write_failure(exc, path) from None
+
+
+def _write_failure(exc: OSError, path: Path) -> StorageError:
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    return StorageError(f"--out: cannot write {path}: {exc.strerror or exc} ({name})")
+
+
+def _owner(text: str) -> str:
+    try:
+        owner = json.loads(text)
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(owner["started"])))
+        return f"pid {int(owner['pid'])} on {owner['host']}, since {started}"
+    except (ValueError, KeyError, TypeError):
+        return "owner unknown"
 
 
 def _first_difference(old: Any, new: Any, where: str = "") -> str:

@@ -15,8 +15,8 @@ import numpy as np
 
 from camserve.batch.encoding import decode_maps, resize_stored
 from camserve.batch.outdir import OutputDir
+from camserve.config import resolve_output_size
 from camserve.errors import InvalidArgumentError, NotFoundError
-from camserve.methods import parse_output_size
 
 Size = str | tuple[int, int]
 
@@ -103,9 +103,9 @@ def read_maps(
 
 def _output_size(size: Size, manifest: dict[str, Any], stored: tuple[int, int]) -> tuple[int, int]:
     if isinstance(size, tuple):
-        return parse_output_size(f"{size[0]}x{size[1]}", (1, 1), (1, 1))
+        return resolve_output_size(f"{size[0]}x{size[1]}", (1, 1), (1, 1), "size")
     if size == "stored":
         return stored
     input_h, input_w = manifest["input_size"]
     feature_h, feature_w = manifest["feature_size"]
-    return parse_output_size(size, (input_h, input_w), (feature_h, feature_w))
+    return resolve_output_size(size, (input_h, input_w), (feature_h, feature_w), "size")

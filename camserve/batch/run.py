@@ -3,6 +3,7 @@ shards and hands them to an engine; the manifest's counts are updated however th
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from camserve.batch.job import JobConfig, job_identity, manifest, plan_shards
 from camserve.batch.outdir import OutputDir
 from camserve.batch.progress import Progress, log
 from camserve.batch.sources import ImageSource
-from camserve.errors import InvalidArgumentError
+from camserve.errors import InvalidArgumentError, StorageError
 
 ENGINES = ("local", "ray")
 
@@ -45,8 +46,9 @@ def run_batch(
     progress: bool = True,
     explainer: Any | None = None,
 ) -> BatchSummary:
-    """Explain every image of ``job.source`` not yet in ``job.out``. Bad input, a missing model or
-    an unwritable OUT raise a CamserveError before any image is explained."""
+    """Explain every image of ``job.source`` not yet in ``job.out``. Bad input, a missing model, an
+    unwritable OUT or one another job holds raise a CamserveError before any image is explained; a
+    disk that refuses a shard later raises StorageError (the manifest then counts the shards written)."""
     from camserve.methods import parse_methods
 
     if engine not in ENGINES:
@@ -62,29 +64,44 @@ def run_batch(
         explainer = Explainer(job.model, config=job.config)
     explainer.check_methods(list(job.methods))
     out = OutputDir(job.out)
-    out.prepare(job_identity(job, explainer), overwrite)
-    out.write_manifest(manifest(job, explainer, out.counts()))
-
-    done = out.done_ids()
-    total = sum(1 for record in source.records() if record.id not in done)
-    report = Progress(total, len(done), enabled=progress)
-    start = time.monotonic()
-    try:
-        if engine == "local":
-            from camserve.batch.engine_local import run_local
-
-            summaries = run_local(job, plan_shards(source, out, job.shard_size, done), explainer)
-        else:
-            from camserve.batch.engine_ray import run_ray
-
-            tasks = list(plan_shards(source, out, job.shard_size, done))
-            summaries = run_ray(job, tasks, ray or RayOptions())
-        for summary in summaries:
-            report.update(summary.rows, summary.errors)
-    finally:
-        report.close()
+    with out.owned():
+        out.prepare(job_identity(job, explainer), overwrite)
         counts = out.counts()
         out.write_manifest(manifest(job, explainer, counts))
+        done = out.done_ids()
+        total = sum(1 for record in source.records() if record.id not in done)
+        report = Progress(total, len(done), enabled=progress)
+        start = time.monotonic()
+        try:
+            if engine == "local":
+                from camserve.batch.engine_local import run_local
+
+                summaries = run_local(job, plan_shards(source, out, job.shard_size, done), explainer)
+            else:
+                from camserve.batch.engine_ray import run_ray
+
+                tasks = list(plan_shards(source, out, job.shard_size, done))
+                summaries = run_ray(job, tasks, ray or RayOptions())
+            for summary in summaries:
+                report.update(summary.rows, summary.errors)
+                # A shard counts once a manifest counting it is on disk; one the disk refuses to
+                # count is removed, so the manifest is true however the run ends.
+                landed = {
+                    "rows": counts["rows"] + summary.rows,
+                    "errors": counts["errors"] + summary.errors,
+                    "shards": counts["shards"] + (1 if summary.rows else 0),
+                }
+                try:
+                    out.write_manifest(manifest(job, explainer, landed))
+                except StorageError:
+                    out.remove_shard(summary.name)
+                    raise
+                counts = landed
+        finally:
+            report.close()
+            with contextlib.suppress(StorageError):  # a full disk: the last manifest written is true
+                out.write_manifest(manifest(job, explainer, out.counts()))
+            counts = out.counts()
     seconds = time.monotonic() - start
     log.info("%s", report.line())
     return BatchSummary(

@@ -3,6 +3,8 @@
 Every image is an :class:`ImageRecord` with a stable id (the id column, else the path relative to
 the folder, else the line as written). Records are streamed in a fixed order (sorted paths for a
 folder, file order otherwise); the images themselves are only read when a worker decodes them.
+A file name (or list line) that is not valid UTF-8 still becomes an id: :func:`text_id` escapes the
+bytes that do not decode as ``%XX``, and its ``path`` is the name as the file system has it.
 """
 
 from __future__ import annotations
@@ -85,17 +87,17 @@ class ImageSource:
 
     def _folder_records(self) -> Iterator[ImageRecord]:
         for path in _walk_sorted(self.root):
-            yield ImageRecord(id=path.relative_to(self.root).as_posix(), path=str(path))
+            yield ImageRecord(id=text_id(path.relative_to(self.root).as_posix()), path=str(path))
 
     def _list_records(self) -> Iterator[ImageRecord]:
         base = self.root.parent
-        with open(self.root, encoding="utf-8") as lines:
+        with open(self.root, encoding="utf-8", errors="surrogateescape") as lines:
             for line in lines:
                 name = line.strip()
                 if not name or name.startswith("#"):
                     continue
                 path = Path(name) if Path(name).is_absolute() else base / name
-                yield ImageRecord(id=name, path=str(path))
+                yield ImageRecord(id=text_id(name), path=str(path))
 
     def _parquet_records(self) -> Iterator[ImageRecord]:
         import pyarrow.parquet as pq
@@ -139,6 +141,23 @@ class ImageSource:
                 raise InvalidArgumentError(
                     flag, f"{self.root} has no column {column!r} (has {', '.join(names)})"
                 )
+
+
+def text_id(name: str) -> str:
+    """``name`` as it is when it is valid UTF-8; else its undecodable bytes (surrogate escapes, as
+    os.walk and ``errors="surrogateescape"`` give them) as ``%XX``, and ``%`` itself as ``%25``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape")
+        text = raw.decode("utf-8", "surrogateescape").replace("%", "%25")
+        return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
+def printable(text: str | None) -> str | None:
+    """Text for the Parquet tables (paths, messages naming them): escaped as :func:`text_id` does."""
+    return None if text is None else text_id(text)
 
 
 def _kind(root: Path) -> str:

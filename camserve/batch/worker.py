@@ -8,8 +8,8 @@ per actor and hands it one shard at a time. Neither knows what a CAM is: the Exp
 from __future__ import annotations
 
 import dataclasses
-import io
 import itertools
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +21,9 @@ import numpy as np
 from camserve.batch.encoding import computed_size, encode_maps, png_maps, resize_stored
 from camserve.batch.job import JobConfig, ShardTask
 from camserve.batch.outdir import OutputDir, map_column, png_column
-from camserve.batch.sources import ImageRecord, ImageSource
+from camserve.batch.sources import NPY_SUFFIX, ImageRecord, ImageSource, printable
+from camserve.encoded_images import check_image, decode_checked
+from camserve.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class ShardWorker:
         assert result is not None
         columns: dict[str, list[Any]] = {
             "id": [item.record.id for item in items],
-            "path": [item.record.path for item in items],
+            "path": [printable(item.record.path) for item in items],
             "top_ids": [[p.class_id for p in row] for row in result.predictions],
             "top_probs": [[p.probability for p in row] for row in result.predictions],
             "target_ids": result.target_ids.tolist(),
@@ -147,17 +149,19 @@ class ShardWorker:
         return self.source.read_bytes([row for row in rows if row is not None])
 
     def _decode(self, record: ImageRecord, data: bytes | None) -> _Decoded:
-        """One image -> [1,3,H,W]; any failure becomes the record's error message (the job goes on)."""
+        """One image -> [1,3,H,W]; any failure becomes the record's error message (the job goes on).
+        Encoded images pass the service's checks (``camserve.encoded_images``) with the job's pixel
+        limit before anything is decoded; a ``.npy`` file is a preprocessed tensor."""
         try:
-            if data is not None:
-                from PIL import Image
-
-                with Image.open(io.BytesIO(data)) as image:
-                    item: Any = image.convert("RGB")
-            elif record.path is None:
+            if data is None and record.path is None:
                 return _Decoded(record, error="no image: the path is null")
-            else:
-                item = record.path
+            item: Any = record.path
+            if data is None and not str(record.path).lower().endswith(NPY_SUFFIX):
+                data = read_image_file(str(record.path), self.job.max_image_file_bytes)
+            if data is not None:
+                where = record.path or f"row {record.row}"
+                header = check_image(data, str(where), self.job.max_image_pixels)
+                item = decode_checked(header, str(where))
             tensor = self.explainer.preprocess(item)
         except Exception as exc:  # noqa: BLE001  a bad image must not stop the job
             message = str(exc) if str(exc) else type(exc).__name__
@@ -170,6 +174,16 @@ class ShardWorker:
         import pyarrow as pa
 
         return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+def read_image_file(path: str, max_bytes: int) -> bytes:
+    """A file's bytes, refused unread when it is larger than ``max_bytes``."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        data = file.read(max_bytes + 1) if size <= max_bytes else b""
+        if size > max_bytes or len(data) > max_bytes:
+            raise InvalidArgumentError(path, f"the file is over {max_bytes} bytes (the most read)")
+        return data
 
 
 def rows_schema(methods: Iterable[str], png: bool) -> Any:
@@ -204,5 +218,7 @@ def errors_schema() -> Any:
 def _errors_table(errors: list[_Decoded]) -> Any:
     import pyarrow as pa
 
-    rows = [{"id": e.record.id, "path": e.record.path, "message": e.error} for e in errors]
+    rows = [
+        {"id": e.record.id, "path": printable(e.record.path), "message": printable(e.error)} for e in errors
+    ]
     return pa.Table.from_pylist(rows, schema=errors_schema())

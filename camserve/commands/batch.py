@@ -6,8 +6,9 @@
 
 --input is a folder (recursive), a text file with one path per line, or a Parquet table with an id
 column and a path or image-bytes column. Re-running the same command skips images already in OUT,
-so a killed run is resumed by running it again. Exit status: 0 when every image was explained,
-1 when OUT's errors table is not empty (OUT/errors/), 2 on bad arguments (nothing done).
+so a killed run is resumed by running it again; one job at a time owns OUT. Exit status: 0 when
+every image was explained, 1 when OUT's errors table is not empty (OUT/errors/), 2 on bad arguments
+or an OUT in use (nothing done), 3 when the disk refused a write (full, read-only).
 See docs/batch.md for the output schema and the Ray engine.
 """
 
@@ -17,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from camserve.cli_flags import add_method_flag, add_smoothing_flags, add_target_flag
-from camserve.defaults import DEFAULT_METHODS
+from camserve.defaults import DEFAULT_METHODS, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError
 
 
@@ -46,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard-size", type=int, default=1024, metavar="N", help="images per shard (1024)")
     parser.add_argument(
         "--decode-workers", type=int, default=2, metavar="N", help="threads decoding ahead of the graph (2)"
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        metavar="N",
+        help=f"larger images are error rows, never decoded ({MAX_IMAGE_PIXELS})",
     )
     source = parser.add_argument_group("Parquet --input")
     source.add_argument("--id-column", default="id", metavar="NAME", help="the stable id column (id)")
@@ -120,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         decode_workers=args.decode_workers,
+        max_image_pixels=args.max_image_pixels,
     )
     ray = RayOptions(
         address=args.ray_address,

@@ -23,8 +23,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from camserve.cli_flags import add_method_flag, add_target_flag
-from camserve.commands.explain import add_remote_flags, check_remote_flags, client_token
+from camserve.cli_flags import (
+    add_method_flag,
+    add_remote_flags,
+    add_target_flag,
+    check_remote_flags,
+    client_token,
+)
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
 

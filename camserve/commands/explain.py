@@ -12,12 +12,18 @@ with --server they are sent to the named model, which resizes them).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camserve import defaults
-from camserve.cli_flags import add_method_flag, add_smoothing_flags, add_target_flag
+from camserve.cli_flags import (
+    add_method_flag,
+    add_remote_flags,
+    add_smoothing_flags,
+    add_target_flag,
+    check_remote_flags,
+    client_token,
+)
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
 
@@ -110,25 +116,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def add_remote_flags(parser: argparse.ArgumentParser) -> None:
-    """--tls, --ca-file, --client-cert, --client-key, --token-file: how to reach a --server (shared
-    with `camserve bench`)."""
-    remote = parser.add_argument_group("with --server: TLS and authentication")
-    remote.add_argument("--tls", action="store_true", help="TLS, verified against the system's root CAs")
-    remote.add_argument(
-        "--ca-file", metavar="PEM", help="CA certificate(s) that verify the server (implies --tls)"
-    )
-    remote.add_argument(
-        "--client-cert", metavar="PEM", help="this client's certificate, for mTLS (implies --tls)"
-    )
-    remote.add_argument("--client-key", metavar="PEM", help="the key of --client-cert")
-    remote.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="send `authorization: Bearer <token>` with the token in FILE (or set CAMSERVE_AUTH_TOKEN)",
-    )
-
-
 def build_config(args: argparse.Namespace) -> CamserveConfig:
     """Configuration file (--config) and environment, then this command's flags."""
     from camserve.config import CamserveConfig, check_options
@@ -187,38 +174,6 @@ def _remote_explainer(args: argparse.Namespace, config: CamserveConfig) -> Clien
     )
 
 
-_REMOTE_FLAGS = {
-    "tls": "--tls",
-    "ca_file": "--ca-file",
-    "client_cert": "--client-cert",
-    "client_key": "--client-key",
-    "token_file": "--token-file",
-}
-
-
-def check_remote_flags(args: argparse.Namespace) -> None:
-    """TLS and token flags belong to --server; alone they would be silently ignored."""
-    if args.server:
-        return
-    given = [flag for name, flag in _REMOTE_FLAGS.items() if getattr(args, name)]
-    if given:
-        raise InvalidArgumentError(given[0], "applies only with --server HOST:PORT")
-
-
-def client_token(args: argparse.Namespace) -> str | None:
-    """The bearer token from --token-file, else CAMSERVE_AUTH_TOKEN, else None."""
-    if args.token_file:
-        from camserve.wire import read_token_file
-
-        return read_token_file(args.token_file, "--token-file")
-    token = os.environ.get("CAMSERVE_AUTH_TOKEN")
-    if not token:
-        return None
-    from camserve.wire import check_token
-
-    return check_token(token.strip(), "CAMSERVE_AUTH_TOKEN")
-
-
 def run(args: argparse.Namespace) -> int:
     from camserve.config import check_overlay_style
 
@@ -230,8 +185,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list_methods:
         from camserve.methods import method_class
 
+        width = max(map(len, explainer.supported_methods))
         for name in explainer.supported_methods:
-            print(f"{name:16s} {method_class(name).cost}")
+            print(f"{name:{width}s}  {method_class(name).cost}")
         return 0
     images, names = _load_inputs(args, explainer)
     methods = args.methods or list(DEFAULT_METHODS)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from camserve.config import CamserveConfig
-from camserve.errors import InvalidArgumentError
 
 # flag -> (config section, field); flags left unset keep the configured value.
 _FLAGS: dict[str, tuple[str, str]] = {
@@ -120,8 +119,6 @@ def run(args: argparse.Namespace) -> int:
     check_service_config(config.service)  # before the models load
     check_device(config.runtime.device)
     workers = config.service.workers or default_workers(config)
-    if workers < 1:
-        raise InvalidArgumentError("service.workers", f"must be >= 0, got {config.service.workers}")
     if workers > 1:
         return WorkerPool(config, model_directories(config), workers).run()
     apply_thread_budget(config)

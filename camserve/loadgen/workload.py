@@ -15,7 +15,8 @@ from camserve.errors import InvalidArgumentError, NotFoundError
 
 APIS = ("explain", "stream", "oip")  # camserve.v1 Explain, camserve.v1 ExplainStream, OIP ModelInfer
 SAMPLE_SEED = 1234
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# Files sent as they are: only the formats a server decodes (camserve.defaults.IMAGE_FORMATS).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,15 @@ from __future__ import annotations
 from camserve.methods import activation as _activation  # noqa: F401  (cam, eigencam, scorecam, ablationcam)
 from camserve.methods import gradient as _gradient  # noqa: F401  (gradcam ... hirescam)
 from camserve.methods import guided as _guided  # noqa: F401  (guidedbackprop, guidedgradcam)
+
+# isort: split
+# The methods of issue 24 after the seeds, so known_methods() lists the seeds first.
+from camserve.methods import eigen as _eigen  # noqa: F401  (eigengradcam, kpcacam)
+from camserve.methods import fem as _fem  # noqa: F401  (fem)
+from camserve.methods import gradient_variants as _gradient_variants  # noqa: F401  (gradcamelementwise ...)
+from camserve.methods import score_variants as _score_variants  # noqa: F401  (sscam, iscam)
+
+# isort: split
 from camserve.methods.base import (
     CamMethod,
     MethodContext,
@@ -16,7 +25,7 @@ from camserve.methods.base import (
     known_methods,
     method_class,
 )
-from camserve.methods.compute import ComputedMaps, compute_maps, parse_methods, parse_output_size
+from camserve.methods.compute import ComputedMaps, compute_maps, parse_methods
 from camserve.methods.targets import parse_targets, resolve_targets
 
 __all__ = [
@@ -29,7 +38,6 @@ __all__ = [
     "known_methods",
     "method_class",
     "parse_methods",
-    "parse_output_size",
     "parse_targets",
     "resolve_targets",
 ]

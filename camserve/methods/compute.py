@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from camserve import config, kernels
+from camserve import kernels
 from camserve.chunking import run_in_chunks
-from camserve.config import ExplainOptions, RuntimeConfig, check_options
+from camserve.config import ExplainOptions, RuntimeConfig, check_options, resolve_output_size
 from camserve.errors import InvalidArgumentError
 from camserve.methods import smoothing
 from camserve.methods.base import CamMethod, MethodContext, get_method
@@ -45,20 +45,6 @@ def parse_methods(methods: str | Sequence[str]) -> list[CamMethod]:
         if not isinstance(name, str):
             raise InvalidArgumentError("methods", f"expected method names, got {name!r}")
     return [get_method(name) for name in dict.fromkeys(names)]
-
-
-def parse_output_size(
-    output_size: str, input_size: tuple[int, int], feature_size: tuple[int, int]
-) -> tuple[int, int]:
-    """ "input" -> the model's input H x W; "feature" -> the target layer's h x w; "HxW" -> (H, W)
-    (parsed and checked by ``camserve.config.parse_output_size``)."""
-    size = config.parse_output_size(output_size)
-    if size == "input":
-        return input_size
-    if size == "feature":
-        return feature_size
-    assert isinstance(size, tuple)
-    return size
 
 
 def compute_maps(
@@ -139,33 +125,41 @@ def checked_maps(
 
     weight_rules = tuple(dict.fromkeys(rule for method in method_objects for rule in method.weight_rules))
 
-    def context(rows: slice) -> MethodContext:
-        return MethodContext(
-            runner=runner,
-            images=run_images[rows],
-            outputs=_rows(outputs, rows),
-            options=options,
-            runtime=runtime,
-            noisy_gradients=None if noisy_gradients is None else noisy_gradients[:, rows],
-            cam_weights=cam_weights,
-            model_name=model_name,
-            weight_rules=weight_rules,
-        )
+    contexts: dict[tuple[bool, bool], MethodContext] = {}
+
+    def context(augmented_rows: bool, eigen: bool) -> MethodContext:
+        """The context of the clean images or of every copy, with options.eigen_smooth as the
+        method takes it; one per combination, so products shared in a context (channel weights,
+        Grad-CAM maps) are only shared between methods that read them alike."""
+        key = (augmented_rows, eigen)
+        if key not in contexts:
+            rows = slice(0, run_count) if augmented_rows else clean_rows
+            contexts[key] = MethodContext(
+                runner=runner,
+                images=run_images[rows],
+                outputs=_rows(outputs, rows),
+                options=dataclasses.replace(options, eigen_smooth=eigen),
+                runtime=runtime,
+                noisy_gradients=None if noisy_gradients is None else noisy_gradients[:, rows],
+                cam_weights=cam_weights,
+                model_name=model_name,
+                weight_rules=weight_rules,
+            )
+        return contexts[key]
 
     clean_rows = slice(0, num_images)
     if augmented:
         start = smoothing.identity_copy() * num_images
         clean_rows = slice(start, start + num_images)
-    clean = context(clean_rows)
-    every_copy = context(slice(0, run_count)) if augmented else clean
     input_size = (int(images.shape[-2]), int(images.shape[-1]))
     feature_size = (int(outputs.activations.shape[-2]), int(outputs.activations.shape[-1]))
-    size = parse_output_size(options.output_size, input_size, feature_size)
+    size = resolve_output_size(options.output_size, input_size, feature_size)
     maps: dict[str, torch.Tensor] = {}
     rgb: dict[str, torch.Tensor] = {}
     for method in method_objects:
         augmented_method = method.augmented_copies(options) > 1
-        result = method.compute(every_copy if augmented_method else clean)
+        eigen = options.eigen_smooth and method.eigen_smoothable
+        result = method.compute(context(augmented_method, eigen))
         if (result.rgb is not None) != method.colour:
             raise TypeError(
                 f"CAM method {method.name!r}: colour = {method.colour} but rgb is {result.rgb is not None}"
@@ -184,7 +178,7 @@ def checked_maps(
         if result.rgb is not None:
             colour = smoothing.deaugment(result.rgb, num_images) if augmented_method else result.rgb
             rgb[method.name] = colour.to(torch.float32)
-    clean_outputs = clean.outputs
+    clean_outputs = _rows(outputs, clean_rows)
     return ComputedMaps(maps, rgb, clean_outputs.logits, clean_outputs.target_ids, feature_size)
 
 

@@ -201,7 +201,9 @@ class LayerCAM(CamMethod):
     @staticmethod
     def fuse(layer_maps: Sequence[torch.Tensor], eps: float, backend: str = "torch") -> torch.Tensor:
         """One map: returned as is (so raw output stays raw). Several [N,T,h_l,w_l]: each upsampled
-        to the largest h_l x w_l and min-max normalised, then summed."""
+        to the largest h_l x w_l and min-max normalised, then summed. Kept although a model directory
+        has one target layer today: multi-layer targets (issue 21) reach it; its maths is tested
+        directly (tests/methods/test_methods_golden.py)."""
         if len(layer_maps) == 1:
             return layer_maps[0]
         size = max(((int(m.shape[-2]), int(m.shape[-1])) for m in layer_maps), key=lambda hw: hw[0] * hw[1])

@@ -78,11 +78,9 @@ def _as_int_table(targets: Any) -> torch.Tensor:
 
 
 def resolve_targets(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Negative targets -k replaced by the k-th highest-scoring class (torch.topk order, as the
-    explain graph resolves them); non-negative targets unchanged. targets [N,T], logits [N,C]."""
-    deepest = int((-targets).clamp_min(0).max()) if targets.numel() else 0
-    if deepest == 0:
-        return targets
-    ranked = logits.topk(deepest, dim=1).indices.to(targets.device)  # [N,deepest]
-    rank = (-targets - 1).clamp_min(0)
-    return torch.where(targets < 0, ranked.gather(1, rank), targets)
+    """Negative targets -k replaced by the k-th highest-scoring class (torch.topk order); non-negative
+    targets unchanged. targets [N,T], logits [N,C]. The one rule: the explain graph is traced from it
+    too (``camserve.export.graphs``), so it has no data-dependent shape (ONNX TopK over all C)."""
+    order = torch.topk(logits, logits.shape[1], dim=1).indices.to(targets.device)
+    rank = (-targets - 1).clamp(min=0, max=logits.shape[1] - 1)
+    return torch.where(targets >= 0, targets, torch.gather(order, 1, rank))

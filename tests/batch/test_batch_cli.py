@@ -45,7 +45,7 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, dataset):
     assert "--ray-actors: applies only with --engine ray" in _cli_error(
         capsys, ["--input", str(root), *out, "--ray-actors", "2"]
     )
-    assert "output_size" in _cli_error(capsys, ["--input", str(root), *out, "--map-size", "7by7"])
+    assert "--map-size: expected" in _cli_error(capsys, ["--input", str(root), *out, "--map-size", "7by7"])
     assert "apply only to a Parquet" in _cli_error(capsys, ["--input", str(root), *out, "--path-column", "p"])
     assert "unknown method" in _cli_error(capsys, ["--input", str(root), *out, "--method", "nocam"])
     assert not (tmp_path / "out").exists()
@@ -108,3 +108,25 @@ def test_ray_flags_need_the_ray_engine(capsys, tmp_path, dataset, flag):
     root, _ = dataset
     line = _cli_error(capsys, ["--input", str(root), "--out", str(tmp_path / "o"), flag, "1"])
     assert f"{flag}: applies only with --engine ray" in line
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("actors", -1, "--ray-actors"),
+        ("cpus_per_actor", 0.0, "--ray-cpus-per-actor"),
+        ("gpus_per_actor", -1.0, "--ray-gpus-per-actor"),
+    ],
+)
+def test_ray_option_errors_name_flags_that_exist(field, value, flag):
+    from dataclasses import replace
+
+    from camserve.batch.engine_ray import RayOptions
+    from camserve.cli import build_parser
+    from camserve.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError) as raised:
+        replace(RayOptions(), **{field: value}).check()
+    assert raised.value.argument == flag
+    batch = build_parser()._subparsers._group_actions[0].choices["batch"]
+    assert flag in batch._option_string_actions

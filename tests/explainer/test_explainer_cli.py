@@ -85,6 +85,7 @@ def test_list_methods(bare_model_dir, capsys):
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert "gradcam" in listed and "scorecam" in listed
     assert "cam" not in listed and "guidedbackprop" not in listed
+    assert "shapleycam" not in listed and "finercam" in listed  # shapleycam needs a GAP -> linear head
 
 
 def test_flags_become_explain_options(tiny_model_dir, png_file, tmp_path):

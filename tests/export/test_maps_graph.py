@@ -15,17 +15,15 @@ import torch
 from camserve import Explainer
 from camserve.cli import main
 from camserve.config import CamserveConfig, ExplainOptions
-from camserve.default_model import ARCHITECTURE, MODEL_NAME, load_default_model
-from camserve.default_model.data import CLASS_NAMES, make_localisation_dataset
-from camserve.default_model.net import INPUT_SIZE, MEAN, STD, TARGET_LAYER, normalize
+from camserve.default_model import default_model_dir
+from camserve.default_model.data import make_localisation_dataset
+from camserve.default_model.net import normalize
 from camserve.errors import ExportError, InvalidArgumentError, UnsupportedError
 from camserve.export import export_model
 from camserve.export.architectures import build_torchvision
 from camserve.export.maps import MapsOptions, add_maps_graph, graph_methods, output_name
 from camserve.methods.gradient import GradCAM, GradCAMPlusPlus
 from camserve.modeldir import MANIFEST_NAME, ModelDirectory
-from tests.export.exporting import export_test_model
-from tests.export.nets import MaxPoolHead, TinyGapNet
 
 ALL = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "cam")
 TARGETS = [[-1, 3, -2], [-1, 0, 7], [-3, 5, -1], [2, -1, 9]]  # ranks and ids, T = 3
@@ -60,20 +58,11 @@ def _assert_equal_to_explainer(
 
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory) -> ModelDirectory:
-    """The default model, its explain graph and maps graph (all six methods, input size)."""
-    return export_model(
-        load_default_model(),
-        TARGET_LAYER,
-        INPUT_SIZE,
-        tmp_path_factory.mktemp("maps") / "digits",
-        name=MODEL_NAME,
-        architecture=ARCHITECTURE,
-        mean=MEAN,
-        std=STD,
-        class_names=CLASS_NAMES,
-        graphs=("explain",),
-        maps=MapsOptions(methods=ALL),
-    )
+    """A copy of the default model's directory (the cached export) with a maps graph of six methods
+    at the input size. ``export_model(maps=...)`` itself is exercised by the ResNet-18 test."""
+    path = tmp_path_factory.mktemp("maps") / "digits"
+    shutil.copytree(default_model_dir(cache_dir=CamserveConfig.load().runtime.cache_dir), path)
+    return add_maps_graph(path, MapsOptions(methods=ALL))
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +110,26 @@ def test_uint8_feature_size_maps_added_to_an_existing_directory(digits_dir, digi
         assert (maps == 255).any()
 
 
+def test_issue_24_methods_in_the_maps_graph_equal_the_explainers(digits_dir, digit_images, tmp_path) -> None:
+    """The new methods whose maps come from one explain run by graph operators: element-wise
+    Grad-CAM, FEM, ShapleyCAM (GAP -> linear: Grad-CAM) and RefineCAM (one layer: Grad-CAM++)."""
+    copy = tmp_path / "digits"
+    shutil.copytree(digits_dir.path, copy)
+    methods = ("gradcamelementwise", "fem", "shapleycam", "refinecam")
+    _assert_equal_to_explainer(
+        add_maps_graph(copy, MapsOptions(methods=methods)), digit_images, TARGETS, "input"
+    )
+    reasons = {
+        "eigengradcam": "eigendecomposition",
+        "kpcacam": "eigendecomposition",
+        "finercam": "comparison",
+    }
+    reasons |= {"sscam": "masked copies", "iscam": "masked copies"}
+    for name, reason in reasons.items():
+        with pytest.raises(InvalidArgumentError, match=reason):
+            MapsOptions(methods=(name,)).check()
+
+
 def test_cli_adds_the_maps_graph_and_refuses_what_it_cannot_hold(digits_dir, tmp_path, capsys) -> None:
     copy = tmp_path / "digits"
     shutil.copytree(digits_dir.path, copy)
@@ -158,24 +167,28 @@ def test_which_methods_the_graph_holds_and_why_not_the_others() -> None:
         MapsOptions(methods=("gradcan",)).check()
 
 
-def test_cam_needs_a_gap_linear_head(tmp_path) -> None:
-    model_dir = export_test_model(MaxPoolHead(), "body", (3, 4, 4), tmp_path / "maxpool")
-    assert model_dir.manifest.cam_weights is None
+def test_cam_needs_a_gap_linear_head(digits_dir, tmp_path) -> None:
+    copy = tmp_path / "digits"
+    shutil.copytree(digits_dir.path, copy)
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["cam_weights"] = None  # as for a head that is not GAP -> linear
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(UnsupportedError, match="'cam' needs a head that is global average pooling"):
-        add_maps_graph(model_dir.path, MapsOptions(methods=("cam",)))
+        add_maps_graph(copy, MapsOptions(methods=("gradcam", "cam")))
     with pytest.raises(InvalidArgumentError, match="maps_dtype"):
         MapsOptions(dtype="float16").check()
 
 
-def test_verification_fails_a_graph_with_wrong_maths(tmp_path, monkeypatch) -> None:
-    model_dir = export_test_model(TinyGapNet(), "features", (3, 16, 16), tmp_path / "tiny")
-    # Grad-CAM written as Grad-CAM++: same shapes, other maps (HiRes-CAM would be Grad-CAM exactly
-    # here: behind GAP -> linear the gradient is spatially constant).
+def test_verification_fails_a_graph_with_wrong_maths(digits_dir, tmp_path, monkeypatch) -> None:
+    copy = tmp_path / "digits"
+    shutil.copytree(digits_dir.path, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    # Grad-CAM written as Grad-CAM++: same shapes, other maps.
     monkeypatch.setattr(GradCAM, "graph_maps", GradCAMPlusPlus.graph_maps)
     with pytest.raises(ExportError, match="maps_gradcam: max error"):
-        add_maps_graph(model_dir.path, MapsOptions(methods=("gradcam",)))
-    assert not model_dir.has_graph("maps") and not (model_dir.path / "maps.onnx").exists()
-    assert [p.name for p in model_dir.path.iterdir() if p.name.startswith(".")] == []
+        add_maps_graph(copy, MapsOptions(methods=("gradcam",)))
+    assert sorted(p.name for p in copy.iterdir()) == before  # nothing replaced, nothing left behind
+    assert ModelDirectory(copy).manifest.maps == digits_dir.manifest.maps
 
 
 @pytest.mark.slow

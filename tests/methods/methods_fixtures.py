@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
-from camserve.export.graphs import resolve_targets
 from camserve.export.reference import TorchGraphRunner
 from camserve.methods import MethodContext
+from camserve.methods.targets import resolve_targets
 from camserve.outputs import ExplainOutputs
 
 # The golden tensors (K = 2 channels, 2x2 maps) whose maps the golden tests work out by hand.

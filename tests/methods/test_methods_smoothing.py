@@ -29,6 +29,7 @@ ANCHORS = {
     "xgradcam": pgc.XGradCAM,
     "layercam": pgc.LayerCAM,
     "hirescam": pgc.HiResCAM,
+    "gradcamelementwise": pgc.GradCAMElementWise,
 }
 
 
@@ -67,7 +68,7 @@ def signed_like_camserve(projection):
 
 @pytest.fixture()
 def anchor_sign(monkeypatch):
-    for module in ("base_cam", "layer_cam", "hirescam"):
+    for module in ("base_cam", "layer_cam", "hirescam", "grad_cam_elementwise"):
         target = f"pytorch_grad_cam.{module}.get_2d_projection"
         original = pgc.utils.svd_on_activations.get_2d_projection
         monkeypatch.setattr(target, signed_like_camserve(original))
@@ -131,10 +132,19 @@ def test_aug_smooth_explains_the_clean_images_class_in_every_copy(resnet, images
     torch.testing.assert_close(out.maps["gradcam"], explicit.maps["gradcam"])
 
 
-def test_methods_without_the_option_ignore_it(images, runner):
-    plain = camserve_maps(runner, "eigencam", images, False, False).maps["eigencam"]
-    both = camserve_maps(runner, "eigencam", images, True, False).maps["eigencam"]
-    torch.testing.assert_close(both, plain)
+@pytest.mark.parametrize(
+    ("method", "eigen", "aug"),
+    [
+        ("eigencam", True, False),
+        ("eigengradcam", True, False),
+        ("fem", True, False),
+        ("refinecam", False, True),
+    ],
+)
+def test_methods_without_the_option_ignore_it(images, runner, method, eigen, aug):
+    # as pytorch-grad-cam's EigenCAM, EigenGradCAM and FEM ignore eigen_smooth and RefineCAM has no aug_smooth
+    plain = camserve_maps(runner, method, images, False, False).maps[method]
+    torch.testing.assert_close(camserve_maps(runner, method, images, eigen, aug).maps[method], plain)
 
 
 def test_options_must_be_booleans():

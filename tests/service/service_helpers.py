@@ -9,9 +9,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +19,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from camserve.loadgen.local_server import listening_port
+from camserve.loadgen import local_server
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
@@ -33,34 +30,17 @@ MODEL = "digits"
 SLOW_SMOOTH_N = 256  # noisy copies per image in slow_request
 SLOW_METHODS = ("smoothgradcam++", "scorecam")
 START_TIMEOUT_S = 90.0  # a cold start imports torch and onnxruntime on a busy 2-core machine
-STOP_TIMEOUT_S = 30.0
 
 
-class ServerProcess:
-    """A `camserve serve` child process whose stdout and stderr go to a log file."""
+class ServerProcess(local_server.ServerProcess):
+    """camserve's one server launcher, with the full log in a failed start's error and two test
+    conveniences (the request log lines, the health status)."""
 
     def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            list(argv), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        self.port = self._wait_for_port()
-        self.address = f"127.0.0.1:{self.port}"
-
-    def _wait_for_port(self) -> int:
-        port = listening_port(self.proc, self.log, START_TIMEOUT_S)
-        if port is None:
-            exited = self.proc.poll()
-            self.stop()
-            why = (
-                f"exited with {exited}" if exited is not None else f"did not start within {START_TIMEOUT_S} s"
-            )
-            raise RuntimeError(f"server {why}:\n{self.log()}")
-        return port
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        try:
+            super().__init__(argv, log_path, env, START_TIMEOUT_S)
+        except local_server.ServerStartError as exc:
+            raise RuntimeError(f"{exc}\n{exc.log}") from None
 
     def request_lines(self) -> list[str]:
         return [line for line in self.log().splitlines() if "camserve.service.requests" in line]
@@ -71,28 +51,12 @@ class ServerProcess:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        self.terminate()
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        self._log.close()
-
 
 def serve_argv(models_root: Path | None, *flags: str) -> list[str]:
     """`camserve --verbose serve` (debug log: the explain runs) on the models under ``models_root``
     (None: no --models, the default model), on a free port, plus ``flags``."""
-    models = [] if models_root is None else ["--models", str(models_root)]
-    return [sys.executable, "-m", "camserve.cli", "--verbose", "serve", *models, "--port", "0", *flags]
+    argv = local_server.serve_argv(None if models_root is None else str(models_root), *flags)
+    return [*argv[:3], "--verbose", *argv[3:]]
 
 
 def secure_serve_argv(

@@ -118,6 +118,23 @@ def test_fp32_images_with_targets_give_the_explainers_maps(client, explainer, di
     np.testing.assert_allclose(answer.as_numpy("SALIENCY_GRADCAM++"), expected.maps["gradcam++"], atol=ATOL)
 
 
+def test_issue_24_methods_over_oip_give_the_explainers_maps(client, explainer, digit_pixels):
+    """A method that runs another explain graph (finercam) and one that runs masked forward images
+    (iscam) answer through the Open Inference Protocol as in process."""
+    images = explainer.preprocess(list(digit_pixels[:2])).numpy()
+    targets = np.array([[-1], [3]], dtype=np.int64)
+    methods = ["finercam", "iscam"]
+    expected = explainer.explain(images, methods=methods, targets=targets.tolist())
+    answer = client.infer(
+        MODEL,
+        [infer_input("IMAGES", images, "FP32"), infer_input("TARGETS", targets, "INT64")],
+        parameters={"methods": ",".join(methods)},
+    )
+    for method in methods:
+        got = answer.as_numpy(f"SALIENCY_{method.upper()}")
+        np.testing.assert_allclose(got, expected.maps[method], atol=ATOL, err_msg=method)
+
+
 def test_uint8_pixels_are_preprocessed_by_the_server_like_the_explainer_does(client, explainer, digit_pixels):
     pixels = digit_pixels[3:5]
     expected = explainer.explain(list(pixels), methods=["gradcam"])

@@ -20,7 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from camserve.client import Client, ServerError
 from camserve.config import ServiceConfig
 from camserve.errors import InvalidArgumentError, NotFoundError
-from camserve.service.security import BearerTokenInterceptor, check_security_config, load_token
+from camserve.service.security import BearerTokenInterceptor, load_token
+from camserve.service.server import check_service_config
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from camserve.wire import open_channel
@@ -226,7 +227,7 @@ def test_model_names_cannot_traverse_paths_on_either_api(server, models_root, di
 
 def test_security_settings_are_checked_before_the_server_starts(certs, tmp_path):
     def check(**settings: str) -> None:
-        check_security_config(ServiceConfig(**settings))
+        check_service_config(ServiceConfig(**settings))
 
     with pytest.raises(InvalidArgumentError, match="service.tls_key: tls_cert and tls_key go together"):
         check(tls_cert=str(certs.server_cert))

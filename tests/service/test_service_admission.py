@@ -145,3 +145,9 @@ def test_cost_of_the_issue_s_requests(explainer):
         [1], 0, ["scorecam", "ablationcam"], ExplainOptions(score_top_n=8), gradcam, manifest
     )
     assert scorecam.graph_runs == 1 + 8 + 64  # explain + 8 masked images + 64 head runs
+    # issue 24: SS-CAM and IS-CAM each run smooth_n x K masked images (not shared with Score-CAM's),
+    # Finer-CAM one more explain run per image
+    sampled = request_cost(
+        [1] * 2, 0, ["sscam", "iscam", "scorecam", "finercam"], ExplainOptions(smooth_n=3), gradcam, manifest
+    )
+    assert sampled.graph_runs == 2 * (1 + 3 * 64 + 3 * 64 + 64 + 1)

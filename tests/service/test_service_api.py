@@ -49,6 +49,9 @@ def assert_same_result(remote, local, maps_atol: float = TOLERANCE) -> None:
     [
         ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam"],
         ["scorecam", "ablationcam", "guidedbackprop", "guidedgradcam"],
+        # issue 24's methods: the ones that run more graphs (finercam, sscam, iscam) among them
+        ["eigengradcam", "kpcacam", "fem", "gradcamelementwise", "shapleycam", "finercam", "refinecam"],
+        ["sscam", "iscam"],
     ],
 )
 def test_explain_over_grpc_equals_the_in_process_explainer(server, explainer, digit_pixels, methods):
@@ -90,6 +93,25 @@ def test_preprocessed_tensors_give_the_same_answer_as_encoded_images(
         ):
             from_tensors = client.explain(images, methods=["gradcam"], targets=[[-1], [4]])
             assert_same_result(from_tensors, from_png)
+
+
+def test_files_in_formats_a_server_refuses_are_sent_as_their_pixels(server, digit_pixels, tmp_path):
+    """Servers decode only PNG, JPEG and WebP; the client reads a BMP or TIFF file itself (the
+    caller's own file) and sends its pixels, so the answer is the one for the same pixels as PNG."""
+    paths = []
+    for fmt in ("BMP", "TIFF"):
+        paths.append(tmp_path / f"digit.{fmt.lower()}")
+        Image.fromarray(digit_pixels[3]).save(paths[-1], format=fmt)
+    with Client(server.address) as client:
+        expected = client.explain([digit_pixels[3]], methods=["gradcam"])
+        for path in paths:
+            assert_same_result(client.explain(str(path), methods=["gradcam"]), expected, maps_atol=0)
+    channel, explain = stub(server.address)
+    request = pb.ExplainRequest(model=MODEL, images=[pb.Image(encoded=paths[0].read_bytes())])
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        explain.Explain(request, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "images[0].encoded: BMP images are not accepted" in caught.value.details()
 
 
 @pytest.mark.parametrize(

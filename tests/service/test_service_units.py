@@ -118,8 +118,10 @@ def png(width: int, height: int) -> bytes:
 
 def test_decode_image_converts_to_rgb_and_names_the_field_when_it_fails():
     assert decode_image(png(5, 4), "images[0].encoded").mode == "RGB"
-    with pytest.raises(InvalidArgumentError, match=r"images\[3\]\.encoded: not an image"):
-        decode_image(b"GIF89a-truncated", "images[3].encoded")
+    with pytest.raises(InvalidArgumentError, match=r"images\[3\]\.encoded: not an image in an accepted"):
+        decode_image(b"\x00\x01garbage", "images[3].encoded")
+    with pytest.raises(InvalidArgumentError, match=r"images\[2\]\.encoded: GIF images are not accepted"):
+        decode_image(b"GIF89a-truncated", "images[2].encoded")
     with pytest.raises(InvalidArgumentError, match=r"images\[1\]\.encoded: the image cannot be decoded"):
         decode_image(png(64, 64)[:60], "images[1].encoded")
 
@@ -189,6 +191,18 @@ def test_serve_intra_op_threads_is_also_the_torch_thread_budget(monkeypatch):
         ({"metrics_port": -1}, "service.metrics_port: must be in 0..65535"),
         ({"max_message_bytes": 10}, "service.max_message_bytes: must be at least 1024"),
         ({"grace_period_s": -1.0}, "service.grace_period_s: must be >= 0"),
+        ({"grace_period_s": float("nan")}, "service.grace_period_s: must be >= 0"),
+        ({"max_queue_delay_ms": -1.0}, "service.max_queue_delay_ms: must be >= 0"),
+        ({"workers": -1}, "service.workers: must be >= 0, got -1"),
+        ({"max_batch_size": 0}, "service.max_batch_size: must be >= 1, got 0"),
+        ({"max_queue_size": 0}, "service.max_queue_size: must be >= 1, got 0"),
+        ({"max_request_graph_runs": 0}, "service.max_request_graph_runs: must be >= 1, got 0"),
+        ({"decode_pixel_budget": 0}, "service.decode_pixel_budget: must be >= 1, got 0"),
+        ({"stream_max_unread": 0}, "service.stream_max_unread: must be >= 1, got 0"),
+        (
+            {"auth_token": "a", "auth_token_file": "b"},
+            "service.auth_token: set auth_token or auth_token_file",
+        ),
     ],
 )
 def test_service_settings_the_server_cannot_use_are_refused_by_name(change, message):
