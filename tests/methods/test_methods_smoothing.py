@@ -12,7 +12,7 @@ from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig, check_options
 from camserve.errors import InvalidArgumentError
-from camserve.export.reference import TorchGraphRunner
+from camserve.export.eager import TorchGraphRunner
 from camserve.methods import compute_maps
 from camserve.methods.smoothing import augment, deaugment, principal_maps
 from tests.methods.methods_fixtures import CountingRunner
