@@ -31,6 +31,18 @@ OUTPUT_SIZE = "input"
 SMOOTH_N = 8
 SMOOTH_SIGMA = 0.15
 TOPK_PREDICTIONS = 5
+#: aug_smooth: each image also runs flipped left-right, and each of the two scaled by these factors
+#: (pytorch-grad-cam's test-time augmentation: ttach HorizontalFlip x Multiply(0.9, 1, 1.1)).
+AUG_FACTORS: tuple[float, ...] = (0.9, 1.0, 1.1)
+#: Overlays: the colour map and the input's weight in the blend (pytorch-grad-cam's show_cam_on_image
+#: defaults: jet, 0.5).
+OVERLAY_COLORMAP = "jet"
+OVERLAY_IMAGE_WEIGHT = 0.5
+#: The colour maps an overlay may use: OpenCV's (pytorch-grad-cam's choices) by their matplotlib names.
+OVERLAY_COLORMAPS: tuple[str, ...] = (
+    "autumn", "bone", "cividis", "cool", "hot", "hsv", "inferno", "jet", "magma", "ocean", "pink",
+    "plasma", "rainbow", "spring", "summer", "turbo", "twilight", "twilight_shifted", "viridis", "winter",
+)  # fmt: skip
 
 # -- [runtime] ---------------------------------------------------------------------------------------
 MAX_GRAPH_BATCH = 64

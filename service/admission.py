@@ -11,12 +11,15 @@ graph_runs    graph runs (explain, noisy copies, Score-CAM, Ablation) <= service
 answer_bytes  the answer's size                                      <= service.max_message_bytes
 
 ``work_bytes`` of one image (float32, 4 bytes a value; C x H x W the model input, K x h x w the target
-layer, T targets, M methods, S noisy copies, P output pixels, G guided methods):
+layer, T targets, M methods, S noisy copies, P output pixels, G guided methods, R augmented copies
+(6 with aug_smooth, else 1) and r_m those of method m):
 
-    4 x [ (1 + S) x (C·H·W + K·h·w + 2·T·K·h·w)      the explain run(s): input, A, G (parts + concatenation)
-          + 2 x S x T·K·h·w                         Smooth Grad-CAM++'s g^2, g^3 over the noisy gradients
-          + 2 x T x M x P                           maps before and after resizing / normalising
+    4 x [ R(1 + S) x (C·H·W + K·h·w + 2·T·K·h·w)     the explain run(s): input, A, G (parts + concatenation)
+          + 2 x R·S x T·K·h·w                       Smooth Grad-CAM++'s g^2, g^3 over the noisy gradients
+          + 2 x T x P x sum_m r_m                   maps before and after resizing / normalising
           + (G > 0) x 2·T·C·H·W + G x T·C·H·W ]     guided gradients and each guided method's colour map
+
+Graph runs of one image: R(1 + S) explain-graph images, plus each method's extra runs times r_m.
 
 A batch holds at most ``service.max_batch_size`` images and a model runs one batch at a time, so the
 maps' working memory of a server is bounded by models x max_batch_size x max_image_work_bytes.
@@ -90,15 +93,17 @@ def request_cost(
     described = [method_class(m)() for m in methods]
     copies = max((method.noisy_copies(options) for method in described), default=0)
     colour = sum(1 for method in described if method.colour)
+    augmented = [method.augmented_copies(options) for method in described]
+    repeats = max(augmented, default=1)
     extra: dict[str, int] = {}  # methods naming the same runs share them
-    for method in described:
+    for method, method_copies in zip(described, augmented, strict=True):
         for runs_of, runs_per_image in method.extra_runs(options, channels).items():
-            extra[runs_of] = max(extra.get(runs_of, 0), runs_per_image)
-    runs = 1 + copies
+            extra[runs_of] = max(extra.get(runs_of, 0), method_copies * runs_per_image)
+    runs = repeats * (1 + copies)
     work = FLOAT32 * (
         runs * (input_values + layer_values + 2 * most * layer_values)
-        + 2 * copies * most * layer_values
-        + 2 * most * len(methods) * out
+        + 2 * repeats * copies * most * layer_values
+        + 2 * most * sum(augmented) * out
         + (2 * most * input_values if colour else 0)
         + colour * most * input_values
     )

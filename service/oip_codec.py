@@ -71,6 +71,8 @@ PARAMETERS: dict[str, tuple[str, str]] = {
     "smooth_sigma": ("double", "Smooth Grad-CAM++ noise std (fraction of the input range)"),
     "smooth_seed": ("int", "Smooth Grad-CAM++ noise seed"),
     "score_top_n": ("int", "Score-CAM channels (0: all)"),
+    "eigen_smooth": ("bool", "first principal component of the weighted activations instead of their sum"),
+    "aug_smooth": ("bool", "mean of the maps of 6 flipped / scaled copies of each image (6x the work)"),
     "timeout": ("int", "microseconds; shortens the call's deadline"),
     "priority": ("int", "accepted; all requests have the same priority"),
 }
@@ -84,7 +86,17 @@ def saliency_output(method: str) -> str:
 #: ExplainOptions field -> its name in a ModelInferRequest.
 OPTION_FIELDS = {
     name: f"parameters.{name}"
-    for name in ("output_size", "normalize", "eps", "smooth_n", "smooth_sigma", "smooth_seed", "score_top_n")
+    for name in (
+        "output_size",
+        "normalize",
+        "eps",
+        "smooth_n",
+        "smooth_sigma",
+        "smooth_seed",
+        "score_top_n",
+        "eigen_smooth",
+        "aug_smooth",
+    )
 }
 
 
@@ -228,6 +240,8 @@ def _options(params: _Parameters, defaults: ExplainOptions) -> ExplainOptions:
         "smooth_sigma": params.number,
         "smooth_seed": params.integer,
         "score_top_n": params.integer,
+        "eigen_smooth": params.boolean,
+        "aug_smooth": params.boolean,
     }
     changes: dict[str, Any] = {
         name: value for name, read in reads.items() if (value := read(name)) is not None
