@@ -15,7 +15,7 @@ wrong prediction, the map of the true class shows whether the model looked at th
 Baseline maps (``camserve.eval.baselines``) go through exactly the same metrics as the methods; they
 do not depend on the target, so one baseline map serves all three targets of an image.
 
-Removed pixels become black (the paper's "image multiplied by the map", see ``camserve.eval.metrics``)
+Removed pixels become black (the paper's "image multiplied by the map", see ``camserve.eval.faithfulness``)
 or, with ``fill="mean"``, the dataset mean colour; insertion starts from a blurred image (RISE) or,
 with ``insertion_start="fill"``, from the fill.
 """
@@ -33,8 +33,8 @@ import torch
 
 from camserve import defaults
 from camserve.errors import InvalidArgumentError
+from camserve.eval import faithfulness
 from camserve.eval import localisation as loc
-from camserve.eval import metrics as faith
 from camserve.eval.baselines import BASELINE_NAMES, baseline_maps
 from camserve.eval.data import EvalBatch, EvalData
 from camserve.eval.road import road
@@ -56,6 +56,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "insertion_auc": ("higher", "insertion AUC (RISE)"),
     "road_morf": ("lower", "ROAD MoRF: mean probability, most relevant removed first"),
     "road_lerf": ("higher", "ROAD LeRF: mean probability, least relevant removed first"),
+    "road_combined": ("higher", "ROAD combined: (LeRF - MoRF) / 2"),
     "iou_top_fraction": ("higher", "IoU of the top-fraction box"),
     "iou_component": ("higher", "IoU of the largest-segment box (15 % of max)"),
     "localisation_error": ("lower", "top-1 localisation error % (Grad-CAM paper)"),
@@ -91,7 +92,7 @@ class EvalSettings:
     coverage_contrast: float = 2.0  # ... and mean in the box > contrast x mean outside the boxes
     steps: int = defaults.EVAL_STEPS  # deletion/insertion steps
     curves: bool = True  # deletion/insertion (the costliest part: 2 x (steps + 1) runs per map)
-    road: bool = False  # ROAD MoRF/LeRF (18 imputed images per map, each a conjugate-gradient solve)
+    road: bool = False  # ROAD MoRF/LeRF/combined (18 imputed images per map, each a conjugate-gradient solve)
     fill: str = defaults.EVAL_FILL  # removed pixels: "black" (pixels x map) or "mean" (normalised zero)
     insertion_start: str = defaults.EVAL_INSERTION_START  # "blur" (RISE) or "fill"
     blur_sigma: float | None = None  # None: max(H, W) / 16 px
@@ -208,9 +209,13 @@ def _fill_and_start(
     settings: EvalSettings, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
     fill: torch.Tensor | float = (
-        faith.black_baseline(mean, std).to(images) if settings.fill == "black" else 0.0
+        faithfulness.black_baseline(mean, std).to(images) if settings.fill == "black" else 0.0
     )
-    start = faith.blurred_images(images, settings.blur_sigma) if settings.insertion_start == "blur" else fill
+    start = (
+        faithfulness.blurred_images(images, settings.blur_sigma)
+        if settings.insertion_start == "blur"
+        else fill
+    )
     return fill, start
 
 
@@ -253,13 +258,13 @@ def evaluate_batch(
                 "methods", f"{name!r} returned maps {tuple(maps.shape)}, not [N,3,{h},{w}]"
             )
         true_maps = maps[:, 0]
-        conf = faith.explanation_map_confidence(
+        conf = faithfulness.explanation_map_confidence(
             forward, images, true_maps, labels, baseline=fill, batch_size=bs
         )
-        keep = faith.top_fraction_confidence(
+        keep = faithfulness.top_fraction_confidence(
             forward, images, true_maps, labels, settings.fraction, keep=True, baseline=fill, batch_size=bs
         )
-        remove = faith.top_fraction_confidence(
+        remove = faithfulness.top_fraction_confidence(
             forward, images, true_maps, labels, settings.fraction, keep=False, baseline=fill, batch_size=bs
         )
         iou_top = loc.box_iou(true_maps, batch.boxes, "top_fraction", fraction=settings.fraction)
@@ -287,10 +292,10 @@ def evaluate_batch(
             "energy_pointing_least": energy[:, 2],
         }
         if settings.curves:
-            deletion = faith.deletion_insertion_curve(
+            deletion = faithfulness.deletion_insertion_curve(
                 forward, images, true_maps, labels, "deletion", settings.steps, fill, batch_size=bs
             )
-            insertion = faith.deletion_insertion_curve(
+            insertion = faithfulness.deletion_insertion_curve(
                 forward, images, true_maps, labels, "insertion", settings.steps, start, batch_size=bs
             )
             columns["deletion_auc"] = deletion.auc
@@ -302,6 +307,7 @@ def evaluate_batch(
             scores = road(forward, images, true_maps, labels, seed=settings.seed, batch_size=bs)
             columns["road_morf"] = scores.morf_mean
             columns["road_lerf"] = scores.lerf_mean
+            columns["road_combined"] = scores.combined
         values = {k: v.detach().cpu().double().tolist() for k, v in columns.items()}
         for i in range(n):
             row: dict[str, Any] = {

@@ -248,3 +248,37 @@ def _utf8(name: bytes) -> bool:
         return True
     except UnicodeDecodeError:
         return False
+
+
+@pytest.mark.parametrize(("max_pixels", "at_once"), [(200 * 200, 1), (2 * 200 * 200, 2)])
+def test_decode_workers_together_hold_at_most_the_largest_image(
+    monkeypatch, tmp_path, explainer, max_pixels, at_once
+):
+    """Two decode threads and 200x200 images: with --max-image-pixels 40000 they decode one after
+    another (the job's decode memory is one largest image, ~20 B per pixel), with twice that both."""
+    import camserve.batch.worker as worker
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for n in range(6):
+        (root / f"{n}.png").write_bytes(png(200, 200))
+    running, most = [], []
+    decode = worker.decode_checked
+
+    def slow_decode(header, field, stop=None):
+        running.append(1)
+        most.append(len(running))
+        time.sleep(0.2)
+        try:
+            return decode(header, field, stop)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(worker, "decode_checked", slow_decode)
+    job = dataclasses.replace(
+        make_job(root, tmp_path / "out", methods=("gradcam",)), max_image_pixels=max_pixels
+    )
+    assert job.decode_workers == 2
+    summary = run_batch(job, progress=False, explainer=explainer)
+    assert (summary.rows, summary.errors) == (6, 0)
+    assert max(most) == at_once
