@@ -161,7 +161,7 @@ class ShardWorker:
             if data is not None:
                 where = record.path or f"row {record.row}"
                 header = check_image(data, str(where), self.job.max_image_pixels)
-                item = decode_checked(header, str(where))
+                item = decode_checked(header, str(where), channels=self.explainer.input_size[0])
             tensor = self.explainer.preprocess(item)
         except Exception as exc:  # noqa: BLE001  a bad image must not stop the job
             message = str(exc) if str(exc) else type(exc).__name__
