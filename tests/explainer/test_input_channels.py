@@ -242,3 +242,28 @@ def test_overlays_render_other_channel_counts_as_grey() -> None:
         torch.testing.assert_close(rgb[..., c], unit.mean(dim=1))
     torch.testing.assert_close(display_rgb(unit[:, :1])[..., 2], unit[:, 0])
     torch.testing.assert_close(display_rgb(unit[:, :3]), unit[:, :3].permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("name", ["grey", "multi"])
+def test_batch_job_equals_in_process(explainers: dict[str, Explainer], tmp_path: Path, name: str) -> None:
+    """Greyscale / RGBA PNGs of other sizes through `camserve batch`'s local engine: the maps (at
+    the non-square input size for the 4-channel model) equal the Explainer's on the same files."""
+    from camserve.batch import read_maps
+    from camserve.batch.encoding import TOLERANCE
+    from camserve.batch.run import run_batch
+    from tests.batch.batch_data import make_job
+
+    channels = MODELS[name][0][0]
+    images = tmp_path / "images"
+    images.mkdir()
+    ids = [f"img{seed}.png" for seed in range(2)]
+    for seed, image_id in enumerate(ids):
+        pixels = np.random.default_rng(seed).integers(0, 256, (30, 50, channels), dtype=np.uint8)
+        Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(images / image_id)
+    run_batch(
+        make_job(images, tmp_path / "out", methods=("gradcam",)), progress=False, explainer=explainers[name]
+    )
+    want = explainers[name].explain([str(images / i) for i in ids], "gradcam")
+    got = read_maps(tmp_path / "out", ids=ids, method="gradcam")
+    assert got.shape == want.maps["gradcam"].shape == (2, 1, *MODELS[name][0][1:])
+    np.testing.assert_allclose(got, want.maps["gradcam"], rtol=0, atol=TOLERANCE["float16"])
