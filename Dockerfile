@@ -3,7 +3,7 @@
 #   GPU: docker build -t camserve:gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 .
 #   (torch's cu130 wheel and the onnxruntime-gpu wheel camserve installs on Linux x86_64 are both
 #   CUDA 13: one CUDA major version, driver R580 or newer on the host; the GPU build ends with
-#   `python -m camserve.runtime --build`'s check of that install, see docs/kernels.md)
+#   `python -m camserve.doctor --build`'s check of that install, see docs/kernels.md)
 #   GPU check in the image: docker run --rm --gpus all camserve:gpu python /src/bench/gpu_check.py
 # Serves every model directory mounted under /models (see docker-compose.yml); with none mounted,
 # set CAMSERVE_SERVICE_MODELS="" to serve the embedded default model, which is exported at build time.
@@ -43,7 +43,7 @@ COPY bench bench
 # One ONNX Runtime: onnxruntime-gpu on linux/amd64 (it runs CPU sessions too), onnxruntime elsewhere.
 RUN pip install --extra-index-url "${TORCH_INDEX_URL}" ".${EXTRAS:+[${EXTRAS}]}" \
     && pip check \
-    && case "${TORCH_INDEX_URL}" in */cpu) ;; *) python -m camserve.runtime --build ;; esac \
+    && case "${TORCH_INDEX_URL}" in */cpu) ;; *) python -m camserve.doctor --build ;; esac \
     && python -c "from camserve.default_model import default_model_dir; default_model_dir('/opt/camserve/cache')" \
     && useradd --system --uid 10001 --create-home --home-dir /home/camserve camserve \
     && mkdir -p /models "${TRITON_CACHE_DIR}" \

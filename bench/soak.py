@@ -28,7 +28,6 @@ max_message_bytes answer per heavy client.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import sys
@@ -42,10 +41,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 from hostile_images import HOSTILE_IMAGES
-from PIL import Image
 
 from camserve import defaults
 from camserve.loadgen.local_server import LocalServer
+from camserve.loadgen.workload import png_bytes as png
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
@@ -92,12 +91,6 @@ def digit_pixels(count: int) -> np.ndarray:
 
     dataset = make_localisation_dataset(count, seed=11, split="test")
     return (dataset.images * 255.0).round().to(dtype=torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class Client(threading.Thread):

@@ -30,7 +30,8 @@ import torch
 from google.protobuf.message import Message
 
 from camserve.config import ExplainOptions, check_options, parse_output_size
-from camserve.defaults import DEFAULT_METHODS, MAX_MESSAGE_BYTES
+from camserve.defaults import DEFAULT_METHODS, IMAGE_FORMATS, MAX_MESSAGE_BYTES
+from camserve.encoded_images import image_format
 from camserve.errors import CamserveError, InvalidArgumentError, NotFoundError
 from camserve.images import IMAGE_MODES, ImageLike, preprocess
 from camserve.methods.targets import parse_targets
@@ -189,7 +190,11 @@ def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor)
     for item in items:
         first = len(sources)
         if isinstance(item, str | os.PathLike) and Path(item).suffix.lower() != ".npy":
-            sources.append(pb.Image(encoded=Path(item).read_bytes()))
+            data = Path(item).read_bytes()
+            if image_format(data) not in IMAGE_FORMATS:  # servers decode only these: send the pixels
+                with Image.open(io.BytesIO(data)) as image:
+                    data = _png(np.asarray(image.convert("RGB")))
+            sources.append(pb.Image(encoded=data))
         elif isinstance(item, Image.Image):
             sources.append(pb.Image(encoded=_png(np.asarray(item.convert(mode or "RGB")))))
         else:

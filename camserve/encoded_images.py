@@ -30,11 +30,13 @@ formats accepted the decoder holds at most 11 B per pixel, so the cost is the pi
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import re
 import struct
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +48,7 @@ from camserve.defaults import (
     MAX_JPEG_SCANS,
     MAX_PNG_CHUNKS,
 )
-from camserve.errors import InvalidArgumentError
+from camserve.errors import InvalidArgumentError, ResourceExhaustedError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Deflate's best compression ratio: no zlib stream inflates to more than this many bytes per byte.
@@ -92,7 +94,7 @@ def check_image(
 ) -> ImageHeader:
     """The header of encoded image ``data`` once its bytes pass this module's checks;
     InvalidArgumentError naming ``field`` otherwise. Nothing is decompressed or allocated by size."""
-    kind = _format_of(data)
+    kind = image_format(data)
     if kind is None or kind not in formats:
         what = "not an image in an accepted format" if kind is None else f"{kind} images are not accepted"
         raise InvalidArgumentError(field, f"{what} (accepted: {', '.join(formats)})")
@@ -139,6 +141,48 @@ def decode_checked(
         raise InvalidArgumentError(field, f"the image cannot be decoded ({exc})") from None
 
 
+class DecodeBudget:
+    """Decode costs (:attr:`ImageHeader.cost`) that the threads of one process may hold at once: a
+    decode waits for its share, so concurrent decodes cannot add up to more than ``capacity`` x
+    DECODE_BYTES_PER_PIXEL bytes. ``setting`` names the limit in messages; ``alive(stage)`` is called
+    while a decode waits and raises to stop the wait (the service: the call is over)."""
+
+    POLL_S = 0.05  # how often a waiting decode calls ``alive``
+
+    def __init__(self, capacity: int, setting: str, alive: Callable[[str], None] | None = None) -> None:
+        self.capacity = capacity
+        self.setting = setting
+        self._alive = alive
+        self._free = capacity
+        self._changed = threading.Condition()
+
+    @property
+    def in_use(self) -> int:
+        return self.capacity - self._free
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, field: str) -> Iterator[None]:
+        """Hold ``pixels`` of the budget while the block runs (waits for them; raises
+        ResourceExhaustedError naming ``field`` when they can never fit)."""
+        if pixels > self.capacity:
+            raise ResourceExhaustedError(
+                f"{field}: decoding takes {pixels} pixels but at most {self.capacity} are decoded at "
+                f"once ({self.setting}); send a smaller image"
+            )
+        with self._changed:
+            while self._free < pixels:
+                if self._alive is not None:
+                    self._alive(f"the wait to decode {field}")
+                self._changed.wait(self.POLL_S)
+            self._free -= pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += pixels
+                self._changed.notify_all()
+
+
 class _StoppableReader(io.BytesIO):
     def __init__(self, data: bytes, stop: Callable[[], None]) -> None:
         super().__init__(data)
@@ -149,7 +193,8 @@ class _StoppableReader(io.BytesIO):
         return super().read(size)
 
 
-def _format_of(data: bytes) -> str | None:
+def image_format(data: bytes) -> str | None:
+    """The format encoded ``data`` is in, by its first bytes ("PNG", "GIF", ...); None if unknown."""
     if data.startswith(PNG_SIGNATURE):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):

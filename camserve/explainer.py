@@ -47,7 +47,7 @@ class Explainer:
             embedded default model, built into ``config.runtime.cache_dir`` on first use
     config  None: ``CamserveConfig.load()`` (defaults, then ``CAMSERVE_*`` environment variables)
     runner  what runs the graphs; None: ONNX Runtime on the model directory's graphs
-            (``camserve.runtime.OnnxGraphRunner``). Pass ``camserve.export.reference.TorchGraphRunner``
+            (``camserve.runtime.OnnxGraphRunner``). Pass ``camserve.export.eager.TorchGraphRunner``
             to run eager PyTorch instead.
     """
 

@@ -29,7 +29,7 @@ class ExplainOutputs:
 
 class GraphRunner(Protocol):
     """Runs a model's graphs. Implemented by ONNX Runtime (``camserve.runtime.OnnxGraphRunner``) and,
-    as a reference, by eager PyTorch autograd (``camserve.export.reference.TorchGraphRunner``)."""
+    as the eager twin, by PyTorch autograd (``camserve.export.eager.TorchGraphRunner``)."""
 
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
         """images [N,3,H,W] float32 (normalised), targets [N,T] int64."""

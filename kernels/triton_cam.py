@@ -40,22 +40,26 @@ _INT32_LIMIT = 2**31
 _GRID_YZ_LIMIT = 65535  # CUDA's limit on grid dimensions 1 and 2
 
 
-def _launched_kernel(fn: Callable[..., None]) -> Any:
-    """``@triton.jit`` for a kernel the launchers launch, with no specialisation on argument values.
+def _launched_kernel(*aligned: str) -> Callable[[Callable[..., None]], Any]:
+    """``@triton.jit`` for a kernel the launchers launch, specialised on nothing the caller controls.
 
     By default the JIT compiles a new variant on the device when an integer argument is 1 (made a
-    constant) or a multiple of 16, or a pointer is 16-byte aligned: views such as ``out[1]`` and sizes
-    such as T = 16 would compile variants the ahead-of-time compile test never saw. With every
-    runtime argument in ``do_not_specialize`` and ``do_not_specialize_on_alignment`` a kernel has one
-    variant per constexpr set and dtype, the one ``tests/kernels/kernel_compile.py`` compiles; the
-    kernels' loads are per-pixel plane offsets (h*w = 49, 196...), which alignment hints would not
-    vectorise anyway."""
-    runtime_args = [
-        name
-        for name, parameter in inspect.signature(fn).parameters.items()
-        if "constexpr" not in str(parameter.annotation)
-    ]
-    return triton.jit(fn, do_not_specialize=runtime_args, do_not_specialize_on_alignment=runtime_args)
+    constant) or a multiple of 16, or when a pointer is or is not 16-byte aligned: views such as
+    ``out[1]`` and sizes such as T = 16 would compile variants the ahead-of-time compile test never
+    saw. Every runtime argument is in ``do_not_specialize`` except the pointers named in ``aligned``:
+    buffers the launchers allocate themselves (torch's allocators align them to 64 bytes or more), so
+    their alignment hint, which lets the stores vectorise, is always given. A kernel thus has one
+    variant per constexpr set and dtype, the one ``tests/kernels/kernel_compile.py`` compiles."""
+
+    def decorate(fn: Callable[..., None]) -> Any:
+        runtime_args = [
+            name
+            for name, parameter in inspect.signature(fn).parameters.items()
+            if "constexpr" not in str(parameter.annotation) and name not in aligned
+        ]
+        return triton.jit(fn, do_not_specialize=runtime_args, do_not_specialize_on_alignment=runtime_args)
+
+    return decorate
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,7 +135,7 @@ def _round_half_to_even(x):
 # 1. Channel weights: one spatial reduction per (image, target, channel), several methods at once
 
 
-@_launched_kernel
+@_launched_kernel()  # its three outputs are views of one buffer: out[1], out[2] may be unaligned
 def _channel_weights_kernel(
     a_ptr,
     g_ptr,
@@ -236,7 +240,7 @@ def _channel_weights_kernel(
 # 2. Combine: per pixel, ReLU(sum_k c_k A^k) with c a channel weight or a per-pixel gradient
 
 
-@_launched_kernel
+@_launched_kernel("out_ptr", "partial_ptr")
 def _channel_sum_relu_kernel(
     a_ptr,
     c_ptr,
@@ -312,7 +316,7 @@ def _channel_sum_relu_kernel(
 # 1+2 fused: weights and combine in one pass over A and G (planes up to launch.MAX_FUSED_PLANE pixels)
 
 
-@_launched_kernel
+@_launched_kernel("out_ptr", "partial_ptr")
 def _gradient_weighted_cam_kernel(
     a_ptr,
     g_ptr,
@@ -394,7 +398,7 @@ def _store_map_or_partial(
         tl.store(partial_ptr + offsets, acc, mask=ok)
 
 
-@_launched_kernel
+@_launched_kernel("out_ptr", "partial_ptr")
 def _sum_splits_relu_kernel(partial_ptr, out_ptr, S, HW, stride_ps, BLOCK_HW: tl.constexpr):
     """out[n,t] = ReLU(sum_s partial[s,n,t]); grid (N*T, cdiv(HW, BLOCK_HW)); out contiguous.
 
@@ -450,7 +454,7 @@ def _bilinear_tile(src, y, x, h, w, scale_h, scale_w, y_ok, x_ok, RESIZE: tl.con
     return v
 
 
-@_launched_kernel
+@_launched_kernel("out_ptr")
 def _upsample_normalize_kernel(
     src_ptr,
     out_ptr,

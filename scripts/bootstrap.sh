@@ -16,6 +16,9 @@ PYEOF
   .venv/bin/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,ray]'
+# tritonserver 2.51 + its python backend for tests/export/test_triton_server.py; --no-deps: the wheel
+# pins numpy<2 and protobuf<7 (via tritonclient[grpc]), and camserve uses only its binary (pyproject.toml)
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'nvidia-pytriton==0.7.0'
 if [ "${1:-}" = "--test-tools" ]; then
   missing=()
   command -v docker-compose >/dev/null || missing+=(docker-compose)

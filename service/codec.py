@@ -17,9 +17,9 @@ from camserve.errors import InvalidArgumentError
 from camserve.images import denormalize, display_rgb
 from camserve.methods.base import method_class
 from camserve.service.admission import AnswerShape
+from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
-from camserve.service.runner import ImageResult, ImageWork, maps_as
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
 from camserve.wire import NUMPY_DTYPES, array_to_tensor, tensor_to_array

@@ -33,11 +33,11 @@ from camserve.config import CamserveConfig, ExplainOptions, check_service_config
 from camserve.defaults import INLINE_DECODE_PIXELS, INLINE_REQUEST_BYTES, MAX_ECHO_CHARS
 from camserve.service import metrics
 from camserve.service.admission import AnswerShape, RequestCost, admit, request_cost
+from camserve.service.batch_runner import ImageResult, ImageWork, batch_key
 from camserve.service.batcher import Completed
 from camserve.service.cancellation import current_scope
 from camserve.service.errors import MAX_STATUS_CHARS, UnavailableError, clip, status_for
 from camserve.service.models import ModelRegistry, ServedModel
-from camserve.service.runner import ImageResult, ImageWork, batch_key
 
 request_log = logging.getLogger("camserve.service.requests")
 DEADLINE_SLACK_S = 0.05

@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,22 +19,21 @@ from PIL import Image
 
 from camserve.config import CamserveConfig, ServiceConfig
 from camserve.defaults import DECODE_PIXEL_BUDGET, MAX_IMAGE_PIXELS
-from camserve.encoded_images import ImageHeader, check_image, decode_checked
-from camserve.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from camserve.doctor import describe_stack
+from camserve.encoded_images import DecodeBudget, ImageHeader, check_image, decode_checked
+from camserve.errors import InvalidArgumentError, NotFoundError
 from camserve.explainer import Explainer
 from camserve.images import preprocess
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
-from camserve.runtime import OnnxGraphRunner, describe_stack, warm_up
+from camserve.runtime import OnnxGraphRunner, warm_up
 from camserve.service import metrics
+from camserve.service.batch_runner import ExplainBatchRunner, ImageResult, ImageWork
 from camserve.service.batcher import DynamicBatcher
 from camserve.service.cancellation import check_request_alive
 from camserve.service.errors import clip
-from camserve.service.runner import ExplainBatchRunner, ImageResult, ImageWork
 
 log = logging.getLogger(__name__)
 
-#: How often a decode waiting for its pixel budget looks at its request's deadline.
-_BUDGET_POLL_S = 0.05
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 ExplainerFactory = Callable[[ModelDirectory, CamserveConfig], Explainer]
@@ -86,46 +84,13 @@ def return_freed_buffers_to_the_system() -> bool:
         return False
 
 
-class PixelBudget:
-    """Decoded pixels that all requests together may hold at once (``service.decode_pixel_budget``).
-
-    Decoding an image costs about 20 bytes per pixel until it is resized to the model's input (the
-    RGB image, its float copy, the antialiased resize), however small the file, and more where the
-    decoder holds more (a progressive JPEG's coefficients): an image holds its decode cost
-    (``camserve.encoded_images.ImageHeader.cost``, in such pixels). Decodes wait for their share, so
-    concurrent requests cannot add up to more than the budget. A waiting decode gives up as soon as
-    its request is over (deadline or cancellation), a running one at its next 64 KiB of input.
-    """
+class PixelBudget(DecodeBudget):
+    """Decode costs all requests together may hold at once (``service.decode_pixel_budget``; see
+    ``camserve.encoded_images.DecodeBudget``). A waiting decode gives up as soon as its request is over
+    (deadline or cancellation), a running one at its next 64 KiB of input."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._free = capacity
-        self._changed = threading.Condition()
-
-    @property
-    def in_use(self) -> int:
-        return self.capacity - self._free
-
-    @contextlib.contextmanager
-    def hold(self, pixels: int, field: str) -> Iterator[None]:
-        """Hold ``pixels`` of the budget while the block runs (waits for them; raises
-        ResourceExhaustedError naming ``field`` when they can never fit)."""
-        if pixels > self.capacity:
-            raise ResourceExhaustedError(
-                f"{field}: decoding takes {pixels} pixels but the server decodes at most "
-                f"{self.capacity} at once (service.decode_pixel_budget); send a smaller image"
-            )
-        with self._changed:
-            while self._free < pixels:
-                check_request_alive(f"the wait to decode {field}")
-                self._changed.wait(_BUDGET_POLL_S)
-            self._free -= pixels
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._free += pixels
-                self._changed.notify_all()
+        super().__init__(capacity, "service.decode_pixel_budget", check_request_alive)
 
 
 @dataclass

@@ -38,9 +38,9 @@ from camserve.defaults import MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.service.admission import AnswerShape
+from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel
-from camserve.service.runner import ImageResult, ImageWork, maps_as
 from camserve.wire import check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version

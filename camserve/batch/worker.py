@@ -22,7 +22,7 @@ from camserve.batch.encoding import computed_size, encode_maps, png_maps, resize
 from camserve.batch.job import JobConfig, ShardTask
 from camserve.batch.outdir import OutputDir, map_column, png_column
 from camserve.batch.sources import NPY_SUFFIX, ImageRecord, ImageSource, printable
-from camserve.encoded_images import check_image, decode_checked
+from camserve.encoded_images import DecodeBudget, check_image, decode_checked
 from camserve.errors import InvalidArgumentError
 
 
@@ -58,6 +58,8 @@ class ShardWorker:
         self.source = ImageSource(job.source)
         self.out = OutputDir(job.out)
         self.pool = ThreadPoolExecutor(job.decode_workers, thread_name_prefix="camserve-decode")
+        # decode threads together hold at most one largest image (about 20 B per pixel) at a time
+        self.budget = DecodeBudget(job.max_image_pixels, "--max-image-pixels")
         groups: dict[str, list[str]] = {}
         for method in job.methods:
             groups.setdefault(computed_size(method, job.encoding), []).append(method)
@@ -158,11 +160,14 @@ class ShardWorker:
             item: Any = record.path
             if data is None and not str(record.path).lower().endswith(NPY_SUFFIX):
                 data = read_image_file(str(record.path), self.job.max_image_file_bytes)
-            if data is not None:
-                where = record.path or f"row {record.row}"
-                header = check_image(data, str(where), self.job.max_image_pixels)
-                item = decode_checked(header, str(where), channels=self.explainer.input_size[0])
-            tensor = self.explainer.preprocess(item)
+            if data is None:
+                tensor = self.explainer.preprocess(item)  # a .npy tensor: nothing to decode
+            else:
+                where = str(record.path or f"row {record.row}")
+                header = check_image(data, where, self.job.max_image_pixels)
+                channels = self.explainer.input_size[0]
+                with self.budget.hold(header.cost, where):  # the decode and the resize
+                    tensor = self.explainer.preprocess(decode_checked(header, where, channels=channels))
         except Exception as exc:  # noqa: BLE001  a bad image must not stop the job
             message = str(exc) if str(exc) else type(exc).__name__
             return _Decoded(record, error=message)

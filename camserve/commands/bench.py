@@ -35,6 +35,7 @@ from camserve.errors import InvalidArgumentError
 
 DEFAULT_CONCURRENCY = "1,4,16"
 DEFAULT_IMAGES = 64  # distinct images the clients cycle through
+DEFAULT_MAX_BATCH = 16  # a server that does not say (Triton): in-process batches when its metrics do not
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -108,7 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run the Explainer in-process on the same work (ratios)",
     )
-    out.add_argument("--model-dir", metavar="DIR", help="--in-process with --server: the model's directory")
+    out.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help="with --server: the model's directory (--in-process; --api oip on Triton: preprocessing, maps)",
+    )
     out.add_argument("--csv", metavar="FILE", help="write one row per level")
     out.add_argument("--json", metavar="FILE", help="write settings and every figure")
     out.add_argument("--plot", metavar="FILE.png", help="write latency against throughput")
@@ -139,8 +144,8 @@ def _check_args(args: argparse.Namespace) -> None:
         from camserve.loadgen.workload import parse_size
 
         parse_size(args.image_size)
-    if args.model_dir and not args.in_process:
-        raise InvalidArgumentError("--model-dir", "is for --in-process")
+    if args.model_dir and not (args.in_process or args.api == "oip"):
+        raise InvalidArgumentError("--model-dir", "is for --in-process or --api oip")
     positive = {
         "--image-count": args.image_count,
         "--timeout-s": args.timeout_s,
@@ -196,7 +201,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace, plan: list[tuple[str, float]], server: Any) -> int:
-    from camserve.client import Client
     from camserve.loadgen import report
     from camserve.loadgen.clients import Target
     from camserve.loadgen.server_metrics import MetricsReader
@@ -208,28 +212,39 @@ def _bench(args: argparse.Namespace, plan: list[tuple[str, float]], server: Any)
     target = Target(
         address, args.tls, args.ca_file, args.client_cert, args.client_key, client_token(args), args.timeout_s
     )
-    with Client(
-        address,
-        tls=args.tls,
-        ca_file=args.ca_file,
-        cert_file=args.client_cert,
-        key_file=args.client_key,
-        token=target.token,
-        timeout_s=30,
-    ) as client:
-        served = {m.name: m for m in client.list_models()}
+    served = _served_models(args, address, target)
     model = args.model
     if model is None:
+        if served is None:
+            raise InvalidArgumentError(
+                "--model", "the server is not camserve (no ListModels): name the model"
+            )
         if len(served) != 1:
             raise InvalidArgumentError(
                 "--model", f"the server holds several models; choose one of {', '.join(served)}"
             )
         model = next(iter(served))
-    elif model not in served:
+    elif served is not None and model not in served:
         print(f"note: the server does not serve {model!r} (it serves {', '.join(served)})", file=sys.stderr)
     methods = tuple(args.methods or DEFAULT_METHODS)
+    graph, manifest = None, None
+    if args.api == "oip" and served is None:  # not camserve: what does the model take?
+        from camserve.loadgen.oip import model_metadata
+        from camserve.modeldir import ModelDirectory
+
+        graph = model_metadata(target, model)
+        known = _model_directory(args, model)
+        manifest = ModelDirectory(known).manifest if known else None
     workload = build_workload(
-        args.api, model, methods, tuple(args.targets or ()), args.image_count, args.images, size
+        args.api,
+        model,
+        methods,
+        tuple(args.targets or ()),
+        args.image_count,
+        args.images,
+        size,
+        graph,
+        manifest,
     )
     metrics_url = args.metrics_url or (server.metrics_url if server else None)
     metrics = MetricsReader(metrics_url) if metrics_url else None
@@ -258,7 +273,7 @@ def _bench(args: argparse.Namespace, plan: list[tuple[str, float]], server: Any)
         flush=True,
     )
     explainer = _in_process_explainer(args, model) if args.in_process else None
-    max_batch = served[model].max_batch_size if model in served else 1
+    max_batch = served[model] if served and model in served else DEFAULT_MAX_BATCH
     results = []
     for mode, level in plan:
         result = run_level(
@@ -289,20 +304,52 @@ def _bench(args: argparse.Namespace, plan: list[tuple[str, float]], server: Any)
     return 0
 
 
-def _in_process_explainer(args: argparse.Namespace, model: str) -> Any:
-    """The Explainer of --in-process: --model-dir, else the served model's directory when it is known
-    here (the default model, or one under --models)."""
+def _served_models(args: argparse.Namespace, address: str, target: Any) -> dict[str, int] | None:
+    """camserve's models and their max batch sizes (ListModels); None for an Open Inference Protocol
+    server that is not camserve (Triton), which --api oip can measure too."""
+    import grpc
+
+    from camserve.client import Client, ServerError
+
+    with Client(
+        address,
+        tls=args.tls,
+        ca_file=args.ca_file,
+        cert_file=args.client_cert,
+        key_file=args.client_key,
+        token=target.token,
+        timeout_s=30,
+    ) as client:
+        try:
+            return {m.name: m.max_batch_size for m in client.list_models()}
+        except ServerError as exc:
+            if args.api == "oip" and exc.code == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
+
+
+def _model_directory(args: argparse.Namespace, model: str) -> str | None:
+    """--model-dir, else the served model's directory when it is known here (the default model, or one
+    under --models); None when unknown."""
     from camserve.commands.serve import model_directories
+    from camserve.config import CamserveConfig
+
+    if args.model_dir:
+        return str(args.model_dir)
+    config = CamserveConfig.load(args.config)
+    known = model_directories(config.replace(service={"models": args.models or ""}))
+    return str(known[model]) if model in known else None
+
+
+def _in_process_explainer(args: argparse.Namespace, model: str) -> Any:
+    """The Explainer of --in-process on the served model's directory (:func:`_model_directory`)."""
     from camserve.config import CamserveConfig
     from camserve.explainer import Explainer
 
-    config = CamserveConfig.load(args.config)
-    if args.model_dir:
-        return Explainer(args.model_dir, config=config)
-    known = model_directories(config.replace(service={"models": args.models or ""}))
-    if model not in known:
+    directory = _model_directory(args, model)
+    if directory is None:
         raise InvalidArgumentError("--model-dir", f"needed for --in-process on model {model!r}")
-    return Explainer(known[model], config=config)
+    return Explainer(directory, config=CamserveConfig.load(args.config))
 
 
 def _in_process(explainer: Any, result: Any, workload: Any, max_batch: int, seconds: float) -> None:

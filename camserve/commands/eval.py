@@ -183,7 +183,7 @@ def _changed(args: argparse.Namespace, name: str) -> object:
 
 def eager_runner(explainer: Explainer) -> Callable[[nn.Module], GraphRunner]:
     """``model`` -> a GraphRunner running it in eager PyTorch, split as ``explainer``'s manifest says."""
-    from camserve.export.reference import TorchGraphRunner
+    from camserve.export.eager import TorchGraphRunner
 
     manifest = explainer.manifest
     channels, height, width = manifest.input_size

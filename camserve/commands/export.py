@@ -87,8 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--triton-repository",
         metavar="DIR",
-        help="also write a Triton model repository for the explain graph: DIR/<name>/config.pbtxt, "
-        "DIR/<name>/1/model.onnx",
+        help="also write a Triton model repository for the maps graph (else the explain graph): "
+        "DIR/<name>/ with onnxruntime- and python-backend configs (docs/operations.md)",
     )
     p.add_argument("--triton-max-batch-size", type=int, default=16, help="Triton max_batch_size (default 16)")
     p.add_argument(
@@ -96,6 +96,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("KIND_AUTO", "KIND_CPU", "KIND_GPU"),
         default="KIND_AUTO",
         help="Triton instance_group kind (default KIND_AUTO)",
+    )
+    p.add_argument("--triton-instance-count", type=int, default=1, help="Triton instances (default 1)")
+    p.add_argument(
+        "--triton-target-slots",
+        type=int,
+        default=1,
+        help="onnxruntime backend: targets per image in every request (default 1)",
+    )
+    p.add_argument(
+        "--triton-ensemble",
+        action="store_true",
+        help="also DIR/<name>_encoded: an ensemble taking encoded PNG/JPEG bytes",
     )
     p.set_defaults(func=run)
 
@@ -134,16 +146,20 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
 
 
 def _write_triton_repository(args: argparse.Namespace, model_dir: Path | str) -> None:
-    from camserve.export.triton_repository import write_triton_repository
+    from camserve.export.triton_repository import ENSEMBLE_SUFFIX, write_triton_repository
 
     target = write_triton_repository(
         model_dir,
         args.triton_repository,
         force=args.force,
+        ensemble=args.triton_ensemble,
         max_batch_size=args.triton_max_batch_size,
         instance_kind=args.triton_instance_kind,
+        instance_count=args.triton_instance_count,
+        target_slots=args.triton_target_slots,
     )
-    print(f"Triton model repository: {target}/config.pbtxt, {target}/1/model.onnx")
+    extra = f", {target}{ENSEMBLE_SUFFIX}" if args.triton_ensemble else ""
+    print(f"Triton model repository: {target}{extra} (docs/operations.md#triton-inference-server)")
 
 
 def _maps_options(args: argparse.Namespace) -> MapsOptions | None:

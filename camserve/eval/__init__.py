@@ -12,6 +12,15 @@ from __future__ import annotations
 
 from camserve.eval.baselines import BASELINE_NAMES, baseline_maps, centre_gaussian_maps, random_maps
 from camserve.eval.data import BenchmarkData, EvalBatch, VocFolder
+from camserve.eval.faithfulness import (
+    ConfidenceResult,
+    CurveResult,
+    black_baseline,
+    blurred_images,
+    deletion_insertion_curve,
+    explanation_map_confidence,
+    top_fraction_confidence,
+)
 from camserve.eval.localisation import (
     box_iou,
     connected_components,
@@ -22,15 +31,6 @@ from camserve.eval.localisation import (
     pairwise_iou,
     pointing_game,
     top_fraction_box,
-)
-from camserve.eval.metrics import (
-    ConfidenceResult,
-    CurveResult,
-    black_baseline,
-    blurred_images,
-    deletion_insertion_curve,
-    explanation_map_confidence,
-    top_fraction_confidence,
 )
 from camserve.eval.road import RoadResult, linear_imputation, road
 from camserve.eval.sanity import SanityResult, cascading_randomisation, spearman_rank_correlation

@@ -15,7 +15,7 @@ wrong prediction, the map of the true class shows whether the model looked at th
 Baseline maps (``camserve.eval.baselines``) go through exactly the same metrics as the methods; they
 do not depend on the target, so one baseline map serves all three targets of an image.
 
-Removed pixels become black (the paper's "image multiplied by the map", see ``camserve.eval.metrics``)
+Removed pixels become black (the paper's "image multiplied by the map", see ``camserve.eval.faithfulness``)
 or, with ``fill="mean"``, the dataset mean colour; insertion starts from a blurred image (RISE) or,
 with ``insertion_start="fill"``, from the fill.
 """
@@ -33,8 +33,8 @@ import torch
 
 from camserve import defaults
 from camserve.errors import InvalidArgumentError
+from camserve.eval import faithfulness
 from camserve.eval import localisation as loc
-from camserve.eval import metrics as faith
 from camserve.eval.baselines import BASELINE_NAMES, baseline_maps
 from camserve.eval.data import EvalBatch, EvalData
 from camserve.eval.road import road
@@ -208,9 +208,13 @@ def _fill_and_start(
     settings: EvalSettings, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[torch.Tensor | float, torch.Tensor | float]:
     fill: torch.Tensor | float = (
-        faith.black_baseline(mean, std).to(images) if settings.fill == "black" else 0.0
+        faithfulness.black_baseline(mean, std).to(images) if settings.fill == "black" else 0.0
     )
-    start = faith.blurred_images(images, settings.blur_sigma) if settings.insertion_start == "blur" else fill
+    start = (
+        faithfulness.blurred_images(images, settings.blur_sigma)
+        if settings.insertion_start == "blur"
+        else fill
+    )
     return fill, start
 
 
@@ -253,13 +257,13 @@ def evaluate_batch(
                 "methods", f"{name!r} returned maps {tuple(maps.shape)}, not [N,3,{h},{w}]"
             )
         true_maps = maps[:, 0]
-        conf = faith.explanation_map_confidence(
+        conf = faithfulness.explanation_map_confidence(
             forward, images, true_maps, labels, baseline=fill, batch_size=bs
         )
-        keep = faith.top_fraction_confidence(
+        keep = faithfulness.top_fraction_confidence(
             forward, images, true_maps, labels, settings.fraction, keep=True, baseline=fill, batch_size=bs
         )
-        remove = faith.top_fraction_confidence(
+        remove = faithfulness.top_fraction_confidence(
             forward, images, true_maps, labels, settings.fraction, keep=False, baseline=fill, batch_size=bs
         )
         iou_top = loc.box_iou(true_maps, batch.boxes, "top_fraction", fraction=settings.fraction)
@@ -287,10 +291,10 @@ def evaluate_batch(
             "energy_pointing_least": energy[:, 2],
         }
         if settings.curves:
-            deletion = faith.deletion_insertion_curve(
+            deletion = faithfulness.deletion_insertion_curve(
                 forward, images, true_maps, labels, "deletion", settings.steps, fill, batch_size=bs
             )
-            insertion = faith.deletion_insertion_curve(
+            insertion = faithfulness.deletion_insertion_curve(
                 forward, images, true_maps, labels, "insertion", settings.steps, start, batch_size=bs
             )
             columns["deletion_auc"] = deletion.auc

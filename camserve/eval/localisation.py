@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from camserve.errors import InvalidArgumentError
-from camserve.eval.metrics import count_of_fraction, pixel_ranks
+from camserve.eval.faithfulness import count_of_fraction, pixel_ranks
 
 #: Zhang et al.'s pointing-game tolerance, in pixels at this reference image size (short side).
 POINTING_TOLERANCE_PX = 15.0

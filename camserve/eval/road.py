@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from camserve.errors import InvalidArgumentError
-from camserve.eval.metrics import (
+from camserve.eval.faithfulness import (
     DEFAULT_BATCH_SIZE,
     Forward,
     _flatten_items,

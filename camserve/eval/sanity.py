@@ -8,7 +8,7 @@ destroyed: the Spearman rank correlation between trained and randomised maps mus
 whose maps stay the same is an edge detector, not an explanation.
 
 How the randomised models run: the check takes a PyTorch ``nn.Module`` and a callable that turns a
-model into maps (``camserve eval`` wraps it in ``camserve.export.reference.TorchGraphRunner``,
+model into maps (``camserve eval`` wraps it in ``camserve.export.eager.TorchGraphRunner``,
 the eager-autograd GraphRunner, and runs the CAM methods on it). Re-exporting an ONNX model directory
 for every stage of the cascade would test the same maths through minutes of export per stage; the
 ONNX runner and the eager runner are checked against each other by the export tests. The maps of both

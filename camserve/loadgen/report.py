@@ -41,13 +41,14 @@ def row(result: LevelResult) -> dict[str, Any]:
             server_queue_ms=round(s.queue_ms, 3),
             server_compute_ms=round(s.compute_ms, 3),
             server_batch_size=round(s.batch_size, 2),
-            server_cpu_s_per_image=round(s.cpu_s_per_image, 6),
         )
+        if s.cpu_s > 0:  # Triton's metrics have no process CPU
+            out["server_cpu_s_per_image"] = round(s.cpu_s_per_image, 6)
     for name, value in result.in_process.items():
         out[f"in_process_{name}"] = round(value, 6) if isinstance(value, float) else value
     if result.in_process.get("images_per_s"):
         out["throughput_ratio"] = round(m.throughput / result.in_process["images_per_s"], 3)
-        if s is not None and result.in_process.get("cpu_s_per_image"):
+        if s is not None and s.cpu_s > 0 and result.in_process.get("cpu_s_per_image"):
             out["cpu_ratio"] = round(s.cpu_s_per_image / result.in_process["cpu_s_per_image"], 3)
     return out
 
@@ -81,7 +82,8 @@ def table(results: Sequence[LevelResult]) -> str:
             ("srv CPU ms/img", "{server_cpu_ms:.3f}"),
         ]
         for r in rows:
-            r["server_cpu_ms"] = r.get("server_cpu_s_per_image", 0.0) * 1e3
+            if "server_cpu_s_per_image" in r:
+                r["server_cpu_ms"] = r["server_cpu_s_per_image"] * 1e3
     if any("throughput_ratio" in r for r in rows):
         columns += [
             ("in-proc img/s", "{in_process_images_per_s:.1f}"),

@@ -5,6 +5,7 @@ batch size, and the server's CPU seconds (``process_cpu_seconds_total``, summed 
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -68,6 +69,8 @@ def difference(before: Snapshot, after: Snapshot, model: str) -> ServerFigures:
         count = delta(f"{prefix}_count", model=model)
         return delta(f"{prefix}_sum", model=model) * scale / count if count else 0.0
 
+    if not any(name == "camserve_requests_total" for name, _ in after):
+        return _triton_difference(delta, model)
     return ServerFigures(
         requests=round(delta("camserve_requests_total")),
         images=round(delta("camserve_images_total", model=model)),
@@ -76,4 +79,23 @@ def difference(before: Snapshot, after: Snapshot, model: str) -> ServerFigures:
         compute_ms=mean("nv_inference_compute_infer_duration_us", 1e-3),
         batch_size=mean("nv_inference_batch_size", 1.0),
         cpu_s=delta("process_cpu_seconds_total"),
+    )
+
+
+def _triton_difference(delta: Callable[..., float], model: str) -> ServerFigures:
+    """The same figures from Triton Inference Server's own metrics (its durations are cumulative
+    microseconds). It has no process CPU counter: ``cpu_s`` is 0."""
+
+    def counter(name: str) -> float:
+        return delta(f"nv_inference_{name}_total", model=model)
+
+    success, images, batches = counter("request_success"), counter("count"), counter("exec_count")
+    return ServerFigures(
+        requests=round(success + counter("request_failure")),
+        images=round(images),
+        batches=round(batches),
+        queue_ms=counter("queue_duration_us") * 1e-3 / success if success else 0.0,
+        compute_ms=counter("compute_infer_duration_us") * 1e-3 / batches if batches else 0.0,
+        batch_size=images / batches if batches else 0.0,
+        cpu_s=0.0,
     )

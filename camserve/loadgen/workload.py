@@ -7,11 +7,16 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from camserve.errors import InvalidArgumentError, NotFoundError
+
+if TYPE_CHECKING:
+    from camserve.loadgen.oip import GraphModel
+    from camserve.modeldir import Manifest
 
 APIS = ("explain", "stream", "oip")  # camserve.v1 Explain, camserve.v1 ExplainStream, OIP ModelInfer
 SAMPLE_SEED = 1234
@@ -94,8 +99,13 @@ def build_workload(
     count: int,
     folder: str | None = None,
     size: tuple[int, int] | None = None,
+    graph: GraphModel | None = None,
+    manifest: Manifest | None = None,
 ) -> Workload:
-    """``count`` images (a folder's, generated of ``size``, else the default model's samples) as requests."""
+    """``count`` images (a folder's, generated of ``size``, else the default model's samples) as requests.
+
+    ``graph`` (api oip): a model that takes the graph's own inputs (Triton on an exported repository):
+    the images are preprocessed here with ``manifest``'s size, mean and std."""
     if api not in APIS:
         raise InvalidArgumentError("api", f"one of {', '.join(APIS)}, got {api!r}")
     encoded: list[bytes]
@@ -104,7 +114,25 @@ def build_workload(
     else:
         pixels = generated_images(count, *size) if size else sample_images(count)
         encoded = [png_bytes(p) for p in pixels] if api != "oip" else []
-    if api == "oip":
+    if api == "oip" and graph is not None and graph.takes_graph_inputs:
+        from camserve.images import preprocess
+        from camserve.loadgen.oip import graph_request, map_outputs
+
+        if manifest is None:
+            raise InvalidArgumentError("--model-dir", f"needed to preprocess images for {model!r}")
+        outputs = map_outputs(manifest, methods)
+        requests = [
+            graph_request(
+                model,
+                graph,
+                outputs,
+                targets,
+                preprocess(p, manifest.input_size, manifest.mean, manifest.std).numpy(),
+            )
+            for p in pixels
+        ]
+        encoded = []
+    elif api == "oip":
         requests = [_infer_request(model, methods, targets, p) for p in pixels]
         encoded = []
     else:

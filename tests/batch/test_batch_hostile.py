@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.hostile_images import HOSTILE_IMAGES, png
 from camserve.batch import read_errors, read_manifest, read_maps, read_rows
 from camserve.batch.outdir import LOCK, OutputDir
 from camserve.batch.run import run_batch
+from camserve.batch.sources import text_id
 from camserve.cli import main
 from camserve.errors import StorageError
 from tests.batch.batch_data import make_job
@@ -223,3 +226,59 @@ def test_a_file_size_limit_from_the_kernel_ends_with_exit_3(tmp_path, dataset):
     lines = [line for line in finished.stderr.splitlines() if "Traceback" in line or "error:" in line]
     assert len(lines) == 1 and "(EFBIG)" in lines[0], finished.stderr
     assert read_manifest(out)["counts"] == {"rows": 0, "errors": 0, "shards": 0}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=12), min_size=1, max_size=8, unique=True))
+def test_any_file_name_becomes_a_utf8_id(names):
+    ids = [text_id(os.fsdecode(name)) for name in names]
+    for name, image_id in zip(names, ids, strict=True):
+        image_id.encode("utf-8")  # storable as Parquet text
+        try:
+            assert image_id == name.decode("utf-8")  # valid names are kept as they are
+        except UnicodeDecodeError:
+            assert "%" in image_id
+    escaped = [i for n, i in zip(names, ids, strict=True) if not _utf8(n)]
+    assert len(set(escaped)) == len(escaped)  # undecodable names never share an id
+
+
+def _utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+@pytest.mark.parametrize(("max_pixels", "at_once"), [(200 * 200, 1), (2 * 200 * 200, 2)])
+def test_decode_workers_together_hold_at_most_the_largest_image(
+    monkeypatch, tmp_path, explainer, max_pixels, at_once
+):
+    """Two decode threads and 200x200 images: with --max-image-pixels 40000 they decode one after
+    another (the job's decode memory is one largest image, ~20 B per pixel), with twice that both."""
+    import camserve.batch.worker as worker
+
+    root = tmp_path / "in"
+    root.mkdir()
+    for n in range(6):
+        (root / f"{n}.png").write_bytes(png(200, 200))
+    running, most = [], []
+    decode = worker.decode_checked
+
+    def slow_decode(header, field, stop=None):
+        running.append(1)
+        most.append(len(running))
+        time.sleep(0.2)
+        try:
+            return decode(header, field, stop)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(worker, "decode_checked", slow_decode)
+    job = dataclasses.replace(
+        make_job(root, tmp_path / "out", methods=("gradcam",)), max_image_pixels=max_pixels
+    )
+    assert job.decode_workers == 2
+    summary = run_batch(job, progress=False, explainer=explainer)
+    assert (summary.rows, summary.errors) == (6, 0)
+    assert max(most) == at_once

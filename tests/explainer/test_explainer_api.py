@@ -10,7 +10,7 @@ from PIL import Image
 import camserve
 from camserve.config import CamserveConfig, ExplainOptions
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
-from camserve.export.reference import TorchGraphRunner
+from camserve.export.eager import TorchGraphRunner
 from camserve.methods import known_methods
 from tests.explainer.tiny_model import CLASS_NAMES, INPUT_SIZE, MEAN, STD
 

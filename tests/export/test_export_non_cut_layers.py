@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from camserve.export.architectures import build_torchvision
-from camserve.export.reference import TorchGraphRunner
+from camserve.export.eager import TorchGraphRunner
 from camserve.methods.compute import compute_maps
 from camserve.runtime import OnnxGraphRunner
 from tests.export.exporting import export_test_model

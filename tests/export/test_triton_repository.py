@@ -4,6 +4,7 @@ copy) and matches the explain graph's inputs and outputs; model.onnx is the expl
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ def graph_tensors(values) -> list[tuple[str, str, list[int]]]:
     ]
 
 
+def compatible(config_dims: list[int], graph_dims: list[int]) -> bool:
+    """Triton's rule: a config dim equals the graph's, or one of them is dynamic (-1)."""
+    return len(config_dims) == len(graph_dims) and all(
+        c == g or c == -1 or g == -1 for c, g in zip(config_dims, graph_dims, strict=True)
+    )
+
+
 def test_the_config_matches_the_explain_graph(digits, tmp_path):
     from tritonclient.grpc import model_config_pb2 as mc
 
@@ -54,30 +62,90 @@ def test_the_config_matches_the_explain_graph(digits, tmp_path):
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
         "1",
         "1/model.onnx",
+        "1/model.py",
         "config.pbtxt",
+        "configs",
+        "configs/python.pbtxt",
     ]
     assert (folder / "1" / "model.onnx").read_bytes() == digits.graph_path("explain").read_bytes()
     config = parse_config(folder / "config.pbtxt")
     graph = onnx.load(str(folder / "1" / "model.onnx"))
-    assert config.name == "digits" and config.platform == "onnxruntime_onnx"
+    assert config.name == "digits" and config.platform == "onnxruntime_onnx" and not config.backend
     assert config.max_batch_size == 16
-    # Every input and output, in the graph's order, with its type and its dims after the batch one.
+    # Every input and output, in the graph's order, with its type and dims after the batch one.
     for entries, values in ((config.input, graph.graph.input), (config.output, graph.graph.output)):
         expected = graph_tensors(values)
         assert all(dims[0] == -1 for _, _, dims in expected)  # dynamic batch dimension
         got = [(e.name, mc.DataType.Name(e.data_type), list(e.dims)) for e in entries]
-        assert got == [(name, kind, dims[1:]) for name, kind, dims in expected]
-    assert [(e.name, list(e.dims)) for e in config.input] == [("images", [3, 64, 64]), ("targets", [-1])]
+        assert [(n, k) for n, k, _ in got] == [(n, k) for n, k, _ in expected]
+        for (name, _, dims), (_, _, graph_dims) in zip(got, expected, strict=True):
+            assert compatible(dims, graph_dims[1:]), name
+    # One target slot (the default): the target dims are fixed, so any two requests batch together.
+    assert [(e.name, list(e.dims)) for e in config.input] == [("images", [3, 64, 64]), ("targets", [1])]
     assert [(e.name, list(e.dims)) for e in config.output] == [
+        ("logits", [10]),
+        ("activations", [64, 16, 16]),
+        ("gradients", [1, 64, 16, 16]),
+        ("target_ids", [1]),
+    ]
+    assert not any(e.allow_ragged_batch for e in config.input)
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    (group,) = config.instance_group
+    assert group.count == 1 and group.kind == mc.ModelInstanceGroup.KIND_AUTO
+    # The python backend's config: the graph's own target dims, and targets batch raggedly.
+    python = parse_config(folder / "configs" / "python.pbtxt")
+    assert python.name == "digits" and python.backend == "python" and not python.platform
+    assert [(e.name, list(e.dims), e.allow_ragged_batch) for e in python.input] == [
+        ("images", [3, 64, 64], False),
+        ("targets", [-1], True),
+    ]
+    assert [(e.name, list(e.dims)) for e in python.output] == [
         ("logits", [10]),
         ("activations", [64, 16, 16]),
         ("gradients", [-1, 64, 16, 16]),
         ("target_ids", [-1]),
     ]
-    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
-    (group,) = config.instance_group
-    assert group.count == 1 and group.kind == mc.ModelInstanceGroup.KIND_AUTO
+    assert python.parameters["target_outputs"].string_value == '["gradients", "target_ids"]'
+    assert python.dynamic_batching == config.dynamic_batching
+
+
+def test_target_slots_and_the_ensemble(digits, tmp_path):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    write_triton_repository(digits, tmp_path, ensemble=True, target_slots=4, instance_count=2)
+    config = parse_config(tmp_path / "digits" / "config.pbtxt")
+    assert list(config.input[1].dims) == [4] and list(config.output[2].dims) == [4, 64, 16, 16]
+    assert config.instance_group[0].count == 2
+    preprocess = parse_config(tmp_path / "digits_preprocess" / "config.pbtxt")
+    assert preprocess.backend == "python" and preprocess.max_batch_size == 16
+    assert [
+        (e.name, mc.DataType.Name(e.data_type), list(e.dims), e.allow_ragged_batch) for e in preprocess.input
+    ] == [("encoded", "TYPE_UINT8", [-1], True)]
+    assert [(e.name, list(e.dims)) for e in preprocess.output] == [("images", [3, 64, 64])]
+    assert {k: v.string_value for k, v in preprocess.parameters.items()} == {
+        "size": "64,64",
+        "mean": "0.24,0.24,0.24",
+        "std": "0.17,0.17,0.17",
+    }
+    assert (tmp_path / "digits_preprocess" / "1" / "model.py").is_file()
+    for variant, model in (("config.pbtxt", config), ("configs/python.pbtxt", None)):
+        ensemble = parse_config(tmp_path / "digits_encoded" / variant)
+        model = model or parse_config(tmp_path / "digits" / "configs" / "python.pbtxt")
+        assert ensemble.platform == "ensemble" and ensemble.max_batch_size == model.max_batch_size
+        assert [e.name for e in ensemble.input] == ["encoded", "targets"]
+        # The ensemble's tensors are the composing models' own: same names, types and dims.
+        assert list(ensemble.input[1].dims) == list(model.input[1].dims)
+        assert [(e.name, e.data_type, list(e.dims)) for e in ensemble.output] == [
+            (e.name, e.data_type, list(e.dims)) for e in model.output
+        ]
+        first, second = ensemble.ensemble_scheduling.step
+        assert first.model_name == "digits_preprocess" and dict(first.output_map) == {"images": "images"}
+        assert second.model_name == "digits"
+        assert dict(second.input_map) == {"images": "images", "targets": "targets"}
+        assert dict(second.output_map) == {e.name: e.name for e in model.output}
+    with pytest.raises(InvalidArgumentError, match="exists; pass --force"):
+        write_triton_repository(digits, tmp_path, ensemble=True)
 
 
 def test_the_model_in_the_repository_runs_a_batch_with_the_configured_shapes(digits, tmp_path):
@@ -93,7 +161,7 @@ def test_the_model_in_the_repository_runs_a_batch_with_the_configured_shapes(dig
     batch = config.max_batch_size
     feeds = {
         "images": np.zeros((batch, *config.input[0].dims), np.float32),
-        "targets": np.full((batch, 2), -1, np.int64),
+        "targets": np.full((batch, *config.input[1].dims), -1, np.int64),
     }
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
     for entry in config.output:
@@ -140,7 +208,7 @@ def test_cli_writes_a_repository_from_an_existing_model_directory(digits, tmp_pa
     assert code == 0, capsys.readouterr().err
     assert parse_config(out / "digits" / "config.pbtxt").max_batch_size == 16
     assert main(["export", "--from-model", str(digits.path)]) == 2
-    assert "--from-model: only used with --triton-repository" in capsys.readouterr().err
+    assert "--from-model: only used with --maps and/or --triton-repository" in capsys.readouterr().err
     argv = ["export", "--from-model", str(digits.path), "--triton-repository", str(out), "--random-weights"]
     assert main(argv) == 2
     assert "--weights, --random-weights and --out do not apply" in capsys.readouterr().err
@@ -170,3 +238,32 @@ def test_cli_export_still_needs_weights_and_out(tmp_path, capsys):
     assert "--weights: one of --weights FILE or --random-weights is required" in capsys.readouterr().err
     assert main([*base, "--random-weights"]) == 2
     assert "--out: the output model directory is required" in capsys.readouterr().err
+
+
+def test_the_repository_serves_the_maps_graph_when_there_is_one(digits, tmp_path):
+    from camserve.export.maps import MapsOptions, add_maps_graph
+
+    copy = tmp_path / "digits"
+    shutil.copytree(digits.path, copy)
+    model = add_maps_graph(copy, MapsOptions(methods=("gradcam", "layercam")))
+    folder = write_triton_repository(model, tmp_path / "repo", target_slots=2)
+    assert (folder / "1" / "model.onnx").read_bytes() == model.graph_path("maps").read_bytes()
+    graph = onnx.load(str(folder / "1" / "model.onnx"))
+    config = parse_config(folder / "config.pbtxt")
+    python = parse_config(folder / "configs" / "python.pbtxt")
+    for parsed in (config, python):
+        for entries, values in ((parsed.input, graph.graph.input), (parsed.output, graph.graph.output)):
+            expected = graph_tensors(values)
+            assert [e.name for e in entries] == [name for name, _, _ in expected]
+            for entry, (name, _, dims) in zip(entries, expected, strict=True):
+                assert compatible(list(entry.dims), dims[1:]), name
+    # onnxruntime backend: two target slots on targets and every per-target output.
+    assert [(e.name, list(e.dims)) for e in config.output] == [
+        ("logits", [10]),
+        ("target_ids", [2]),
+        ("maps_gradcam", [2, 64, 64]),
+        ("maps_layercam", [2, 64, 64]),
+    ]
+    assert [list(e.dims) for e in python.output] == [[10], [-1], [-1, 64, 64], [-1, 64, 64]]
+    outputs = python.parameters["target_outputs"].string_value
+    assert outputs == '["maps_gradcam", "maps_layercam", "target_ids"]'

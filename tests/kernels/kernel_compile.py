@@ -41,11 +41,15 @@ def compile_items() -> Iterator[tuple[Any, str, int]]:
 
 def _signature(fn: Any, step: Any, dtype: str) -> tuple[dict[str, str], dict[tuple[int, ...], Any]]:
     """Triton types of ``fn``'s arguments as the launchers pass them, and the attributes of the JIT's
-    specialisation: none, since no runtime argument is specialised (``_launched_kernel``)."""
+    specialisation: the 16-byte alignment of the pointers the launchers allocate themselves, the only
+    runtime arguments not in ``do_not_specialize`` (``_launched_kernel``)."""
     signature: dict[str, str] = {}
     attrs: dict[tuple[int, ...], Any] = {}
     constants = step.constants
-    for name in fn.arg_names:
+    for index, param in enumerate(fn.params):
+        name = param.name
+        if name.endswith("_ptr") and not param.do_not_specialize:
+            attrs[(index,)] = [["tt.divisibility", 16]]
         if name in constants:
             signature[name] = "constexpr"
         elif name == "partial_ptr":
@@ -169,10 +173,14 @@ def specialisation_mismatches() -> list[dict[str, Any]]:
             fn = getattr(triton_cam, step.kernel)
             binder = create_function_from_signature(fn.signature, fn.params, BaseBackend)
             _, specialisation, _ = binder(*args, **step.constants)
-            signature, _ = _signature(fn, step, dtype)
-            # the JIT's view: (type, key); compiled ahead of time: (type, no key) or (constexpr, value)
+            signature, attrs = _signature(fn, step, dtype)
+            # the JIT's view: (type, key); compiled ahead of time: (constexpr, value), or the type with
+            # the alignment key "D" where the compile has the divisibility attribute, else no key
+            hinted = {fn.arg_names[index] for (index,) in attrs}
             expected = [
-                ("constexpr", step.constants[name]) if kind == "constexpr" else (kind, None)
+                ("constexpr", step.constants[name])
+                if kind == "constexpr"
+                else (kind, "D" if name in hinted else None)
                 for name, kind in signature.items()
             ]
             got = [tuple(entry) for entry in specialisation]

@@ -1,6 +1,6 @@
-"""camserve.runtime's GPU path, as far as a CPU machine can check it: device parsing, the install
-checks and their messages, the CUDA provider's options and the loaded-provider assertion (with a
-stand-in session), and the warm-up."""
+"""The GPU path (camserve.runtime, camserve.doctor), as far as a CPU machine can check it: device
+parsing, the install checks and their messages, the CUDA provider's options and the loaded-provider
+assertion (with a stand-in session), and the warm-up."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from camserve import runtime
+from camserve import doctor, runtime
 from camserve.config import CamserveConfig, RuntimeConfig
 from camserve.errors import InvalidArgumentError, UnsupportedError
 from camserve.modeldir import ModelDirectory
@@ -51,26 +51,26 @@ def test_device_strings() -> None:
 
 
 def test_install_problems_are_named() -> None:
-    assert runtime.gpu_stack_problems(GOOD_STACK) == []
+    assert doctor.gpu_stack_problems(GOOD_STACK) == []
     shadowed = {
         **GOOD_STACK,
         "onnxruntime (CPU wheel)": "1.32.0",
         "onnxruntime CUDA": None,
         "onnxruntime providers": "AzureExecutionProvider, CPUExecutionProvider",
     }
-    (problem,) = runtime.gpu_stack_problems(shadowed)
+    (problem,) = doctor.gpu_stack_problems(shadowed)
     assert "both onnxruntime 1.32.0 and onnxruntime-gpu 1.31.1" in problem
     fix = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu==1.31.1'"
     assert problem.endswith(fix)
     old_gpu_wheel = {"onnxruntime-gpu (wheel)": "1.22.0", "onnxruntime CUDA": "12.4"}
-    mismatch = runtime.gpu_stack_problems({**GOOD_STACK, **old_gpu_wheel})
+    mismatch = doctor.gpu_stack_problems({**GOOD_STACK, **old_gpu_wheel})
     assert mismatch == [
         "CUDA major versions differ: torch 2.14.1+cu130 is built for CUDA 13.0, onnxruntime-gpu 1.22.0 "
         "for CUDA 12.4: install the builds of one CUDA major version (the two load one process's CUDA "
         "libraries)"
     ]
     no_gpu = {"CUDA devices": 0, "NVIDIA driver": None, "driver CUDA": None}
-    cpu_only = runtime.gpu_stack_problems({**GOOD_STACK, "onnxruntime-gpu (wheel)": None, **no_gpu})
+    cpu_only = doctor.gpu_stack_problems({**GOOD_STACK, "onnxruntime-gpu (wheel)": None, **no_gpu})
     assert cpu_only == [
         "onnxruntime-gpu is not installed: camserve installs it on Linux x86_64 (PyPI has no CUDA wheel "
         "for other platforms); pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu>=1.28,<1.32'",
@@ -81,45 +81,45 @@ def test_install_problems_are_named() -> None:
 def test_a_driver_below_the_cuda_floor_is_named() -> None:
     # R570 supports CUDA 12.8: torch's CUDA 13 sees no device, and the check says why
     old = {**GOOD_STACK, "NVIDIA driver": "570.172.08", "driver CUDA": "12.8", "CUDA devices": 0}
-    assert runtime.gpu_stack_problems(old) == [
+    assert doctor.gpu_stack_problems(old) == [
         "the NVIDIA driver 570.172.08 supports CUDA up to 12.8; torch 2.14.1+cu130 needs CUDA 13.0, "
         "driver R580 or newer: upgrade the driver"
     ]
     # either probe alone is enough: libcuda's version without /proc, or the branch without libcuda
-    assert len(runtime.gpu_stack_problems({**old, "NVIDIA driver": None})) == 1
-    assert len(runtime.gpu_stack_problems({**old, "driver CUDA": None})) == 1
-    assert runtime.gpu_stack_problems({**GOOD_STACK, "NVIDIA driver": "590.1", "driver CUDA": "13.1"}) == []
+    assert len(doctor.gpu_stack_problems({**old, "NVIDIA driver": None})) == 1
+    assert len(doctor.gpu_stack_problems({**old, "driver CUDA": None})) == 1
+    assert doctor.gpu_stack_problems({**GOOD_STACK, "NVIDIA driver": "590.1", "driver CUDA": "13.1"}) == []
     # a CUDA 12 torch has the R525 floor
     cu12 = {**GOOD_STACK, "torch": "2.14.1+cu128", "torch CUDA": "12.8", "onnxruntime CUDA": "12.4"}
-    assert runtime.gpu_stack_problems({**cu12, "NVIDIA driver": "570.1", "driver CUDA": "12.8"}) == []
-    (problem,) = runtime.gpu_stack_problems({**cu12, "NVIDIA driver": "470.2", "driver CUDA": "11.4"})
+    assert doctor.gpu_stack_problems({**cu12, "NVIDIA driver": "570.1", "driver CUDA": "12.8"}) == []
+    (problem,) = doctor.gpu_stack_problems({**cu12, "NVIDIA driver": "470.2", "driver CUDA": "11.4"})
     assert "driver R525 or newer" in problem
 
 
 def test_triton_without_a_compiler_or_headers_is_named() -> None:
-    (problem,) = runtime.gpu_stack_problems({**GOOD_STACK, "C compiler": None})
+    (problem,) = doctor.gpu_stack_problems({**GOOD_STACK, "C compiler": None})
     assert problem.startswith("triton 3.8.0 builds its kernel launcher at first use and lacks a C compiler:")
-    (problem,) = runtime.gpu_stack_problems({**GOOD_STACK, "C compiler": None, "Python.h": None})
+    (problem,) = doctor.gpu_stack_problems({**GOOD_STACK, "C compiler": None, "Python.h": None})
     assert "lacks a C compiler and Python.h: install gcc and the Python headers" in problem
     # without triton the torch kernels need neither
     no_build = {"C compiler": None, "Python.h": None}
-    assert runtime.gpu_stack_problems({**GOOD_STACK, "triton": None, **no_build}) == []
+    assert doctor.gpu_stack_problems({**GOOD_STACK, "triton": None, **no_build}) == []
 
 
 def test_probes(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("CC", "/opt/cc/bin/mycc")
-    assert runtime.c_compiler() == "/opt/cc/bin/mycc"
+    assert doctor.c_compiler() == "/opt/cc/bin/mycc"
     monkeypatch.delenv("CC")
-    monkeypatch.setattr(runtime.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang" else None)
-    assert runtime.c_compiler() == "/usr/bin/clang"
-    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
-    assert runtime.c_compiler() is None
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "clang" else None)
+    assert doctor.c_compiler() == "/usr/bin/clang"
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    assert doctor.c_compiler() is None
     include = tmp_path / "include"
     include.mkdir()
-    monkeypatch.setattr(runtime.sysconfig, "get_paths", lambda: {"include": str(include)})
-    assert runtime.python_header() is None
+    monkeypatch.setattr(doctor.sysconfig, "get_paths", lambda: {"include": str(include)})
+    assert doctor.python_header() is None
     (include / "Python.h").write_text("")
-    assert runtime.python_header() == str(include / "Python.h")
+    assert doctor.python_header() == str(include / "Python.h")
     # /proc/driver/nvidia/version as the driver writes it
     proc = tmp_path / "version"
     proc.write_text(
@@ -131,11 +131,11 @@ def test_probes(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
         "builtins.open",
         lambda path, *a, **k: real_open(proc if path == "/proc/driver/nvidia/version" else path, *a, **k),
     )
-    assert runtime.driver_version() == "580.65.06"
+    assert doctor.driver_version() == "580.65.06"
     proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.172.08  Tue Jul  8 2025\n")
-    assert runtime.driver_version() == "570.172.08"
+    assert doctor.driver_version() == "570.172.08"
     proc.unlink()
-    assert runtime.driver_version() is None
+    assert doctor.driver_version() is None
 
 
 def test_driver_cuda_version_reads_libcuda(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,25 +144,25 @@ def test_driver_cuda_version_reads_libcuda(monkeypatch: pytest.MonkeyPatch) -> N
             out._obj.value = 12080
             return 0
 
-    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda name: _LibCuda())
-    assert runtime.driver_cuda_version() == "12.8"
+    monkeypatch.setattr(doctor.ctypes, "CDLL", lambda name: _LibCuda())
+    assert doctor.driver_cuda_version() == "12.8"
 
     def missing(name: str) -> None:
         raise OSError(f"{name}: cannot open shared object file")
 
-    monkeypatch.setattr(runtime.ctypes, "CDLL", missing)
-    assert runtime.driver_cuda_version() is None
+    monkeypatch.setattr(doctor.ctypes, "CDLL", missing)
+    assert doctor.driver_cuda_version() is None
 
 
 def test_ort_cuda_version_prefers_the_module_attribute(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime.ort, "cuda_version", "12.2", raising=False)  # as 1.20.x wheels have it
-    assert runtime._ort_cuda_version() == "12.2"
+    monkeypatch.setattr(doctor.ort, "cuda_version", "12.2", raising=False)  # as 1.20.x wheels have it
+    assert doctor._ort_cuda_version() == "12.2"
 
 
 def test_auto_that_resolves_to_cuda_counts_as_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     from camserve.service.workers import default_workers
 
-    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(doctor.os, "cpu_count", lambda: 16)
     auto = CamserveConfig.load(env={"CAMSERVE_DEVICE": "auto"})
     monkeypatch.setattr(runtime, "_cuda_usable", lambda: True)
     assert runtime.uses_cuda("auto") and default_workers(auto) == 1
@@ -172,14 +172,14 @@ def test_auto_that_resolves_to_cuda_counts_as_cuda(monkeypatch: pytest.MonkeyPat
 
 
 def test_the_stack_line_names_the_provider_and_the_driver_floor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "gpu_stack", lambda: GOOD_STACK)
-    line = runtime.describe_stack(torch.device("cuda", 0), "CUDAExecutionProvider")
+    monkeypatch.setattr(doctor, "gpu_stack", lambda: GOOD_STACK)
+    line = doctor.describe_stack(torch.device("cuda", 0), "CUDAExecutionProvider")
     assert line == (
         "device cuda:0, onnxruntime 1.31.1 (CUDAExecutionProvider), torch 2.14.1+cu130, NVIDIA driver "
         "580.65.06 (CUDA 13.0; torch needs CUDA 13.0, driver R580+), triton 3.8.0 (C compiler "
         "/usr/bin/gcc, Python.h True)"
     )
-    cpu = runtime.describe_stack(torch.device("cpu"), "CPUExecutionProvider")
+    cpu = doctor.describe_stack(torch.device("cpu"), "CPUExecutionProvider")
     assert cpu == "device cpu, onnxruntime 1.31.1 (CPUExecutionProvider), torch 2.14.1+cu130"
 
 
@@ -236,14 +236,14 @@ def test_warm_up_runs_every_graph_and_the_kernels(model_dir: ModelDirectory) -> 
 
 
 def test_main_reports_the_stack(capsys: pytest.CaptureFixture[str]) -> None:
-    problems = runtime.gpu_stack_problems()
+    problems = doctor.gpu_stack_problems()
     if problems:
         with pytest.raises(SystemExit) as exit_info:
-            runtime.main([])
+            doctor.main([])
         assert exit_info.value.code == 1
         assert capsys.readouterr().err.splitlines() == [f"problem: {p}" for p in problems]
     else:
-        runtime.main([])
+        doctor.main([])
         out = capsys.readouterr().out
         assert "loaded provider            CUDAExecutionProvider" in out
         assert "the CUDA provider can load and loaded on a CUDA device" in out
@@ -253,19 +253,19 @@ def test_main_build_checks_the_install_without_a_device(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     no_device = {"CUDA devices": 0, "NVIDIA driver": None}
-    monkeypatch.setattr(runtime, "gpu_stack", lambda: {**GOOD_STACK, **no_device})
-    runtime.main(["--build"])
+    monkeypatch.setattr(doctor, "gpu_stack", lambda: {**GOOD_STACK, **no_device})
+    doctor.main(["--build"])
     out = capsys.readouterr().out
     assert "NVIDIA driver              None" in out and out.endswith("the CUDA provider can load\n")
-    monkeypatch.setattr(runtime, "gpu_stack", lambda: {**GOOD_STACK, "C compiler": None})
+    monkeypatch.setattr(doctor, "gpu_stack", lambda: {**GOOD_STACK, "C compiler": None})
     with pytest.raises(SystemExit) as exit_info:
-        runtime.main(["--build"])
+        doctor.main(["--build"])
     assert exit_info.value.code == 1 and "problem: triton 3.8.0" in capsys.readouterr().err
 
 
 def test_loaded_provider_on_the_cpu_runs_no_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert runtime.loaded_provider(torch.device("cpu")) == "CPUExecutionProvider"
+    assert doctor.loaded_provider(torch.device("cpu")) == "CPUExecutionProvider"
     # on a GPU whose CUDA provider falls back, the probe session names the CPU provider
-    monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(doctor, "preload_cuda_libraries", lambda: None)
     monkeypatch.setattr(runtime.ort, "InferenceSession", _CpuOnlySession)
-    assert runtime.loaded_provider(torch.device("cuda", 0)) == "CPUExecutionProvider"
+    assert doctor.loaded_provider(torch.device("cuda", 0)) == "CPUExecutionProvider"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
-from camserve.export.reference import TorchGraphRunner
+from camserve.export.eager import TorchGraphRunner
 from camserve.methods import MethodContext
 from camserve.methods.targets import resolve_targets
 from camserve.outputs import ExplainOutputs

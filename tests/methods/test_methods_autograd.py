@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
-from camserve.export.reference import TorchGraphRunner
+from camserve.export.eager import TorchGraphRunner
 from camserve.methods import compute_maps
 from camserve.methods.gradient import GradCAMPlusPlus
 from camserve.outputs import ExplainOutputs

@@ -9,7 +9,7 @@ from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.errors import InvalidArgumentError, UnsupportedError
-from camserve.export.reference import TorchGraphRunner
+from camserve.export.eager import TorchGraphRunner
 from camserve.methods import compute_maps, known_methods, parse_targets, resolve_targets
 from tests.methods.methods_fixtures import CountingRunner, golden_runner
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.errors import UnsupportedError
-from camserve.export.reference import TorchGraphRunner
+from camserve.export.eager import TorchGraphRunner
 from camserve.methods import compute_maps
 from camserve.methods.eigen import KPCACAM, principal_projection
 from camserve.methods.score_variants import sscam_noise

@@ -6,7 +6,6 @@ Every wait has a timeout; ``ServerProcess.stop`` sends SIGTERM, then SIGKILL.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import time
@@ -17,9 +16,9 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from PIL import Image
 
 from camserve.loadgen import local_server
+from camserve.loadgen.workload import png_bytes
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
@@ -67,12 +66,6 @@ def secure_serve_argv(
     mtls = ["--tls-client-ca", str(certs.ca)] if client_certs else []
     tls = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
     return serve_argv(models_root, *tls, *mtls, "--auth-token-file", str(token_file))
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def stub(address: str) -> tuple[grpc.Channel, pb_grpc.ExplainServiceStub]:

@@ -19,8 +19,8 @@ from camserve.commands import serve as serve_command
 from camserve.config import CamserveConfig
 from camserve.errors import InvalidArgumentError
 from camserve.runtime import check_device, device_kind
+from camserve.service.batch_runner import maps_as
 from camserve.service.models import ModelRegistry, discover_models
-from camserve.service.runner import maps_as
 from camserve.service.workers import default_workers
 from tests.service.service_helpers import MODEL, ServerProcess
 

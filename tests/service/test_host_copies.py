@@ -15,7 +15,7 @@ import torch
 from camserve import hostcopy
 from camserve.config import CamserveConfig
 from camserve.explainer import Explainer
-from camserve.service.runner import ExplainBatchRunner, ImageWork, batch_key
+from camserve.service.batch_runner import ExplainBatchRunner, ImageWork, batch_key
 from tests.service.service_helpers import MODEL
 
 

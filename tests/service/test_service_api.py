@@ -95,6 +95,25 @@ def test_preprocessed_tensors_give_the_same_answer_as_encoded_images(
             assert_same_result(from_tensors, from_png)
 
 
+def test_files_in_formats_a_server_refuses_are_sent_as_their_pixels(server, digit_pixels, tmp_path):
+    """Servers decode only PNG, JPEG and WebP; the client reads a BMP or TIFF file itself (the
+    caller's own file) and sends its pixels, so the answer is the one for the same pixels as PNG."""
+    paths = []
+    for fmt in ("BMP", "TIFF"):
+        paths.append(tmp_path / f"digit.{fmt.lower()}")
+        Image.fromarray(digit_pixels[3]).save(paths[-1], format=fmt)
+    with Client(server.address) as client:
+        expected = client.explain([digit_pixels[3]], methods=["gradcam"])
+        for path in paths:
+            assert_same_result(client.explain(str(path), methods=["gradcam"]), expected, maps_atol=0)
+    channel, explain = stub(server.address)
+    request = pb.ExplainRequest(model=MODEL, images=[pb.Image(encoded=paths[0].read_bytes())])
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        explain.Explain(request, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "images[0].encoded: BMP images are not accepted" in caught.value.details()
+
+
 @pytest.mark.parametrize(
     ("output_size", "shape"), [("feature", None), ("32x48", (32, 48)), ("input", (64, 64))]
 )

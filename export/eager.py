@@ -1,6 +1,6 @@
 """``TorchGraphRunner``: the GraphRunner protocol on eager PyTorch.
 
-It calls the very functions that are traced to ONNX (``SplitModel``), so it is both the reference
+It calls the very functions that are traced to ONNX (``SplitModel``), so it is both the eager twin
 the exported graphs are checked against and a way to explain a model in-process without exporting.
 The given model is never modified (SplitModel keeps its own frozen copy).
 """

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from camserve.errors import InvalidArgumentError
-from camserve.eval.metrics import (
+from camserve.eval.faithfulness import (
     black_baseline,
     blurred_images,
     count_of_fraction,
