@@ -193,7 +193,7 @@ def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor)
             data = Path(item).read_bytes()
             if image_format(data) not in IMAGE_FORMATS:  # servers decode only these: send the pixels
                 with Image.open(io.BytesIO(data)) as image:
-                    data = _png(np.asarray(image.convert("RGB")))
+                    data = _png(np.asarray(image.convert(mode or "RGB")))
             sources.append(pb.Image(encoded=data))
         elif isinstance(item, Image.Image):
             sources.append(pb.Image(encoded=_png(np.asarray(item.convert(mode or "RGB")))))
