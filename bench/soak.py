@@ -4,6 +4,7 @@ percentiles and the server's memory (RSS) at the start and the end. Prints its f
 
     python bench/soak.py                                   # 16 clients x 60 s on the default model
     python bench/soak.py --heavy-clients 2                 # the same, plus the heaviest allowed requests
+    python bench/soak.py --heavy-clients 2 --hostile-clients 2   # ... and the hostile cases, in turn
     python bench/soak.py --clients 16 --seconds 60 --methods gradcam,gradcam++ --json soak.json
     python bench/soak.py --server 127.0.0.1:50051 --pid 1234   # a running server (RSS needs its pid)
 
@@ -23,6 +24,11 @@ which must be INVALID_ARGUMENT. The RSS is then also
 sampled every 0.1 s, and its peak is printed against the documented bound (docs/service.md):
 RSS after the warm-up + max_batch_size x max_image_work_bytes + decode_pixel_budget x 20 B + one
 max_message_bytes answer per heavy client.
+
+With --hostile-clients N, N more clients run the hostile cases of ``bench/hostile_cases.py`` in turn
+(compression bombs, HTTP/2 floods, absurd shapes and values, ...; each must end with one of its
+expected outcomes), and the bound grows by one max_message_bytes message per hostile client. After
+the heavy and hostile clients stop, the RSS a few seconds later is printed as "retained".
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from hostile_cases import HOSTILE_CASES, Target
 from hostile_images import HOSTILE_IMAGES
 
 from camserve import defaults
@@ -52,6 +59,7 @@ IMAGES = 32
 CALL_TIMEOUT_S = 30.0
 HEAVY_TIMEOUT_S = 120.0
 HEAVY_KINDS = ("big-png", "big-map", "smooth-256", "deadline-2-big-pngs", "unread-stream", "hostile-image")
+RETAIN_WAIT_S = 3.0  # the server trims its heap at most once a second after big requests
 DECODE_BYTES_PER_PIXEL = 20  # measured: decoding + resizing a big PNG (service/models.py, PixelBudget)
 
 
@@ -77,6 +85,9 @@ class Figures:
     heavy_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> status -> count
     rss_peak_mib: float = 0.0
     rss_bound_mib: float = 0.0
+    hostile_clients: int = 0
+    hostile_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # case -> outcome -> count
+    rss_retained_mib: float = 0.0  # RETAIN_WAIT_S after the heavy and hostile clients stopped
 
 
 def rss_mib(pid: int) -> float:
@@ -243,6 +254,28 @@ class HeavyClient(threading.Thread):
                 pass
 
 
+class HostileClient(threading.Thread):
+    """Runs the hostile cases (bench/hostile_cases.py) in turn until ``stop``; counts outcomes."""
+
+    def __init__(self, index: int, target: Target, stop: threading.Event) -> None:
+        super().__init__(name=f"soak-hostile-{index}", daemon=True)
+        self.index, self.target, self.stop = index, target, stop
+        self.outcomes: dict[str, Counter[str]] = {case.name: Counter() for case in HOSTILE_CASES}
+        self.unexpected = 0
+
+    def run(self) -> None:
+        k = self.index
+        while not self.stop.is_set():
+            case = HOSTILE_CASES[k % len(HOSTILE_CASES)]
+            try:
+                outcome = case.send(self.target)
+            except Exception as exc:  # a case that breaks is a finding, not a crash of the soak
+                outcome = f"{type(exc).__name__}"
+            self.outcomes[case.name][outcome] += 1
+            self.unexpected += outcome not in case.expected
+            k += 1
+
+
 class PeakSampler(threading.Thread):
     """The highest RSS of ``pid``, sampled every 0.1 s until ``stop``."""
 
@@ -267,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before")
     parser.add_argument(
         "--heavy-clients", type=int, default=0, help="clients sending the heaviest admitted requests"
+    )
+    parser.add_argument(
+        "--hostile-clients", type=int, default=0, help="clients running bench/hostile_cases.py in turn"
     )
     parser.add_argument("--server-flag", action="append", default=[], help="extra `camserve serve` flag")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -298,8 +334,13 @@ def main(argv: list[str] | None = None) -> int:
             heavy = [
                 HeavyClient(i, address, args.model, pixels, heavy_stop) for i in range(args.heavy_clients)
             ]
-            sampler = PeakSampler(pid, heavy_stop) if pid else None
-            for thread in [*heavy, *([sampler] if sampler else [])]:
+            port = int(address.rsplit(":", 1)[1])
+            hostile = [
+                HostileClient(i, Target(address, port, args.model), heavy_stop)
+                for i in range(args.hostile_clients)
+            ]
+            sampler = PeakSampler(pid, heavy_stop) if pid and (heavy or hostile) else None
+            for thread in [*heavy, *hostile, *([sampler] if sampler else [])]:
                 thread.start()
             measure.set()
             started = time.monotonic()
@@ -313,10 +354,13 @@ def main(argv: list[str] | None = None) -> int:
             for client in clients:
                 client.join(CALL_TIMEOUT_S + 5)
             heavy_stop.set()
-            for client in heavy:
+            for client in [*heavy, *hostile]:
                 client.join(HEAVY_TIMEOUT_S + 5)
             if pid:
                 figures.rss_end_mib = rss_mib(pid)
+                if heavy or hostile:
+                    time.sleep(RETAIN_WAIT_S)
+                    figures.rss_retained_mib = rss_mib(pid)
             if sampler is not None:
                 sampler.join(5)
                 figures.rss_peak_mib = sampler.peak_mib
@@ -347,11 +391,18 @@ def main(argv: list[str] | None = None) -> int:
                 merged[code] = merged.get(code, 0) + count
                 expected = HeavyClient.EXPECTED_BY_KIND.get(kind, HeavyClient.EXPECTED)
                 unexpected += 0 if code in expected else count
+    figures.hostile_clients = args.hostile_clients
+    for hostile_client in hostile:
+        unexpected += hostile_client.unexpected
+        for name, outcomes in hostile_client.outcomes.items():
+            merged = figures.hostile_requests.setdefault(name, {})
+            for outcome, count in outcomes.items():
+                merged[outcome] = merged.get(outcome, 0) + count
     if figures.rss_start_mib:
         figures.rss_bound_mib = figures.rss_start_mib + (
             defaults.MAX_BATCH_SIZE * defaults.MAX_IMAGE_WORK_BYTES
             + defaults.DECODE_PIXEL_BUDGET * DECODE_BYTES_PER_PIXEL
-            + args.heavy_clients * defaults.MAX_MESSAGE_BYTES
+            + (args.heavy_clients + args.hostile_clients) * defaults.MAX_MESSAGE_BYTES
         ) / (1024 * 1024)
 
     print(f"soak: {args.clients} clients x {args.seconds:.0f} s, methods {figures.methods}, both APIs")
@@ -372,10 +423,17 @@ def main(argv: list[str] | None = None) -> int:
             f"  heavy clients    {args.heavy_clients}: "
             + "; ".join(f"{kind} {dict(counts)}" for kind, counts in figures.heavy_requests.items())
         )
+    if hostile:
+        print(
+            f"  hostile clients  {args.hostile_clients}: "
+            + "; ".join(f"{name} {dict(counts)}" for name, counts in figures.hostile_requests.items())
+        )
+    if (heavy or hostile) and figures.rss_start_mib:
         growth = figures.rss_peak_mib - figures.rss_start_mib
         print(
             f"  server RSS peak  {figures.rss_peak_mib:.1f} MiB (+{growth:.1f} over the warm-up); "
-            f"documented bound {figures.rss_bound_mib:.1f} MiB"
+            f"documented bound {figures.rss_bound_mib:.1f} MiB; retained {RETAIN_WAIT_S:.0f} s after "
+            f"the heavy/hostile load {figures.rss_retained_mib:.1f} MiB"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(figures), indent=2))

@@ -84,3 +84,19 @@ def add_target_flag(parser: _Adder) -> None:
         metavar="CLASS",
         help="class id to explain, or -k for each image's k-th best class; repeat for several (default: -1)",
     )
+
+
+def add_smoothing_flags(parser: _Adder) -> None:
+    """``--eigen-smooth`` / ``--aug-smooth`` into ``args.eigen_smooth`` / ``args.aug_smooth``
+    (``ExplainOptions``; docs/methods.md, "Options")."""
+    parser.add_argument(
+        "--eigen-smooth",
+        action="store_true",
+        help="first principal component of the weighted activations instead of their sum",
+    )
+    parser.add_argument(
+        "--aug-smooth",
+        action="store_true",
+        help="mean of the maps of 6 copies of each image: flipped or not x input scaled 0.9/1/1.1 "
+        "(6x the graph work)",
+    )

@@ -245,6 +245,8 @@ def _set_options(request: pb.ExplainRequest, options: ExplainOptions) -> None:
     method.smooth_sigma = options.smooth_sigma
     method.smooth_seed = options.smooth_seed
     method.score_top_n = options.score_top_n
+    method.eigen_smooth = options.eigen_smooth
+    method.aug_smooth = options.aug_smooth
 
 
 def _result(reply: pb.ExplainResponse, info: pb.ModelInfo, images: np.ndarray) -> ExplainResult:

@@ -59,6 +59,10 @@ class ExplainOptions:
     )  # noise std as a fraction of the input's value range (max - min)
     smooth_seed: int = 0  # seed of the Smooth Grad-CAM++ noise: the same request gives the same map
     score_top_n: int = 0  # Score-CAM: 0 = all channels, else the N with largest mean activation
+    # first principal component of the weighted activations instead of their sum (docs/methods.md)
+    eigen_smooth: bool = False
+    # mean of the maps of 6 copies: flipped or not x input scaled by AUG_FACTORS (docs/methods.md)
+    aug_smooth: bool = False
     topk_predictions: int = defaults.TOPK_PREDICTIONS  # predictions returned with each result
 
 
@@ -85,6 +89,12 @@ class ServiceConfig:
     # Memory bounds under hostile load (docs/service.md, "Limits"):
     decode_pixel_budget: int = defaults.DECODE_PIXEL_BUDGET  # decoded pixels of all requests at once
     stream_max_unread: int = defaults.STREAM_MAX_UNREAD  # answers a stream holds before it stops reading
+    # Connections and HTTP/2, enforced by gRPC core before any call is read (docs/operations.md):
+    accept_compressed_requests: bool = defaults.ACCEPT_COMPRESSED_REQUESTS
+    max_concurrent_streams: int = defaults.MAX_CONCURRENT_STREAMS  # per connection
+    max_connections: int = defaults.MAX_CONNECTIONS
+    connection_idle_timeout_s: float = defaults.CONNECTION_IDLE_TIMEOUT_S
+    handshake_timeout_s: float = defaults.HANDSHAKE_TIMEOUT_S
     # Transport security (off by default; see docs/operations.md for production):
     tls_cert: str = ""  # PEM server certificate (chain); with tls_key the server speaks TLS only
     tls_key: str = ""  # PEM private key of tls_cert
@@ -153,8 +163,9 @@ def check_options(
     ``topk_predictions`` by the model's classes (the service; the Python API clips instead)."""
     names = {**OPTION_FIELDS, **field_names}
     size = format_output_size(parse_output_size(options.output_size, names["output_size"]))
-    if not isinstance(options.normalize, bool):
-        raise InvalidArgumentError(names["normalize"], f"expected true or false, got {options.normalize!r}")
+    for flag in ("normalize", "eigen_smooth", "aug_smooth"):
+        if not isinstance(getattr(options, flag), bool):
+            raise InvalidArgumentError(names[flag], f"expected true or false, got {getattr(options, flag)!r}")
     _check_number(options.eps, names["eps"], ">= 0", lambda v: v >= 0)
     _check_int(options.smooth_n, names["smooth_n"], 1, defaults.MAX_SMOOTH_N)
     _check_number(options.smooth_sigma, names["smooth_sigma"], ">= 0", lambda v: v >= 0)
@@ -162,6 +173,30 @@ def check_options(
     _check_int(options.score_top_n, names["score_top_n"], 0, None, " (0: all channels)")
     _check_int(options.topk_predictions, names["topk_predictions"], 1, num_classes)
     return options if size == options.output_size else dataclasses.replace(options, output_size=size)
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How a map is drawn over its image (CLI figures, the Python API, the service's overlay PNGs):
+    ``image_weight`` x image + (1 - ``image_weight``) x the map in ``colormap``."""
+
+    colormap: str = defaults.OVERLAY_COLORMAP  # one of defaults.OVERLAY_COLORMAPS
+    image_weight: float = defaults.OVERLAY_IMAGE_WEIGHT  # in [0, 1]
+
+
+def check_overlay_style(
+    colormap: object, image_weight: object, fields: tuple[str, str] = ("colormap", "image_weight")
+) -> OverlayStyle:
+    """An OverlayStyle, or InvalidArgumentError naming the field (``fields``: the caller's spelling of
+    the colour map's and the weight's)."""
+    if colormap not in defaults.OVERLAY_COLORMAPS:
+        raise InvalidArgumentError(
+            fields[0],
+            f"unknown colour map {clip(repr(colormap))} (known: {', '.join(defaults.OVERLAY_COLORMAPS)})",
+        )
+    _check_number(image_weight, fields[1], "in [0, 1]", lambda v: 0 <= v <= 1)
+    assert isinstance(colormap, str) and isinstance(image_weight, int | float)
+    return OverlayStyle(colormap, float(image_weight))
 
 
 def _check_int(value: object, field: str, low: int, high: int | None, note: str = "") -> None:
@@ -260,10 +295,16 @@ def check_service_config(service: ServiceConfig) -> None:
         "max_request_graph_runs",
         "decode_pixel_budget",
         "stream_max_unread",
+        "max_concurrent_streams",
+        "max_connections",
     ):
         value = getattr(service, name)
         if value < 1:
             raise InvalidArgumentError(f"service.{name}", f"must be >= 1, got {value}")
+    for name in ("connection_idle_timeout_s", "handshake_timeout_s"):
+        value = getattr(service, name)
+        if not 0.001 <= value <= 2**31 / 1000:  # gRPC core takes whole milliseconds in an int
+            raise InvalidArgumentError(f"service.{name}", f"must be in 0.001..{2**31 // 1000}, got {value}")
     if bool(service.tls_cert) != bool(service.tls_key):
         missing = "tls_key" if service.tls_cert else "tls_cert"
         raise InvalidArgumentError(f"service.{missing}", "tls_cert and tls_key go together; set both")

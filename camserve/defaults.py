@@ -31,6 +31,18 @@ OUTPUT_SIZE = "input"
 SMOOTH_N = 8
 SMOOTH_SIGMA = 0.15
 TOPK_PREDICTIONS = 5
+#: aug_smooth: each image also runs flipped left-right, and each of the two scaled by these factors
+#: (pytorch-grad-cam's test-time augmentation: ttach HorizontalFlip x Multiply(0.9, 1, 1.1)).
+AUG_FACTORS: tuple[float, ...] = (0.9, 1.0, 1.1)
+#: Overlays: the colour map and the input's weight in the blend (pytorch-grad-cam's show_cam_on_image
+#: defaults: jet, 0.5).
+OVERLAY_COLORMAP = "jet"
+OVERLAY_IMAGE_WEIGHT = 0.5
+#: The colour maps an overlay may use: OpenCV's (pytorch-grad-cam's choices) by their matplotlib names.
+OVERLAY_COLORMAPS: tuple[str, ...] = (
+    "autumn", "bone", "cividis", "cool", "hot", "hsv", "inferno", "jet", "magma", "ocean", "pink",
+    "plasma", "rainbow", "spring", "summer", "turbo", "twilight", "twilight_shifted", "viridis", "winter",
+)  # fmt: skip
 
 # -- [runtime] ---------------------------------------------------------------------------------------
 MAX_GRAPH_BATCH = 64
@@ -56,6 +68,15 @@ STREAM_MAX_UNREAD = 4  # answers (finished or being computed) a stream holds bef
 # is checked and decoded on the event loop: a hop to a worker thread cost more than the work.
 INLINE_REQUEST_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
+# Connections and HTTP/2 (docs/operations.md, "Connections and HTTP/2"), before any call is read:
+ACCEPT_COMPRESSED_REQUESTS = False  # gzip/deflate request bodies (inflated before the token check)
+MAX_CONCURRENT_STREAMS = 100  # calls open at once on one connection (HTTP/2 MAX_CONCURRENT_STREAMS)
+MAX_CONNECTIONS = 512  # open connections of the whole server; more are closed as they arrive
+CONNECTION_IDLE_TIMEOUT_S = 120.0  # a connection without a call this long gets GOAWAY
+HANDSHAKE_TIMEOUT_S = 10.0  # a new connection must finish its HTTP/2 (and TLS) handshake within this
+MAX_HEALTH_SERVICE_CHARS = 1024  # health Check/Watch service names (no token needed); longer: refused
+METRICS_CONNECTIONS = 8  # /metrics connections served at once; more are closed as they arrive
+METRICS_TIMEOUT_S = 5.0  # a /metrics request must arrive within this
 
 # -- encoded images: service requests and `camserve batch` (camserve/encoded_images.py) ----------------
 #: Formats decoded; others (TIFF, BMP, GIF, ...) are refused before decoding (docs/operations.md).

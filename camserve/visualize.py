@@ -2,9 +2,12 @@
 methods like the comparison tables of CAM papers; and the service's overlay PNGs.
 
 One renderer, :func:`blend_heatmap`, draws every overlay (CLI figures, grids, reports and the
-service's ``overlay_png``): the "jet" colour map at 50% opacity over the (de-normalised) input, the
-convention of the Grad-CAM papers; the map is resized (bilinear) to the image; normalised maps are
-drawn on a fixed [0, 1] scale, raw maps on their own range.
+service's ``overlay_png``): image_weight x the (de-normalised) input + (1 - image_weight) x the map
+in a colour map (``OverlayStyle``; default "jet" at weight 0.5, the convention of the Grad-CAM
+papers and pytorch-grad-cam's ``show_cam_on_image``); the map is resized (bilinear) to the image;
+normalised maps are drawn on a fixed [0, 1] scale, raw maps on their own range. Guided
+backpropagation's colour evidence is drawn as pytorch-grad-cam's ``deprocess_image`` does
+(:func:`deprocess_image`) instead of a heatmap.
 Files are written atomically (temporary file + rename). Matplotlib's object API is used (no pyplot
 state), so this is safe to call from threads.
 """
@@ -27,14 +30,14 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from camserve.config import OverlayStyle
 from camserve.errors import InvalidArgumentError
 from camserve.result import ExplainResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-COLORMAP = "jet"
-HEATMAP_ALPHA = 0.5
+DEFAULT_STYLE = OverlayStyle()
 
 
 def method_slug(method: str) -> str:
@@ -69,33 +72,64 @@ def heatmap_scale(heatmap: np.ndarray, normalised: bool) -> Normalize:
     return Normalize(low, high if high > low else low + 1.0)
 
 
-def blend_heatmap(pixels: np.ndarray, heatmap: np.ndarray, normalised: bool = True) -> np.ndarray:
-    """RGB [H,W,3] in [0, 1]: ``heatmap`` [h,w] (any size; resized bilinearly to H x W) in the colour
-    map over ``pixels`` [H,W,3] in [0, 1], at HEATMAP_ALPHA. The one overlay renderer."""
+def blend_heatmap(
+    pixels: np.ndarray, heatmap: np.ndarray, normalised: bool = True, style: OverlayStyle = DEFAULT_STYLE
+) -> np.ndarray:
+    """RGB [H,W,3] in [0, 1]: ``heatmap`` [h,w] (any size; resized bilinearly to H x W) in
+    ``style.colormap``, blended with ``pixels`` [H,W,3] in [0, 1] at ``style.image_weight``. The one
+    overlay renderer."""
     height, width = pixels.shape[:2]
     heat = np.asarray(heatmap, np.float32)
     scaled = np.clip(heatmap_scale(heat, normalised)(heat), 0.0, 1.0).astype(np.float32)
     if scaled.shape != (height, width):
         resized = Image.fromarray(scaled, mode="F").resize((width, height), Image.Resampling.BILINEAR)
         scaled = np.asarray(resized, np.float32)
-    colored = colormaps[COLORMAP](np.clip(scaled, 0.0, 1.0))[..., :3]
-    return (1.0 - HEATMAP_ALPHA) * np.clip(pixels, 0.0, 1.0) + HEATMAP_ALPHA * colored
+    colored = colormaps[style.colormap](np.clip(scaled, 0.0, 1.0))[..., :3]
+    weight = style.image_weight
+    return weight * np.clip(pixels, 0.0, 1.0) + (1.0 - weight) * colored
 
 
-def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, normalised: bool = True) -> bytes:
+def deprocess_image(rgb: np.ndarray) -> np.ndarray:
+    """Signed colour evidence [3,H,W] (guided backpropagation) as uint8 RGB [H,W,3], as
+    pytorch-grad-cam's ``deprocess_image`` draws it: standardised over all values, scaled to a
+    standard deviation of 0.1 around mid-grey, clipped to [0, 1], times 255 truncated."""
+    img = np.asarray(rgb, np.float32).transpose(1, 2, 0)
+    img = img - np.mean(img)
+    img = img / (np.std(img) + 1e-5)
+    img = np.clip(img * 0.1 + 0.5, 0, 1)
+    return (img * 255).astype(np.uint8)  # truncated, as np.uint8(img * 255)
+
+
+def overlay_png(
+    pixels: np.ndarray, heatmap: np.ndarray, normalised: bool = True, style: OverlayStyle = DEFAULT_STYLE
+) -> bytes:
     """:func:`blend_heatmap` as PNG bytes (the service's ``overlay_png``)."""
-    blended = np.rint(blend_heatmap(pixels, heatmap, normalised) * 255.0).astype(np.uint8)
+    blended = np.rint(blend_heatmap(pixels, heatmap, normalised, style) * 255.0).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(blended, mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def _draw(axes: Axes, pixels: np.ndarray, heatmap: np.ndarray, normalised: bool) -> ScalarMappable:
-    """The blended overlay; returns its colour scale (opaque) for a colour bar."""
-    axes.imshow(blend_heatmap(pixels, heatmap, normalised), interpolation="nearest")
+def _draw(
+    axes: Axes,
+    result: ExplainResult,
+    pixels: np.ndarray,
+    index: tuple[str, int, int],
+    normalised: bool,
+    style: OverlayStyle,
+) -> ScalarMappable | None:
+    """Method ``index[0]``'s picture of image ``index[1]``, target ``index[2]``: colour evidence
+    deprocessed, any other map blended over the image; returns the map's colour scale (opaque) for
+    a colour bar, None for colour evidence (it has no scale)."""
+    method, image, target = index
     axes.set_xticks([])
     axes.set_yticks([])
-    return ScalarMappable(norm=heatmap_scale(np.asarray(heatmap), normalised), cmap=COLORMAP)
+    if method in result.rgb:
+        axes.imshow(deprocess_image(result.rgb[method][image, target]), interpolation="nearest")
+        return None
+    heatmap = result.maps[method][image, target]
+    axes.imshow(blend_heatmap(pixels[image], heatmap, normalised, style), interpolation="nearest")
+    return ScalarMappable(norm=heatmap_scale(np.asarray(heatmap), normalised), cmap=style.colormap)
 
 
 def overlay_figure(
@@ -105,6 +139,7 @@ def overlay_figure(
     target: int,
     normalised: bool = True,
     pixels: np.ndarray | None = None,
+    style: OverlayStyle = DEFAULT_STYLE,
 ) -> Figure:
     """One image with one method's map for one target, a colour bar, and the class and probability
     in the title. ``pixels``: ``result.pixels()`` if the caller already has it."""
@@ -112,8 +147,9 @@ def overlay_figure(
     figure = Figure(figsize=(4.4, 4.0), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    shown = _draw(axes, pixels[image], result.maps[method][image, target], normalised)
-    figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
+    shown = _draw(axes, result, pixels, (method, image, target), normalised, style)
+    if shown is not None:
+        figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
     axes.set_title(f"{method}: {target_title(result, image, target)}", fontsize=9)
     return figure
 
@@ -123,6 +159,7 @@ def save_overlays(
     out_dir: str | os.PathLike[str],
     names: Sequence[str] | None = None,
     normalised: bool = True,
+    style: OverlayStyle = DEFAULT_STYLE,
 ) -> list[Path]:
     """One PNG per image, method and target in ``out_dir`` (created if missing), named
     ``<image>_<method>_t<target>.png``; returns the paths written."""
@@ -136,14 +173,18 @@ def save_overlays(
     for image, label in enumerate(labels):
         for method in result.methods:
             for target in range(result.target_ids.shape[1]):
-                figure = overlay_figure(result, image, method, target, normalised, pixels)
+                figure = overlay_figure(result, image, method, target, normalised, pixels, style)
                 path = directory / f"{label}_{method_slug(method)}_t{target}.png"
                 written.append(save_figure(figure, path))
     return written
 
 
 def grid_figure(
-    result: ExplainResult, target: int = 0, names: Sequence[str] | None = None, normalised: bool = True
+    result: ExplainResult,
+    target: int = 0,
+    names: Sequence[str] | None = None,
+    normalised: bool = True,
+    style: OverlayStyle = DEFAULT_STYLE,
 ) -> Figure:
     """Rows: images; columns: the input, then one column per method (target ``target`` of each
     image); one shared colour bar."""
@@ -171,7 +212,8 @@ def grid_figure(
             fontsize=8,
         )
         for column, method in enumerate(methods, start=1):
-            shown = _draw(grid[row, column], pixels[row], result.maps[method][row, target], normalised)
+            drawn = _draw(grid[row, column], result, pixels, (method, row, target), normalised, style)
+            shown = drawn if drawn is not None else shown
     grid[0, 0].set_title("input", fontsize=9)
     for column, method in enumerate(methods, start=1):
         grid[0, column].set_title(method, fontsize=9)
@@ -186,9 +228,10 @@ def save_grid(
     target: int = 0,
     names: Sequence[str] | None = None,
     normalised: bool = True,
+    style: OverlayStyle = DEFAULT_STYLE,
 ) -> Path:
     """:func:`grid_figure` written as a PNG to ``path``."""
-    return save_figure(grid_figure(result, target, names, normalised), Path(path))
+    return save_figure(grid_figure(result, target, names, normalised, style), Path(path))
 
 
 def save_figure(figure: Figure, path: Path) -> Path:

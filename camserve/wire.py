@@ -46,6 +46,10 @@ def check_token(token: str, setting: str) -> str:
     """``token`` if it can travel in an ``authorization: Bearer`` header, else an error naming ``setting``."""
     if not token or any(c.isspace() for c in token):
         raise InvalidArgumentError(setting, "the token must be non-empty, without whitespace")
+    if not (token.isascii() and token.isprintable()):
+        # A header value travels as bytes: gRPC would take only its Latin-1 form, which no client sends.
+        bad = next(c for c in token if not (c.isascii() and c.isprintable()))
+        raise InvalidArgumentError(setting, f"the token must be printable ASCII, got {ascii(bad)}")
     return token
 
 
@@ -122,6 +126,12 @@ _PROTO_DTYPES: dict[str, pb.DataType] = {
 }
 
 MAX_TENSOR_DIMS = 8  # no camserve tensor has more; numpy refuses more than 64
+#: Elements a shape may describe, a zero dimension counted as one: a tensor with data is far smaller
+#: (its bytes fit in a gRPC message, < 2 GiB), and an empty one like [2**62, 0] would overflow numpy.
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+#: Largest magnitude of a preprocessed input value. Normalised pixels stay within about ±10; finite
+#: values near float32's limit (3e38) overflow the model's first sums and come back as NaN maps.
+MAX_INPUT_MAGNITUDE = 1e6
 
 #: Names users give for map dtypes (Client, CLI) -> DataType values.
 DTYPE_NAMES = tuple(_PROTO_DTYPES)
@@ -153,7 +163,28 @@ def check_shape(dims: Sequence[int], field: str) -> tuple[int, ...]:
         )
     if any(d < 0 for d in shape):
         raise InvalidArgumentError(field, f"dimensions must be >= 0, got {list(shape)}")
+    if math.prod(max(d, 1) for d in shape) > MAX_TENSOR_ELEMENTS:
+        raise InvalidArgumentError(
+            field, f"{list(shape)} is too big: at most {MAX_TENSOR_ELEMENTS} elements (a 0 counted as 1)"
+        )
     return shape
+
+
+def check_input_values(images: np.ndarray, field: str) -> None:
+    """Preprocessed float images [N, ...] (both APIs): every value finite and within
+    ±MAX_INPUT_MAGNITUDE, else InvalidArgumentError naming ``field`` and the first bad image."""
+    flat = np.abs(images.reshape(images.shape[0], -1))
+    finite = np.isfinite(flat).all(axis=1)
+    if not finite.all():
+        raise InvalidArgumentError(field, f"image {int(np.argmin(finite))} has NaN or infinite values")
+    largest = flat.max(axis=1, initial=0.0)
+    if (largest > MAX_INPUT_MAGNITUDE).any():
+        bad = int(np.argmax(largest > MAX_INPUT_MAGNITUDE))
+        raise InvalidArgumentError(
+            field,
+            f"image {bad} has values up to {float(largest[bad]):.3g}; preprocessed inputs must be within "
+            f"±{MAX_INPUT_MAGNITUDE:g} (larger ones overflow the model to NaN)",
+        )
 
 
 def tensor_to_array(tensor: pb.Tensor, field: str) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 server.py        the grpc.aio server: both APIs, health, reflection, TLS / token, graceful shutdown
 workers.py       ``--workers N``: N server processes on one port (SO_REUSEPORT), supervised
-interceptors.py  every call's cross-cutting concerns: request parsing (malformed -> INVALID_ARGUMENT)
+interceptors.py  every call's cross-cutting concerns: request parsing (malformed -> INVALID_ARGUMENT),
+                 the open calls that shutdown ends with UNAVAILABLE
+heap.py          freed memory back to the system after big requests (gc + malloc_trim, at most 1/s)
 security.py      TLS / mTLS credentials, the bearer-token check, the matching client channel
 servicer.py      camserve.v1.ExplainService: a thin front door (wire <-> the one request)
 codec.py         camserve.v1 messages <-> the data plane's request and results
@@ -17,6 +19,6 @@ runner.py        the runner: one Explainer run per batch
 models.py        the served models: discovery under the models root, name lookup, image decoding
 errors.py        exceptions -> gRPC status codes, in one place
 tensors.py       numpy <-> camserve.v1.Tensor (raw little-endian bytes)
-metrics.py       Prometheus metrics
+metrics.py       Prometheus metrics and their bounded HTTP endpoint
 healthcheck.py   ``python -m camserve.service.healthcheck``: exit 0 when SERVING (container checks)
 """

@@ -11,12 +11,15 @@ graph_runs    graph runs (explain, noisy copies, Score-CAM, Ablation) <= service
 answer_bytes  the answer's size                                      <= service.max_message_bytes
 
 ``work_bytes`` of one image (float32, 4 bytes a value; C x H x W the model input, K x h x w the target
-layer, T targets, M methods, S noisy copies, P output pixels, G guided methods):
+layer, T targets, M methods, S noisy copies, P output pixels, G guided methods, R augmented copies
+(6 with aug_smooth, else 1) and r_m those of method m):
 
-    4 x [ (1 + S) x (C·H·W + K·h·w + 2·T·K·h·w)      the explain run(s): input, A, G (parts + concatenation)
-          + 2 x S x T·K·h·w                         Smooth Grad-CAM++'s g^2, g^3 over the noisy gradients
-          + 2 x T x M x P                           maps before and after resizing / normalising
+    4 x [ R(1 + S) x (C·H·W + K·h·w + 2·T·K·h·w)     the explain run(s): input, A, G (parts + concatenation)
+          + 2 x R·S x T·K·h·w                       Smooth Grad-CAM++'s g^2, g^3 over the noisy gradients
+          + 2 x T x P x sum_m r_m                   maps before and after resizing / normalising
           + (G > 0) x 2·T·C·H·W + G x T·C·H·W ]     guided gradients and each guided method's colour map
+
+Graph runs of one image: R(1 + S) explain-graph images, plus each method's extra runs times r_m.
 
 A batch holds at most ``service.max_batch_size`` images and a model runs one batch at a time, so the
 maps' working memory of a server is bounded by models x max_batch_size x max_image_work_bytes.
@@ -48,6 +51,7 @@ class AnswerShape:
     map_itemsize: int  # bytes per map value: 4 (float32), 2 (float16) or 1 (uint8)
     rgb_methods: tuple[str, ...] = ()  # methods sent with their [T,3,H,W] float32 colour maps
     overlay: bool = False  # one PNG [H,W,3] per map
+    id_bytes: int = 0  # the request's `id`, which the answer echoes
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class RequestCost:
     work_bytes: int  # of the costliest image
     graph_runs: int
     answer_bytes: int
+    id_bytes: int = 0  # of answer_bytes: the echoed `id`
 
 
 def output_pixels(options: ExplainOptions, manifest: Manifest) -> int:
@@ -88,15 +93,17 @@ def request_cost(
     described = [method_class(m)() for m in methods]
     copies = max((method.noisy_copies(options) for method in described), default=0)
     colour = sum(1 for method in described if method.colour)
+    augmented = [method.augmented_copies(options) for method in described]
+    repeats = max(augmented, default=1)
     extra: dict[str, int] = {}  # methods naming the same runs share them
-    for method in described:
+    for method, method_copies in zip(described, augmented, strict=True):
         for runs_of, runs_per_image in method.extra_runs(options, channels).items():
-            extra[runs_of] = max(extra.get(runs_of, 0), runs_per_image)
-    runs = 1 + copies
+            extra[runs_of] = max(extra.get(runs_of, 0), method_copies * runs_per_image)
+    runs = repeats * (1 + copies)
     work = FLOAT32 * (
         runs * (input_values + layer_values + 2 * most * layer_values)
-        + 2 * copies * most * layer_values
-        + 2 * most * len(methods) * out
+        + 2 * repeats * copies * most * layer_values
+        + 2 * most * sum(augmented) * out
         + (2 * most * input_values if colour else 0)
         + colour * most * input_values
     )
@@ -106,8 +113,8 @@ def request_cost(
     per_target += len(answer.rgb_methods) * FLOAT32 * input_values
     if answer.overlay:
         per_target += len(answer.map_methods) * math.ceil(input_values * PNG_OVERHEAD + 1024)
-    answer_bytes = sum(fixed + 8 * t + t * per_target for t in targets)
-    return RequestCost(count, most, pixels, work, count * per_image_runs, answer_bytes)
+    answer_bytes = answer.id_bytes + sum(fixed + 8 * t + t * per_target for t in targets)
+    return RequestCost(count, most, pixels, work, count * per_image_runs, answer_bytes, answer.id_bytes)
 
 
 def admit(cost: RequestCost, service: ServiceConfig) -> None:
@@ -132,6 +139,8 @@ def admit(cost: RequestCost, service: ServiceConfig) -> None:
     )
     for what, figure, limit_name, advice in checks:
         limit = getattr(service, limit_name)
+        if limit_name == "max_message_bytes" and cost.id_bytes > limit // 2:
+            advice = f"the echoed `id` alone is {_figure(cost.id_bytes, limit_name)}: send a shorter id"
         if figure > limit:
             raise ResourceExhaustedError(
                 f"request refused before any work: its {what} is {_figure(figure, limit_name)}, over "

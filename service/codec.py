@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from camserve.config import ExplainOptions, check_methods, check_options, check_output_side, check_targets
+from camserve.config import (
+    ExplainOptions,
+    OverlayStyle,
+    check_methods,
+    check_options,
+    check_output_side,
+    check_overlay_style,
+    check_targets,
+)
 from camserve.errors import InvalidArgumentError
 from camserve.images import denormalize, display_rgb
 from camserve.methods.base import method_class
@@ -22,7 +30,7 @@ from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
-from camserve.wire import NUMPY_DTYPES, array_to_tensor, tensor_to_array
+from camserve.wire import NUMPY_DTYPES, array_to_tensor, check_input_values, tensor_to_array
 
 #: ExplainOptions field -> its name in an ExplainRequest.
 OPTION_FIELDS = {
@@ -34,6 +42,8 @@ OPTION_FIELDS = {
     "smooth_sigma": "method_options.smooth_sigma",
     "smooth_seed": "method_options.smooth_seed",
     "score_top_n": "method_options.score_top_n",
+    "eigen_smooth": "method_options.eigen_smooth",
+    "aug_smooth": "method_options.aug_smooth",
 }
 _ITEMSIZE = {pb.DATA_TYPE_FLOAT32: 4, pb.DATA_TYPE_FLOAT16: 2, pb.DATA_TYPE_UINT8: 1}
 
@@ -47,6 +57,7 @@ class OutputSpec:
     mean: tuple[float, ...]  # to undo the preprocessing for overlays
     std: tuple[float, ...]
     normalized: bool  # overlays of normalised maps use the fixed [0, 1] colour scale
+    style: OverlayStyle = OverlayStyle()  # overlays' colour map and image weight
 
 
 def decode_request(
@@ -76,9 +87,12 @@ def decode_request(
             "output.dtype", "uint8 maps need normalize = true (raw maps are unbounded)"
         )
     m = model.manifest
-    output = OutputSpec(dtype, request.output.overlay_png, tuple(m.mean), tuple(m.std), options.normalize)
+    style = _overlay_style(request.output)
+    output = OutputSpec(
+        dtype, request.output.overlay_png, tuple(m.mean), tuple(m.std), options.normalize, style
+    )
     colour = tuple(name for name in methods if method_class(name).colour)
-    answer = AnswerShape(methods, _ITEMSIZE[dtype], colour, output.overlay)
+    answer = AnswerShape(methods, _ITEMSIZE[dtype], colour, output.overlay, len(request.id.encode()))
     return ServiceRequest(images, methods, options, answer, wire=output)
 
 
@@ -101,9 +115,15 @@ def _image(image: pb.Image, field: str, model: ServedModel, targets: tuple[int, 
             f"{field}.tensor.shape",
             f"expected {expected} (the model's preprocessed input), got {list(array.shape)}",
         )
-    if not np.isfinite(array).all():
-        raise InvalidArgumentError(f"{field}.tensor.data", "contains NaN or infinite values")
+    check_input_values(array[None], f"{field}.tensor.data")
     return PendingImage(targets, 0, functools.partial(_same, array))  # nothing to decode
+
+
+def _overlay_style(out: pb.OutputOptions) -> OverlayStyle:
+    """The overlay's colour map and image weight; unset: the defaults."""
+    weight = out.overlay_image_weight if out.HasField("overlay_image_weight") else OverlayStyle.image_weight
+    fields = ("output.overlay_colormap", "output.overlay_image_weight")
+    return check_overlay_style(out.overlay_colormap or OverlayStyle.colormap, weight, fields)
 
 
 def _same(array: np.ndarray, budgeted: bool) -> np.ndarray:
@@ -133,6 +153,8 @@ def _options(request: pb.ExplainRequest, defaults: ExplainOptions) -> ExplainOpt
         ("smooth_sigma", opts, "smooth_sigma"),
         ("smooth_seed", opts, "smooth_seed"),
         ("score_top_n", opts, "score_top_n"),
+        ("eigen_smooth", opts, "eigen_smooth"),
+        ("aug_smooth", opts, "aug_smooth"),
     ):
         if message.HasField(wire):
             changes[name] = getattr(message, wire)
@@ -168,7 +190,7 @@ def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec
                 data=array_to_tensor(data[method][t]),
             )
             if pixels is not None:
-                entry.overlay_png = overlay_png(pixels, floats[method][t], output.normalized)
+                entry.overlay_png = overlay_png(pixels, floats[method][t], output.normalized, output.style)
             if method in result.rgb:
                 entry.rgb.CopyFrom(array_to_tensor(result.rgb[method][t]))
             maps.append(entry)

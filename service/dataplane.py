@@ -36,7 +36,7 @@ from camserve.service.admission import AnswerShape, RequestCost, admit, request_
 from camserve.service.batch_runner import ImageResult, ImageWork, batch_key
 from camserve.service.batcher import Completed
 from camserve.service.cancellation import current_scope
-from camserve.service.errors import MAX_STATUS_CHARS, UnavailableError, clip, status_for
+from camserve.service.errors import MAX_STATUS_CHARS, SHUTTING_DOWN, UnavailableError, clip, status_for
 from camserve.service.models import ModelRegistry, ServedModel
 
 request_log = logging.getLogger("camserve.service.requests")
@@ -186,6 +186,7 @@ class DataPlane:
         self.config = config
         self.defaults = config.explain
         self.draining = False  # set on shutdown: new requests get UNAVAILABLE
+        self.stopping = False  # set when shutdown ends what is still in flight (UNAVAILABLE)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -228,11 +229,14 @@ class DataPlane:
             except asyncio.CancelledError:
                 # gRPC cancels the handler both when the client cancels and when the deadline passes
                 # (its timer may fire a little before this clock says so).
+                # Shutdown cancels what is left after the grace period; the call ends UNAVAILABLE.
                 elapsed = time.monotonic() - record.started
                 expired = time_remaining is not None and elapsed >= time_remaining - DEADLINE_SLACK_S
-                record.log(
-                    grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED, served
-                )
+                if self.stopping:
+                    record.log(grpc.StatusCode.UNAVAILABLE, served, "grace period over: " + SHUTTING_DOWN)
+                else:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                    record.log(code, served)
                 raise
             except Exception as exc:
                 code, message = status_for(exc)
@@ -250,7 +254,7 @@ class DataPlane:
         record: RequestRecord,
     ) -> Response:
         if self.draining:
-            raise UnavailableError("server is shutting down; retry on another replica")
+            raise UnavailableError(SHUTTING_DOWN)
         started = time.monotonic()
         if _small_unary_call():
             # checked on the event loop (a hop to a thread costs more), decoded there too when its

@@ -24,6 +24,10 @@ class DeadlineExceededError(CamserveError):
     grpc_code = "DEADLINE_EXCEEDED"
 
 
+#: The message of every call refused or ended by shutdown (UNAVAILABLE: clients retry elsewhere).
+SHUTTING_DOWN = "server is shutting down; retry on another replica"
+
+
 class UnavailableError(CamserveError):
     """The server is shutting down and takes no new work."""
 

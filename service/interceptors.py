@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,8 @@ import grpc
 from camserve.errors import InvalidArgumentError
 from camserve.service import metrics
 from camserve.service.cancellation import RequestScope, enter_scope
+from camserve.service.errors import SHUTTING_DOWN
+from camserve.service.heap import TRIMMER
 
 request_log = logging.getLogger("camserve.service.requests")
 
@@ -51,6 +54,7 @@ def _safe_parser(parse: Callable[[bytes], Any] | None, sized: bool = False) -> C
         return None
 
     def parse_or_mark(data: bytes) -> Any:
+        TRIMMER.note_request(len(data))
         try:
             message = parse(data)
         except Exception as exc:  # DecodeError, and whatever else a parser raises on hostile bytes
@@ -73,11 +77,55 @@ def _refuse_malformed(method: str, malformed: MalformedRequest) -> InvalidArgume
     )
 
 
+class ActiveCalls:
+    """The calls being handled (their tasks), so that shutdown ends each one still open with UNAVAILABLE
+    and a log line: left to grpc's ``server.stop``, they would end CANCELLED, unlogged, and clients
+    are told to retry only UNAVAILABLE. Once ``closing``, a call that starts is refused the same way."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    async def end_all(self, timeout_s: float) -> int:
+        """Refuse new calls and end the open ones with UNAVAILABLE (waiting up to ``timeout_s`` for
+        their status to go out); returns how many were open."""
+        self.closing = True
+        open_calls = set(self.tasks)
+        for task in open_calls:
+            task.cancel()
+        if open_calls:
+            await asyncio.wait(open_calls, timeout=timeout_s)
+        return len(open_calls)
+
+    @contextlib.asynccontextmanager
+    async def track(self, context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+        """Run a call's handler inside: while closing, it ends with UNAVAILABLE instead."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            if self.closing:
+                await _refuse_shutting_down(context, method)
+            yield
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise  # the client cancelled, or the deadline passed
+            await _refuse_shutting_down(context, method)
+        finally:
+            self.tasks.discard(task)
+
+
+async def _refuse_shutting_down(context: grpc.aio.ServicerContext, method: str) -> None:
+    request_log.info("shutdown method=%s status=UNAVAILABLE error=%r", method, SHUTTING_DOWN)
+    await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+
 class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
     """See the module docstring; install it after the token check (which must parse nothing)."""
 
     def __init__(self, stream_max_unread: int) -> None:
         self.stream_max_unread = stream_max_unread
+        self.calls = ActiveCalls()
 
     async def intercept_service(
         self,
@@ -87,28 +135,31 @@ class RequestGuardInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return guard_handler(handler, handler_call_details.method, self.stream_max_unread)
+        return guard_handler(handler, handler_call_details.method, self.stream_max_unread, self.calls)
 
 
-def guard_handler(handler: Any, method: str, stream_max_unread: int) -> Any:
-    """``handler`` (a grpc RpcMethodHandler) with the safe parser and the call scope around its behaviour."""
+def guard_handler(handler: Any, method: str, stream_max_unread: int, calls: ActiveCalls | None = None) -> Any:
+    """``handler`` (a grpc RpcMethodHandler) with the safe parser and the call scope around its behaviour;
+    ``calls`` tracks it for shutdown."""
+    calls = calls if calls is not None else ActiveCalls()
     if not hasattr(handler, "_replace"):  # not grpc's own handler tuple: leave it alone
         return handler
     # unary requests carry their wire size to the call scope (small ones are decoded on the event loop)
     parser = _safe_parser(handler.request_deserializer, sized=handler.unary_unary is not None)
     if handler.unary_unary is not None:
-        return handler._replace(request_deserializer=parser, unary_unary=_unary(handler.unary_unary, method))
+        guarded = _unary(handler.unary_unary, method, calls)
+        return handler._replace(request_deserializer=parser, unary_unary=guarded)
     if handler.unary_stream is not None:
         return handler._replace(
-            request_deserializer=parser, unary_stream=_unary_stream(handler.unary_stream, method)
+            request_deserializer=parser, unary_stream=_unary_stream(handler.unary_stream, method, calls)
         )
     if handler.stream_unary is not None:
         return handler._replace(
-            request_deserializer=parser, stream_unary=_stream_unary(handler.stream_unary, method)
+            request_deserializer=parser, stream_unary=_stream_unary(handler.stream_unary, method, calls)
         )
     return handler._replace(
         request_deserializer=parser,
-        stream_stream=_stream_stream(handler.stream_stream, method, stream_max_unread),
+        stream_stream=_stream_stream(handler.stream_stream, method, stream_max_unread, calls),
     )
 
 
@@ -126,7 +177,9 @@ async def _checked(requests: AsyncIterator[Any], method: str) -> AsyncIterator[A
         yield request
 
 
-def _unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+def _unary(
+    behavior: Callable[..., Awaitable[Any]], method: str, calls: ActiveCalls
+) -> Callable[..., Awaitable[Any]]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, MalformedRequest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(_refuse_malformed(method, request)))
@@ -135,37 +188,45 @@ def _unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[...
             request, size = request
         scope = _enter(context, size)
         try:
-            return await behavior(request, context)
+            async with calls.track(context, method):
+                return await behavior(request, context)
         finally:
             scope.ended.set()
+            TRIMMER.call_ended()
 
     return guarded
 
 
-def _unary_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _unary_stream(behavior: Callable[..., Any], method: str, calls: ActiveCalls) -> Callable[..., Any]:
     if not inspect.isasyncgenfunction(behavior):  # writes with context.write (health's Watch)
-        return _unary(behavior, method)
+        return _unary(behavior, method, calls)
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if isinstance(request, MalformedRequest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(_refuse_malformed(method, request)))
         scope = _enter(context)
         try:
-            async for response in behavior(request, context):
-                yield response
+            async with calls.track(context, method):
+                async for response in behavior(request, context):
+                    yield response
         finally:
             scope.ended.set()
+            TRIMMER.call_ended()
 
     return guarded
 
 
-def _stream_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+def _stream_unary(
+    behavior: Callable[..., Awaitable[Any]], method: str, calls: ActiveCalls
+) -> Callable[..., Awaitable[Any]]:
     async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         scope = _enter(context)
         try:
-            return await behavior(_checked(requests, method), context)
+            async with calls.track(context, method):
+                return await behavior(_checked(requests, method), context)
         finally:
             scope.ended.set()
+            TRIMMER.call_ended()
 
     return guarded
 
@@ -196,19 +257,23 @@ class _Unread:
         self.changed.set()
 
 
-def _stream_stream(behavior: Callable[..., Any], method: str, max_unread: int) -> Callable[..., Any]:
+def _stream_stream(
+    behavior: Callable[..., Any], method: str, max_unread: int, calls: ActiveCalls
+) -> Callable[..., Any]:
     if not inspect.isasyncgenfunction(behavior):  # writes with context.write
-        return _stream_unary(behavior, method)
+        return _stream_unary(behavior, method, calls)
 
     async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         scope = _enter(context)
         unread = _Unread(max_unread)
         try:
-            async for response in behavior(unread.paced(_checked(requests, method)), context):
-                yield response  # returns once gRPC has sent it and asks for the next
-                unread.taken()
+            async with calls.track(context, method):
+                async for response in behavior(unread.paced(_checked(requests, method)), context):
+                    yield response  # returns once gRPC has sent it and asks for the next
+                    unread.taken()
         finally:
             scope.ended.set()
+            TRIMMER.call_ended()
 
     return guarded
 

@@ -24,10 +24,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from camserve.defaults import METRICS_CONNECTIONS, METRICS_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +160,47 @@ def track_pending(model: str, queued: Callable[[], int]) -> None:
     NV_PENDING.labels(model, MODEL_VERSION).set_function(queued)
 
 
-def serve_metrics(host: str, port: int) -> None:
+class _QuietHandler(WSGIRequestHandler):
+    timeout = METRICS_TIMEOUT_S  # a half-sent request holds its thread this long at most
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class BoundedMetricsServer(ThreadingWSGIServer):
+    """prometheus_client's server (one thread per connection) with at most METRICS_CONNECTIONS
+    connections served at once: more are closed as they arrive, so half-sent requests cannot pile up
+    threads (800 did before)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def serve_metrics(host: str, port: int) -> BoundedMetricsServer:
     """Start the /metrics HTTP endpoint in a daemon thread."""
     disable_created_metrics()  # no *_created series: counters and histograms only
-    start_http_server(port, addr=host)
+
+    class Server(BoundedMetricsServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(host.strip("[]"), port, make_wsgi_app(), Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="camserve-metrics", daemon=True).start()
     log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+    return server

@@ -23,7 +23,7 @@ from camserve.inference import grpc_service_pb2 as ip
 from camserve.inference import grpc_service_pb2_grpc as ip_grpc
 from camserve.runtime import device_kind
 from camserve.service.dataplane import DataPlane, FrontDoor, Outcome, answer_or_abort
-from camserve.service.errors import abort_with_status
+from camserve.service.errors import abort_with_status, clip
 from camserve.service.models import ServedModel
 from camserve.service.oip_codec import (
     MODEL_VERSION,
@@ -118,7 +118,9 @@ class InferenceServicer(ip_grpc.GRPCInferenceServiceServicer):
                 return ip.ModelStreamInferResponse(
                     error_message=f"{outcome.code.name}: {outcome.message}",
                     infer_response=ip.ModelInferResponse(
-                        model_name=request.model_name, model_version=request.model_version, id=request.id
+                        model_name=clip(request.model_name),
+                        model_version=clip(request.model_version),
+                        id=request.id,  # whole: clients match answers by it
                     ),
                 )
             return ip.ModelStreamInferResponse(infer_response=outcome.response)

@@ -41,7 +41,7 @@ from camserve.service.admission import AnswerShape
 from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel
-from camserve.wire import check_shape
+from camserve.wire import check_input_values, check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
 PLATFORM = "camserve"
@@ -72,6 +72,8 @@ PARAMETERS: dict[str, tuple[str, str]] = {
     "smooth_sigma": ("double", "Smooth Grad-CAM++ noise std (fraction of the input range)"),
     "smooth_seed": ("int", "Smooth Grad-CAM++ noise seed"),
     "score_top_n": ("int", "Score-CAM channels (0: all)"),
+    "eigen_smooth": ("bool", "first principal component of the weighted activations instead of their sum"),
+    "aug_smooth": ("bool", "mean of the maps of 6 flipped / scaled copies of each image (6x the work)"),
     "timeout": ("int", "microseconds; shortens the call's deadline"),
     "priority": ("int", "accepted; all requests have the same priority"),
 }
@@ -85,7 +87,17 @@ def saliency_output(method: str) -> str:
 #: ExplainOptions field -> its name in a ModelInferRequest.
 OPTION_FIELDS = {
     name: f"parameters.{name}"
-    for name in ("output_size", "normalize", "eps", "smooth_n", "smooth_sigma", "smooth_seed", "score_top_n")
+    for name in (
+        "output_size",
+        "normalize",
+        "eps",
+        "smooth_n",
+        "smooth_sigma",
+        "smooth_seed",
+        "score_top_n",
+        "eigen_smooth",
+        "aug_smooth",
+    )
 }
 
 
@@ -130,7 +142,7 @@ def decode_infer_request(
     params.integer("priority")
     images = _inputs(request, model)
     answered = tuple(m for m in methods if saliency_output(m) in outputs)
-    answer = AnswerShape(answered, DTYPES[datatype].itemsize)
+    answer = AnswerShape(answered, DTYPES[datatype].itemsize, id_bytes=len(request.id.encode()))
     timeout_s = None if timeout_us is None else timeout_us / 1e6
     return ServiceRequest(images, methods, options, answer, InferAnswer(outputs, datatype), timeout_s)
 
@@ -229,6 +241,8 @@ def _options(params: _Parameters, defaults: ExplainOptions) -> ExplainOptions:
         "smooth_sigma": params.number,
         "smooth_seed": params.integer,
         "score_top_n": params.integer,
+        "eigen_smooth": params.boolean,
+        "aug_smooth": params.boolean,
     }
     changes: dict[str, Any] = {
         name: value for name, read in reads.items() if (value := read(name)) is not None
@@ -328,9 +342,7 @@ def _images(array: np.ndarray, field: str, model: ServedModel) -> list[Loader]:
             f"{field}.shape",
             f"expected [N, {', '.join(map(str, expected))}] with N >= 1, got {list(array.shape)}",
         )
-    finite = np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)
-    if not finite.all():
-        raise InvalidArgumentError(field, f"image {int(np.argmin(finite))} has NaN or infinite values")
+    check_input_values(array, field)
     return [(0, functools.partial(_row, array, n)) for n in range(array.shape[0])]  # nothing to decode
 
 

@@ -191,20 +191,19 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 def _refusing_handler(
     handler: grpc.RpcMethodHandler, abort: Callable[[grpc.aio.ServicerContext], Awaitable[None]]
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that reads no request and ends every call with
-    ``abort(context)``."""
+    """A handler that reads no request and ends every call with ``abort(context)``.
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+    Always a request-streaming handler, also for unary methods: grpc.aio receives (and inflates) a
+    unary call's message before its handler runs, a streaming one's only when the handler asks. The
+    client cannot tell: it gets the status either way."""
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
         await abort(context)
 
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         await abort(context)
         yield  # pragma: no cover - abort raises; this makes the function an async generator
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    return grpc.stream_unary_rpc_method_handler(refuse)

@@ -4,15 +4,20 @@ server, with graceful shutdown on SIGTERM / SIGINT. TLS / mTLS and the bearer-to
 here from ServiceConfig (camserve.service.security).
 
 Shutdown: health goes NOT_SERVING, new Explain requests get UNAVAILABLE, requests in flight finish
-(at most ServiceConfig.grace_period_s), then the server stops.
+(at most ServiceConfig.grace_period_s); then every call still open (streams, health watches, requests
+past the grace period) ends UNAVAILABLE with a log line, the server stops and the process exits, within
+the grace period plus FINAL_GRACE_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import time
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from camserve.config import CamserveConfig, ServiceConfig
 from camserve.config import check_service_config as check_service_values
+from camserve.defaults import MAX_HEALTH_SERVICE_CHARS
 from camserve.errors import InvalidArgumentError
 from camserve.service.dataplane import DataPlane
 from camserve.service.interceptors import RequestGuardInterceptor
@@ -40,7 +46,8 @@ from camserve.v1 import camserve_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 EXPLAIN_SERVICE = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
-# After the last Explain request finished, long-lived streams (health Watch) get this long to end.
+# After the last request finished or the grace period ended: the time to end open calls with
+# UNAVAILABLE, stop gRPC and the batchers (the process exits within the grace period plus this).
 FINAL_GRACE_S = 1.0
 
 
@@ -54,19 +61,14 @@ class ExplainServer:
         service = config.service
         self.dataplane = DataPlane(models, config)  # the one request path of both APIs
         self.servicer = ExplainServicer(self.dataplane, service.max_batch_size)
-        self.health = health_aio.HealthServicer()
+        self.health = BoundedHealthServicer()
         token = load_token(service)
         # The token check runs first: a caller without a valid token gets nothing parsed.
         guard = RequestGuardInterceptor(service.stream_max_unread)
+        self.calls = guard.calls
         self.server = grpc.aio.server(
             interceptors=[BearerTokenInterceptor(token), guard] if token else [guard],
-            options=[
-                ("grpc.max_send_message_length", service.max_message_bytes),
-                ("grpc.max_receive_message_length", service.max_message_bytes),
-                # A second server on the same port must fail, not share it; workers share it on purpose
-                # (camserve.service.workers holds the port and refuses one already taken).
-                ("grpc.so_reuseport", 0 if worker is None else 1),
-            ],
+            options=transport_options(service, worker),
         )
         pb_grpc.add_ExplainServiceServicer_to_server(self.servicer, self.server)
         # Imported here, not at module level: see camserve.inference (tritonclient shares its names).
@@ -147,10 +149,20 @@ class ExplainServer:
         try:
             await asyncio.wait_for(self.dataplane.wait_idle(), grace)
         except TimeoutError:
-            log.warning("grace period over: cancelling the requests still in flight")
-        remaining = max(0.0, grace - (time.monotonic() - started))
-        await self.server.stop(min(FINAL_GRACE_S, remaining))
-        await self.models.close()
+            log.warning("grace period over: ending the requests still in flight with UNAVAILABLE")
+        # Streams, health watches and requests past the grace period end UNAVAILABLE with a log line
+        # (grpc's stop would cancel them: CANCELLED, unlogged); calls arriving now are refused alike.
+        self.dataplane.stopping = True
+        ended = await self.calls.end_all(FINAL_GRACE_S * 0.25)
+        if ended:
+            log.info("ended %d open calls with UNAVAILABLE", ended)
+        # GOAWAY: new calls are refused by gRPC itself; calls it took already still reach the handlers
+        # (refused there, UNAVAILABLE) within this grace, after which gRPC would cancel them.
+        await self.server.stop(FINAL_GRACE_S * 0.5)
+        try:
+            await asyncio.wait_for(self.models.close(), FINAL_GRACE_S * 0.15)
+        except TimeoutError:
+            log.warning("a batch still running at exit is abandoned")
         log.info("stopped after %.2f s", time.monotonic() - started)
 
     async def wait_for_shutdown_signal(self) -> None:
@@ -173,6 +185,64 @@ class ExplainServer:
                 loop.remove_signal_handler(sig)
 
 
+#: Compression algorithms as gRPC core numbers them (identity 0, deflate 1, gzip 2), as a bit set.
+_IDENTITY_ONLY = 0b001
+_IDENTITY_DEFLATE_GZIP = 0b111
+
+
+def transport_options(service: ServiceConfig, worker: int | None = None) -> list[tuple[str, int]]:
+    """gRPC core's server options from ``service``: the limits that hold before any call is read."""
+    return [
+        # Also the inflated size of a compressed message: core stops inflating past it.
+        ("grpc.max_send_message_length", service.max_message_bytes),
+        ("grpc.max_receive_message_length", service.max_message_bytes),
+        # Off by default: a 61 KB gzip body inflates to 60 MiB, and an unauthenticated caller needs no
+        # more to cost the server that much. A compressed request gets UNIMPLEMENTED, uninflated.
+        (
+            "grpc.compression_enabled_algorithms_bitset",
+            _IDENTITY_DEFLATE_GZIP if service.accept_compressed_requests else _IDENTITY_ONLY,
+        ),
+        # Advertised as SETTINGS_MAX_CONCURRENT_STREAMS; streams beyond it are refused (REFUSED_STREAM).
+        ("grpc.max_concurrent_streams", service.max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", service.max_connections),
+        ("grpc.max_connection_idle_ms", round(service.connection_idle_timeout_s * 1000)),
+        ("grpc.server_handshake_timeout_ms", round(service.handshake_timeout_s * 1000)),
+        # A second server on the same port must fail, not share it; workers share it on purpose
+        # (camserve.service.workers holds the port and refuses one already taken).
+        ("grpc.so_reuseport", 0 if worker is None else 1),
+    ]
+
+
+class BoundedHealthServicer(health_aio.HealthServicer):
+    """grpc.health.v1 whose Check and Watch refuse service names over MAX_HEALTH_SERVICE_CHARS with
+    INVALID_ARGUMENT: the health service needs no token, and an open Watch holds its request."""
+
+    async def Check(  # noqa: N802 - gRPC's method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        await _refuse_long_name(request, context)
+        return await super().Check(request, context)
+
+    async def Watch(  # noqa: N802 - gRPC's method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await _refuse_long_name(request, context)
+        await super().Watch(request, context)
+
+
+async def _refuse_long_name(
+    request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+) -> None:
+    if len(request.service) > MAX_HEALTH_SERVICE_CHARS:
+        log.info(
+            "health: refused a service name of %d characters from %s", len(request.service), context.peer()
+        )
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"service: at most {MAX_HEALTH_SERVICE_CHARS} characters, got {len(request.service)}",
+        )
+
+
 def check_service_config(service: ServiceConfig) -> None:
     """InvalidArgumentError / NotFoundError naming the setting the server cannot run with: the values
     (``camserve.config.check_service_config``), then the files they name."""
@@ -181,7 +251,18 @@ def check_service_config(service: ServiceConfig) -> None:
 
 
 async def serve(config: CamserveConfig, models: ModelRegistry) -> None:
-    """Run a server until SIGTERM / SIGINT."""
+    """Run a server until SIGTERM / SIGINT, then end the process (``exit_now``): `camserve serve`."""
     server = ExplainServer(config, models)
     await server.start()
     await server.wait_for_shutdown_signal()
+    exit_now(0)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process at once after a shutdown: the interpreter's own teardown (worker threads
+    still decoding or running a graph, ONNX Runtime, torch) took 5 s and more after "stopped", past
+    the grace period that orchestrators wait for before SIGKILL."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -14,7 +14,7 @@ import grpc
 
 from camserve.service.codec import decode_request, encode_response, model_info
 from camserve.service.dataplane import DataPlane, FrontDoor, Outcome, ServiceRequest, answer_or_abort
-from camserve.service.errors import abort_with_status
+from camserve.service.errors import abort_with_status, clip
 from camserve.service.streams import answer_in_completion_order
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
@@ -38,7 +38,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             if outcome.response is None:
                 return pb.ExplainResponse(
                     id=request.id,
-                    model=request.model,
+                    model=clip(request.model),  # the id stays whole: clients match answers by it
                     error=pb.Error(code=outcome.code.value[0], message=outcome.message),
                 )
             return outcome.response

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from camserve.cli_flags import add_method_flag, add_target_flag
+from camserve.cli_flags import add_method_flag, add_smoothing_flags, add_target_flag
 from camserve.defaults import DEFAULT_METHODS, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError
 
@@ -75,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     options.add_argument(
         "--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels"
     )
+    add_smoothing_flags(options)
     options.add_argument("--topk", type=int, metavar="K", help="predictions stored per image (default 5)")
     ray = parser.add_argument_group("--engine ray")
     ray.add_argument(

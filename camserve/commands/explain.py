@@ -19,6 +19,7 @@ from camserve import defaults
 from camserve.cli_flags import (
     add_method_flag,
     add_remote_flags,
+    add_smoothing_flags,
     add_target_flag,
     check_remote_flags,
     client_token,
@@ -61,6 +62,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--grid", metavar="FILE.png", help="write one figure of images x methods (first target)"
     )
     parser.add_argument(
+        "--colormap",
+        default=defaults.OVERLAY_COLORMAP,
+        metavar="NAME",
+        help=f"--overlay/--grid colour map: {', '.join(defaults.OVERLAY_COLORMAPS)} "
+        f"(default {defaults.OVERLAY_COLORMAP})",
+    )
+    parser.add_argument(
+        "--image-weight",
+        type=float,
+        default=defaults.OVERLAY_IMAGE_WEIGHT,
+        metavar="W",
+        help="--overlay/--grid: W x image + (1 - W) x map, W in [0, 1] "
+        f"(default {defaults.OVERLAY_IMAGE_WEIGHT})",
+    )
+    parser.add_argument(
         "--output-size",
         metavar="SIZE",
         help=f"'input', 'feature' or HxW, e.g. 224x224 (default {defaults.OUTPUT_SIZE})",
@@ -81,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels"
     )
+    add_smoothing_flags(parser)
     parser.add_argument(
         "--topk",
         type=int,
@@ -109,6 +126,8 @@ def build_config(args: argparse.Namespace) -> CamserveConfig:
         "smooth_n": args.smooth_n,
         "smooth_sigma": args.smooth_sigma,
         "score_top_n": args.score_top_n,
+        "eigen_smooth": True if args.eigen_smooth else None,
+        "aug_smooth": True if args.aug_smooth else None,
         "topk_predictions": args.topk,
     }
     explain = {name: value for name, value in flags.items() if value is not None}
@@ -156,9 +175,12 @@ def _remote_explainer(args: argparse.Namespace, config: CamserveConfig) -> Clien
 
 
 def run(args: argparse.Namespace) -> int:
+    from camserve.config import check_overlay_style
+
     check_remote_flags(args)
     config = build_config(args)
     _check_output_paths(args)
+    style = check_overlay_style(args.colormap, args.image_weight, ("--colormap", "--image-weight"))
     explainer = build_explainer(args, config)
     if args.list_methods:
         from camserve.methods import method_class
@@ -180,9 +202,9 @@ def run(args: argparse.Namespace) -> int:
 
         normalised = config.explain.normalize
         if args.overlay:
-            written.extend(save_overlays(result, args.overlay, names=names, normalised=normalised))
+            written.extend(save_overlays(result, args.overlay, names, normalised, style))
         if args.grid:
-            written.append(save_grid(result, args.grid, names=names, normalised=normalised))
+            written.append(save_grid(result, args.grid, names=names, normalised=normalised, style=style))
 
     for index, name in enumerate(names):
         best = result.predictions[index][0]

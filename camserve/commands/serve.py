@@ -123,5 +123,5 @@ def run(args: argparse.Namespace) -> int:
         return WorkerPool(config, model_directories(config), workers).run()
     apply_thread_budget(config)
     models = ModelRegistry.load(model_directories(config), config)
-    asyncio.run(serve(config, models))
+    asyncio.run(serve(config, models))  # ends the process after the shutdown
     return 0

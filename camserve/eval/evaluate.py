@@ -56,6 +56,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "insertion_auc": ("higher", "insertion AUC (RISE)"),
     "road_morf": ("lower", "ROAD MoRF: mean probability, most relevant removed first"),
     "road_lerf": ("higher", "ROAD LeRF: mean probability, least relevant removed first"),
+    "road_combined": ("higher", "ROAD combined: (LeRF - MoRF) / 2"),
     "iou_top_fraction": ("higher", "IoU of the top-fraction box"),
     "iou_component": ("higher", "IoU of the largest-segment box (15 % of max)"),
     "localisation_error": ("lower", "top-1 localisation error % (Grad-CAM paper)"),
@@ -91,7 +92,7 @@ class EvalSettings:
     coverage_contrast: float = 2.0  # ... and mean in the box > contrast x mean outside the boxes
     steps: int = defaults.EVAL_STEPS  # deletion/insertion steps
     curves: bool = True  # deletion/insertion (the costliest part: 2 x (steps + 1) runs per map)
-    road: bool = False  # ROAD MoRF/LeRF (18 imputed images per map, each a conjugate-gradient solve)
+    road: bool = False  # ROAD MoRF/LeRF/combined (18 imputed images per map, each a conjugate-gradient solve)
     fill: str = defaults.EVAL_FILL  # removed pixels: "black" (pixels x map) or "mean" (normalised zero)
     insertion_start: str = defaults.EVAL_INSERTION_START  # "blur" (RISE) or "fill"
     blur_sigma: float | None = None  # None: max(H, W) / 16 px
@@ -306,6 +307,7 @@ def evaluate_batch(
             scores = road(forward, images, true_maps, labels, seed=settings.seed, batch_size=bs)
             columns["road_morf"] = scores.morf_mean
             columns["road_lerf"] = scores.lerf_mean
+            columns["road_combined"] = scores.combined
         values = {k: v.detach().cpu().double().tolist() for k, v in columns.items()}
         for i in range(n):
             row: dict[str, Any] = {

@@ -32,6 +32,7 @@ FAITHFULNESS = (
     "insertion_auc",
     "road_morf",
     "road_lerf",
+    "road_combined",
 )
 LOCALISATION = (
     "iou_top_fraction",
@@ -50,6 +51,7 @@ HEADERS = {
     "insertion_auc": "insertion AUC",
     "road_morf": "ROAD MoRF",
     "road_lerf": "ROAD LeRF",
+    "road_combined": "ROAD combined",
     "iou_top_fraction": "IoU top {f}",
     "iou_component": "IoU segment",
     "localisation_error": "loc. error %",
@@ -168,7 +170,8 @@ def summary_markdown(
     if s.road:
         out += [
             "ROAD (Rong et al. 2022): removed pixels imputed from their neighbours plus noise (σ 0.01), "
-            "10 %–90 % removed; MoRF/LeRF are the mean probabilities over those fractions.",
+            "10 %–90 % removed; MoRF/LeRF are the mean probabilities over those fractions, combined is "
+            "(LeRF − MoRF) / 2 (pytorch-grad-cam's ROADCombined). The random baseline's row is the floor.",
             "",
         ]
     out += [f"- {note}" for note in ctx.notes]

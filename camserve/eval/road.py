@@ -11,7 +11,17 @@ input space by default) on the imputed pixels, so the hole carries no sharp edge
 For each fraction p (10 %, 20 %, ..., 90 % by default) the target's probability is measured after
 removing the top p of pixels (MoRF, most relevant first: a fast drop is good, lower is better) and
 after removing the bottom p (LeRF, least relevant first: the probability should stay, higher is
-better). The summary per map is the mean over the fractions of each curve.
+better). The summaries per map, as pytorch-grad-cam's ``metrics/road.py`` defines them:
+
+    morf_mean, lerf_mean       the mean over the fractions of each curve
+    morf_change, lerf_change   the same minus the unperturbed image's probability
+                               (``ROADMostRelevantFirstAverage`` / ``ROADLeastRelevantFirstAverage``)
+    combined                   (lerf_mean - morf_mean) / 2 (``ROADCombined``; higher is better)
+
+How many pixels a fraction p of P removes is pytorch-grad-cam's percentile threshold on a map without
+ties: P - ceil((P - 1)(1 - p)) (:func:`road_count`). On tied values (the flat zero regions of ReLU'd
+maps) pytorch-grad-cam removes every pixel at the threshold, up to the whole image; camserve removes
+exactly that count, ties taken in row-major order.
 
 The linear system (for every removed pixel i: sum_j w_ij (x_i - x_j) = 0) is symmetric positive
 definite whenever some pixel is kept; it is solved matrix-free by conjugate gradients with a Jacobi
@@ -20,6 +30,7 @@ preconditioner, batched over images and channels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +43,6 @@ from camserve.eval.faithfulness import (
     Forward,
     _flatten_items,
     class_probabilities,
-    count_of_fraction,
     pixel_ranks,
 )
 
@@ -94,14 +104,23 @@ def linear_imputation(
     return torch.where(unknown.bool(), solution, x).to(images.dtype)
 
 
+def road_count(fraction: float, num_pixels: int) -> int:
+    """Pixels a fraction removes: P - ceil((P - 1)(1 - f)), the pixels at or above pytorch-grad-cam's
+    threshold np.percentile(map, 100 (1 - f)) on a map of P distinct values (linear interpolation
+    between the order statistics). The 1e-9 keeps an exact integer from rounding up."""
+    return num_pixels - math.ceil((num_pixels - 1) * (1.0 - fraction) - 1e-9)
+
+
 @dataclass
 class RoadResult:
     """fractions [F]; morf / lerf [..., F]: the target's probability after removing that fraction of
-    the most / least relevant pixels (leading shape as the maps)."""
+    the most / least relevant pixels; original [...]: its probability on the unperturbed image
+    (leading shape as the maps)."""
 
     fractions: torch.Tensor
     morf: torch.Tensor
     lerf: torch.Tensor
+    original: torch.Tensor
 
     @property
     def morf_mean(self) -> torch.Tensor:
@@ -112,6 +131,21 @@ class RoadResult:
     def lerf_mean(self) -> torch.Tensor:
         """Mean LeRF probability over the fractions (higher is better)."""
         return self.lerf.mean(-1)
+
+    @property
+    def morf_change(self) -> torch.Tensor:
+        """Mean MoRF probability minus the unperturbed one (pytorch-grad-cam's MoRF average)."""
+        return self.morf_mean - self.original
+
+    @property
+    def lerf_change(self) -> torch.Tensor:
+        """Mean LeRF probability minus the unperturbed one (pytorch-grad-cam's LeRF average)."""
+        return self.lerf_mean - self.original
+
+    @property
+    def combined(self) -> torch.Tensor:
+        """(LeRF - MoRF) / 2 of the means (pytorch-grad-cam's ROADCombined; higher is better)."""
+        return (self.lerf_mean - self.morf_mean) / 2
 
 
 def road(
@@ -133,7 +167,7 @@ def road(
         raise InvalidArgumentError("noise", f"must be non-negative, got {noise}")
     items = _flatten_items(images, maps, targets)
     h, w = items.maps.shape[-2:]
-    counts = torch.tensor([count_of_fraction(f, h * w) for f in fractions], device=items.maps.device)
+    counts = torch.tensor([road_count(f, h * w) for f in fractions], device=items.maps.device)
     ranks = pixel_ranks(items.maps).reshape(-1, h, w)
     generator = torch.Generator().manual_seed(seed)
     idx, tg = items.image_index, items.targets
@@ -155,4 +189,7 @@ def road(
 
     probs = class_probabilities(forward, len(idx) * per_item, batch, batch_size=batch_size)
     curves = probs.reshape(*items.lead_shape, 2, len(fractions))
-    return RoadResult(torch.tensor(list(fractions)), curves[..., 0, :], curves[..., 1, :])
+    original = class_probabilities(
+        forward, len(idx), lambda a, b: (images[idx[a:b]], tg[a:b]), batch_size=batch_size
+    ).reshape(items.lead_shape)
+    return RoadResult(torch.tensor(list(fractions)), curves[..., 0, :], curves[..., 1, :], original)

@@ -76,6 +76,7 @@ class EigenCAM(CamMethod):
     """
 
     name = "eigencam"
+    eigen_smoothable = False  # already the principal component (pytorch-grad-cam ignores it too)
     not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
 
     def compute(self, ctx: MethodContext) -> MethodMaps:

@@ -20,6 +20,7 @@ from camserve import kernels
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.errors import InvalidArgumentError, UnsupportedError
 from camserve.kernels import WeightMethod
+from camserve.methods import smoothing
 from camserve.outputs import ExplainOutputs, GraphRunner
 
 #: What a method may need beyond the explain graph: graph names of the model directory, plus
@@ -113,6 +114,13 @@ class CamMethod(ABC):
 
     A method whose maps come from one explain run by operators a graph can hold also implements
     :meth:`graph_maps`, which the maps graph exports.
+
+    Options a method takes (pytorch-grad-cam's ``BaseCAM`` options, ``camserve.methods.smoothing``);
+    a method that does not take one ignores it, as pytorch-grad-cam's do:
+
+    ``eigen_smoothable`` ``ExplainOptions.eigen_smooth`` changes its maps.
+    ``aug_smoothable``   ``ExplainOptions.aug_smooth`` runs it on augmented copies of each image
+                         (:meth:`augmented_copies`; admission multiplies its runs by them).
     """
 
     name: ClassVar[str]
@@ -121,6 +129,8 @@ class CamMethod(ABC):
     colour: ClassVar[bool] = False
     weight_rules: ClassVar[tuple[WeightMethod, ...]] = ()
     cost: ClassVar[str] = "nothing beyond the shared explain run"
+    eigen_smoothable: ClassVar[bool] = True
+    aug_smoothable: ClassVar[bool] = True
     not_in_graph: ClassVar[str] = "its maths is not written as graph operators (graph_maps)"
 
     def noisy_copies(self, options: ExplainOptions) -> int:
@@ -134,10 +144,21 @@ class CamMethod(ABC):
         K, the target layer's channel count."""
         return {}
 
+    def augmented_copies(self, options: ExplainOptions) -> int:
+        """Copies of each image this method runs on: R (``smoothing.augmented_copies()``) with
+        ``options.aug_smooth`` if it takes that option, else 1. The explain run, the noisy copies
+        and :meth:`extra_runs` are all per copy."""
+        return smoothing.augmented_copies() if options.aug_smooth and self.aug_smoothable else 1
+
     def shares_explain_run(self, options: ExplainOptions) -> bool:
         """True when the maps come from the shared explain run alone (no extra graph runs, no
-        noisy copies): the batcher may group such requests whatever else they ask."""
-        return not self.extra_runs(options, 1) and self.noisy_copies(options) == 0
+        noisy copies, no augmented copies): the batcher may group such requests whatever else
+        they ask."""
+        return (
+            not self.extra_runs(options, 1)
+            and self.noisy_copies(options) == 0
+            and self.augmented_copies(options) == 1
+        )
 
     @abstractmethod
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -158,7 +179,10 @@ class CamMethod(ABC):
 
     @staticmethod
     def weighted_maps(ctx: MethodContext, weights: torch.Tensor) -> torch.Tensor:
-        """ReLU(sum_k w_k A^k) with channel weights [N,T,K] on the explain run's activations."""
+        """ReLU(sum_k w_k A^k) with channel weights [N,T,K] on the explain run's activations, or
+        their first principal component with ``options.eigen_smooth``."""
+        if ctx.options.eigen_smooth:
+            return smoothing.channel_principal_maps(ctx.outputs.activations, weights)
         return kernels.weighted_sum_relu(ctx.outputs.activations, weights, backend=ctx.backend)
 
 

@@ -7,6 +7,7 @@ This is the tensor-level entry point (the Python API, the CLI and the service al
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from camserve import kernels
 from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions, RuntimeConfig, check_options, resolve_output_size
 from camserve.errors import InvalidArgumentError
+from camserve.methods import smoothing
 from camserve.methods.base import CamMethod, MethodContext, get_method
 from camserve.methods.targets import TargetsLike, parse_targets, resolve_targets
 from camserve.outputs import ExplainOutputs, GraphRunner
@@ -96,56 +98,101 @@ def checked_maps(
         )
     num_images = images.shape[0]
     target_table = parse_targets(targets, num_images, num_classes)
-
+    repeats = max(method.augmented_copies(options) for method in method_objects)
+    augmented = repeats > 1
     copies = max(method.noisy_copies(options) for method in method_objects)
+    if (copies or augmented) and bool((target_table < 0).any()):
+        # Noisy and augmented copies must explain the clean image's class, not their own top class.
+        logits = _forward_batched(runner, images, runtime.max_graph_batch)
+        target_table = resolve_targets(target_table, logits)
+    # With aug_smooth the batch is the R augmented copies of every image (copy-major; the clean
+    # images are copy ``identity_copy()``), all in one explain run with the noisy copies.
+    run_images = smoothing.augment(images) if augmented else images
+    run_count = run_images.shape[0]
     noisy_gradients = None
     if copies == 0:
-        outputs = _explain_batched(runner, images, target_table, runtime.max_graph_batch)
+        outputs = _explain_batched(
+            runner, run_images, target_table.repeat(repeats, 1), runtime.max_graph_batch
+        )
     else:
-        if bool((target_table < 0).any()):
-            # Noisy copies must explain the clean image's class, not their own top class.
-            logits = _forward_batched(runner, images, runtime.max_graph_batch)
-            target_table = resolve_targets(target_table, logits)
-        noisy = _noisy_copies(images, copies, options.smooth_sigma, options.smooth_seed)
-        batch = torch.cat([images, noisy.flatten(0, 1)])
+        noisy = _noisy_copies(run_images, copies, options.smooth_sigma, options.smooth_seed)
+        batch = torch.cat([run_images, noisy.flatten(0, 1)])
         everything = _explain_batched(
-            runner, batch, target_table.repeat(copies + 1, 1), runtime.max_graph_batch
+            runner, batch, target_table.repeat(repeats * (copies + 1), 1), runtime.max_graph_batch
         )
-        outputs = ExplainOutputs(
-            logits=everything.logits[:num_images],
-            activations=everything.activations[:num_images],
-            gradients=everything.gradients[:num_images],
-            target_ids=everything.target_ids[:num_images],
-            extra_tokens=None if everything.extra_tokens is None else everything.extra_tokens[:num_images],
-        )
-        noisy_gradients = everything.gradients[num_images:].unflatten(0, (copies, num_images))
+        outputs = _rows(everything, slice(0, run_count))
+        noisy_gradients = everything.gradients[run_count:].unflatten(0, (copies, run_count))
 
-    ctx = MethodContext(
-        runner=runner,
-        images=images,
-        outputs=outputs,
-        options=options,
-        runtime=runtime,
-        noisy_gradients=noisy_gradients,
-        cam_weights=cam_weights,
-        model_name=model_name,
-        weight_rules=tuple(dict.fromkeys(rule for method in method_objects for rule in method.weight_rules)),
-    )
+    weight_rules = tuple(dict.fromkeys(rule for method in method_objects for rule in method.weight_rules))
+
+    contexts: dict[tuple[bool, bool], MethodContext] = {}
+
+    def context(augmented_rows: bool, eigen: bool) -> MethodContext:
+        """The context of the clean images or of every copy, with options.eigen_smooth as the
+        method takes it; one per combination, so products shared in a context (channel weights,
+        Grad-CAM maps) are only shared between methods that read them alike."""
+        key = (augmented_rows, eigen)
+        if key not in contexts:
+            rows = slice(0, run_count) if augmented_rows else clean_rows
+            contexts[key] = MethodContext(
+                runner=runner,
+                images=run_images[rows],
+                outputs=_rows(outputs, rows),
+                options=dataclasses.replace(options, eigen_smooth=eigen),
+                runtime=runtime,
+                noisy_gradients=None if noisy_gradients is None else noisy_gradients[:, rows],
+                cam_weights=cam_weights,
+                model_name=model_name,
+                weight_rules=weight_rules,
+            )
+        return contexts[key]
+
+    clean_rows = slice(0, num_images)
+    if augmented:
+        start = smoothing.identity_copy() * num_images
+        clean_rows = slice(start, start + num_images)
     input_size = (int(images.shape[-2]), int(images.shape[-1]))
     feature_size = (int(outputs.activations.shape[-2]), int(outputs.activations.shape[-1]))
     size = resolve_output_size(options.output_size, input_size, feature_size)
     maps: dict[str, torch.Tensor] = {}
     rgb: dict[str, torch.Tensor] = {}
     for method in method_objects:
-        result = method.compute(ctx)
+        augmented_method = method.augmented_copies(options) > 1
+        eigen = options.eigen_smooth and method.eigen_smoothable
+        result = method.compute(context(augmented_method, eigen))
         if (result.rgb is not None) != method.colour:
             raise TypeError(
                 f"CAM method {method.name!r}: colour = {method.colour} but rgb is {result.rgb is not None}"
             )
-        maps[method.name] = _finish(result.maps, method, size, options, runtime.kernels).to(torch.float32)
+        if augmented_method:
+            # each copy normalised at the output size, flipped back, the copies averaged
+            per_copy = _finish(
+                result.maps, method, size, dataclasses.replace(options, normalize=True), runtime.kernels
+            )
+            mean = smoothing.deaugment(per_copy, num_images)
+            if options.normalize:
+                mean = kernels.upsample_normalize(mean, None, True, options.eps, backend=runtime.kernels)
+            maps[method.name] = mean.to(torch.float32)
+        else:
+            maps[method.name] = _finish(result.maps, method, size, options, runtime.kernels).to(torch.float32)
         if result.rgb is not None:
-            rgb[method.name] = result.rgb.to(torch.float32)
-    return ComputedMaps(maps, rgb, outputs.logits, outputs.target_ids, feature_size)
+            colour = smoothing.deaugment(result.rgb, num_images) if augmented_method else result.rgb
+            rgb[method.name] = colour.to(torch.float32)
+    clean_outputs = _rows(outputs, clean_rows)
+    return ComputedMaps(maps, rgb, clean_outputs.logits, clean_outputs.target_ids, feature_size)
+
+
+def _rows(outputs: ExplainOutputs, rows: slice) -> ExplainOutputs:
+    """The explain outputs of images ``rows`` of the run."""
+    if rows == slice(0, outputs.logits.shape[0]):
+        return outputs
+    return ExplainOutputs(
+        logits=outputs.logits[rows],
+        activations=outputs.activations[rows],
+        gradients=outputs.gradients[rows],
+        target_ids=outputs.target_ids[rows],
+        extra_tokens=None if outputs.extra_tokens is None else outputs.extra_tokens[rows],
+    )
 
 
 def _finish(

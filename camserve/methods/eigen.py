@@ -56,6 +56,7 @@ class EigenGradCAM(CamMethod):
     """
 
     name = "eigengradcam"
+    eigen_smoothable = False  # already a principal component (pytorch-grad-cam ignores it too)
     not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -79,6 +80,7 @@ class KPCACAM(CamMethod):
     """
 
     name = "kpcacam"
+    eigen_smoothable = False  # already a kernel principal component (as pytorch-grad-cam)
     not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
     coef0 = 1.0
 

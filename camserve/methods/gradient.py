@@ -14,6 +14,7 @@ import torch
 from camserve import kernels
 from camserve.config import ExplainOptions
 from camserve.kernels import WeightMethod, reference
+from camserve.methods import smoothing
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 
 
@@ -25,7 +26,7 @@ def weight_rule_maps(ctx: MethodContext, rule: WeightMethod) -> torch.Tensor:
     acts, grads = ctx.outputs.activations, ctx.outputs.gradients
 
     def make() -> torch.Tensor:
-        if len(ctx.weight_rules) <= 1:
+        if len(ctx.weight_rules) <= 1 and not ctx.options.eigen_smooth:
             return kernels.gradient_weighted_cam(acts, grads, rule, backend=ctx.backend)
         weights = ctx.shared(
             "channel_weights",
@@ -41,6 +42,17 @@ def weight_rule_maps(ctx: MethodContext, rule: WeightMethod) -> torch.Tensor:
 def gradcam_maps(ctx: MethodContext) -> torch.Tensor:
     """Grad-CAM maps [N,T,h,w] of ``ctx`` (guided Grad-CAM reuses them)."""
     return weight_rule_maps(ctx, "gradcam")
+
+
+def elementwise_maps(
+    ctx: MethodContext, activations: torch.Tensor, gradients: torch.Tensor, relu_gradients: bool
+) -> torch.Tensor:
+    """ReLU(sum_k G^k * A^k) [N,T,h,w], G = ReLU(g) or g, or with ``options.eigen_smooth`` the first
+    principal component of the products G^k * A^k (``camserve.methods.smoothing``)."""
+    if ctx.options.eigen_smooth:
+        weights = gradients.clamp_min(0.0) if relu_gradients else gradients
+        return smoothing.principal_maps(activations.unsqueeze(1) * weights)
+    return kernels.elementwise_sum_relu(activations, gradients, relu_gradients, backend=ctx.backend)
 
 
 class ChannelWeightCAM(CamMethod):
@@ -183,10 +195,7 @@ class LayerCAM(CamMethod):
     not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
-        layer_maps = [
-            kernels.elementwise_sum_relu(acts, grads, relu_gradients=True, backend=ctx.backend)
-            for acts, grads in ctx.layers
-        ]
+        layer_maps = [elementwise_maps(ctx, acts, grads, relu_gradients=True) for acts, grads in ctx.layers]
         return MethodMaps(self.fuse(layer_maps, eps=ctx.options.eps, backend=ctx.backend))
 
     @staticmethod
@@ -223,10 +232,8 @@ class HiResCAM(CamMethod):
     not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
-        maps = kernels.elementwise_sum_relu(
-            ctx.outputs.activations, ctx.outputs.gradients, relu_gradients=False, backend=ctx.backend
-        )
-        return MethodMaps(maps)
+        outputs = ctx.outputs
+        return MethodMaps(elementwise_maps(ctx, outputs.activations, outputs.gradients, relu_gradients=False))
 
     def graph_maps(
         self,

@@ -11,6 +11,7 @@ from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions
 from camserve.errors import UnsupportedError
 from camserve.kernels import reference
+from camserve.methods import smoothing
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 from camserve.methods.gradient import GradCAMPlusPlus, weight_rule_maps
 
@@ -28,6 +29,9 @@ class GradCAMElementWise(CamMethod):
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         outputs = ctx.outputs
+        if ctx.options.eigen_smooth:  # the first principal component of the ReLU'd products
+            products = (outputs.gradients * outputs.activations.unsqueeze(1)).clamp_min(0)
+            return MethodMaps(smoothing.principal_maps(products))
         return MethodMaps(self.graph_maps(outputs.activations, outputs.gradients, outputs.target_ids, None))
 
     def graph_maps(
@@ -103,6 +107,7 @@ class FinerCAM(CamMethod):
     """
 
     name = "finercam"
+    aug_smoothable = False  # pytorch-grad-cam's FinerCAM has no aug_smooth
     comparisons = 3
     alpha = 1.0
     cost = "one more explain run with 3*T targets per image (the comparison classes' gradients)"
@@ -134,6 +139,8 @@ class FinerCAM(CamMethod):
         p = p.to(gradients.dtype)[..., None, None, None]
         main = outputs.gradients.unsqueeze(2)
         fine = (p * (main - self.alpha * gradients)).sum(dim=2) / (p.sum(dim=2) + 1e-9)
+        if ctx.options.eigen_smooth:
+            return MethodMaps(self.weighted_maps(ctx, fine.mean(dim=(-2, -1))))
         return MethodMaps(kernels.gradient_weighted_cam(activations, fine, "gradcam", backend=ctx.backend))
 
 
@@ -150,6 +157,7 @@ class RefineCAM(CamMethod):
     """
 
     name = "refinecam"
+    aug_smoothable = False  # pytorch-grad-cam's RefineCAM has no aug_smooth
     weight_rules = ("gradcam++",)
     not_in_graph = ""
 

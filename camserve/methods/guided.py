@@ -58,6 +58,8 @@ class GuidedBackprop(_Guided):
     """
 
     name = "guidedbackprop"
+    eigen_smoothable = False  # input gradients, not weighted activations
+    aug_smoothable = False
     cost = "one guided-graph run (forward + guided backward)"
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -77,6 +79,7 @@ class GuidedGradCAM(_Guided):
     """
 
     name = "guidedgradcam"
+    aug_smoothable = False  # eigen_smooth does apply: to its Grad-CAM factor
     weight_rules = ("gradcam",)
     cost = "one guided-graph run (shared with guidedbackprop)"
 

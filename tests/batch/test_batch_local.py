@@ -15,7 +15,7 @@ from camserve.batch import read_errors, read_manifest, read_maps, read_rows
 from camserve.batch.encoding import TOLERANCE, MapEncoding
 from camserve.batch.run import run_batch
 from camserve.batch.sources import SourceSpec
-from camserve.config import ExplainOptions
+from camserve.config import CamserveConfig, ExplainOptions
 from camserve.errors import InvalidArgumentError
 from tests.batch.batch_data import BAD, METHODS, make_job
 
@@ -272,6 +272,27 @@ def test_bad_job_fails_before_any_work(tmp_path, dataset, explainer):
         with pytest.raises(Exception, match=message):
             run_batch(job, progress=False, explainer=explainer)
         assert not Path(job.out).exists() or not list(Path(job.out).iterdir())
+
+
+def test_eigen_and_aug_smooth_store_the_explainers_maps(tmp_path, dataset, explainer):
+    root, ids = dataset
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(root / i) for i in ids[:3]) + "\n")
+    config = CamserveConfig.load(env={}).replace(explain={"eigen_smooth": True, "aug_smooth": True})
+    out = tmp_path / "out"
+    encoding = MapEncoding(size="input", dtype="float32")
+    run_batch(
+        make_job(listing, out, methods=("gradcam",), encoding=encoding, config=config),
+        progress=False,
+        explainer=explainer,
+    )
+    paths = [str(root / i) for i in ids[:3]]
+    expected = explainer.explain(paths, methods=["gradcam"], options=config.explain).maps["gradcam"]
+    plain = explainer.explain(paths, methods=["gradcam"]).maps["gradcam"]
+    assert np.abs(expected - plain).max() > 0.05  # the options did act
+    got = read_maps(out, ids=paths, method="gradcam", size="stored")
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE["float32"])
+    assert read_manifest(out)["job"]["options"]["aug_smooth"] is True
 
 
 def test_issue_24_methods_store_the_explainer_maps(tmp_path, dataset, explainer):

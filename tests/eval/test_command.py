@@ -76,6 +76,10 @@ def test_eval_on_a_voc_folder(config_file: Path, tmp_path: Path):
     assert [int(r["instances"]) for r in rows if r["method"] == "gradcam"] == [len(b) for b in ds.boxes]
     assert "deletion_auc" not in rows[0]
     assert all(0.0 <= float(r["road_morf"]) <= 1.0 and 0.0 <= float(r["road_lerf"]) <= 1.0 for r in rows)
+    for r in rows:  # every row, the random baseline's too
+        combined = (float(r["road_lerf"]) - float(r["road_morf"])) / 2
+        assert abs(float(r["road_combined"]) - combined) <= 1e-6
+    assert {r["method"] for r in rows} >= {"gradcam", "random"}
     assert not list(out.glob("*.png"))
 
 

@@ -1,14 +1,18 @@
-"""ROAD's linear imputation and MoRF/LeRF curves against values worked out by hand."""
+"""ROAD's linear imputation and MoRF/LeRF curves against values worked out by hand, and its scores
+against pytorch-grad-cam's ``metrics/road.py`` (the anchor, a test-only oracle) on the same inputs."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from camserve.errors import InvalidArgumentError
-from camserve.eval.road import linear_imputation, road
+from camserve.eval.road import linear_imputation, road, road_count
 
 
 def sigmoid(x: float) -> float:
@@ -64,7 +68,9 @@ def test_noise_is_seeded_and_only_on_imputed_pixels():
     b = road(second, image, maps, torch.tensor([0, 1]), fractions=(0.5,), noise=0.1, seed=3, batch_size=3)
     road(clean, image, maps, torch.tensor([0, 1]), fractions=(0.5,), noise=0.0, batch_size=3)
     torch.testing.assert_close(a.morf, b.morf)
-    noisy, plain = torch.cat(first.inputs), torch.cat(clean.inputs)
+    # the perturbed images, then the 2 unperturbed ones (for the probability changes)
+    noisy, plain = torch.cat(first.inputs)[:4], torch.cat(clean.inputs)[:4]
+    torch.testing.assert_close(torch.cat(first.inputs)[4:], image)
     changed = (noisy - plain).abs().amax(dim=1) > 0  # [4,6,6]: MoRF/LeRF of image 0, then image 1
     assert changed.flatten(1).sum(1).tolist() == [18, 18, 18, 18]  # exactly the 50 % removed
 
@@ -93,3 +99,51 @@ def test_imputation_matches_a_direct_solve():
     out = linear_imputation(image, removed)
     ours = torch.stack([out[0, 0, r, c] for r, c in unknown])
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("num_pixels", [4, 36, 1024, 4096, 50 * 50])
+def test_road_count_is_the_anchors_percentile_threshold_on_distinct_values(num_pixels):
+    values = np.random.default_rng(num_pixels).permutation(num_pixels).astype(np.float32) / num_pixels
+    for percent in range(10, 100, 10):
+        kept = values < np.percentile(values, percent)  # pytorch-grad-cam's RemoveMostRelevantFirst
+        assert road_count(1 - percent / 100, num_pixels) == num_pixels - int(kept.sum()), percent
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4).flatten(1))
+
+
+def test_road_scores_equal_pytorch_grad_cams(monkeypatch):
+    pgc_road = pytest.importorskip("pytorch_grad_cam.metrics.road")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    # noise off in both: the anchor draws it from torch's global generator, camserve from a seeded one
+    monkeypatch.setattr(
+        pgc_road.NoisyLinearImputer.__init__, "__defaults__", (0.0, pgc_road.neighbors_weights)
+    )
+    model = TinyNet().eval()
+    generator = torch.Generator().manual_seed(7)
+    images = torch.randn(2, 3, 32, 32, generator=generator)
+    maps = torch.rand(2, 32, 32, generator=generator)  # distinct values: no ties
+    classes = [1, 3]
+    targets = [ClassifierOutputSoftmaxTarget(c) for c in classes]
+    cams = maps.numpy()
+    morf = pgc_road.ROADMostRelevantFirstAverage()(images, cams, targets, model)
+    lerf = pgc_road.ROADLeastRelevantFirstAverage()(images, cams, targets, model)
+    combined = pgc_road.ROADCombined()(images, cams, targets, model)
+
+    with torch.no_grad():
+        ours = road(model, images, maps, torch.tensor(classes), noise=0.0)
+    assert ours.morf_change.tolist() == pytest.approx(morf.tolist(), abs=1e-5)
+    assert ours.lerf_change.tolist() == pytest.approx(lerf.tolist(), abs=1e-5)
+    assert ours.combined.tolist() == pytest.approx(combined.tolist(), abs=1e-5)
+    assert ours.original.tolist() == pytest.approx(
+        torch.softmax(model(images), 1)[[0, 1], classes].tolist(), abs=1e-6
+    )

@@ -9,8 +9,15 @@ from PIL import Image
 
 import camserve
 from camserve.cli import main
-from camserve.config import CamserveConfig
-from camserve.visualize import method_slug, save_grid, save_overlays
+from camserve.config import CamserveConfig, OverlayStyle
+from camserve.visualize import (
+    blend_heatmap,
+    deprocess_image,
+    grid_figure,
+    method_slug,
+    save_grid,
+    save_overlays,
+)
 from tests.explainer.tiny_model import CLASS_NAMES, INPUT_SIZE
 
 
@@ -118,3 +125,47 @@ def test_overlays_and_grid_from_the_api(tiny_model_dir, tmp_path):
         assert picture.size == (round(100 * (1.9 * 3 + 0.6)), round(100 * (1.9 * 2 + 0.4)))
     assert method_slug("smoothgradcam++") == "smoothgradcampp"
     assert result.class_name(int(result.target_ids[0, 0])) == CLASS_NAMES[0]
+
+
+def test_smoothing_flags_become_explain_options(tiny_model_dir, png_file, tmp_path):
+    out = tmp_path / "r.npz"
+    argv = ["explain", "--model", str(tiny_model_dir.path), "--method", "gradcam", "--out", str(out)]
+    assert main([*argv, "--eigen-smooth", "--aug-smooth", str(png_file)]) == 0
+    config = CamserveConfig().replace(explain={"eigen_smooth": True, "aug_smooth": True})
+    explainer = camserve.Explainer(tiny_model_dir, config=config)
+    expected = explainer.explain([str(png_file)], ["gradcam"]).maps["gradcam"]
+    plain = camserve.Explainer(tiny_model_dir, config=CamserveConfig()).explain([str(png_file)], ["gradcam"])
+    with np.load(out) as data:
+        np.testing.assert_allclose(data["gradcam"], expected, atol=1e-6)
+        assert np.abs(data["gradcam"] - plain.maps["gradcam"]).max() > 0.05
+
+
+def test_overlay_style_and_guided_evidence_in_the_grid(tiny_model_dir, tmp_path, capsys):
+    explainer = camserve.Explainer(tiny_model_dir, config=CamserveConfig())
+    images = torch.randn(1, *INPUT_SIZE, generator=torch.Generator().manual_seed(3))
+    result = explainer.explain(images, ["gradcam", "guidedbackprop"], targets=[[0]])
+    style = OverlayStyle("viridis", 0.3)
+    figure = grid_figure(result, style=style)
+    _, heat_axes, guided_axes = figure.axes[:3]
+    drawn = heat_axes.get_images()[0].get_array()
+    pixels = result.pixels()[0]
+    np.testing.assert_allclose(drawn, blend_heatmap(pixels, result.maps["gradcam"][0, 0], True, style))
+    # the guided column is the colour evidence drawn as pytorch-grad-cam's deprocess_image does
+    rgb = result.rgb["guidedbackprop"][0, 0]
+    np.testing.assert_array_equal(guided_axes.get_images()[0].get_array(), deprocess_image(rgb))
+
+    # by hand: a white map in "gray" at image weight 0.25 over a 0.2 grey image: 0.25 * 0.2 + 0.75
+    flat = blend_heatmap(np.full((2, 2, 3), 0.2), np.ones((2, 2)), True, OverlayStyle("gray", 0.25))
+    np.testing.assert_allclose(flat, 0.8)
+
+    argv = ["explain", "--model", str(tiny_model_dir.path), "--grid", str(tmp_path / "g.png")]
+    assert main([*argv, "--colormap", "nope", str(tmp_path / "x.png")]) == 2
+    assert "--colormap: unknown colour map 'nope'" in capsys.readouterr().err
+    assert main([*argv, "--image-weight", "1.5", str(tmp_path / "x.png")]) == 2
+    assert "--image-weight: must be finite and in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_deprocess_image_equals_pytorch_grad_cams():
+    anchor = pytest.importorskip("pytorch_grad_cam.utils.image")
+    rgb = np.random.default_rng(0).standard_normal((3, 8, 6)).astype(np.float32) * 1e-3
+    np.testing.assert_array_equal(deprocess_image(rgb), anchor.deprocess_image(rgb.transpose(1, 2, 0)))

@@ -170,6 +170,19 @@ def test_requested_outputs_choose_methods_order_datatype_and_size(client, explai
         assert np.abs(got - want).max() <= 1, method
 
 
+def test_eigen_and_aug_smooth_parameters_give_the_explainers_maps(client, explainer, digit_pixels):
+    from camserve.config import ExplainOptions
+
+    pixels = digit_pixels[8:10]
+    expected = explainer.explain(
+        list(pixels), methods=["gradcam"], options=ExplainOptions(eigen_smooth=True, aug_smooth=True)
+    )
+    answer = client.infer(
+        MODEL, [infer_input("PIXELS", pixels, "UINT8")], parameters={"eigen_smooth": True, "aug_smooth": True}
+    )
+    np.testing.assert_allclose(answer.as_numpy("SALIENCY_GRADCAM"), expected.maps["gradcam"], atol=ATOL)
+
+
 def test_typed_contents_are_read_like_raw_contents(server, explainer, digit_pixels):
     # tritonclient always sends raw_input_contents; this request uses InferTensorContents instead.
     images = explainer.preprocess([digit_pixels[7]]).numpy()
@@ -318,6 +331,7 @@ def bad_requests(pixels: np.ndarray) -> list[tuple[str, service_pb2.ModelInferRe
         ("unknown parameter", request(px, colour="red"), invalid, "parameters.colour: unknown parameter"),
         ("parameter type", request(px, smooth_n="many"), invalid, "parameters.smooth_n: expected an integer"),
         ("smooth_n", request(px, smooth_n=10**6), invalid, "parameters.smooth_n: must be in 1..256"),
+        ("aug_smooth", request(px, aug_smooth=3), invalid, "parameters.aug_smooth: expected"),
         (
             "output size",
             request(px, output_size="9x0"),

@@ -277,3 +277,35 @@ def test_array_tensor_round_trip_is_little_endian_and_exact():
     np.testing.assert_array_equal(tensor_to_array(tensor, "t"), values)
     big_endian = values.astype(">f4")
     np.testing.assert_array_equal(tensor_to_array(array_to_tensor(big_endian), "t"), values)
+
+
+def test_eigen_and_aug_smooth_over_grpc_equal_the_in_process_explainer(server, explainer, digit_pixels):
+    options = dataclasses.replace(explainer.config.explain, eigen_smooth=True, aug_smooth=True)
+    images, methods = list(digit_pixels[:2]), ["gradcam", "layercam", "guidedbackprop"]
+    with Client(server.address) as client:
+        remote = client.explain(images, methods=methods, targets=[[-1, 2]], options=options)
+    local = explainer.explain(images, methods=methods, targets=[[-1, 2]], options=options)
+    assert_same_result(remote, local, maps_atol=1e-5)
+    plain = explainer.explain(images, methods=methods, targets=[[-1, 2]])
+    assert np.abs(local.maps["gradcam"] - plain.maps["gradcam"]).max() > 0.05  # the options did act
+    np.testing.assert_array_equal(local.maps["guidedbackprop"], plain.maps["guidedbackprop"])  # ignored
+
+
+def test_overlays_follow_the_colour_map_and_image_weight(server, explainer, digit_pixels):
+    from camserve.config import OverlayStyle
+    from camserve.visualize import blend_heatmap
+
+    output = pb.OutputOptions(overlay_png=True, overlay_colormap="viridis", overlay_image_weight=0.25)
+    entry = explain_one(server.address, output, digit_pixels[1]).images[0].maps[0]
+    local = explainer.explain([digit_pixels[1]], methods=["gradcam"])
+    expected = blend_heatmap(
+        local.pixels()[0], local.maps["gradcam"][0, 0], True, OverlayStyle("viridis", 0.25)
+    )
+    drawn = np.asarray(Image.open(io.BytesIO(entry.overlay_png)), np.float32) / 255
+    np.testing.assert_allclose(drawn, expected, atol=1 / 255 + 1e-6)
+    with pytest.raises(grpc.RpcError) as error:
+        explain_one(
+            server.address, pb.OutputOptions(overlay_png=True, overlay_colormap="nope"), digit_pixels[1]
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output.overlay_colormap" in error.value.details()

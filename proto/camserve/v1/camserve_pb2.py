@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61mserve/v1/camserve.proto\x12\x0b\x63\x61mserve.v1\"K\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\x05\x64type\x18\x03 \x01(\x0e\x32\x15.camserve.v1.DataType\"\\\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.camserve.v1.TensorH\x00\x12\x0f\n\x07targets\x18\x03 \x03(\x03\x42\x08\n\x06source\"\x86\x02\n\rOutputOptions\x12%\n\x04size\x18\x01 \x01(\x0e\x32\x17.camserve.v1.OutputSize\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12$\n\x05\x64type\x18\x04 \x01(\x0e\x32\x15.camserve.v1.DataType\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0boverlay_png\x18\x06 \x01(\x08\x12\x1e\n\x11top_k_predictions\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x08 \x01(\x02H\x02\x88\x01\x01\x42\x0c\n\n_normalizeB\x14\n\x12_top_k_predictionsB\x06\n\x04_eps\"\xb3\x01\n\rMethodOptions\x12\x15\n\x08smooth_n\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0csmooth_sigma\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x0bscore_top_n\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bsmooth_seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x42\x0b\n\t_smooth_nB\x0f\n\r_smooth_sigmaB\x0e\n\x0c_score_top_nB\x0e\n\x0c_smooth_seed\"\xc0\x01\n\x0e\x45xplainRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.camserve.v1.Image\x12\x0f\n\x07methods\x18\x04 \x03(\t\x12*\n\x06output\x18\x05 \x01(\x0b\x32\x1a.camserve.v1.OutputOptions\x12\x32\n\x0emethod_options\x18\x06 \x01(\x0b\x32\x1a.camserve.v1.MethodOptions\"A\n\nPrediction\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x97\x01\n\x03Map\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0ctarget_index\x18\x02 \x01(\x05\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\x03\x12!\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x13\n\x0boverlay_png\x18\x05 \x01(\x0c\x12 \n\x03rgb\x18\x06 \x01(\x0b\x32\x13.camserve.v1.Tensor\"\x99\x01\n\x10ImageExplanation\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.camserve.v1.Prediction\x12\x12\n\ntarget_ids\x18\x02 \x03(\x03\x12#\n\x06logits\x18\x03 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x1e\n\x04maps\x18\x04 \x03(\x0b\x32\x10.camserve.v1.Map\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0f\x45xplainResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\x06images\x18\x03 \x03(\x0b\x32\x1d.camserve.v1.ImageExplanation\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.camserve.v1.Error\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.camserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xeb\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x03(\x05\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\x12\x13\n\x0bnum_classes\x18\x07 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x19\n\x11supported_methods\x18\t \x03(\t\x12\x18\n\x10\x61\x63tivation_shape\x18\n \x03(\x05\x12\x16\n\x0emax_batch_size\x18\x0b \x01(\x05*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x03*q\n\nOutputSize\x12\x1b\n\x17OUTPUT_SIZE_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_SIZE_INPUT\x10\x01\x12\x17\n\x13OUTPUT_SIZE_FEATURE\x10\x02\x12\x16\n\x12OUTPUT_SIZE_CUSTOM\x10\x03\x32\xb7\x02\n\x0e\x45xplainService\x12\x44\n\x07\x45xplain\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse\x12N\n\rExplainStream\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.camserve.v1.ListModelsRequest\x1a\x1f.camserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.camserve.v1.GetModelRequest\x1a\x16.camserve.v1.ModelInfoBR\n\x0f\x64\x65v.camserve.v1P\x01Z=github.com/camserve/camserve/clients/go/camservev1;camservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61mserve/v1/camserve.proto\x12\x0b\x63\x61mserve.v1\"K\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\x05\x64type\x18\x03 \x01(\x0e\x32\x15.camserve.v1.DataType\"\\\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.camserve.v1.TensorH\x00\x12\x0f\n\x07targets\x18\x03 \x03(\x03\x42\x08\n\x06source\"\xdc\x02\n\rOutputOptions\x12%\n\x04size\x18\x01 \x01(\x0e\x32\x17.camserve.v1.OutputSize\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12$\n\x05\x64type\x18\x04 \x01(\x0e\x32\x15.camserve.v1.DataType\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0boverlay_png\x18\x06 \x01(\x08\x12\x1e\n\x11top_k_predictions\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10overlay_colormap\x18\t \x01(\t\x12!\n\x14overlay_image_weight\x18\n \x01(\x02H\x03\x88\x01\x01\x42\x0c\n\n_normalizeB\x14\n\x12_top_k_predictionsB\x06\n\x04_epsB\x17\n\x15_overlay_image_weight\"\x87\x02\n\rMethodOptions\x12\x15\n\x08smooth_n\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0csmooth_sigma\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x0bscore_top_n\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bsmooth_seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x19\n\x0c\x65igen_smooth\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12\x17\n\naug_smooth\x18\x06 \x01(\x08H\x05\x88\x01\x01\x42\x0b\n\t_smooth_nB\x0f\n\r_smooth_sigmaB\x0e\n\x0c_score_top_nB\x0e\n\x0c_smooth_seedB\x0f\n\r_eigen_smoothB\r\n\x0b_aug_smooth\"\xc0\x01\n\x0e\x45xplainRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.camserve.v1.Image\x12\x0f\n\x07methods\x18\x04 \x03(\t\x12*\n\x06output\x18\x05 \x01(\x0b\x32\x1a.camserve.v1.OutputOptions\x12\x32\n\x0emethod_options\x18\x06 \x01(\x0b\x32\x1a.camserve.v1.MethodOptions\"A\n\nPrediction\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x97\x01\n\x03Map\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0ctarget_index\x18\x02 \x01(\x05\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\x03\x12!\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x13\n\x0boverlay_png\x18\x05 \x01(\x0c\x12 \n\x03rgb\x18\x06 \x01(\x0b\x32\x13.camserve.v1.Tensor\"\x99\x01\n\x10ImageExplanation\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.camserve.v1.Prediction\x12\x12\n\ntarget_ids\x18\x02 \x03(\x03\x12#\n\x06logits\x18\x03 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x1e\n\x04maps\x18\x04 \x03(\x0b\x32\x10.camserve.v1.Map\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0f\x45xplainResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\x06images\x18\x03 \x03(\x0b\x32\x1d.camserve.v1.ImageExplanation\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.camserve.v1.Error\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.camserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xeb\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x03(\x05\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\x12\x13\n\x0bnum_classes\x18\x07 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x19\n\x11supported_methods\x18\t \x03(\t\x12\x18\n\x10\x61\x63tivation_shape\x18\n \x03(\x05\x12\x16\n\x0emax_batch_size\x18\x0b \x01(\x05*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x03*q\n\nOutputSize\x12\x1b\n\x17OUTPUT_SIZE_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_SIZE_INPUT\x10\x01\x12\x17\n\x13OUTPUT_SIZE_FEATURE\x10\x02\x12\x16\n\x12OUTPUT_SIZE_CUSTOM\x10\x03\x32\xb7\x02\n\x0e\x45xplainService\x12\x44\n\x07\x45xplain\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse\x12N\n\rExplainStream\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.camserve.v1.ListModelsRequest\x1a\x1f.camserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.camserve.v1.GetModelRequest\x1a\x16.camserve.v1.ModelInfoBR\n\x0f\x64\x65v.camserve.v1P\x01Z=github.com/camserve/camserve/clients/go/camservev1;camservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,38 +32,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'camserve.v1.camserve_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.camserve.v1P\001Z=github.com/camserve/camserve/clients/go/camservev1;camservev1'
-  _globals['_DATATYPE']._serialized_start=1755
-  _globals['_DATATYPE']._serialized_end=1859
-  _globals['_OUTPUTSIZE']._serialized_start=1861
-  _globals['_OUTPUTSIZE']._serialized_end=1974
+  _globals['_DATATYPE']._serialized_start=1925
+  _globals['_DATATYPE']._serialized_end=2029
+  _globals['_OUTPUTSIZE']._serialized_start=2031
+  _globals['_OUTPUTSIZE']._serialized_end=2144
   _globals['_TENSOR']._serialized_start=43
   _globals['_TENSOR']._serialized_end=118
   _globals['_IMAGE']._serialized_start=120
   _globals['_IMAGE']._serialized_end=212
   _globals['_OUTPUTOPTIONS']._serialized_start=215
-  _globals['_OUTPUTOPTIONS']._serialized_end=477
-  _globals['_METHODOPTIONS']._serialized_start=480
-  _globals['_METHODOPTIONS']._serialized_end=659
-  _globals['_EXPLAINREQUEST']._serialized_start=662
-  _globals['_EXPLAINREQUEST']._serialized_end=854
-  _globals['_PREDICTION']._serialized_start=856
-  _globals['_PREDICTION']._serialized_end=921
-  _globals['_MAP']._serialized_start=924
-  _globals['_MAP']._serialized_end=1075
-  _globals['_IMAGEEXPLANATION']._serialized_start=1078
-  _globals['_IMAGEEXPLANATION']._serialized_end=1231
-  _globals['_ERROR']._serialized_start=1233
-  _globals['_ERROR']._serialized_end=1271
-  _globals['_EXPLAINRESPONSE']._serialized_start=1273
-  _globals['_EXPLAINRESPONSE']._serialized_end=1399
-  _globals['_LISTMODELSREQUEST']._serialized_start=1401
-  _globals['_LISTMODELSREQUEST']._serialized_end=1420
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1422
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1482
-  _globals['_GETMODELREQUEST']._serialized_start=1484
-  _globals['_GETMODELREQUEST']._serialized_end=1515
-  _globals['_MODELINFO']._serialized_start=1518
-  _globals['_MODELINFO']._serialized_end=1753
-  _globals['_EXPLAINSERVICE']._serialized_start=1977
-  _globals['_EXPLAINSERVICE']._serialized_end=2288
+  _globals['_OUTPUTOPTIONS']._serialized_end=563
+  _globals['_METHODOPTIONS']._serialized_start=566
+  _globals['_METHODOPTIONS']._serialized_end=829
+  _globals['_EXPLAINREQUEST']._serialized_start=832
+  _globals['_EXPLAINREQUEST']._serialized_end=1024
+  _globals['_PREDICTION']._serialized_start=1026
+  _globals['_PREDICTION']._serialized_end=1091
+  _globals['_MAP']._serialized_start=1094
+  _globals['_MAP']._serialized_end=1245
+  _globals['_IMAGEEXPLANATION']._serialized_start=1248
+  _globals['_IMAGEEXPLANATION']._serialized_end=1401
+  _globals['_ERROR']._serialized_start=1403
+  _globals['_ERROR']._serialized_end=1441
+  _globals['_EXPLAINRESPONSE']._serialized_start=1443
+  _globals['_EXPLAINRESPONSE']._serialized_end=1569
+  _globals['_LISTMODELSREQUEST']._serialized_start=1571
+  _globals['_LISTMODELSREQUEST']._serialized_end=1590
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1592
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1652
+  _globals['_GETMODELREQUEST']._serialized_start=1654
+  _globals['_GETMODELREQUEST']._serialized_end=1685
+  _globals['_MODELINFO']._serialized_start=1688
+  _globals['_MODELINFO']._serialized_end=1923
+  _globals['_EXPLAINSERVICE']._serialized_start=2147
+  _globals['_EXPLAINSERVICE']._serialized_end=2458
 # @@protoc_insertion_point(module_scope)

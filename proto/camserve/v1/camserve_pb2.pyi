@@ -50,7 +50,7 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
-    __slots__ = ("size", "height", "width", "dtype", "normalize", "overlay_png", "top_k_predictions", "eps")
+    __slots__ = ("size", "height", "width", "dtype", "normalize", "overlay_png", "top_k_predictions", "eps", "overlay_colormap", "overlay_image_weight")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,8 @@ class OutputOptions(_message.Message):
     OVERLAY_PNG_FIELD_NUMBER: _ClassVar[int]
     TOP_K_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     EPS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_COLORMAP_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_IMAGE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     size: OutputSize
     height: int
     width: int
@@ -67,19 +69,25 @@ class OutputOptions(_message.Message):
     overlay_png: bool
     top_k_predictions: int
     eps: float
-    def __init__(self, size: _Optional[_Union[OutputSize, str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., dtype: _Optional[_Union[DataType, str]] = ..., normalize: _Optional[bool] = ..., overlay_png: _Optional[bool] = ..., top_k_predictions: _Optional[int] = ..., eps: _Optional[float] = ...) -> None: ...
+    overlay_colormap: str
+    overlay_image_weight: float
+    def __init__(self, size: _Optional[_Union[OutputSize, str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., dtype: _Optional[_Union[DataType, str]] = ..., normalize: _Optional[bool] = ..., overlay_png: _Optional[bool] = ..., top_k_predictions: _Optional[int] = ..., eps: _Optional[float] = ..., overlay_colormap: _Optional[str] = ..., overlay_image_weight: _Optional[float] = ...) -> None: ...
 
 class MethodOptions(_message.Message):
-    __slots__ = ("smooth_n", "smooth_sigma", "score_top_n", "smooth_seed")
+    __slots__ = ("smooth_n", "smooth_sigma", "score_top_n", "smooth_seed", "eigen_smooth", "aug_smooth")
     SMOOTH_N_FIELD_NUMBER: _ClassVar[int]
     SMOOTH_SIGMA_FIELD_NUMBER: _ClassVar[int]
     SCORE_TOP_N_FIELD_NUMBER: _ClassVar[int]
     SMOOTH_SEED_FIELD_NUMBER: _ClassVar[int]
+    EIGEN_SMOOTH_FIELD_NUMBER: _ClassVar[int]
+    AUG_SMOOTH_FIELD_NUMBER: _ClassVar[int]
     smooth_n: int
     smooth_sigma: float
     score_top_n: int
     smooth_seed: int
-    def __init__(self, smooth_n: _Optional[int] = ..., smooth_sigma: _Optional[float] = ..., score_top_n: _Optional[int] = ..., smooth_seed: _Optional[int] = ...) -> None: ...
+    eigen_smooth: bool
+    aug_smooth: bool
+    def __init__(self, smooth_n: _Optional[int] = ..., smooth_sigma: _Optional[float] = ..., score_top_n: _Optional[int] = ..., smooth_seed: _Optional[int] = ..., eigen_smooth: _Optional[bool] = ..., aug_smooth: _Optional[bool] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("id", "model", "images", "methods", "output", "method_options")
