@@ -33,7 +33,7 @@ from camserve.config import ExplainOptions, check_options, parse_output_size
 from camserve.defaults import DEFAULT_METHODS, IMAGE_FORMATS, MAX_MESSAGE_BYTES
 from camserve.encoded_images import image_format
 from camserve.errors import CamserveError, InvalidArgumentError, NotFoundError
-from camserve.images import ImageLike, preprocess
+from camserve.images import IMAGE_MODES, ImageLike, preprocess
 from camserve.methods.targets import parse_targets
 from camserve.result import ExplainResult, Prediction
 from camserve.v1 import camserve_pb2 as pb
@@ -174,20 +174,29 @@ class Client:
 
 
 def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor) -> list[pb.Image]:
-    """One ``pb.Image`` (targets not set) per image: encoded bytes for files and pixels, float32 tensors."""
+    """One ``pb.Image`` (targets not set) per image: encoded bytes for files and pixels, float32
+    tensors; pixels PNG cannot hold (other than 1, 3 or 4 channels) go as their preprocessed rows
+    (files and PIL images for such models were refused by ``preprocess``)."""
     from PIL import Image
 
+    channels = int(batch.shape[1])
+    mode = IMAGE_MODES.get(channels)
     items = list(images) if isinstance(images, list | tuple) else [images]
     sources: list[pb.Image] = []
+
+    def as_tensors(rows: np.ndarray) -> None:
+        sources.extend(pb.Image(tensor=array_to_tensor(np.ascontiguousarray(t, np.float32))) for t in rows)
+
     for item in items:
+        first = len(sources)
         if isinstance(item, str | os.PathLike) and Path(item).suffix.lower() != ".npy":
             data = Path(item).read_bytes()
             if image_format(data) not in IMAGE_FORMATS:  # servers decode only these: send the pixels
                 with Image.open(io.BytesIO(data)) as image:
-                    data = _png(np.asarray(image.convert("RGB")))
+                    data = _png(np.asarray(image.convert(mode or "RGB")))
             sources.append(pb.Image(encoded=data))
         elif isinstance(item, Image.Image):
-            sources.append(pb.Image(encoded=_png(np.asarray(item.convert("RGB")))))
+            sources.append(pb.Image(encoded=_png(np.asarray(item.convert(mode or "RGB")))))
         else:
             if isinstance(item, str | os.PathLike):
                 array = np.load(item, allow_pickle=False)
@@ -196,23 +205,26 @@ def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor)
             else:
                 array = np.asarray(item)
             if array.dtype == np.uint8:
-                pixels = array if array.ndim == 4 else array[None]
-                sources.extend(pb.Image(encoded=_png(p)) for p in pixels)
+                pixels = array[None] if array.ndim == (2 if channels == 1 else 3) else array
+                if mode is None:
+                    as_tensors(batch[first : first + len(pixels)].numpy())
+                else:
+                    sources.extend(pb.Image(encoded=_png(p)) for p in pixels)
             else:
-                tensors = array if array.ndim == 4 else array[None]
-                sources.extend(
-                    pb.Image(tensor=array_to_tensor(np.ascontiguousarray(t, np.float32))) for t in tensors
-                )
+                as_tensors(array if array.ndim == 4 else array[None])
     if len(sources) != batch.shape[0]:
         raise InvalidArgumentError("images", f"{len(sources)} images encoded for a batch of {batch.shape[0]}")
     return sources
 
 
 def _png(pixels: np.ndarray) -> bytes:
+    """uint8 [H,W] or [H,W,C] (C = 1, 3 or 4) as PNG bytes."""
     from PIL import Image
 
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels), mode="RGB").save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

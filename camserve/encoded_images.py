@@ -112,11 +112,18 @@ def check_image(
     return header
 
 
-def decode_checked(header: ImageHeader, field: str, stop: Callable[[], None] | None = None) -> Any:
-    """A checked image -> an RGB PIL image. ``stop`` is called before each block of input Pillow
-    reads (64 KiB), so a decode whose caller is gone ends there by the exception ``stop`` raises."""
+def decode_checked(
+    header: ImageHeader, field: str, stop: Callable[[], None] | None = None, channels: int = 3
+) -> Any:
+    """A checked image -> a PIL image of the model's ``channels`` (``camserve.images.image_mode``:
+    "L", "RGB" or "RGBA"; other counts are refused before anything is decoded). ``stop`` is called
+    before each block of input Pillow reads (64 KiB), so a decode whose caller is gone ends there
+    by the exception ``stop`` raises."""
     from PIL import Image
 
+    from camserve.images import image_mode
+
+    mode = image_mode(channels, field)
     source: io.BytesIO = _StoppableReader(header.data, stop) if stop is not None else io.BytesIO(header.data)
     try:
         with Image.open(source, formats=(header.format,)) as image:
@@ -127,7 +134,7 @@ def decode_checked(header: ImageHeader, field: str, stop: Callable[[], None] | N
                     f"the decoder {image.size[0]}x{image.size[1]})",
                 )
             image.load()
-            return image.convert("RGB")
+            return image.convert(mode)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         if isinstance(exc, InvalidArgumentError):
             raise

@@ -11,7 +11,7 @@ import torch
 
 from camserve.errors import InvalidArgumentError
 from camserve.files import write_atomic
-from camserve.images import denormalize
+from camserve.images import denormalize, display_rgb
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,9 @@ class ExplainResult:
         return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else str(class_id)
 
     def pixels(self) -> np.ndarray:
-        """The input as displayable RGB [N,H,W,3] in [0, 1] (preprocessing undone)."""
-        pixels = denormalize(torch.from_numpy(self.images), self.mean, self.std)
-        return pixels.permute(0, 2, 3, 1).numpy()
+        """The input as displayable RGB [N,H,W,3] in [0, 1] (preprocessing undone; grey for inputs
+        of other than 3 channels, see ``camserve.images.display_rgb``)."""
+        return display_rgb(denormalize(torch.from_numpy(self.images), self.mean, self.std)).numpy()
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What :meth:`save_npz` writes: one array per method, ``<method>_rgb`` for colour evidence,

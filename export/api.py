@@ -57,6 +57,7 @@ def export_model(
     ``maps``, also the maps graph (``camserve.export.maps``)."""
     out_dir = Path(out_dir)
     input_size = _check_input_size(input_size)
+    _check_normalisation(mean, std, input_size[0])
     unknown = set(graphs) - set(GRAPHS)
     if unknown or "explain" not in graphs:
         raise InvalidArgumentError("graphs", f"choose from {', '.join(GRAPHS)} (explain is required)")
@@ -116,10 +117,22 @@ def _non_cut_notes(split: SplitModel) -> dict[str, object]:
 
 
 def _check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
+    """[C, H, W]: any number of channels (1 greyscale, 3 RGB, 4+ multispectral), H and W apart."""
     size = tuple(int(v) for v in input_size)
-    if len(size) != 3 or size[0] != 3 or min(size) < 1:
-        raise InvalidArgumentError("input_size", f"expected 3xHxW with 3 colour channels, got {size}")
+    if len(size) != 3 or min(size) < 1:
+        raise InvalidArgumentError("input_size", f"expected CxHxW with C, H, W >= 1, got {size}")
     return size
+
+
+def _check_normalisation(mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+    """One mean and one std per input channel; std > 0 (it divides)."""
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise InvalidArgumentError(
+                name, f"expected {channels} values (one per input channel), got {len(values)}"
+            )
+    if not all(float(v) > 0 for v in std):
+        raise InvalidArgumentError("std", f"every value must be > 0, got {[float(v) for v in std]}")
 
 
 def _example_inputs(split: SplitModel) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from camserve.config import (
     check_targets,
 )
 from camserve.errors import InvalidArgumentError
-from camserve.images import denormalize
+from camserve.images import denormalize, display_rgb
 from camserve.methods.base import method_class
 from camserve.service.admission import AnswerShape
 from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
@@ -206,10 +206,10 @@ def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec
 
 
 def _pixels(image: np.ndarray, output: OutputSpec) -> np.ndarray:
-    """A preprocessed [3,H,W] image as displayable RGB [H,W,3] in [0, 1]."""
+    """A preprocessed [C,H,W] image as displayable RGB [H,W,3] in [0, 1] (``display_rgb``)."""
     import torch
 
-    return denormalize(torch.from_numpy(image)[None], output.mean, output.std)[0].permute(1, 2, 0).numpy()
+    return display_rgb(denormalize(torch.from_numpy(image)[None], output.mean, output.std))[0].numpy()
 
 
 def model_info(model: ServedModel, max_batch_size: int) -> pb.ModelInfo:

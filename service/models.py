@@ -109,7 +109,7 @@ class ServedModel:
         return list(self.explainer.supported_methods)
 
     def preprocess_encoded(self, data: bytes | ImageHeader, field: str, budgeted: bool = True) -> np.ndarray:
-        """Encoded image bytes (or their ``open_image`` header) -> float32 [3,H,W], resized and
+        """Encoded image bytes (or their ``open_image`` header) -> float32 [C,H,W], resized and
         normalised as the manifest says (the same preprocessing as the in-process Explainer).
         ``budgeted``: hold the image's decode cost in the pixel budget while decoding (see
         ``ServiceRequest.decode``). The decode stops at its next block of input once the call is over."""
@@ -117,11 +117,12 @@ class ServedModel:
         header = open_image(data, field) if isinstance(data, bytes) else data
         with self._budget(header.cost, field, budgeted):
             m = self.manifest
-            rgb = decode_checked(header, field, stop=lambda: check_request_alive(f"decoding {field}"))
-            return preprocess(rgb, m.input_size, m.mean, m.std)[0].numpy()
+            stop = lambda: check_request_alive(f"decoding {field}")  # noqa: E731
+            image = decode_checked(header, field, stop=stop, channels=m.input_size[0])
+            return preprocess(image, m.input_size, m.mean, m.std)[0].numpy()
 
     def preprocess_pixels(self, pixels: np.ndarray, field: str, budgeted: bool = True) -> list[np.ndarray]:
-        """uint8 RGB pixels [N,H,W,3] -> float32 [3,H,W] per image, within the pixel budget."""
+        """uint8 pixels [N,H,W,C] -> float32 [C,H,W] per image, within the pixel budget."""
         check_request_alive(f"preprocessing {field}")
         with self._budget(int(pixels.shape[0] * pixels.shape[1] * pixels.shape[2]), field, budgeted):
             m = self.manifest
@@ -138,10 +139,11 @@ def open_image(data: bytes, field: str) -> ImageHeader:
     return check_image(data, field, MAX_IMAGE_PIXELS)
 
 
-def decode_image(data: bytes | ImageHeader, field: str) -> Image.Image:
-    """Encoded image bytes (or their header from ``open_image``) -> an RGB PIL image;
-    InvalidArgumentError naming ``field`` otherwise."""
-    return decode_checked(open_image(data, field) if isinstance(data, bytes) else data, field)
+def decode_image(data: bytes | ImageHeader, field: str, channels: int = 3) -> Image.Image:
+    """Encoded image bytes (or their header from ``open_image``) -> a PIL image of ``channels``
+    (see ``decode_checked``); InvalidArgumentError naming ``field`` otherwise."""
+    header = open_image(data, field) if isinstance(data, bytes) else data
+    return decode_checked(header, field, channels=channels)
 
 
 class ModelRegistry:

@@ -4,9 +4,10 @@ what was wrong (``inputs[1] (TARGETS)``, ``parameters.smooth_n``, ``outputs[0]``
 
 What a camserve model looks like over this protocol (ModelMetadata says the same):
 
-inputs   IMAGES      FP32  [N, 3, H, W]  preprocessed (the model's input size, mean and std)
-         PIXELS      UINT8 [N, h, w, 3]  raw RGB pixels of any size; the server resizes and normalises
-                                         them from the manifest (exactly one of IMAGES and PIXELS)
+inputs   IMAGES      FP32  [N, C, H, W]  preprocessed (the model's input size, mean and std)
+         PIXELS      UINT8 [N, h, w, C]  raw pixels of any size, C the model's channels; the server
+                                         resizes and normalises them from the manifest (exactly one
+                                         of IMAGES and PIXELS)
          TARGETS     INT64 [N, T]        optional: class ids, or -k for the k-th best class; default -1
 outputs  LOGITS      FP32  [N, C]
          TARGET_IDS  INT64 [N, T]        the classes explained (negative targets resolved)
@@ -276,7 +277,7 @@ def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> list[PendingIm
         arrays[tensor.name] = _tensor(tensor, raw[i] if raw else None, field)
     if (IMAGES in arrays) == (PIXELS in arrays):
         raise InvalidArgumentError(
-            "inputs", f"give exactly one of {IMAGES} (FP32 [N,3,H,W]) and {PIXELS} (UINT8 [N,H,W,3])"
+            "inputs", f"give exactly one of {IMAGES} (FP32 [N,C,H,W]) and {PIXELS} (UINT8 [N,H,W,C])"
         )
     field = _field(request, IMAGES if IMAGES in arrays else PIXELS)
     images = (
@@ -352,9 +353,12 @@ def _row(array: np.ndarray, n: int, budgeted: bool) -> np.ndarray:
 def _pixels(array: np.ndarray, field: str, model: ServedModel) -> list[Loader]:
     if array.dtype != np.uint8:
         raise InvalidArgumentError(f"{field}.datatype", "PIXELS are UINT8 (preprocessed images: IMAGES)")
-    if array.ndim != 4 or array.shape[3] != 3 or min(array.shape[:3]) == 0:
+    channels = int(model.manifest.input_size[0])
+    if array.ndim != 4 or array.shape[3] != channels or min(array.shape[:3]) == 0:
         raise InvalidArgumentError(
-            f"{field}.shape", f"expected [N, H, W, 3] RGB pixels with N, H, W >= 1, got {list(array.shape)}"
+            f"{field}.shape",
+            f"expected [N, H, W, {channels}] pixels (the model's {channels} input channels) with "
+            f"N, H, W >= 1, got {list(array.shape)}",
         )
     if array.shape[1] * array.shape[2] > MAX_IMAGE_PIXELS:
         raise InvalidArgumentError(
@@ -423,7 +427,7 @@ def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
         platform=PLATFORM,
         inputs=[
             tensor(name=IMAGES, datatype="FP32", shape=[-1, *m.input_size]),
-            tensor(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, 3]),
+            tensor(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, m.input_size[0]]),
             tensor(name=TARGETS, datatype="INT64", shape=[-1, -1]),
         ],
         outputs=[
@@ -463,7 +467,7 @@ def model_config(
                 name=PIXELS,
                 data_type=ip.TYPE_UINT8,
                 format=ip.ModelInput.FORMAT_NHWC,
-                dims=[-1, -1, 3],
+                dims=[-1, -1, m.input_size[0]],
                 optional=True,
             ),
             ip.ModelInput(name=TARGETS, data_type=ip.TYPE_INT64, dims=[-1], optional=True),

@@ -165,8 +165,9 @@ class ShardWorker:
             else:
                 where = str(record.path or f"row {record.row}")
                 header = check_image(data, where, self.job.max_image_pixels)
+                channels = self.explainer.input_size[0]
                 with self.budget.hold(header.cost, where):  # the decode and the resize
-                    tensor = self.explainer.preprocess(decode_checked(header, where))
+                    tensor = self.explainer.preprocess(decode_checked(header, where, channels=channels))
         except Exception as exc:  # noqa: BLE001  a bad image must not stop the job
             message = str(exc) if str(exc) else type(exc).__name__
             return _Decoded(record, error=message)

@@ -112,18 +112,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _floats(text: str | None, default: list[float], argument: str) -> list[float]:
+def _floats(text: str | None, default: list[float], argument: str, channels: int) -> list[float]:
+    """One value per input channel; the default (ImageNet's, for 3 channels) needs --input-size 3xHxW."""
     if text is None:
+        if len(default) != channels:
+            raise InvalidArgumentError(
+                argument, f"required for {channels} input channels (the default is ImageNet's, for 3)"
+            )
         return default
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise InvalidArgumentError(
-            argument, f"expected three comma-separated numbers, got {text!r}"
+            argument, f"expected {channels} comma-separated numbers, got {text!r}"
         ) from None
-    if len(values) != 3:
+    if len(values) != channels:
         raise InvalidArgumentError(
-            argument, f"expected three values (one per colour channel), got {len(values)}"
+            argument, f"expected {channels} values (one per input channel), got {len(values)}"
         )
     return values
 
@@ -240,8 +245,8 @@ def run(args: argparse.Namespace) -> int:
         out,
         name=args.name or out.name,
         architecture=architecture,
-        mean=_floats(args.mean, IMAGENET_MEAN, "--mean"),
-        std=_floats(args.std, IMAGENET_STD, "--std"),
+        mean=_floats(args.mean, IMAGENET_MEAN, "--mean", input_size[0]),
+        std=_floats(args.std, IMAGENET_STD, "--std", input_size[0]),
         class_names=class_names,
         force=args.force,
         layout=layout,

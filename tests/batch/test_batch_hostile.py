@@ -265,12 +265,12 @@ def test_decode_workers_together_hold_at_most_the_largest_image(
     running, most = [], []
     decode = worker.decode_checked
 
-    def slow_decode(header, field, stop=None):
+    def slow_decode(header, field, stop=None, channels=3):
         running.append(1)
         most.append(len(running))
         time.sleep(0.2)
         try:
-            return decode(header, field, stop)
+            return decode(header, field, stop, channels)
         finally:
             running.pop()
 

@@ -70,7 +70,11 @@ def test_pil_modes_are_converted_to_rgb():
     "images, argument, fragment",
     [
         (torch.randn(1, 3, 8, 8), "images", r"must be \[N,3,16,16\]"),
-        (torch.randn(1, 4, 16, 16), "images", r"\[N,3,H,W\] or \[3,H,W\]"),
+        (
+            torch.randn(1, 4, 16, 16),
+            "images",
+            r"must be \[N,3,\d+,\d+\] \(the model.s input size\), got \[1, 4,",
+        ),
         (np.zeros((16, 16, 4), dtype=np.uint8), "images", r"\[H,W,3\] or \[N,H,W,3\]"),
         (np.zeros((16, 16), dtype=np.uint8), "images", r"\[H,W,3\]"),
         (torch.zeros(3, 16, 16, dtype=torch.uint8), "images", r"permute\(1, 2, 0\)"),

@@ -25,7 +25,7 @@ def export_test_model(
         out,
         name=out.name,
         architecture="test",
-        mean=[0.0] * 3,
-        std=[1.0] * 3,
+        mean=[0.0] * int(input_size[0]),
+        std=[1.0] * int(input_size[0]),
         graphs=graphs,
     )

@@ -84,19 +84,22 @@ def test_weights_missing_unreadable_and_mismatched(capsys, tmp_path) -> None:
 
 
 def test_input_size_the_model_cannot_take(capsys, tmp_path) -> None:
-    code, err = _run(
-        capsys,
-        "--module",
-        "tests.export.nets:build_tiny",
-        "--layer",
-        "features",
-        "--random-weights",
-        "--input-size",
-        "1x16x16",
-        "--out",
-        str(tmp_path / "m"),
+    args = ["--module", "tests.export.nets:build_tiny", "--layer", "features", "--random-weights"]
+    args += ["--input-size", "1x16x16", "--out", str(tmp_path / "m")]
+    # ImageNet's mean and std are for 3 channels: a 1-channel input needs its own, one per channel
+    code, err = _run(capsys, *args)
+    assert (
+        code == 2
+        and err.strip()
+        == "camserve export: error: --mean: required for 1 input channels (the default is ImageNet's, for 3)"
     )
-    assert code == 2 and "input_size" in err and "3 colour channels" in err
+    code, err = _run(capsys, *args, "--mean", "0.5,0.5", "--std", "0.5")
+    assert (
+        code == 2
+        and err.strip() == "camserve export: error: --mean: expected 1 values (one per input channel), got 2"
+    )
+    code, err = _run(capsys, *args, "--mean", "0.5", "--std", "0.5")  # the 3-channel model refuses it
+    assert code == 2 and "fails on an input of size 1x16x16" in err
     # the ViT position embedding fixes the input size: a different size fails inside the model
     with pytest.raises(ExportError, match="fails on an input of size 3x48x48"):
         from camserve.export.architectures import build_torchvision
