@@ -9,5 +9,5 @@ start=$(date +%s)
 venv=${GPU_CHECK_VENV:-.venv-gpu-check}
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e .
-"$venv/bin/python" -m camserve.runtime
+"$venv/bin/python" -m camserve.doctor
 exec "$venv/bin/python" bench/gpu_check.py --since "$start" "$@"

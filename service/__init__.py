@@ -5,7 +5,7 @@ workers.py       ``--workers N``: N server processes on one port (SO_REUSEPORT),
 interceptors.py  every call's cross-cutting concerns: request parsing (malformed -> INVALID_ARGUMENT),
                  the open calls that shutdown ends with UNAVAILABLE
 heap.py          freed memory back to the system after big requests (gc + malloc_trim, at most 1/s)
-security.py      TLS / mTLS credentials, the bearer-token check, the matching client channel
+security.py      the server's TLS / mTLS credentials and bearer-token check (clients: camserve/wire.py)
 servicer.py      camserve.v1.ExplainService: a thin front door (wire <-> the one request)
 codec.py         camserve.v1 messages <-> the data plane's request and results
 oip.py           inference.GRPCInferenceService (Open Inference Protocol, KServe v2): a thin front door
@@ -15,10 +15,9 @@ admission.py     a request's cost from the request alone, checked against the [s
 cancellation.py  stopping work nobody waits for (deadlines, cancelled calls) at every stage
 streams.py       bidirectional streams answered in completion order (both APIs)
 batcher.py       dynamic batching of work items into runs of a runner function (knows no CAMs)
-runner.py        the runner: one Explainer run per batch
+batch_runner.py  the batch runner: one Explainer run per batch of requests
 models.py        the served models: discovery under the models root, name lookup, image decoding
 errors.py        exceptions -> gRPC status codes, in one place
-tensors.py       numpy <-> camserve.v1.Tensor (raw little-endian bytes)
 metrics.py       Prometheus metrics and their bounded HTTP endpoint
 healthcheck.py   ``python -m camserve.service.healthcheck``: exit 0 when SERVING (container checks)
 """
