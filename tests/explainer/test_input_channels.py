@@ -267,3 +267,35 @@ def test_batch_job_equals_in_process(explainers: dict[str, Explainer], tmp_path:
     got = read_maps(tmp_path / "out", ids=ids, method="gradcam")
     assert got.shape == want.maps["gradcam"].shape == (2, 1, *MODELS[name][0][1:])
     np.testing.assert_allclose(got, want.maps["gradcam"], rtol=0, atol=TOLERANCE["float16"])
+
+
+@pytest.mark.parametrize("name", ["grey", "multi", "five"])
+def test_oip_pixels_take_the_models_channels(
+    server: ServerProcess, explainers: dict[str, Explainer], name: str
+) -> None:
+    """Open Inference Protocol: metadata says PIXELS [-1,-1,-1,C]; UINT8 [N,h,w,C] pixels of another
+    size give the in-process maps; pixels of 3 channels for a model of another C are refused."""
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    channels = MODELS[name][0][0]
+    pixels = np.random.default_rng(4).integers(0, 256, (2, 30, 50, channels), dtype=np.uint8)
+    want = explainers[name].explain(pixels, "gradcam")
+
+    def pixels_input(array: np.ndarray) -> triton.InferInput:
+        tensor = triton.InferInput("PIXELS", list(array.shape), "UINT8")
+        tensor.set_data_from_numpy(array)
+        return tensor
+
+    with triton.InferenceServerClient(server.address) as client:
+        metadata = client.get_model_metadata(name, as_json=True)
+        shapes = {t["name"]: [int(d) for d in t["shape"]] for t in metadata["inputs"]}
+        assert shapes["PIXELS"] == [-1, -1, -1, channels]
+        assert shapes["IMAGES"] == [-1, *MODELS[name][0]]
+        answer = client.infer(name, [pixels_input(pixels)])
+        np.testing.assert_array_equal(answer.as_numpy("TARGET_IDS"), want.target_ids)
+        np.testing.assert_allclose(
+            answer.as_numpy("SALIENCY_GRADCAM"), want.maps["gradcam"], rtol=0, atol=1e-5
+        )
+        with pytest.raises(InferenceServerException, match=rf"expected \[N, H, W, {channels}\] pixels"):
+            client.infer(name, [pixels_input(np.zeros((1, 30, 50, 3), np.uint8))])
