@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
+from camserve import defaults
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from camserve.config import CamserveConfig
 
 _Adder = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -86,9 +91,25 @@ def add_target_flag(parser: _Adder) -> None:
     )
 
 
-def add_smoothing_flags(parser: _Adder) -> None:
-    """``--eigen-smooth`` / ``--aug-smooth`` into ``args.eigen_smooth`` / ``args.aug_smooth``
-    (``ExplainOptions``; docs/methods.md, "Options")."""
+def add_explain_option_flags(parser: _Adder, topk_help: str) -> None:
+    """The explain options that `camserve explain` and `camserve batch` share (``ExplainOptions``;
+    docs/methods.md, "Options"); :func:`config_from_flags` reads them."""
+    parser.add_argument("--raw", action="store_true", help="do not min-max normalise the maps")
+    parser.add_argument(
+        "--smooth-n",
+        type=int,
+        metavar="N",
+        help=f"Smooth Grad-CAM++ noisy copies, 1..{defaults.MAX_SMOOTH_N} (default {defaults.SMOOTH_N})",
+    )
+    parser.add_argument(
+        "--smooth-sigma",
+        type=float,
+        metavar="S",
+        help=f"Smooth Grad-CAM++ noise, fraction of range (default {defaults.SMOOTH_SIGMA})",
+    )
+    parser.add_argument(
+        "--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels"
+    )
     parser.add_argument(
         "--eigen-smooth",
         action="store_true",
@@ -100,3 +121,35 @@ def add_smoothing_flags(parser: _Adder) -> None:
         help="mean of the maps of 6 copies of each image: flipped or not x input scaled 0.9/1/1.1 "
         "(6x the graph work)",
     )
+    parser.add_argument("--topk", type=int, metavar="K", help=topk_help)
+
+
+_OPTION_FLAGS = {
+    "output_size": "--output-size",
+    "smooth_n": "--smooth-n",
+    "smooth_sigma": "--smooth-sigma",
+    "score_top_n": "--score-top-n",
+    "topk_predictions": "--topk",
+}
+
+
+def config_from_flags(args: argparse.Namespace) -> CamserveConfig:
+    """Configuration file (--config) and environment, then the explain option flags
+    (:func:`add_explain_option_flags`; ``args.output_size`` where the command has it)."""
+    from camserve.config import CamserveConfig, check_options
+
+    flags = {
+        "output_size": getattr(args, "output_size", None),
+        "normalize": False if args.raw else None,
+        "smooth_n": args.smooth_n,
+        "smooth_sigma": args.smooth_sigma,
+        "score_top_n": args.score_top_n,
+        "eigen_smooth": True if args.eigen_smooth else None,
+        "aug_smooth": True if args.aug_smooth else None,
+        "topk_predictions": args.topk,
+    }
+    explain = {name: value for name, value in flags.items() if value is not None}
+    config = CamserveConfig.load(args.config, overrides={"explain": explain} if explain else None)
+    # Refused before any work, naming the flag when the value came from one.
+    check_options(config.explain, {name: _OPTION_FLAGS[name] for name in explain if name in _OPTION_FLAGS})
+    return config

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from camserve.cli_flags import add_method_flag, add_smoothing_flags, add_target_flag
-from camserve.defaults import DEFAULT_METHODS, MAX_IMAGE_PIXELS
+from camserve.cli_flags import add_explain_option_flags, add_method_flag, add_target_flag, config_from_flags
+from camserve.defaults import DEFAULT_METHODS, MAX_IMAGE_PIXELS, TOPK_PREDICTIONS
 from camserve.errors import InvalidArgumentError
 
 
@@ -69,14 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     maps.add_argument("--map-dtype", default="float16", choices=("float16", "float32", "uint8"))
     maps.add_argument("--png", action="store_true", help="also store an 8-bit PNG per map at the input size")
     options = parser.add_argument_group("explain options (as `camserve explain`)")
-    options.add_argument("--raw", action="store_true", help="do not min-max normalise the maps")
-    options.add_argument("--smooth-n", type=int, metavar="N", help="Smooth Grad-CAM++ noisy copies")
-    options.add_argument("--smooth-sigma", type=float, metavar="S", help="Smooth Grad-CAM++ noise")
-    options.add_argument(
-        "--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels"
-    )
-    add_smoothing_flags(options)
-    options.add_argument("--topk", type=int, metavar="K", help="predictions stored per image (default 5)")
+    add_explain_option_flags(options, topk_help=f"predictions stored per image (default {TOPK_PREDICTIONS})")
     ray = parser.add_argument_group("--engine ray")
     ray.add_argument(
         "--ray-address", metavar="ADDR", help="join this cluster (default: RAY_ADDRESS, else a local Ray)"
@@ -104,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
     from camserve.batch.job import JobConfig
     from camserve.batch.run import run_batch
     from camserve.batch.sources import SourceSpec
-    from camserve.commands.explain import build_config
 
     if args.engine != "ray":
         given = [flag for name, flag in _RAY_FLAGS.items() if getattr(args, name) is not None]
@@ -123,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         methods=tuple(dict.fromkeys(args.methods or DEFAULT_METHODS)),
         targets=tuple(args.targets) if args.targets else None,
-        config=build_config(args),
+        config=config_from_flags(args),
         encoding=MapEncoding(size=args.map_size, dtype=args.map_dtype, png=args.png),
         batch_size=args.batch_size,
         shard_size=args.shard_size,

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 
 from camserve import defaults
 from camserve.cli_flags import (
+    add_explain_option_flags,
     add_method_flag,
     add_remote_flags,
-    add_smoothing_flags,
     add_target_flag,
     check_remote_flags,
     client_token,
+    config_from_flags,
 )
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
@@ -81,28 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SIZE",
         help=f"'input', 'feature' or HxW, e.g. 224x224 (default {defaults.OUTPUT_SIZE})",
     )
-    parser.add_argument("--raw", action="store_true", help="do not min-max normalise the maps")
-    parser.add_argument(
-        "--smooth-n",
-        type=int,
-        metavar="N",
-        help=f"Smooth Grad-CAM++ noisy copies, 1..{defaults.MAX_SMOOTH_N} (default {defaults.SMOOTH_N})",
-    )
-    parser.add_argument(
-        "--smooth-sigma",
-        type=float,
-        metavar="S",
-        help=f"Smooth Grad-CAM++ noise, fraction of range (default {defaults.SMOOTH_SIGMA})",
-    )
-    parser.add_argument(
-        "--score-top-n", type=int, metavar="N", help="Score-CAM: only the N most active channels"
-    )
-    add_smoothing_flags(parser)
-    parser.add_argument(
-        "--topk",
-        type=int,
-        metavar="K",
-        help=f"predictions listed per image (default {defaults.TOPK_PREDICTIONS})",
+    add_explain_option_flags(
+        parser, topk_help=f"predictions listed per image (default {defaults.TOPK_PREDICTIONS})"
     )
     parser.add_argument(
         "--list-methods", action="store_true", help="list the methods this model supports and exit"
@@ -114,36 +95,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_remote_flags(parser)
     parser.set_defaults(func=run)
-
-
-def build_config(args: argparse.Namespace) -> CamserveConfig:
-    """Configuration file (--config) and environment, then this command's flags."""
-    from camserve.config import CamserveConfig, check_options
-
-    flags = {
-        "output_size": args.output_size,
-        "normalize": False if args.raw else None,
-        "smooth_n": args.smooth_n,
-        "smooth_sigma": args.smooth_sigma,
-        "score_top_n": args.score_top_n,
-        "eigen_smooth": True if args.eigen_smooth else None,
-        "aug_smooth": True if args.aug_smooth else None,
-        "topk_predictions": args.topk,
-    }
-    explain = {name: value for name, value in flags.items() if value is not None}
-    config = CamserveConfig.load(args.config, overrides={"explain": explain} if explain else None)
-    # Refused before any work, naming the flag when the value came from one.
-    check_options(config.explain, {name: _OPTION_FLAGS[name] for name in explain if name in _OPTION_FLAGS})
-    return config
-
-
-_OPTION_FLAGS = {
-    "output_size": "--output-size",
-    "smooth_n": "--smooth-n",
-    "smooth_sigma": "--smooth-sigma",
-    "score_top_n": "--score-top-n",
-    "topk_predictions": "--topk",
-}
 
 
 def build_explainer(args: argparse.Namespace, config: CamserveConfig) -> Explainer | Client:
@@ -178,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from camserve.config import check_overlay_style
 
     check_remote_flags(args)
-    config = build_config(args)
+    config = config_from_flags(args)
     _check_output_paths(args)
     style = check_overlay_style(args.colormap, args.image_weight, ("--colormap", "--image-weight"))
     explainer = build_explainer(args, config)
