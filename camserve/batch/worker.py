@@ -54,9 +54,13 @@ class ShardWorker:
         # on a loaded 2-core machine). ONNX Runtime keeps its own threads for the graph.
         self._torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        self.explainer = explainer if explainer is not None else Explainer(job.model, config=job.config)
-        self.source = ImageSource(job.source)
-        self.out = OutputDir(job.out)
+        try:
+            self.explainer = explainer if explainer is not None else Explainer(job.model, config=job.config)
+            self.source = ImageSource(job.source)
+            self.out = OutputDir(job.out)
+        except BaseException:
+            torch.set_num_threads(self._torch_threads)  # no close() follows a failed start
+            raise
         self.pool = ThreadPoolExecutor(job.decode_workers, thread_name_prefix="camserve-decode")
         # decode threads together hold at most one largest image (about 20 B per pixel) at a time
         self.budget = DecodeBudget(job.max_image_pixels, "--max-image-pixels")

@@ -282,3 +282,23 @@ def test_decode_workers_together_hold_at_most_the_largest_image(
     summary = run_batch(job, progress=False, explainer=explainer)
     assert (summary.rows, summary.errors) == (6, 0)
     assert max(most) == at_once
+
+
+def test_a_worker_that_cannot_start_leaves_torchs_threads_as_they_were(tmp_path, dataset):
+    """The worker runs torch single-threaded while it lives; a start that fails (no such model here)
+    must not leave the caller's process at one thread (every later torch op would run on one core)."""
+    import torch
+
+    from camserve.batch.worker import ShardWorker
+    from camserve.errors import CamserveError
+
+    root, _ = dataset
+    job = dataclasses.replace(make_job(root, tmp_path / "out"), model=str(tmp_path / "no-such-model"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(CamserveError):
+            ShardWorker(job)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
