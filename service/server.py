@@ -49,6 +49,8 @@ EXPLAIN_SERVICE = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
 # After the last request finished or the grace period ended: the time to end open calls with
 # UNAVAILABLE, stop gRPC and the batchers (the process exits within the grace period plus this).
 FINAL_GRACE_S = 1.0
+# When the process exits after the shutdown: how long refusals get to reach the wire before it does.
+EXIT_FLUSH_S = 0.1
 
 
 class ExplainServer:
@@ -58,6 +60,8 @@ class ExplainServer:
         """``worker``: this server's index among ``serve --workers`` processes sharing its port."""
         self.config = config
         self.models = models
+        # set by the process entry points that end the process after the shutdown (exit_now)
+        self.exits_after_stop = False
         service = config.service
         self.dataplane = DataPlane(models, config)  # the one request path of both APIs
         self.servicer = ExplainServicer(self.dataplane, service.max_batch_size)
@@ -156,9 +160,16 @@ class ExplainServer:
         ended = await self.calls.end_all(FINAL_GRACE_S * 0.25)
         if ended:
             log.info("ended %d open calls with UNAVAILABLE", ended)
-        # GOAWAY: new calls are refused by gRPC itself; calls it took already still reach the handlers
-        # (refused there, UNAVAILABLE) within this grace, after which gRPC would cancel them.
-        await self.server.stop(FINAL_GRACE_S * 0.5)
+        if self.exits_after_stop:
+            # The process ends next (exit_now). gRPC's stop would cancel the calls it had accepted but
+            # not yet handed to a handler (CANCELLED at the client, seen under steady load); the exit
+            # closes the connections instead, which clients see as UNAVAILABLE. The pause lets the
+            # refusals already answered reach the wire.
+            await asyncio.sleep(EXIT_FLUSH_S)
+        else:
+            # GOAWAY: new calls are refused by gRPC itself; calls it took already still reach the
+            # handlers (refused there, UNAVAILABLE) within this grace, after which gRPC cancels them.
+            await self.server.stop(FINAL_GRACE_S * 0.5)
         try:
             await asyncio.wait_for(self.models.close(), FINAL_GRACE_S * 0.15)
         except TimeoutError:
@@ -253,6 +264,7 @@ def check_service_config(service: ServiceConfig) -> None:
 async def serve(config: CamserveConfig, models: ModelRegistry) -> None:
     """Run a server until SIGTERM / SIGINT, then end the process (``exit_now``): `camserve serve`."""
     server = ExplainServer(config, models)
+    server.exits_after_stop = True
     await server.start()
     await server.wait_for_shutdown_signal()
     exit_now(0)

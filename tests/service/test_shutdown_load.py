@@ -128,7 +128,8 @@ def test_sigterm_under_load_ends_calls_ok_or_unavailable_and_exits_in_time(
         load.start(load.unary, load.unary, load.unary, load.stream, load.stream, load.watch)
         time.sleep(3.0)
         assert load.codes["unary OK"] > 0 and load.codes["in-stream OK"] > 0, load.codes
-        load.start(functools.partial(load.slow, digit_pixels[:8]))
+        # 32 images: ~7 s of work on an idle host (8 took 1.8 s, inside the grace period)
+        load.start(functools.partial(load.slow, digit_pixels[:32]))
         wait_until_slow_run_starts(server, 0)
         sent_at = time.monotonic()
         server.terminate()
