@@ -104,7 +104,7 @@ def rapid_reset(target: Target) -> str:
     return _flood(target, headers_then_reset, 5000)
 
 
-@hostile_case("ping-flood", "GOAWAY")
+@hostile_case("ping-flood", "GOAWAY", "closed")  # closed: ended before its GOAWAY was read
 def ping_flood(target: Target) -> str:
     return _flood(target, ping_frame, 5000)
 
