@@ -220,8 +220,15 @@ def test_a_ping_flood_ends_its_connection(net_server, digit_pixels):
         sent = client.flood(ping_frame, 10_000)
     finally:
         client.close()
-    # GOAWAY ENHANCE_YOUR_CALM (11) "too_many_pings"; the PING ACKs behind it may hide its details
-    assert sent < 10_000 and client.ended in ("GOAWAY 11 b'too_many_pings'", "GOAWAY (then more frames)")
+    # GOAWAY ENHANCE_YOUR_CALM (11) "too_many_pings"; the PING ACKs behind it may hide its details, and
+    # on an idle host the server may close the socket before the client reads it (the next write fails)
+    ended_by_server = (
+        "GOAWAY 11 b'too_many_pings'",
+        "GOAWAY (then more frames)",
+        "closed (BrokenPipeError)",
+        "closed (ConnectionResetError)",
+    )
+    assert sent < 10_000 and client.ended in ended_by_server, (sent, client.ended)
     assert_healthy(net_server, digit_pixels[5])
 
 
@@ -229,13 +236,14 @@ def test_a_settings_flood_that_reads_no_acks_ends_its_connection(net_server, dig
     cpu = cpu_seconds(net_server.proc.pid)
     client = RawH2(net_server.port, rcvbuf=4096, timeout_s=5.0)
     try:
-        sent = client.flood(settings_frame, 300_000, read=False)
+        # 9 MB of frames: more than the server's socket send buffer can take (tcp_wmem's 4 MiB at most)
+        sent = client.flood(settings_frame, 1_000_000, read=False)
         ended = client.wait_ended(5.0)
     finally:
         client.close()
     cpu = cpu_seconds(net_server.proc.pid) - cpu
     # gRPC core stops after 10,000 unsent SETTINGS acknowledgements (beyond the socket buffers).
-    assert sent < 300_000 and ended is not None and ended.startswith("closed"), (sent, ended)
+    assert sent < 1_000_000 and ended is not None and ended.startswith("closed"), (sent, ended)
     assert cpu < 2.0, f"{cpu:.2f} CPU s"
     assert_healthy(net_server, digit_pixels[6])
 
