@@ -24,6 +24,7 @@ from camserve import kernels
 from camserve.config import ExplainOptions
 from camserve.explainer import Explainer
 from camserve.methods.base import method_class
+from camserve.methods.target_kinds import TargetTable
 from camserve.outputs import ExplainOutputs, GraphRunner
 from camserve.result import Prediction
 from camserve.service.cancellation import RequestCancelledError, StopCheck
@@ -72,7 +73,7 @@ class StopCheckingGraphRunner:
         if self.stop():
             raise RequestCancelledError(f"{graph} run skipped: no request waits for this batch any more")
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
+    def explain(self, images: torch.Tensor, targets: TargetTable) -> ExplainOutputs:
         self._check("explain")
         return self.graphs.explain(images, targets)
 
@@ -84,7 +85,7 @@ class StopCheckingGraphRunner:
         self._check("head")
         return self.graphs.head(activations, extra_tokens)
 
-    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def guided(self, images: torch.Tensor, targets: TargetTable) -> torch.Tensor:
         self._check("guided")
         return self.graphs.guided(images, targets)
 
