@@ -36,8 +36,9 @@ class TorchGraphRunner:
         self._kinds = len(inspect.signature(self.split.explain).parameters) > 2
 
     def explain(self, images: torch.Tensor, targets: TargetTable | torch.Tensor) -> ExplainOutputs:
-        """See ``GraphRunner.explain``; a plain [N,T] int tensor stands for class logits."""
-        table = targets if isinstance(targets, TargetTable) else TargetTable.of_ids(targets)
+        """See ``GraphRunner.explain``; a plain [N,T] int tensor stands for class ids of the output's
+        default kind."""
+        table = self._table(targets)
         with torch.no_grad():
             out = self.split.explain(images, *self._target_args(table))
         if self._kinds:  # logits, activations, gradients, target_ids, target_scores[, extra_tokens]
@@ -55,8 +56,12 @@ class TorchGraphRunner:
             return self.split.head(activations, extra_tokens)
 
     def guided(self, images: torch.Tensor, targets: TargetTable | torch.Tensor) -> torch.Tensor:
-        table = targets if isinstance(targets, TargetTable) else TargetTable.of_ids(targets)
-        return self.split.guided(images, *self._target_args(table))
+        return self.split.guided(images, *self._target_args(self._table(targets)))
+
+    def _table(self, targets: TargetTable | torch.Tensor) -> TargetTable:
+        if isinstance(targets, TargetTable):
+            return targets
+        return TargetTable.of_ids(targets, getattr(self.split, "target_spec", None))
 
     def _target_args(self, table: TargetTable) -> tuple[torch.Tensor, ...]:
         if self._kinds:
