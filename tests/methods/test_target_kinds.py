@@ -243,7 +243,7 @@ def test_build_table_gives_ids_kinds_and_data_for_every_output_kind():
         (Target("cosine_image", image=2), EMBEDDING, "targets[0][0].image", "in [0, 0], got 2"),
         (Target("logit", 3), CLASSIFIER, "targets[0][0].class_id", "class 3 is out of range"),
         (Target("region", 0), DENSE, "targets[0][0]", "exactly one of mask and box"),
-        (5, DETECTOR, "targets[0][0].box", "expected four numbers"),
+        (1, DETECTOR, "targets[0][0].box", "expected four numbers"),
     ],
 )
 def test_build_table_errors_name_the_field(target, spec, field, words):
