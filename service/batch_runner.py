@@ -30,10 +30,10 @@ from camserve.errors import InvalidArgumentError
 from camserve.explainer import Explainer
 from camserve.methods.base import method_class
 from camserve.methods.target_kinds import IMAGE_KINDS, KIND_CODE, Target, TargetSpec
-from camserve.modeldir import Manifest
 from camserve.outputs import ExplainOutputs, GraphRunner
 from camserve.result import Prediction
 from camserve.service.cancellation import RequestCancelledError, StopCheck
+from camserve.target_masks import target_spec
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,6 @@ def batch_key(work: ImageWork, options: ExplainOptions) -> BatchKey:
 def names_images(targets: tuple[int | Target, ...]) -> bool:
     """Whether a target names another image of the request (``dot_image`` / ``cosine_image``)."""
     return any(isinstance(t, Target) and t.kind in IMAGE_KINDS for t in targets)
-
-
-def target_spec(manifest: Manifest) -> TargetSpec:
-    """The targets a served model takes."""
-    spec = getattr(manifest, "target_spec", None)  # manifests before issue 21: classifiers
-    if spec is not None:
-        return spec()
-    _, height, width = manifest.input_size
-    return TargetSpec("classification", manifest.num_classes, (manifest.num_classes,), (height, width))
 
 
 def batch_rows(works: Sequence[ImageWork]) -> list[list[int | Target]]:

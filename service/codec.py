@@ -26,10 +26,10 @@ from camserve.images import denormalize, display_rgb
 from camserve.methods.base import method_class
 from camserve.methods.target_kinds import TARGET_KINDS, Target, TargetSpec, check_one
 from camserve.service.admission import AnswerShape
-from camserve.service.batch_runner import ImageResult, ImageWork, maps_as, target_spec
+from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
-from camserve.target_masks import png_mask, raw_mask, rle_mask
+from camserve.target_masks import png_mask, raw_mask, rle_mask, target_spec
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
 from camserve.wire import NUMPY_DTYPES, array_to_tensor, check_input_values, tensor_to_array

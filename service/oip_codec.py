@@ -47,9 +47,10 @@ from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedErro
 from camserve.inference import grpc_service_pb2 as ip
 from camserve.methods.target_kinds import IMAGE_KINDS, TARGET_KINDS, Target, TargetSpec, check_one
 from camserve.service.admission import AnswerShape
-from camserve.service.batch_runner import ImageResult, ImageWork, maps_as, target_spec
+from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel
+from camserve.target_masks import target_spec
 from camserve.wire import check_input_values, check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
@@ -119,6 +120,7 @@ class InferAnswer:
 
     outputs: list[str]  # output names, in answer order
     saliency_datatype: str
+    requested: bool = True  # False: the default outputs (TARGET_SCORES left out where none are computed)
 
 
 def check_version(version: str, model: ServedModel) -> None:
@@ -156,7 +158,9 @@ def decode_infer_request(
     answered = tuple(m for m in methods if saliency_output(m) in outputs)
     answer = AnswerShape(answered, DTYPES[datatype].itemsize, id_bytes=len(request.id.encode()))
     timeout_s = None if timeout_us is None else timeout_us / 1e6
-    return ServiceRequest(images, methods, options, answer, InferAnswer(outputs, datatype), timeout_s)
+    return ServiceRequest(
+        images, methods, options, answer, InferAnswer(outputs, datatype, bool(request.outputs)), timeout_s
+    )
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -487,6 +491,8 @@ def encode_infer_response(
         elif name == TARGET_IDS:
             array, datatype = np.stack([r.target_ids for r in results]).astype("<i8", copy=False), "INT64"
         elif name == TARGET_SCORES:
+            if not answer.requested and any(r.target_scores is None for r in results):
+                continue
             array, datatype = np.stack([_scores(r) for r in results]).astype("<f4", copy=False), "FP32"
         else:
             method = name[len(SALIENCY_PREFIX) :].lower()
@@ -508,8 +514,8 @@ def _scores(result: ImageResult) -> np.ndarray:
 
 
 def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
-    """The model's tensors (TARGET_DATA's last dimension is L); its output and target kinds are in
-    ModelConfig's parameters (:func:`model_config`)."""
+    """The model's tensors (TARGET_DATA, [N, T, L], only for models whose targets carry data); its
+    output and target kinds are in ModelConfig's parameters (:func:`model_config`)."""
     m = model.manifest
     spec = target_spec(m)
     tensor = ip.ModelMetadataResponse.TensorMetadata
@@ -522,7 +528,11 @@ def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
             tensor(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, m.input_size[0]]),
             tensor(name=TARGETS, datatype="INT64", shape=[-1, -1]),
             tensor(name=TARGET_KIND_CODES, datatype="INT64", shape=[-1, -1]),
-            tensor(name=TARGET_DATA, datatype="FP32", shape=[-1, -1, spec.data_length]),
+            *(
+                [tensor(name=TARGET_DATA, datatype="FP32", shape=[-1, -1, spec.data_length])]
+                if spec.data_length
+                else []
+            ),
         ],
         outputs=[
             tensor(name=LOGITS, datatype="FP32", shape=[-1, m.num_classes]),
@@ -576,8 +586,14 @@ def model_config(
             ),
             ip.ModelInput(name=TARGETS, data_type=ip.TYPE_INT64, dims=[-1], optional=True),
             ip.ModelInput(name=TARGET_KIND_CODES, data_type=ip.TYPE_INT64, dims=[-1], optional=True),
-            ip.ModelInput(
-                name=TARGET_DATA, data_type=ip.TYPE_FP32, dims=[-1, spec.data_length], optional=True
+            *(
+                [
+                    ip.ModelInput(
+                        name=TARGET_DATA, data_type=ip.TYPE_FP32, dims=[-1, spec.data_length], optional=True
+                    )
+                ]
+                if spec.data_length
+                else []
             ),
         ],
         output=[
