@@ -166,10 +166,10 @@ class ExplainBatchRunner:
         images = self.explainer.preprocess(torch.from_numpy(np.stack([w.image for w in works])))
         targets = batch_rows(works)
         log.debug("explain run: images=%d methods=%s", len(works), ",".join(methods))
-        computed = self.explainer.compute(images, targets, methods, options)  # type: ignore[arg-type]
+        computed = self.explainer.compute(images, targets, methods, options)
         # every map of the batch reaches the host in one copy (camserve.hostcopy), not per image
         result = self.explainer.result(images, computed, options)
-        scores = getattr(result, "target_scores", None)  # ExplainResult.target_scores: issue 21
+        scores = result.target_scores
         return [
             ImageResult(
                 maps={m: result.maps[m][n] for m in work.methods},
