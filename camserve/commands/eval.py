@@ -289,7 +289,7 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
             m
             for m in explainer.supported_methods
             if not method_class(m).colour
-            and not (dense and getattr(method_class(m), "logit_targets_only", False))
+            and not (dense and method_class(m).logit_targets_only)
         ]
     explainer.check_methods(methods)
     size = (int(manifest.input_size[1]), int(manifest.input_size[2]))

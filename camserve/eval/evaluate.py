@@ -391,7 +391,7 @@ def evaluate_regions_batch(
     masks = object_masks(batch, h, w)
     if any(len(m) == 0 for m in masks):
         raise InvalidArgumentError("data", "every image needs at least one object for region targets")
-    grid = (int(manifest.output_shape[1]), int(manifest.output_shape[2]))
+    grid = (int(explainer.target_spec.output_shape[1]), int(explainer.target_spec.output_shape[2]))
     rows, valid = region_targets(batch.labels, masks, grid)
     width = valid.shape[1]
     truth = torch.zeros(n, width, h, w, dtype=torch.bool)
@@ -456,7 +456,7 @@ def evaluate_regions_batch(
 
 def is_dense(explainer: Explainer) -> bool:
     """Whether the model explains a dense output (region targets, region metrics)."""
-    return getattr(explainer.manifest, "output_kind", "classification") == "dense"
+    return explainer.target_spec.output_kind == "dense"
 
 
 def evaluate(
