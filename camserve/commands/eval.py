@@ -288,8 +288,7 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
         methods = [
             m
             for m in explainer.supported_methods
-            if not method_class(m).colour
-            and not (dense and method_class(m).logit_targets_only)
+            if not method_class(m).colour and not (dense and method_class(m).logit_targets_only)
         ]
     explainer.check_methods(methods)
     size = (int(manifest.input_size[1]), int(manifest.input_size[2]))
