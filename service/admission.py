@@ -113,7 +113,8 @@ def request_cost(
     per_target += len(answer.rgb_methods) * FLOAT32 * input_values
     if answer.overlay:
         per_target += len(answer.map_methods) * math.ceil(input_values * PNG_OVERHEAD + 1024)
-    answer_bytes = answer.id_bytes + sum(fixed + 8 * t + t * per_target for t in targets)
+    # per target: its id (8 B), kind (1 B) and score (4 B), then its maps
+    answer_bytes = answer.id_bytes + sum(fixed + 13 * t + t * per_target for t in targets)
     return RequestCost(count, most, pixels, work, count * per_image_runs, answer_bytes, answer.id_bytes)
 
 
