@@ -46,3 +46,8 @@ class GraphRunner(Protocol):
     def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Guided-backprop input gradients [N,T,3,H,W] of the resolved targets' logits."""
         ...
+
+    def fullgrad(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """FullGrad maps [N,T,H,W] (not normalised) of the class logits ``targets`` [N,T] int64
+        (class ids or -k ranks): the fullgrad graph (``camserve.export.fullgrad``)."""
+        ...

@@ -41,3 +41,6 @@ class TorchGraphRunner:
 
     def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.split.guided(images, targets)
+
+    def fullgrad(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.split.fullgrad(images, targets).detach()

@@ -88,6 +88,10 @@ class StopCheckingGraphRunner:
         self._check("guided")
         return self.graphs.guided(images, targets)
 
+    def fullgrad(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self._check("fullgrad")
+        return self.graphs.fullgrad(images, targets)
+
     def __getattr__(self, name: str) -> Any:  # anything else a runner offers (device, providers...)
         return getattr(self.graphs, name)
 

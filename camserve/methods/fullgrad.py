@@ -1,0 +1,42 @@
+"""FullGrad: evidence at input resolution from the fullgrad graph (``camserve.export.fullgrad``)."""
+
+from __future__ import annotations
+
+from camserve.chunking import run_in_chunks
+from camserve.config import ExplainOptions
+from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
+
+
+@register
+class FullGrad(CamMethod):
+    """FullGrad (Srinivas & Fleuret, "Full-Gradient Representation for Neural Network
+    Visualization", NeurIPS 2019, arXiv:1905.00780), as pytorch-grad-cam's ``FullGrad``: the input
+    gradient times the input plus the bias gradients of every biased layer (each ``Conv2d`` and
+    ``BatchNorm2d`` with a bias; b_l a batch norm's eval-mode bias beta - mu gamma / sqrt(var + eps)),
+    each channel min-max normalised (``s``) and resized to the input (``up``, bilinear)::
+
+        L^c = sum_colour s(|dy_c/dx * x|) + sum_l up(sum_k s(|dy_c/dz_l^k * b_l^k|))
+
+    z_l the layer's output. The target layer plays no part. Class logits only: the fullgrad graph
+    takes class ids (or -k ranks), resolved by the explain run.
+    """
+
+    name = "fullgrad"
+    requires = frozenset({"fullgrad"})
+    resolution = "input"
+    # pytorch-grad-cam's eigen_smooth projects the per-layer maps, which the graph sums
+    eigen_smoothable = False
+    cost = "one fullgrad-graph run (forward + backward through the whole network)"
+    not_in_graph = "it needs the fullgrad graph's bias gradients of every layer"
+
+    def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
+        return {"fullgrad": 1}
+
+    def compute(self, ctx: MethodContext) -> MethodMaps:
+        target_ids = ctx.outputs.target_ids
+        maps = run_in_chunks(
+            lambda items: ctx.runner.fullgrad(ctx.images[items], target_ids[items]),
+            ctx.images.shape[0],
+            ctx.runtime.max_graph_batch,
+        )
+        return MethodMaps(maps.to(ctx.outputs.activations.device))
