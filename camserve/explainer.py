@@ -35,7 +35,8 @@ _MISSING = {
     "cam_weights": "its head is not global average pooling followed by one linear layer, so it has no "
     "class weights for CAM (gradcam gives CAM's map on such heads)",
     "guided": "it was exported without a guided-backprop graph",
-    "fullgrad": "it was exported without a fullgrad graph (camserve export --graphs ...,fullgrad)",
+    "fullgradient": "it was exported without a fullgradient graph "
+    "(camserve export --graphs explain,forward,head,guided,fullgradient)",
     "forward": "it was exported without a forward graph",
     "head": "it was exported without a head graph (the layers after the target layer could not be cut out)",
 }

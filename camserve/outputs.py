@@ -47,7 +47,7 @@ class GraphRunner(Protocol):
         """Guided-backprop input gradients [N,T,3,H,W] of the resolved targets' logits."""
         ...
 
-    def fullgrad(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """FullGrad maps [N,T,H,W] (not normalised) of the class logits ``targets`` [N,T] int64
-        (class ids or -k ranks): the fullgrad graph (``camserve.export.fullgrad``)."""
+        (class ids or -k ranks): the fullgradient graph (``camserve.export.fullgrad``)."""
         ...

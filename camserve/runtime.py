@@ -181,10 +181,10 @@ class OnnxGraphRunner:
         shapes = {"input_gradients": ((n, t, *images.shape[1:]), torch.float32)}
         return self._run("guided", {"images": images, "targets": targets}, shapes)["input_gradients"]
 
-    def fullgrad(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         n, t = targets.shape
-        shapes = {"fullgrad": ((n, t, *images.shape[2:]), torch.float32)}
-        return self._run("fullgrad", {"images": images, "targets": targets}, shapes)["fullgrad"]
+        shapes = {"fullgradient_maps": ((n, t, *images.shape[2:]), torch.float32)}
+        return self._run("fullgradient", {"images": images, "targets": targets}, shapes)["fullgradient_maps"]
 
     # -- ONNX Runtime ---------------------------------------------------------------------------
 
@@ -300,8 +300,8 @@ def warm_up(runner: OnnxGraphRunner, kernels_backend: str = "auto") -> dict[str,
             timed("kernels", kernels.upsample_normalize, maps, size, True, 1e-7, to_uint8, backend)
         if runner.model_dir.has_graph("guided"):
             timed("guided", runner.guided, images, targets)
-        if runner.model_dir.has_graph("fullgrad"):
-            timed("fullgrad", runner.fullgrad, images, targets)
+        if runner.model_dir.has_graph("fullgradient"):
+            timed("fullgradient", runner.fullgradient, images, targets)
     timed("head", runner.head, out.activations, out.extra_tokens)
     if runner.model_dir.has_graph("forward"):
         timed("forward", runner.forward, images)

@@ -31,8 +31,8 @@ from camserve.modeldir import GraphFile, Manifest, ModelDirectory, sha256_file
 
 log = logging.getLogger(__name__)
 
-GRAPHS = ("explain", "forward", "head", "guided", "fullgrad")
-#: what ``export_model`` and ``camserve export`` write unless told: the fullgrad graph (a forward and
+GRAPHS = ("explain", "forward", "head", "guided", "fullgradient")
+#: what ``export_model`` and ``camserve export`` write unless told: the fullgradient graph (a forward and
 #: a backward pass through the whole network, about the guided graph's size and export time) on request
 DEFAULT_GRAPHS = ("explain", "forward", "head", "guided")
 _BATCH = {0: "batch"}
@@ -183,11 +183,11 @@ def _write_graphs(
             ["input_gradients"],
             {"images": _BATCH, "targets": {0: "batch", 1: "targets"}},
         ),
-        "fullgrad": (
-            split.fullgrad,
+        "fullgradient": (
+            split.fullgradient,
             (example, targets),
             ["images", "targets"],
-            ["fullgrad"],
+            ["fullgradient_maps"],
             {"images": _BATCH, "targets": {0: "batch", 1: "targets"}},
         ),
     }

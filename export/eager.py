@@ -42,5 +42,5 @@ class TorchGraphRunner:
     def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.split.guided(images, targets)
 
-    def fullgrad(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.split.fullgrad(images, targets).detach()
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.split.fullgradient(images, targets).detach()

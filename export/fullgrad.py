@@ -1,5 +1,5 @@
 """FullGrad's maps (Srinivas & Fleuret, NeurIPS 2019), written once in plain PyTorch: the eager
-runner calls :func:`fullgrad_maps` and ``SplitModel.fullgrad`` traces it into the ``fullgrad`` graph.
+runner calls :func:`fullgrad_maps` and ``SplitModel.fullgradient`` traces it into the ``fullgradient`` graph.
 
 The map of target c sums, each term min-max normalised per channel and resized to the input::
 

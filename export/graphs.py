@@ -10,7 +10,7 @@
 - ``head(activations, extra)``: logits from given activations (the body is not run);
 - ``guided(images, targets)``: guided-backprop input gradients (ReLU backward passes only positive
   gradients at positive inputs), T copies of the image, one backward pass;
-- ``fullgrad(images, targets)``: FullGrad's maps of class logits (``export.fullgrad``), T copies of
+- ``fullgradient(images, targets)``: FullGrad's maps of class logits (``export.fullgrad``), T copies of
   the image, one backward pass to the input and every biased layer.
 
 Layers that are not *cuts* work too (a conv inside a residual block, ViT's ``ln_1``: tensors
@@ -223,7 +223,7 @@ class SplitModel(nn.Module):
                 )
         return grads.reshape(n, t, *images.shape[1:])
 
-    def fullgrad(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """FullGrad maps [N,T,H,W] of the class logits ``targets`` (``export.fullgrad``)."""
         return fullgrad_maps(self.model, self.forward, images, targets)
 

@@ -1,5 +1,5 @@
 """``camserve export``: a PyTorch classifier -> a model directory (explain / forward / head / guided graphs,
-fullgrad on request).
+fullgradient on request).
 
 With ``--maps`` it also writes the maps graph (maps.onnx: the CAM maths as ONNX operators). With
 ``--triton-repository DIR`` it also writes a Triton Inference Server model repository for the

@@ -32,7 +32,7 @@ ARCHITECTURE = "camserve-digits"
 SHORT_SHA = 12  # hex digits of the weights' sha256 in the cache folder's name
 # every graph, so that every method runs on the default model; a cached directory missing one (exported
 # by an older camserve) is exported again
-GRAPHS = ("explain", "forward", "head", "guided", "fullgrad")
+GRAPHS = ("explain", "forward", "head", "guided", "fullgradient")
 
 __all__ = [
     "ARCHITECTURE",

@@ -17,25 +17,25 @@ class FullGrad(CamMethod):
 
         L^c = sum_colour s(|dy_c/dx * x|) + sum_l up(sum_k s(|dy_c/dz_l^k * b_l^k|))
 
-    z_l the layer's output. The target layer plays no part. Class logits only: the fullgrad graph
+    z_l the layer's output. The target layer plays no part. Class logits only: the fullgradient graph
     takes class ids (or -k ranks), resolved by the explain run.
     """
 
     name = "fullgrad"
-    requires = frozenset({"fullgrad"})
+    requires = frozenset({"fullgradient"})
     resolution = "input"
     # pytorch-grad-cam's eigen_smooth projects the per-layer maps, which the graph sums
     eigen_smoothable = False
-    cost = "one fullgrad-graph run (forward + backward through the whole network)"
-    not_in_graph = "it needs the fullgrad graph's bias gradients of every layer"
+    cost = "one fullgradient-graph run (forward + backward through the whole network)"
+    not_in_graph = "it needs the fullgradient graph's bias gradients of every layer"
 
     def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
-        return {"fullgrad": 1}
+        return {"fullgradient": 1}
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         target_ids = ctx.outputs.target_ids
         maps = run_in_chunks(
-            lambda items: ctx.runner.fullgrad(ctx.images[items], target_ids[items]),
+            lambda items: ctx.runner.fullgradient(ctx.images[items], target_ids[items]),
             ctx.images.shape[0],
             ctx.runtime.max_graph_batch,
         )
