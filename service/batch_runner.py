@@ -29,7 +29,7 @@ from camserve.config import ExplainOptions
 from camserve.errors import InvalidArgumentError
 from camserve.explainer import Explainer
 from camserve.methods.base import method_class
-from camserve.methods.target_kinds import IMAGE_KINDS, KIND_CODE, Target, TargetSpec
+from camserve.methods.target_kinds import IMAGE_KINDS, KIND_CODE, Target, TargetSpec, TargetTable
 from camserve.outputs import ExplainOutputs, GraphRunner
 from camserve.result import Prediction
 from camserve.service.cancellation import RequestCancelledError, StopCheck
@@ -117,7 +117,7 @@ class StopCheckingGraphRunner:
         if self.stop():
             raise RequestCancelledError(f"{graph} run skipped: no request waits for this batch any more")
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
+    def explain(self, images: torch.Tensor, targets: TargetTable) -> ExplainOutputs:
         self._check("explain")
         return self.graphs.explain(images, targets)
 
@@ -129,7 +129,7 @@ class StopCheckingGraphRunner:
         self._check("head")
         return self.graphs.head(activations, extra_tokens)
 
-    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def guided(self, images: torch.Tensor, targets: TargetTable) -> torch.Tensor:
         self._check("guided")
         return self.graphs.guided(images, targets)
 
@@ -170,10 +170,10 @@ class ExplainBatchRunner:
         images = self.explainer.preprocess(torch.from_numpy(np.stack([w.image for w in works])))
         targets = batch_rows(works)
         log.debug("explain run: images=%d methods=%s", len(works), ",".join(methods))
-        computed = self.explainer.compute(images, targets, methods, options)  # type: ignore[arg-type]
+        computed = self.explainer.compute(images, targets, methods, options)
         # every map of the batch reaches the host in one copy (camserve.hostcopy), not per image
         result = self.explainer.result(images, computed, options)
-        scores = getattr(result, "target_scores", None)  # ExplainResult.target_scores: issue 21
+        scores = result.target_scores
         return [
             ImageResult(
                 maps={m: result.maps[m][n] for m in work.methods},

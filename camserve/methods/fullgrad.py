@@ -26,6 +26,7 @@ class FullGrad(CamMethod):
     resolution = "input"
     # pytorch-grad-cam's eigen_smooth projects the per-layer maps, which the graph sums
     eigen_smoothable = False
+    logit_targets_only = True  # the fullgradient graph takes class ids only
     cost = "one fullgradient-graph run (forward + backward through the whole network)"
     not_in_graph = "it needs the fullgradient graph's bias gradients of every layer"
 
