@@ -39,6 +39,9 @@ DENSE_MODEL_NAME = "digits-dense"
 DENSE_ARCHITECTURE = "camserve-digits-dense"
 #: The dense model's classes: the digits keep their ids, the background is last (net.BACKGROUND).
 DENSE_CLASS_NAMES = [*CLASS_NAMES, "background"]
+# every graph, so that every method runs on the default model; a cached directory missing one (exported
+# by an older camserve) is exported again
+GRAPHS = ("explain", "forward", "head", "guided", "fullgradient")
 
 __all__ = [
     "ARCHITECTURE",
@@ -99,6 +102,7 @@ def export_default_model(out_dir: str | Path, weights: str | Path | None = None,
         std=list(STD),
         class_names=list(CLASS_NAMES),
         force=force,
+        graphs=GRAPHS,
     )
     return model_dir.path
 
@@ -109,16 +113,21 @@ def default_model_dir(
     """The default model's exported directory, ``<cache_dir>/default-model-<sha of weights>``.
 
     Exported from the committed weights (or ``weights``) on first use, or again when ``rebuild``
-    is set or the cached copy fails its checksums. Safe when several processes start at once:
-    each exports into its own staging folder and renames it into place; a process that finds
-    the place taken uses the winner's directory.
+    is set, the cached copy fails its checksums or lacks one of ``GRAPHS``. Safe when several
+    processes start at once: each exports into its own staging folder and renames it into place; a
+    process that finds the place taken uses the winner's directory.
     """
     weights_path = WEIGHTS_PATH if weights is None else Path(weights).expanduser()
-    return _cached_export(cache_dir, "default-model", weights_path, export_default_model, rebuild)
+    return _cached_export(cache_dir, "default-model", weights_path, export_default_model, rebuild, GRAPHS)
 
 
 def _cached_export(
-    cache_dir: str, prefix: str, weights_path: Path, export: Callable[[Path, Path], Path], rebuild: bool
+    cache_dir: str,
+    prefix: str,
+    weights_path: Path,
+    export: Callable[[Path, Path], Path],
+    rebuild: bool,
+    graphs: tuple[str, ...],
 ) -> Path:
     if not weights_path.is_file():
         raise NotFoundError(f"weights: no such file {weights_path}")
@@ -126,8 +135,12 @@ def _cached_export(
     final = root / f"{prefix}-{sha256_file(weights_path)[:SHORT_SHA]}"
     if final.exists() and not rebuild:
         try:
-            ModelDirectory(final)
-            return final
+            missing = set(graphs) - set(ModelDirectory(final).manifest.graphs)
+            if not missing:
+                return final
+            lacking = ", ".join(sorted(missing))
+            logger.warning("cached default model %s lacks graphs %s; exporting it again", final, lacking)
+            rebuild = True
         except CamserveError as exc:
             logger.warning("cached default model %s is unusable (%s); exporting it again", final, exc)
             rebuild = True
