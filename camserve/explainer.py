@@ -36,6 +36,8 @@ _MISSING = {
     "cam_weights": "its head is not global average pooling followed by one linear layer, so it has no "
     "class weights for CAM (gradcam gives CAM's map on such heads)",
     "guided": "it was exported without a guided-backprop graph",
+    "fullgradient": "it was exported without a fullgradient graph "
+    "(camserve export --graphs explain,forward,head,guided,fullgradient)",
     "forward": "it was exported without a forward graph",
     "head": "it was exported without a head graph (the layers after the target layer could not be cut out)",
     "class_logits": "it explains class logits only (logit_targets_only), and this model's output is "

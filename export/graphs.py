@@ -9,7 +9,9 @@
 - ``forward(images)``: logits only;
 - ``head(activations, extra)``: logits from given activations (the body is not run);
 - ``guided(images, targets)``: guided-backprop input gradients (ReLU backward passes only positive
-  gradients at positive inputs), T copies of the image, one backward pass.
+  gradients at positive inputs), T copies of the image, one backward pass;
+- ``fullgradient(images, targets)``: FullGrad's maps of class logits (``export.fullgrad``), T copies of
+  the image, one backward pass to the input and every biased layer.
 
 Layers that are not *cuts* work too (a conv inside a residual block, ViT's ``ln_1``: tensors
 computed before the layer bypass it and are read after it). The export then re-enters at the
@@ -32,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
 from camserve.errors import ExportError
+from camserve.export.fullgrad import fullgrad_maps
 from camserve.export.layers import Layout, find_layer, guess_layout_kind
 from camserve.methods.targets import resolve_targets
 
@@ -219,6 +222,10 @@ class SplitModel(nn.Module):
                     logits_rep, rep, grad_outputs=_select(ids, logits.shape[1], logits.dtype)
                 )
         return grads.reshape(n, t, *images.shape[1:])
+
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """FullGrad maps [N,T,H,W] of the class logits ``targets`` (``export.fullgrad``)."""
+        return fullgrad_maps(self.model, self.forward, images, targets)
 
     # -- checks done once, eagerly ------------------------------------------------------------
 

@@ -128,6 +128,7 @@ def manifest(job: JobConfig, explainer: Any, counts: dict[str, int] | None) -> d
             "top_probs": "list<float32>: their softmax probabilities",
             "target_ids": "list<int64>: the classes explained (negative targets resolved), T per row",
             "target_kinds": "list<int8>: each target's kind code (camserve.methods.target_kinds)",
+            "target_scores": "list<float32>: the explained scalars (a logit, a probability...)",
             "map_<method>": "binary: T x h x w maps in `dtype`, C order (see maps.<method>.shape)",
             "png_<method>": "list<binary>: one 8-bit PNG per target at the input size (--png)",
         },

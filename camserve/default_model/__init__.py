@@ -30,6 +30,9 @@ TRAINING_RECORD_PATH = Path(__file__).with_name("training.json")
 MODEL_NAME = "digits"
 ARCHITECTURE = "camserve-digits"
 SHORT_SHA = 12  # hex digits of the weights' sha256 in the cache folder's name
+# every graph, so that every method runs on the default model; a cached directory missing one (exported
+# by an older camserve) is exported again
+GRAPHS = ("explain", "forward", "head", "guided", "fullgradient")
 
 __all__ = [
     "ARCHITECTURE",
@@ -72,6 +75,7 @@ def export_default_model(out_dir: str | Path, weights: str | Path | None = None,
         std=list(STD),
         class_names=list(CLASS_NAMES),
         force=force,
+        graphs=GRAPHS,
     )
     return model_dir.path
 
@@ -82,9 +86,9 @@ def default_model_dir(
     """The default model's exported directory, ``<cache_dir>/default-model-<sha of weights>``.
 
     Exported from the committed weights (or ``weights``) on first use, or again when ``rebuild``
-    is set or the cached copy fails its checksums. Safe when several processes start at once:
-    each exports into its own staging folder and renames it into place; a process that finds
-    the place taken uses the winner's directory.
+    is set, the cached copy fails its checksums or lacks one of ``GRAPHS``. Safe when several
+    processes start at once: each exports into its own staging folder and renames it into place; a
+    process that finds the place taken uses the winner's directory.
     """
     weights_path = WEIGHTS_PATH if weights is None else Path(weights).expanduser()
     if not weights_path.is_file():
@@ -93,8 +97,12 @@ def default_model_dir(
     final = root / f"default-model-{sha256_file(weights_path)[:SHORT_SHA]}"
     if final.exists() and not rebuild:
         try:
-            ModelDirectory(final)
-            return final
+            missing = set(GRAPHS) - set(ModelDirectory(final).manifest.graphs)
+            if not missing:
+                return final
+            lacking = ", ".join(sorted(missing))
+            logger.warning("cached default model %s lacks graphs %s; exporting it again", final, lacking)
+            rebuild = True
         except CamserveError as exc:
             logger.warning("cached default model %s is unusable (%s); exporting it again", final, exc)
             rebuild = True

@@ -316,7 +316,16 @@ def test_image_targets_become_vectors_of_the_named_image_and_keep_their_index():
 
 def test_methods_that_rerun_the_model_for_class_logits_declare_it():
     refused = {name for name in known_methods() if method_class(name).logit_targets_only}
-    assert {"cam", "scorecam", "ablationcam", "sscam", "iscam", "shapleycam", "finercam"} <= refused
+    assert {
+        "cam",
+        "scorecam",
+        "ablationcam",
+        "sscam",
+        "iscam",
+        "shapleycam",
+        "finercam",
+        "fullgrad",
+    } <= refused
     assert not refused & {"gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigengradcam"}
     assert not refused & {"gradcamelementwise", "guidedbackprop", "guidedgradcam", "smoothgradcam++"}
 

@@ -51,7 +51,7 @@ def assert_same_result(remote, local, maps_atol: float = TOLERANCE) -> None:
         ["scorecam", "ablationcam", "guidedbackprop", "guidedgradcam"],
         # issue 24's methods: the ones that run more graphs (finercam, sscam, iscam) among them
         ["eigengradcam", "kpcacam", "fem", "gradcamelementwise", "shapleycam", "finercam", "refinecam"],
-        ["sscam", "iscam"],
+        ["sscam", "iscam", "fullgrad"],  # fullgrad: its own graph, fullgradient
     ],
 )
 def test_explain_over_grpc_equals_the_in_process_explainer(server, explainer, digit_pixels, methods):
