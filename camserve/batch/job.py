@@ -15,6 +15,7 @@ import numpy as np
 from camserve.batch.encoding import RESIZE_RULE, MapEncoding, computed_size
 from camserve.batch.outdir import OutputDir, map_column, png_column, shard_name
 from camserve.batch.sources import ImageRecord, ImageSource, SourceSpec
+from camserve.batch.targets import check_kinds
 from camserve.config import CamserveConfig, resolve_output_size
 from camserve.defaults import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError
@@ -95,10 +96,12 @@ def check_targets(job: JobConfig, explainer: Any) -> None:
     """``--target`` checked against the model before any image is explained."""
     if job.targets is None:
         return
+    spec = target_spec(explainer.manifest)
     try:
-        build_table([list(job.targets)], target_spec(explainer.manifest), 1)
+        build_table([list(job.targets)], spec, 1)
     except InvalidArgumentError as exc:
         raise InvalidArgumentError("--target", str(exc)) from None
+    check_kinds(job.targets, job.methods, spec)
 
 
 def job_identity(job: JobConfig, explainer: Any) -> dict[str, Any]:
