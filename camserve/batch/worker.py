@@ -23,7 +23,7 @@ from camserve.batch.encoding import computed_size, encode_maps, png_maps, resize
 from camserve.batch.job import JobConfig, ShardTask
 from camserve.batch.outdir import OutputDir, map_column, png_column
 from camserve.batch.sources import NPY_SUFFIX, ImageRecord, ImageSource, printable
-from camserve.batch.targets import row_targets
+from camserve.batch.targets import check_kinds, row_targets
 from camserve.encoded_images import DecodeBudget, check_image, decode_checked
 from camserve.errors import InvalidArgumentError
 from camserve.methods.target_kinds import KIND_CODE
@@ -184,6 +184,7 @@ class ShardWorker:
             targets = None
             if self.job.source.targets_column is not None:
                 targets = row_targets(record.targets, self.dataset, self.spec, self.job.source.targets_column)
+                check_kinds(targets, self.job.methods, self.spec)
             if data is None and record.path is None:
                 return _Decoded(record, error="no image: the path is null")
             item: Any = record.path
