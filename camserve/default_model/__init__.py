@@ -151,7 +151,7 @@ def dense_model_dir(
     """The dense model's exported directory, ``<cache_dir>/dense-model-<sha of weights>``; as
     :func:`default_model_dir` (first use exports, checksums checked, safe under races)."""
     weights_path = DENSE_WEIGHTS_PATH if weights is None else Path(weights).expanduser()
-    return _cached_export(cache_dir, "dense-model", weights_path, export_dense_model, rebuild)
+    return _cached_export(cache_dir, "dense-model", weights_path, export_dense_model, rebuild, graphs=())
 
 
 def _cached_export(

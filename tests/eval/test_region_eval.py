@@ -1,16 +1,10 @@
-"""Region evaluation of a dense model: the targets it builds, and `camserve eval` on the dense
-default model (exported once per module) beating the random baseline."""
+"""Region evaluation of a dense model: the targets it builds (`camserve eval` on the dense default
+model: tests/default_model/test_dense_model_export.py)."""
 
 from __future__ import annotations
 
-import csv
-import logging
-from pathlib import Path
-
-import pytest
 import torch
 
-from camserve.cli import main
 from camserve.eval.data import BenchmarkData, EvalBatch
 from camserve.eval.evaluate import object_masks, region_targets
 
@@ -48,40 +42,3 @@ def test_objects_are_the_benchmarks_masks_or_else_each_boxs_pixels() -> None:
         [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
         [[0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0]],
     ]
-
-
-@pytest.fixture(scope="module")
-def dense_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from camserve.default_model import dense_model_dir
-
-    return dense_model_dir(str(tmp_path_factory.mktemp("cache")))
-
-
-def _means(path: Path, metric: str) -> dict[str, float]:
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    out: dict[str, list[float]] = {}
-    for row in rows:
-        out.setdefault(row["method"], []).append(float(row[metric]))
-    return {name: sum(v) / len(v) for name, v in out.items()}
-
-
-def test_camserve_eval_scores_the_dense_models_region_maps_above_the_random_baseline(
-    dense_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    out = tmp_path / "report"
-    argv = ["eval", "--model", str(dense_dir), "--images", "8", "--multi-images", "8", "--method", "gradcam"]
-    with caplog.at_level(logging.INFO):
-        assert main([*argv, "--no-figures", "--out", str(out)]) == 0
-    energy = _means(out / "metrics.csv", "region_energy")
-    pointing = _means(out / "metrics.csv", "region_pointing")
-    area = _means(out / "metrics.csv", "mask_area")
-    assert set(energy) == {"gradcam", "random", "centre_gaussian"}
-    # the random map's energy sits near the masks' share of the image; Grad-CAM's is several times it
-    assert energy["random"] < 3 * area["gradcam"]
-    assert energy["gradcam"] > 3 * energy["random"]
-    assert pointing["gradcam"] > pointing["random"] + 0.4
-    assert _means(out / "metrics.csv", "predicted_energy")["gradcam"] > 3 * energy["random"]
-    summary = (out / "summary.md").read_text()
-    assert "energy in mask %" in summary and "mask area % (chance)" in summary
-    assert "single-instance: 8 images" in summary and "multi-instance (2-4): 8 images" in summary
