@@ -39,12 +39,16 @@ def save_example_grid(path: str | Path, seed: int = 3, columns: int = 8) -> Path
 
 
 def save_dense_example(
-    path: str | Path, seed: int = 5, scenes: int = 2, cache_dir: str | None = None
+    path: str | Path,
+    seed: int = 5,
+    scenes: int = 2,
+    methods: tuple[str, ...] = ("gradcam", "layercam"),
+    cache_dir: str | None = None,
 ) -> Path:
-    """Test scenes with 2-3 copies, one row each: the image with its true ink outlined, the dense
-    model's per-pixel classes, then the Grad-CAM map of a ``region`` target per copy (that copy's
-    true mask, the image's class) over the image, the target's mask outlined. The model directory
-    comes from ``cache_dir`` (default: the config's ``runtime.cache_dir``)."""
+    """Test scenes with 2-3 copies, one row per scene and method: the image with its true ink
+    outlined, the dense model's per-pixel classes, then the method's map of a ``region`` target per
+    copy (that copy's true mask, the image's class) over the image, the target's mask outlined.
+    The model directory comes from ``cache_dir`` (default: the config's ``runtime.cache_dir``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,35 +69,34 @@ def save_dense_example(
     with torch.no_grad():
         classes = load_dense_model()(inputs).argmax(1)
     copies = max(len(b) for b in ds.boxes)
-    figure, axes = plt.subplots(scenes, 2 + copies, figsize=(2.0 * (2 + copies), 2.2 * scenes), squeeze=False)
+    rows = scenes * len(methods)
+    figure, axes = plt.subplots(rows, 2 + copies, figsize=(1.9 * (2 + copies), 2.0 * rows), squeeze=False)
     colours = plt.get_cmap("tab10")(np.arange(10))[:, :3]
     for i in range(scenes):
         label, masks = int(ds.labels[i]), ds.instance_masks(i)
-        rows = [[Target("region", class_id=label, mask=m.numpy()) for m in masks]]
-        maps = explainer.explain(inputs[i : i + 1], methods="gradcam", targets=rows).maps["gradcam"][0]
+        targets = [[Target("region", class_id=label, mask=m.numpy()) for m in masks]]
+        maps = explainer.explain(inputs[i : i + 1], methods=list(methods), targets=targets).maps
         picture = ds.images[i].permute(1, 2, 0).numpy()
-        axes[i, 0].imshow(picture)
-        axes[i, 0].contour(ds.masks[i].numpy(), levels=[0.5], colors="white", linewidths=0.6)
-        axes[i, 0].set_title(f"class {label}, {len(masks)} copies", fontsize=8)
-        segmentation = np.where(
-            (classes[i] == BACKGROUND).numpy()[..., None], 0.0, colours[classes[i].clamp(max=9).numpy()]
-        )
-        axes[i, 1].imshow(segmentation, interpolation="nearest")
-        found = sorted({DENSE_CLASS_NAMES[c] for c in classes[i].unique().tolist() if c != BACKGROUND})
-        axes[i, 1].set_title(f"predicted: {', '.join(found) or 'none'}", fontsize=8)
-        for k in range(copies):
-            axis = axes[i, 2 + k]
-            if k < len(masks):
-                axis.imshow(picture)
-                axis.imshow(maps[k], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-                axis.contour(masks[k].numpy(), levels=[0.5], colors="white", linewidths=0.8)
-                axis.set_title(f"region target: copy {k + 1}", fontsize=8)
-        for axis in axes[i]:
-            axis.axis("off")
+        for j, method in enumerate(methods):
+            row = axes[i * len(methods) + j]
+            row[0].imshow(picture)
+            row[0].contour(ds.masks[i].numpy(), levels=[0.5], colors="white", linewidths=0.6)
+            row[0].set_title(f"class {label}, {len(masks)} copies", fontsize=8)
+            background = (classes[i] == BACKGROUND).numpy()[..., None]
+            row[1].imshow(np.where(background, 0.0, colours[classes[i].clamp(max=9).numpy()]))
+            found = sorted({DENSE_CLASS_NAMES[c] for c in classes[i].unique().tolist() if c != BACKGROUND})
+            row[1].set_title(f"predicted: {', '.join(found) or 'none'}", fontsize=8)
+            for k in range(len(masks)):
+                row[2 + k].imshow(picture)
+                row[2 + k].imshow(maps[method][0, k], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+                row[2 + k].contour(masks[k].numpy(), levels=[0.5], colors="white", linewidths=0.8)
+                row[2 + k].set_title(f"{method}, region: copy {k + 1}", fontsize=8)
+            for axis in row:
+                axis.axis("off")
     figure.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=80)
+    figure.savefig(out, dpi=64)
     plt.close(figure)
     return out
 
