@@ -28,7 +28,7 @@ class TorchGraphRunner:
     def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
         with torch.no_grad():
             out = self.split.explain(images, targets)
-        extra = out[4] if len(out) > 4 else None
+        extra = out[5] if len(out) > 5 else None  # out[4]: target_scores
         return ExplainOutputs(out[0], out[1], out[2], out[3], extra)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

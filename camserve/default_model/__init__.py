@@ -30,6 +30,9 @@ TRAINING_RECORD_PATH = Path(__file__).with_name("training.json")
 MODEL_NAME = "digits"
 ARCHITECTURE = "camserve-digits"
 SHORT_SHA = 12  # hex digits of the weights' sha256 in the cache folder's name
+# The exported graphs' interface, in the cache folder's name: a checkout whose export writes other
+# graphs (2: target kinds, issue 21) builds its own folder beside an older one, never over it
+GRAPHS_VERSION = 2
 
 __all__ = [
     "ARCHITECTURE",
@@ -79,7 +82,7 @@ def export_default_model(out_dir: str | Path, weights: str | Path | None = None,
 def default_model_dir(
     cache_dir: str = "~/.cache/camserve", rebuild: bool = False, weights: str | Path | None = None
 ) -> Path:
-    """The default model's exported directory, ``<cache_dir>/default-model-<sha of weights>``.
+    """The default model's exported directory, ``<cache_dir>/default-model-<weights sha>-g<GRAPHS_VERSION>``.
 
     Exported from the committed weights (or ``weights``) on first use, or again when ``rebuild``
     is set or the cached copy fails its checksums. Safe when several processes start at once:
@@ -90,7 +93,7 @@ def default_model_dir(
     if not weights_path.is_file():
         raise NotFoundError(f"weights: no such file {weights_path}")
     root = Path(cache_dir).expanduser()
-    final = root / f"default-model-{sha256_file(weights_path)[:SHORT_SHA]}"
+    final = root / f"default-model-{sha256_file(weights_path)[:SHORT_SHA]}-g{GRAPHS_VERSION}"
     if final.exists() and not rebuild:
         try:
             ModelDirectory(final)
