@@ -29,7 +29,8 @@ def run_in_chunks(
 ) -> torch.Tensor | ExplainOutputs:
     """``run(items)`` for the slices ``[0, c)``, ``[c, 2c)``, ... of ``count`` items (c = chunk_size),
     concatenated along dim 0. One chunk is returned as it is (no copy). ``run`` returns a tensor or
-    an ``ExplainOutputs`` (concatenated field by field; extra_tokens stays None when absent)."""
+    an ``ExplainOutputs`` (concatenated field by field; extra_tokens and target_scores stay None
+    when absent)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if count < 1:
@@ -45,10 +46,12 @@ def run_in_chunks(
 
 def _concatenate_outputs(parts: list[ExplainOutputs]) -> ExplainOutputs:
     extra = [part.extra_tokens for part in parts if part.extra_tokens is not None]
+    scores = [part.target_scores for part in parts if part.target_scores is not None]
     return ExplainOutputs(
         logits=torch.cat([part.logits for part in parts]),
         activations=torch.cat([part.activations for part in parts]),
         gradients=torch.cat([part.gradients for part in parts]),
         target_ids=torch.cat([part.target_ids for part in parts]),
         extra_tokens=torch.cat(extra) if extra else None,
+        target_scores=torch.cat(scores) if len(scores) == len(parts) else None,
     )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camserve import defaults
@@ -11,7 +14,10 @@ from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from camserve.config import CamserveConfig
+    from camserve.methods.target_kinds import Target
 
 _Adder = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -88,6 +94,115 @@ def add_target_flag(parser: _Adder) -> None:
         type=int,
         metavar="CLASS",
         help="class id to explain, or -k for each image's k-th best class; repeat for several (default: -1)",
+    )
+
+
+TARGET_SPEC_HELP = (
+    "what to explain: a class id, or -k for each image's k-th best class, or "
+    "KIND[:CLASS][:box=x1,y1,x2,y2|mask=FILE.png|FILE.npy|vector=FILE.npy|image=J], e.g. probability:5, "
+    "sigmoid:2, region:3:box=10,10,40,40, region:3:mask=m.png, predicted_region:-1, box:2:box=4,4,20,20, "
+    "cosine:vector=concept.npy, cosine_image:image=1 (docs/targets.md); repeat for several (default: -1)"
+)
+# what each kind takes after its class (``Target``'s fields)
+_SPEC_FIELDS = {
+    "region": ("box", "mask"),
+    "box": ("box",),
+    "dot": ("vector",),
+    "cosine": ("vector",),
+    "dot_image": ("image",),
+    "cosine_image": ("image",),
+}
+_CLASS = re.compile(r"-?\d+")
+
+
+def add_target_spec_flag(parser: _Adder) -> None:
+    """``--target SPEC`` (repeatable) into ``args.targets`` as strings; :func:`parse_target_specs`
+    reads them (one parser for `camserve explain` and `camserve batch`)."""
+    parser.add_argument("--target", action="append", dest="targets", metavar="SPEC", help=TARGET_SPEC_HELP)
+
+
+def parse_target_specs(specs: Sequence[str], flag: str = "--target") -> list[int | Target]:
+    """The targets of ``--target SPEC`` flags (:data:`TARGET_SPEC_HELP`): an int for a plain class,
+    else a ``Target``. Files are read here; whether the model takes them (mask size, box inside the
+    input, vector length) is ``build_table``'s check (:func:`target_spec_error` names the flag)."""
+    return [parse_target_spec(spec, flag) for spec in specs]
+
+
+def parse_target_spec(spec: str, flag: str = "--target") -> int | Target:
+    """One ``--target`` value; InvalidArgumentError naming ``flag`` and the value when it is bad."""
+    from camserve.methods.target_kinds import TARGET_KINDS, Target
+
+    where = f"{flag} {spec}"
+    if _CLASS.fullmatch(spec.strip()):
+        return int(spec)
+    kind, _, rest = spec.partition(":")
+    if kind not in TARGET_KINDS:
+        raise InvalidArgumentError(
+            where, f"unknown target kind {kind!r}; expected a class id or one of {', '.join(TARGET_KINDS)}"
+        )
+    class_id = -1
+    head, _, tail = rest.partition(":")
+    if head and "=" not in head:
+        if not _CLASS.fullmatch(head):
+            raise InvalidArgumentError(where, f"expected a class id (or -k) after {kind}:, got {head!r}")
+        class_id, rest = int(head), tail
+    fields: dict[str, object] = {}
+    if rest:
+        key, equals, value = rest.partition("=")
+        allowed = _SPEC_FIELDS.get(kind, ())
+        if not equals or key not in allowed:
+            takes = f"takes {' or '.join(f'{name}=...' for name in allowed)}" if allowed else "takes no field"
+            raise InvalidArgumentError(where, f"a {kind} target {takes}, got {rest!r}")
+        fields[key] = _spec_field(key, value, where)
+    if kind in _SPEC_FIELDS and not fields:
+        needs = " or ".join(f"{name}=..." for name in _SPEC_FIELDS[kind])
+        raise InvalidArgumentError(where, f"a {kind} target needs {needs}")
+    return Target(kind=kind, class_id=class_id, **fields)  # type: ignore[arg-type]
+
+
+def _spec_field(key: str, value: str, where: str) -> object:
+    if key == "box":
+        try:
+            x1, y1, x2, y2 = (float(v) for v in value.split(","))
+        except ValueError:
+            raise InvalidArgumentError(where, f"box= needs four numbers x1,y1,x2,y2, got {value!r}") from None
+        return (x1, y1, x2, y2)
+    if key == "image":
+        if not _CLASS.fullmatch(value):
+            raise InvalidArgumentError(where, f"image= needs the index of an image, got {value!r}")
+        return int(value)
+    return _read_array(Path(value), where, png=key == "mask")
+
+
+def _read_array(path: Path, where: str, png: bool) -> np.ndarray:
+    """A mask (PNG: nonzero pixels are inside; .npy: the weights as stored) or a vector (.npy)."""
+    import numpy as np
+
+    suffixes = (".png", ".npy") if png else (".npy",)
+    if path.suffix.lower() not in suffixes:
+        raise InvalidArgumentError(where, f"{path}: expected a {' or '.join(suffixes)} file")
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.asarray(np.load(path, allow_pickle=False))
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L")) > 0
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(where, f"cannot read {path}: {exc}") from None
+
+
+def target_spec_error(
+    exc: InvalidArgumentError, specs: Sequence[str], flag: str = "--target"
+) -> InvalidArgumentError:
+    """``build_table``'s error about ``targets[0][t].<part>`` as one about the t-th ``--target``."""
+    match = re.fullmatch(r"targets\[\d+\]\[(\d+)\](\.\w+)?", exc.argument)
+    if match is None or int(match.group(1)) >= len(specs):
+        return exc
+    message = str(exc)[len(exc.argument) + 2 :]
+    part = (match.group(2) or "").lstrip(".")
+    return InvalidArgumentError(
+        f"{flag} {specs[int(match.group(1))]}", f"{part + ': ' if part else ''}{message}"
     )
 
 

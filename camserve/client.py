@@ -34,6 +34,7 @@ from camserve.defaults import DEFAULT_METHODS, IMAGE_FORMATS, MAX_MESSAGE_BYTES
 from camserve.encoded_images import image_format
 from camserve.errors import CamserveError, InvalidArgumentError, NotFoundError
 from camserve.images import IMAGE_MODES, ImageLike, preprocess
+from camserve.methods.target_kinds import KIND_CODE, OUTPUT_KINDS, Target, TargetSpec, as_target, build_table
 from camserve.methods.targets import parse_targets
 from camserve.result import ExplainResult, Prediction
 from camserve.v1 import camserve_pb2 as pb
@@ -149,10 +150,15 @@ class Client:
         info = self.model_info(model)
         input_size, mean, std = list(info.input_size), list(info.mean), list(info.std)
         batch = preprocess(images, input_size, mean, std)  # validates like the Explainer; kept for overlays
-        table = parse_targets(targets, batch.shape[0], info.num_classes).tolist()
         sources = _image_sources(images, batch)
-        for source, row in zip(sources, table, strict=True):
-            source.targets.extend(row)
+        rows = target_rows(targets, batch.shape[0], model_spec(info))
+        if rows is None:
+            table = parse_targets(targets, batch.shape[0], info.num_classes).tolist()
+            for source, row in zip(sources, table, strict=True):
+                source.targets.extend(row)
+        else:
+            for source, row in zip(sources, rows, strict=True):
+                source.target_specs.extend(target_message(t) for t in row)
         request = pb.ExplainRequest(
             model=info.name,
             methods=[methods] if isinstance(methods, str) else list(methods),
@@ -171,6 +177,49 @@ class Client:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFoundError(f"server {self.address}: {exc.details()}") from None
             raise ServerError(exc.code(), exc.details() or "") from None
+
+
+def model_spec(info: pb.ModelInfo) -> TargetSpec:
+    """The targets a served model takes (a server from before target kinds: a classifier)."""
+    kind = info.output_kind or "classification"
+    shape = tuple(info.output_shape) or (info.num_classes,)
+    return TargetSpec(kind, info.num_classes, shape, (int(info.input_size[1]), int(info.input_size[2])))
+
+
+def target_rows(targets: object, num_images: int, spec: TargetSpec) -> list[list[int | Target]] | None:
+    """Rows of :class:`Target`s (or dicts with its fields, or ints) per image, checked as the server
+    checks them (``build_table``); None when ``targets`` holds no Target (plain class ids)."""
+    if not isinstance(targets, list | tuple) or not any(
+        isinstance(entry, Target | dict) for row in targets if isinstance(row, list | tuple) for entry in row
+    ):
+        return None
+    rows = [[as_target(entry) for entry in row] for row in targets]
+    build_table(rows, spec, num_images)
+    return rows * num_images if len(rows) == 1 else rows
+
+
+def target_message(target: int | Target) -> pb.Target:
+    """One target as camserve.v1's Target; a mask travels as raw uint8 weights (round(255 w))."""
+    if not isinstance(target, Target):
+        return pb.Target(class_id=int(target))
+    message = pb.Target(kind=KIND_CODE[target.kind])  # type: ignore[arg-type]
+    if target.kind not in OUTPUT_KINDS["embedding"]:
+        message.class_id = int(target.class_id)
+    if target.box is not None:
+        x1, y1, x2, y2 = (float(v) for v in target.box)
+        message.box.CopyFrom(pb.Box(x1=x1, y1=y1, x2=x2, y2=y2))
+    if target.mask is not None:
+        weights = np.asarray(target.mask, dtype=np.float32)
+        if weights.size and not 0.0 <= float(weights.min()) <= float(weights.max()) <= 1.0:
+            raise InvalidArgumentError("targets.mask", "the wire carries mask weights in [0, 1]")
+        height, width = weights.shape
+        data = np.rint(weights * 255).astype(np.uint8).tobytes()
+        message.mask.raw.CopyFrom(pb.RawMask(height=height, width=width, data=data))
+    if target.vector is not None:
+        message.vector.extend(np.asarray(target.vector, dtype=np.float32).reshape(-1).tolist())
+    if target.image is not None:
+        message.image = int(target.image)
+    return message
 
 
 def _image_sources(images: ImageLike | Sequence[ImageLike], batch: torch.Tensor) -> list[pb.Image]:

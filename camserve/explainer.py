@@ -23,7 +23,8 @@ from camserve.errors import InvalidArgumentError
 from camserve.images import ImageLike, preprocess
 from camserve.methods import ComputedMaps, get_method, known_methods, method_class
 from camserve.methods.compute import checked_maps
-from camserve.methods.targets import TargetsLike
+from camserve.methods.target_kinds import TARGET_KINDS, TargetSpec
+from camserve.methods.targets import TargetsLike, manifest_spec
 from camserve.modeldir import ModelDirectory
 from camserve.outputs import GraphRunner
 from camserve.result import ExplainResult, Prediction
@@ -61,6 +62,7 @@ class Explainer:
         check_options(self.config.explain)  # once: compute() trusts config.explain
         self.model_dir = _model_directory(model, self.config.runtime)
         self.manifest = self.model_dir.manifest
+        self.target_spec: TargetSpec = manifest_spec(self.manifest)  # which targets the model takes
         self.runner = runner if runner is not None else _onnx_runner(self.model_dir, self.config.runtime)
         self.cam_weights = _cam_weights(self.model_dir)
         self._copy_streams = hostcopy.HostCopyStreams()  # result()'s device-to-host copies
@@ -101,7 +103,10 @@ class Explainer:
                  tensors, alone or in a list (``camserve.images``)
         methods  names from ``supported_methods``; all gradient methods share one explain run
         targets  None (explain each prediction), an int for all images, or an [N,T] / [1,T] table
-                 of class ids where -k means the k-th best class (``camserve.methods.targets``)
+                 of class ids where -k means the k-th best class, whose rows may also hold
+                 ``Target(kind, ...)`` entries (probabilities, regions, boxes, embedding
+                 similarities: ``camserve.methods.targets``, docs/targets.md); kinds the model's
+                 output takes: ``target_spec.kinds``
         options  None: ``config.explain``
         """
         method_names = self.check_methods(methods)
@@ -126,7 +131,7 @@ class Explainer:
             images,
             targets,
             [get_method(name) for name in methods],
-            num_classes=self.manifest.num_classes,
+            spec=self.target_spec,
             options=options if options is not None else self.config.explain,
             runtime=self.config.runtime,
             cam_weights=self.cam_weights,
@@ -161,6 +166,7 @@ class Explainer:
         """:meth:`compute`'s tensors -> the ExplainResult on the host (maps, predictions, ...): every
         tensor leaves the device in one ``hostcopy.to_host`` call (one host wait per batch)."""
         tensors = {("logits", ""): computed.logits, ("target_ids", ""): computed.target_ids}
+        tensors[("target_scores", "")] = computed.target_scores
         tensors[("images", "")] = images
         tensors.update({("maps", method): maps for method, maps in computed.maps.items()})
         tensors.update({("rgb", method): rgb for method, rgb in computed.rgb.items()})
@@ -181,6 +187,8 @@ class Explainer:
             logits=logits.numpy(),
             probabilities=probabilities.numpy(),
             target_ids=host[("target_ids", "")].to(torch.int64).numpy(),
+            target_scores=_numpy(host[("target_scores", "")]),
+            target_kinds=np.asarray(TARGET_KINDS)[computed.target_kinds.cpu().numpy()],
             predictions=predictions,
             images=_numpy(host[("images", "")]),
             class_names=names,

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from camserve.methods.target_kinds import TargetTable
 
 
 @dataclass
 class ExplainOutputs:
     """Outputs of the explain graph for N images and T targets per image.
 
-    logits       [N, C]        float32
-    activations  [N, K, h, w]  float32   target-layer output A (token layers already reshaped)
-    gradients    [N, T, K, h, w] float32 dY_c/dA for c = target_ids[n, t] (pre-softmax logit)
-    target_ids   [N, T]        int64     resolved classes (negative targets -k -> k-th best)
-    extra_tokens [N, E, K] or None       tokens dropped by the reshape (ViT class token); the head
-                                         graph needs them back to re-run the head
+    logits        [N, C]        float32   class scores (``target_kinds.class_scores``; the logits
+                                          of a classifier)
+    activations   [N, K, h, w]  float32   target-layer output A (token layers already reshaped)
+    gradients     [N, T, K, h, w] float32 ds/dA for the explained scalar s of target [n, t]
+                                          (``target_kinds.target_scores``: a logit, a probability,
+                                          a region's sum...)
+    target_ids    [N, T]        int64     resolved classes (negative targets -k -> k-th best); the
+                                          image index for ``*_image`` targets
+    extra_tokens  [N, E, K] or None       tokens dropped by the reshape (ViT class token); the head
+                                          graph needs them back to re-run the head
+    target_scores [N, T] float32 or None  the scalars s themselves; runners always give them (for
+                                          graphs exported before target kinds: the logits of the
+                                          target ids), hand-made outputs may leave them out
     """
 
     logits: torch.Tensor
@@ -25,24 +35,26 @@ class ExplainOutputs:
     gradients: torch.Tensor
     target_ids: torch.Tensor
     extra_tokens: torch.Tensor | None = None
+    target_scores: torch.Tensor | None = None
 
 
 class GraphRunner(Protocol):
     """Runs a model's graphs. Implemented by ONNX Runtime (``camserve.runtime.OnnxGraphRunner``) and,
     as the eager twin, by PyTorch autograd (``camserve.export.eager.TorchGraphRunner``)."""
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
-        """images [N,3,H,W] float32 (normalised), targets [N,T] int64."""
+    def explain(self, images: torch.Tensor, targets: TargetTable) -> ExplainOutputs:
+        """images [N,C,H,W] float32 (normalised); targets: the [N,T] table of ids, kinds and data
+        (``camserve.methods.target_kinds.TargetTable``)."""
         ...
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits [N,C] only (Score-CAM's masked images, evaluation's perturbed images)."""
+        """Class scores [N,C] only (Score-CAM's masked images, evaluation's perturbed images)."""
         ...
 
     def head(self, activations: torch.Tensor, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [M,C] from activations [M,K,h,w]: only the layers after the target layer run."""
+        """Class scores [M,C] from activations [M,K,h,w]: only the layers after the target layer run."""
         ...
 
-    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Guided-backprop input gradients [N,T,3,H,W] of the resolved targets' logits."""
+    def guided(self, images: torch.Tensor, targets: TargetTable) -> torch.Tensor:
+        """Guided-backprop input gradients [N,T,C,H,W] of the targets' scalars (as explain's)."""
         ...

@@ -12,6 +12,7 @@ import torch
 from camserve.errors import InvalidArgumentError
 from camserve.files import write_atomic
 from camserve.images import denormalize, display_rgb
+from camserve.methods.target_kinds import IMAGE_KINDS, OUTPUT_KINDS
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,14 @@ class ExplainResult:
     maps[method]  float32 [N,T,H',W']  ReLU'd maps, min-max normalised to [0, 1] per map unless
                                        ExplainOptions.normalize is False; H'xW' is the output size
     rgb[method]   float32 [N,T,3,H,W]  signed colour evidence of guidedbackprop / guidedgradcam
-    logits        float32 [N,C]
+    logits        float32 [N,C]        class scores (a classifier's logits; see
+                                       ``target_kinds.class_scores`` for other outputs)
     probabilities float32 [N,C]        softmax of the logits
-    target_ids    int64   [N,T]        the classes explained (negative targets resolved)
+    target_ids    int64   [N,T]        the classes explained (negative targets resolved; the
+                                       image index for ``*_image`` targets)
+    target_scores float32 [N,T]        the explained scalars (a logit, a probability, a region's
+                                       sum, a similarity...: ``target_kinds.target_scores``)
+    target_kinds  str     [N,T]        their kinds ("logit", "probability", ...)
     predictions   per image, the top-k classes by probability
     images        float32 [N,3,H,W]    the preprocessed input the graphs saw (for overlays)
     """
@@ -46,6 +52,8 @@ class ExplainResult:
     std: list[float]
     rgb: dict[str, np.ndarray] = field(default_factory=dict)
     model_name: str = ""
+    target_scores: np.ndarray | None = None  # None only where a front door does not carry them yet
+    target_kinds: np.ndarray | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -54,6 +62,18 @@ class ExplainResult:
     def class_name(self, class_id: int) -> str:
         return self.class_names[class_id] if 0 <= class_id < len(self.class_names) else str(class_id)
 
+    def target_label(self, image: int, target: int) -> str:
+        """How people read target [image, target]: its class name, with its kind unless a logit."""
+        class_id = int(self.target_ids[image, target])
+        kind = "logit" if self.target_kinds is None else str(self.target_kinds[image, target])
+        if kind == "logit":
+            return self.class_name(class_id)
+        if kind in IMAGE_KINDS:
+            return f"{kind} to image {class_id}"
+        if kind in OUTPUT_KINDS["embedding"]:
+            return f"{kind} to the concept"
+        return f"{kind} of {self.class_name(class_id)}"
+
     def pixels(self) -> np.ndarray:
         """The input as displayable RGB [N,H,W,3] in [0, 1] (preprocessing undone; grey for inputs
         of other than 3 channels, see ``camserve.images.display_rgb``)."""
@@ -61,11 +81,16 @@ class ExplainResult:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What :meth:`save_npz` writes: one array per method, ``<method>_rgb`` for colour evidence,
-        ``logits``, ``target_ids``, ``probabilities`` and ``class_names``."""
+        ``logits``, ``target_ids``, ``target_scores``, ``target_kinds``, ``probabilities`` and
+        ``class_names``."""
         out: dict[str, np.ndarray] = dict(self.maps)
         out.update({f"{method}_rgb": array for method, array in self.rgb.items()})
         out["logits"] = self.logits
         out["target_ids"] = self.target_ids
+        if self.target_scores is not None:
+            out["target_scores"] = self.target_scores
+        if self.target_kinds is not None:
+            out["target_kinds"] = np.asarray(self.target_kinds, dtype=str)
         out["probabilities"] = self.probabilities
         out["class_names"] = np.asarray(self.class_names, dtype=str)
         return out

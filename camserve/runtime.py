@@ -40,6 +40,8 @@ import torch
 from camserve.config import RuntimeConfig
 from camserve.doctor import CUDA_PROVIDER, gpu_stack, gpu_stack_problems, preload_cuda_libraries
 from camserve.errors import InvalidArgumentError, UnsupportedError
+from camserve.methods.target_kinds import KIND_CODE, TARGET_KINDS, TargetSpec, TargetTable
+from camserve.methods.targets import manifest_spec
 from camserve.modeldir import ModelDirectory
 from camserve.outputs import ExplainOutputs
 
@@ -131,9 +133,15 @@ class OnnxGraphRunner:
         # ONNX Runtime's compute stream on a GPU; see the module docstring
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._names: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._lock = threading.Lock()
         manifest = model_dir.manifest
+        self.spec = manifest_spec(manifest)
         self.num_classes = manifest.num_classes
+        # width of the class scores (``logits``): an embedding's are the embedding itself
+        self.score_width = (
+            int(self.spec.output_shape[0]) if self.spec.output_kind == "embedding" else self.num_classes
+        )
         self.activation_shape = tuple(manifest.activation_shape)
         self.input_size = tuple(manifest.input_size)
         # per-image shape of the head's extra input, when it has one: ViT's prefix (class) tokens
@@ -145,26 +153,38 @@ class OnnxGraphRunner:
 
     # -- the GraphRunner protocol -------------------------------------------------------------
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
-        n, t = targets.shape
+    def explain(self, images: torch.Tensor, targets: TargetTable | torch.Tensor) -> ExplainOutputs:
+        """See ``GraphRunner.explain``; a plain [N,T] int tensor stands for class ids of the output's
+        default kind (``TargetTable.of_ids``)."""
+        table = self._table(targets)
+        n, t = table.shape
         shapes = {
-            "logits": ((n, self.num_classes), torch.float32),
+            "logits": ((n, self.score_width), torch.float32),
             "activations": ((n, *self.activation_shape), torch.float32),
             "gradients": ((n, t, *self.activation_shape), torch.float32),
             "target_ids": ((n, t), torch.int64),
         }
+        scored = "target_scores" in self._output_names("explain")
+        if scored:
+            shapes["target_scores"] = ((n, t), torch.float32)
         if self.extra_shape is not None:
             shapes["extra_tokens"] = ((n, *self.extra_shape), torch.float32)
-        out = self._run("explain", {"images": images, "targets": targets}, shapes)
+        out = self._run("explain", self._target_inputs("explain", images, table), shapes)
+        # graphs exported before target kinds explain logits only: their scores are the logits
+        scores = out["target_scores"] if scored else out["logits"].gather(1, out["target_ids"])
         return ExplainOutputs(
-            out["logits"], out["activations"], out["gradients"], out["target_ids"], out.get("extra_tokens")
+            out["logits"],
+            out["activations"],
+            out["gradients"],
+            out["target_ids"],
+            out.get("extra_tokens"),
+            scores,
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if not self.model_dir.has_graph("forward"):  # the explain graph also gives logits
-            targets = torch.full((images.shape[0], 1), -1, dtype=torch.int64, device=images.device)
-            return self.explain(images, targets).logits
-        shapes = {"logits": ((images.shape[0], self.num_classes), torch.float32)}
+        if not self.model_dir.has_graph("forward"):  # the explain graph also gives the class scores
+            return self.explain(images, default_targets(self.spec, images.shape[0], 1, images.device)).logits
+        shapes = {"logits": ((images.shape[0], self.score_width), torch.float32)}
         return self._run("forward", {"images": images}, shapes)["logits"]
 
     def head(self, activations: torch.Tensor, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -173,13 +193,60 @@ class OnnxGraphRunner:
             if extra_tokens is None:
                 raise UnsupportedError("this model's head needs the extra tokens of the explain run")
             inputs["extra_tokens"] = extra_tokens
-        shapes = {"logits": ((activations.shape[0], self.num_classes), torch.float32)}
+        shapes = {"logits": ((activations.shape[0], self.score_width), torch.float32)}
         return self._run("head", inputs, shapes)["logits"]
 
-    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        n, t = targets.shape
+    def guided(self, images: torch.Tensor, targets: TargetTable | torch.Tensor) -> torch.Tensor:
+        table = self._table(targets)
+        n, t = table.shape
         shapes = {"input_gradients": ((n, t, *images.shape[1:]), torch.float32)}
-        return self._run("guided", {"images": images, "targets": targets}, shapes)["input_gradients"]
+        inputs = self._target_inputs("guided", images, table)
+        return self._run("guided", inputs, shapes)["input_gradients"]
+
+    # -- targets --------------------------------------------------------------------------------
+
+    def _table(self, targets: TargetTable | torch.Tensor) -> TargetTable:
+        return targets if isinstance(targets, TargetTable) else TargetTable.of_ids(targets, self.spec)
+
+    def _input_names(self, graph: str) -> tuple[str, ...]:
+        return self._io_names(graph)[0]
+
+    def _output_names(self, graph: str) -> tuple[str, ...]:
+        return self._io_names(graph)[1]
+
+    def _io_names(self, graph: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The graph's input and output names, read from its session once."""
+        if graph not in self._names:
+            session = self.session(graph)
+            self._names[graph] = (
+                tuple(node.name for node in session.get_inputs()),
+                tuple(node.name for node in session.get_outputs()),
+            )
+        return self._names[graph]
+
+    def _target_inputs(self, graph: str, images: torch.Tensor, table: TargetTable) -> dict[str, torch.Tensor]:
+        """The graph's inputs: images and the target ids, plus ``target_kinds`` and ``target_data``
+        where the graph takes them (exported with target kinds); a graph exported before them takes
+        class logits only and refuses any other kind."""
+        names = self._input_names(graph)
+        inputs = {"images": images, "targets": table.ids}
+        if "target_kinds" not in names:
+            if not table.all_default:
+                codes = sorted({int(code) for code in table.kinds.unique().tolist()})
+                raise UnsupportedError(
+                    f"model {self.model_dir.manifest.name!r} was exported before target kinds: its "
+                    f"graphs explain class logits only, not {', '.join(TARGET_KINDS[c] for c in codes)} "
+                    "targets; re-export the model (`camserve export`) to explain other target kinds"
+                )
+            return inputs
+        inputs["target_kinds"] = table.kinds
+        if "target_data" in names:
+            length = self.spec.data_length
+            data = table.data
+            if data is None:
+                data = torch.zeros(*table.shape, length, dtype=torch.float32, device=table.ids.device)
+            inputs["target_data"] = data.to(torch.float32)
+        return inputs
 
     # -- ONNX Runtime ---------------------------------------------------------------------------
 
@@ -263,6 +330,19 @@ class OnnxGraphRunner:
         return result
 
 
+def default_targets(spec: TargetSpec, num_images: int, num_targets: int, device: torch.device) -> TargetTable:
+    """Targets every model takes (warm-up, class scores without a forward graph): the 1st..T-th
+    best classes as the output's default kind; an embedding's similarity to its own image."""
+    if spec.output_kind == "embedding":
+        ids = torch.zeros(num_images, num_targets, dtype=torch.int64, device=device)
+        ids += torch.arange(num_images, device=device).reshape(-1, 1)
+        kinds = torch.full_like(ids, KIND_CODE["cosine_image"])
+        data = torch.zeros(num_images, num_targets, spec.data_length, dtype=torch.float32, device=device)
+        return TargetTable(ids, kinds, data)
+    ranks = -torch.arange(1, num_targets + 1, dtype=torch.int64, device=device)
+    return TargetTable.of_ids(ranks.repeat(num_images, 1), spec)
+
+
 def warm_up(runner: OnnxGraphRunner, kernels_backend: str = "auto") -> dict[str, float]:
     """Seconds per step of one small run of each graph (creating its session; on a GPU also cuDNN's
     plans) and of the CAM kernels on the outputs (compiling the Triton kernels on a GPU), for one
@@ -283,7 +363,7 @@ def warm_up(runner: OnnxGraphRunner, kernels_backend: str = "auto") -> dict[str,
     images = torch.zeros((1, *runner.input_size), dtype=torch.float32, device=runner.device)
     size = (int(runner.input_size[-2]), int(runner.input_size[-1]))
     for t in (1, 2):  # BLOCK_T 1 and 4: the two tile shapes of every kernel (kernels/launch.py)
-        targets = -torch.arange(1, t + 1, dtype=torch.int64, device=runner.device).reshape(1, t)
+        targets = default_targets(runner.spec, 1, t, runner.device)
         out = timed("explain", runner.explain, images, targets)
         a, g = out.activations, out.gradients
         for method in kernels.WEIGHT_METHODS:

@@ -24,10 +24,12 @@ from camserve.config import (
 from camserve.errors import InvalidArgumentError
 from camserve.images import denormalize, display_rgb
 from camserve.methods.base import method_class
+from camserve.methods.target_kinds import TARGET_KINDS, Target, TargetSpec, check_one
 from camserve.service.admission import AnswerShape
 from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
+from camserve.target_masks import png_mask, raw_mask, rle_mask, target_spec
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
 from camserve.wire import NUMPY_DTYPES, array_to_tensor, check_input_values, tensor_to_array
@@ -73,10 +75,9 @@ def decode_request(
     )
     num_classes = model.manifest.num_classes
     options = check_options(_options(request, defaults), OPTION_FIELDS, num_classes)
+    spec = target_spec(model.manifest)
     images = [
-        _image(
-            image, f"images[{i}]", model, check_targets(image.targets, num_classes, f"images[{i}].targets")
-        )
+        _image(image, f"images[{i}]", model, _targets(image, f"images[{i}]", spec, len(request.images)))
         for i, image in enumerate(request.images)
     ]
     dtype = request.output.dtype or pb.DATA_TYPE_FLOAT32
@@ -96,7 +97,57 @@ def decode_request(
     return ServiceRequest(images, methods, options, answer, wire=output)
 
 
-def _image(image: pb.Image, field: str, model: ServedModel, targets: tuple[int, ...]) -> PendingImage:
+def _targets(image: pb.Image, field: str, spec: TargetSpec, num_images: int) -> tuple[int | Target, ...]:
+    """One image's targets: plain class ids (``targets``) or Targets (``target_specs``), each
+    checked by the one validator of targets (``target_kinds.check_one``)."""
+    if image.targets and image.target_specs:
+        raise InvalidArgumentError(f"{field}.target_specs", "set at most one of targets and target_specs")
+    if not image.target_specs:
+        return check_targets(image.targets, spec.num_classes, f"{field}.targets")
+    targets = []
+    for t, message in enumerate(image.target_specs):
+        where = f"{field}.target_specs[{t}]"
+        target = decode_target(message, where, spec)
+        check_one(target, spec, num_images, where)
+        targets.append(target)
+    return tuple(targets)
+
+
+def decode_target(message: pb.Target, field: str, spec: TargetSpec) -> Target:
+    """A camserve.v1 Target -> a :class:`Target` (masks decoded; checked afterwards by check_one)."""
+    if not 0 <= message.kind < len(TARGET_KINDS):
+        raise InvalidArgumentError(f"{field}.kind", f"unknown target kind {message.kind}")
+    box = None
+    if message.HasField("box"):
+        b = message.box
+        box = (b.x1, b.y1, b.x2, b.y2)
+    return Target(
+        kind=TARGET_KINDS[message.kind],
+        class_id=message.class_id if message.HasField("class_id") else -1,
+        mask=_mask(message.mask, f"{field}.mask", spec) if message.HasField("mask") else None,
+        box=box,
+        vector=np.asarray(message.vector, dtype=np.float32) if message.vector else None,
+        image=message.image if message.HasField("image") else None,
+    )
+
+
+def _mask(mask: pb.Mask, field: str, spec: TargetSpec) -> np.ndarray:
+    grid = tuple(spec.output_shape[1:3]) if spec.output_kind == "dense" else None
+    source = mask.WhichOneof("source")
+    if source == "png":
+        return png_mask(mask.png, f"{field}.png", grid)  # type: ignore[arg-type]
+    if source == "raw":
+        raw = mask.raw
+        return raw_mask(raw.data, raw.height, raw.width, f"{field}.raw", grid)  # type: ignore[arg-type]
+    if source == "rle":
+        rle = mask.rle
+        return rle_mask(rle.height, rle.width, rle.counts, f"{field}.rle", grid)  # type: ignore[arg-type]
+    raise InvalidArgumentError(field, "set one of png, raw and rle")
+
+
+def _image(
+    image: pb.Image, field: str, model: ServedModel, targets: tuple[int | Target, ...]
+) -> PendingImage:
     source = image.WhichOneof("source")
     if source is None:
         raise InvalidArgumentError(field, "set either `encoded` (PNG/JPEG bytes) or `tensor`")
@@ -202,6 +253,8 @@ def encode_image_result(result: ImageResult, work: ImageWork, output: OutputSpec
         target_ids=result.target_ids.tolist(),
         logits=array_to_tensor(result.logits.astype(np.float32, copy=False)),
         maps=maps,
+        target_kinds=result.target_kinds.tolist(),
+        target_scores=[] if result.target_scores is None else result.target_scores.tolist(),
     )
 
 
@@ -214,6 +267,7 @@ def _pixels(image: np.ndarray, output: OutputSpec) -> np.ndarray:
 
 def model_info(model: ServedModel, max_batch_size: int) -> pb.ModelInfo:
     m = model.manifest
+    spec = target_spec(m)
     return pb.ModelInfo(
         name=model.name,
         architecture=m.architecture,
@@ -226,4 +280,7 @@ def model_info(model: ServedModel, max_batch_size: int) -> pb.ModelInfo:
         supported_methods=list(model.supported_methods),
         activation_shape=list(m.activation_shape),
         max_batch_size=max_batch_size,
+        output_kind=spec.output_kind,
+        target_kinds=[f"TARGET_KIND_{kind.upper()}" for kind in spec.kinds],
+        output_shape=list(spec.output_shape),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -31,9 +32,11 @@ import numpy as np
 
 from camserve.config import CamserveConfig, ExplainOptions, check_service_config
 from camserve.defaults import INLINE_DECODE_PIXELS, INLINE_REQUEST_BYTES, MAX_ECHO_CHARS
+from camserve.errors import InvalidArgumentError
+from camserve.methods.target_kinds import Target
 from camserve.service import metrics
 from camserve.service.admission import AnswerShape, RequestCost, admit, request_cost
-from camserve.service.batch_runner import ImageResult, ImageWork, batch_key
+from camserve.service.batch_runner import ImageResult, ImageWork, batch_key, names_images
 from camserve.service.batcher import Completed
 from camserve.service.cancellation import current_scope
 from camserve.service.errors import MAX_STATUS_CHARS, SHUTTING_DOWN, UnavailableError, clip, status_for
@@ -50,7 +53,7 @@ Response = TypeVar("Response")
 class PendingImage:
     """One image of a request before decoding: its targets, its decoded size and how to decode it."""
 
-    targets: tuple[int, ...]
+    targets: tuple[int | Target, ...]  # checked; ints: the output kind's default kind
     pixels: int  # decode cost in pixels (camserve.encoded_images.ImageHeader.cost for encoded images)
     # load(budgeted) -> float32 [3,H,W], preprocessed as the model expects; budgeted: within the
     # server's pixel budget (ServiceRequest.decode)
@@ -86,7 +89,14 @@ class ServiceRequest:
         """Decode the images. Decoding in worker threads holds the server's pixel budget; a small
         request decoded on the event loop does not (``budgeted=False``): the loop decodes one at a
         time, so those add at most INLINE_DECODE_PIXELS to the bound."""
-        return [ImageWork(image.load(budgeted), image.targets, self.methods) for image in self.images]
+        request = next(_REQUEST_NUMBERS) if any(names_images(i.targets) for i in self.images) else None
+        return [
+            ImageWork(image.load(budgeted), image.targets, self.methods, request, index)
+            for index, image in enumerate(self.images)
+        ]
+
+
+_REQUEST_NUMBERS = itertools.count()  # ImageWork.request: requests whose targets name their images
 
 
 WireRequest = TypeVar("WireRequest")
@@ -301,6 +311,23 @@ class DataPlane:
         return request
 
 
+def _check_one_batch(works: Sequence[ImageWork], groups: int, max_batch_size: int) -> None:
+    """A request whose targets name its images (``*_image``) must run as one batch."""
+    if groups > 1:
+        counts = sorted({len(w.targets) for w in works})
+        raise InvalidArgumentError(
+            "images",
+            f"targets that name another image of the request (dot_image, cosine_image) need every image "
+            f"to have the same number of targets (they run as one batch); got {counts}",
+        )
+    if len(works) > max_batch_size:
+        raise InvalidArgumentError(
+            "images",
+            f"{len(works)} images: a request whose targets name its images runs as one batch, of at most "
+            f"{max_batch_size} images (the server's max batch size)",
+        )
+
+
 def _small_unary_call() -> bool:
     """Whether the current call is unary and its request at most INLINE_REQUEST_BYTES on the wire
     (the interceptor records the size; streams and direct calls have none)."""
@@ -321,6 +348,8 @@ async def run_works(
     groups: dict[Hashable, list[int]] = defaultdict(list)
     for i, work in enumerate(works):
         groups[batch_key(work, options)].append(i)
+    if works and works[0].request is not None:
+        _check_one_batch(works, len(groups), model.batcher.max_batch_size)
     futures: dict[int, asyncio.Future[Completed[ImageResult]]] = {}
     try:
         for key, indices in groups.items():

@@ -8,9 +8,17 @@ inputs   IMAGES      FP32  [N, C, H, W]  preprocessed (the model's input size, m
          PIXELS      UINT8 [N, h, w, C]  raw pixels of any size, C the model's channels; the server
                                          resizes and normalises them from the manifest (exactly one
                                          of IMAGES and PIXELS)
-         TARGETS     INT64 [N, T]        optional: class ids, or -k for the k-th best class; default -1
+         TARGETS     INT64 [N, T]        optional: class ids, or -k for the k-th best class; default -1;
+                                         for dot_image / cosine_image targets: an image index
+         TARGET_KINDS INT64 [N, T]       optional: each target's kind code (camserve.v1's TargetKind:
+                                         0 logit, 1 probability, 2 sigmoid, 3 region, ...); absent:
+                                         the model's default kind; needs TARGETS
+         TARGET_DATA FP32  [N, T, L]     optional: each target's data, L from ModelMetadata: region:
+                                         the mask [h', w'] flattened; box: x1, y1, x2, y2; dot /
+                                         cosine: the concept vector; other kinds: ignored
 outputs  LOGITS      FP32  [N, C]
          TARGET_IDS  INT64 [N, T]        the classes explained (negative targets resolved)
+         TARGET_SCORES FP32 [N, T]       the explained scalar of each target
          SALIENCY_<METHOD>  FP32 [N, T, H', W']  one per method, e.g. SALIENCY_GRADCAM, SALIENCY_GRADCAM++
 
 Methods come from the request parameter ``methods`` ("gradcam,gradcam++") and from requested
@@ -37,16 +45,21 @@ from camserve.config import ExplainOptions, check_methods, check_options, check_
 from camserve.defaults import MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError, NotFoundError, UnsupportedError
 from camserve.inference import grpc_service_pb2 as ip
+from camserve.methods.target_kinds import IMAGE_KINDS, TARGET_KINDS, Target, TargetSpec, check_one
 from camserve.service.admission import AnswerShape
 from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel
+from camserve.target_masks import target_spec
 from camserve.wire import check_input_values, check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
 PLATFORM = "camserve"
 IMAGES, PIXELS, TARGETS = "IMAGES", "PIXELS", "TARGETS"
-LOGITS, TARGET_IDS = "LOGITS", "TARGET_IDS"
+TARGET_KIND_CODES, TARGET_DATA = "TARGET_KINDS", "TARGET_DATA"
+INPUTS = (IMAGES, PIXELS, TARGETS, TARGET_KIND_CODES, TARGET_DATA)
+LOGITS, TARGET_IDS, TARGET_SCORES = "LOGITS", "TARGET_IDS", "TARGET_SCORES"
+OUTPUTS = (LOGITS, TARGET_IDS, TARGET_SCORES)
 SALIENCY_PREFIX = "SALIENCY_"
 
 #: Datatype name -> little-endian numpy dtype, for the datatypes camserve reads or writes.
@@ -107,6 +120,7 @@ class InferAnswer:
 
     outputs: list[str]  # output names, in answer order
     saliency_datatype: str
+    requested: bool = True  # False: the default outputs (TARGET_SCORES left out where none are computed)
 
 
 def check_version(version: str, model: ServedModel) -> None:
@@ -144,7 +158,9 @@ def decode_infer_request(
     answered = tuple(m for m in methods if saliency_output(m) in outputs)
     answer = AnswerShape(answered, DTYPES[datatype].itemsize, id_bytes=len(request.id.encode()))
     timeout_s = None if timeout_us is None else timeout_us / 1e6
-    return ServiceRequest(images, methods, options, answer, InferAnswer(outputs, datatype), timeout_s)
+    return ServiceRequest(
+        images, methods, options, answer, InferAnswer(outputs, datatype, bool(request.outputs)), timeout_s
+    )
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -211,7 +227,7 @@ def _outputs(
     requested: Sequence[ip.ModelInferRequest.InferRequestedOutputTensor], methods: tuple[str, ...]
 ) -> list[str]:
     if not requested:
-        return [LOGITS, TARGET_IDS, *(saliency_output(m) for m in methods)]
+        return [*OUTPUTS, *(saliency_output(m) for m in methods)]
     names: list[str] = []
     for i, output in enumerate(requested):
         if output.parameters:
@@ -221,11 +237,11 @@ def _outputs(
             )
         if output.name in names:
             raise InvalidArgumentError(f"outputs[{i}]", f"{clip(repr(output.name))} is requested twice")
-        if output.name not in (LOGITS, TARGET_IDS) and not output.name.startswith(SALIENCY_PREFIX):
+        if output.name not in OUTPUTS and not output.name.startswith(SALIENCY_PREFIX):
             raise InvalidArgumentError(
                 f"outputs[{i}]",
                 f"unknown output {clip(repr(output.name))} "
-                f"(outputs: {LOGITS}, {TARGET_IDS}, {SALIENCY_PREFIX}<METHOD>)",
+                f"(outputs: {', '.join(OUTPUTS)}, {SALIENCY_PREFIX}<METHOD>)",
             )
         names.append(output.name)
     return names
@@ -264,10 +280,11 @@ def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> list[PendingIm
     arrays: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
         field = f"inputs[{i}] ({clip(tensor.name)})" if tensor.name else f"inputs[{i}]"
-        if tensor.name not in (IMAGES, PIXELS, TARGETS):
+        if tensor.name not in INPUTS:
             raise InvalidArgumentError(
                 field,
-                f"unknown input {clip(repr(tensor.name))} (inputs: {IMAGES} or {PIXELS}, and {TARGETS})",
+                f"unknown input {clip(repr(tensor.name))} (inputs: {IMAGES} or {PIXELS}, and "
+                f"{TARGETS}, {TARGET_KIND_CODES}, {TARGET_DATA})",
             )
         if tensor.name in arrays:
             raise InvalidArgumentError(field, f"{tensor.name} is given twice")
@@ -284,10 +301,18 @@ def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> list[PendingIm
         _images(arrays[IMAGES], field, model) if IMAGES in arrays else _pixels(arrays[PIXELS], field, model)
     )
     count = len(images)
+    targets: list[tuple[int | Target, ...]]
     if TARGETS not in arrays:
-        targets: list[tuple[int, ...]] = [(-1,)] * count
+        for name in (TARGET_KIND_CODES, TARGET_DATA):
+            if name in arrays:
+                raise InvalidArgumentError(_field(request, name), f"needs {TARGETS} (the class ids)")
+        targets = [(-1,)] * count
+    elif TARGET_KIND_CODES not in arrays:
+        if TARGET_DATA in arrays:
+            raise InvalidArgumentError(_field(request, TARGET_DATA), f"needs {TARGET_KIND_CODES}")
+        targets = [*_targets(arrays[TARGETS], _field(request, TARGETS), count, model.manifest.num_classes)]
     else:
-        targets = _targets(arrays[TARGETS], _field(request, TARGETS), count, model.manifest.num_classes)
+        targets = _kind_targets(request, arrays, count, target_spec(model.manifest))
     return [PendingImage(row, pixels, load) for (pixels, load), row in zip(images, targets, strict=True)]
 
 
@@ -387,6 +412,66 @@ def _targets(array: np.ndarray, field: str, count: int, num_classes: int) -> lis
     return [check_targets(row, num_classes, f"{field}[{n}]") for n, row in enumerate(array.tolist())]
 
 
+def _kind_targets(
+    request: ip.ModelInferRequest, arrays: dict[str, np.ndarray], count: int, spec: TargetSpec
+) -> list[tuple[int | Target, ...]]:
+    """TARGETS with TARGET_KINDS (and TARGET_DATA) -> each image's Targets, each checked by
+    ``target_kinds.check_one`` (errors name the input and entry: ``inputs[2] (TARGET_KINDS)[0][1]``)."""
+    ids, kinds = arrays[TARGETS], arrays[TARGET_KIND_CODES]
+    ids_field, kinds_field = _field(request, TARGETS), _field(request, TARGET_KIND_CODES)
+    if ids.dtype != np.int64 or ids.ndim != 2 or ids.shape[0] != count or ids.shape[1] == 0:
+        raise InvalidArgumentError(
+            f"{ids_field}.shape", f"expected INT64 [{count}, T] with T >= 1, got {list(ids.shape)}"
+        )
+    if kinds.dtype != np.int64 or kinds.shape != ids.shape:
+        raise InvalidArgumentError(
+            f"{kinds_field}.shape",
+            f"expected INT64 {list(ids.shape)} (as {TARGETS}), got {list(kinds.shape)}",
+        )
+    length = spec.data_length
+    data = arrays.get(TARGET_DATA)
+    data_field = _field(request, TARGET_DATA) if data is not None else TARGET_DATA
+    if data is not None and (data.dtype != np.float32 or data.shape != (*ids.shape, length)):
+        raise InvalidArgumentError(
+            f"{data_field}.shape",
+            f"expected FP32 {[*ids.shape, length]} (L = {length}), got {list(data.shape)}",
+        )
+    rows: list[tuple[int | Target, ...]] = []
+    for n in range(count):
+        row: list[int | Target] = []
+        for t in range(ids.shape[1]):
+            code = int(kinds[n, t])
+            if not 0 <= code < len(TARGET_KINDS):
+                raise InvalidArgumentError(f"{kinds_field}[{n}][{t}]", f"unknown target kind {code}")
+            values = None if data is None else data[n, t]
+            target = _row_target(int(ids[n, t]), TARGET_KINDS[code], values, spec, f"{data_field}[{n}][{t}]")
+            check_one(target, spec, count, f"{kinds_field}[{n}][{t}]")
+            row.append(target)
+        rows.append(tuple(row))
+    return rows
+
+
+def _row_target(class_id: int, kind: str, values: np.ndarray | None, spec: TargetSpec, field: str) -> Target:
+    """One (id, kind, data row) of the graph-input form as a Target."""
+    if kind in IMAGE_KINDS:
+        return Target(kind=kind, image=class_id)
+    needs_data = kind in ("region", "box", "dot", "cosine")
+    if needs_data and values is None:
+        raise InvalidArgumentError(TARGET_DATA, f"{kind} targets need {TARGET_DATA} ({field})")
+    if values is not None and not np.isfinite(values).all() and needs_data:
+        raise InvalidArgumentError(field, "has non-finite values")
+    if kind == "region":
+        assert values is not None
+        return Target(kind=kind, class_id=class_id, mask=values.reshape(spec.output_shape[1:3]))
+    if kind == "box":
+        assert values is not None
+        x1, y1, x2, y2 = (float(v) for v in values[:4])
+        return Target(kind=kind, class_id=class_id, box=(x1, y1, x2, y2))
+    if kind in ("dot", "cosine"):
+        return Target(kind=kind, vector=values)
+    return Target(kind=kind, class_id=class_id)
+
+
 # -- answers ---------------------------------------------------------------------------------------
 
 
@@ -405,6 +490,10 @@ def encode_infer_response(
             array, datatype = np.stack([r.logits for r in results]).astype("<f4", copy=False), "FP32"
         elif name == TARGET_IDS:
             array, datatype = np.stack([r.target_ids for r in results]).astype("<i8", copy=False), "INT64"
+        elif name == TARGET_SCORES:
+            if not answer.requested and any(r.target_scores is None for r in results):
+                continue
+            array, datatype = np.stack([_scores(r) for r in results]).astype("<f4", copy=False), "FP32"
         else:
             method = name[len(SALIENCY_PREFIX) :].lower()
             maps = np.stack([r.maps[method] for r in results])
@@ -415,11 +504,20 @@ def encode_infer_response(
     return response
 
 
+def _scores(result: ImageResult) -> np.ndarray:
+    if result.target_scores is None:
+        raise UnsupportedError(f"{TARGET_SCORES}: this model's runtime gives no target scores")
+    return result.target_scores
+
+
 # -- metadata --------------------------------------------------------------------------------------
 
 
 def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
+    """The model's tensors (TARGET_DATA, [N, T, L], only for models whose targets carry data); its
+    output and target kinds are in ModelConfig's parameters (:func:`model_config`)."""
     m = model.manifest
+    spec = target_spec(m)
     tensor = ip.ModelMetadataResponse.TensorMetadata
     return ip.ModelMetadataResponse(
         name=model.name,
@@ -429,10 +527,17 @@ def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
             tensor(name=IMAGES, datatype="FP32", shape=[-1, *m.input_size]),
             tensor(name=PIXELS, datatype="UINT8", shape=[-1, -1, -1, m.input_size[0]]),
             tensor(name=TARGETS, datatype="INT64", shape=[-1, -1]),
+            tensor(name=TARGET_KIND_CODES, datatype="INT64", shape=[-1, -1]),
+            *(
+                [tensor(name=TARGET_DATA, datatype="FP32", shape=[-1, -1, spec.data_length])]
+                if spec.data_length
+                else []
+            ),
         ],
         outputs=[
             tensor(name=LOGITS, datatype="FP32", shape=[-1, m.num_classes]),
             tensor(name=TARGET_IDS, datatype="INT64", shape=[-1, -1]),
+            tensor(name=TARGET_SCORES, datatype="FP32", shape=[-1, -1]),
             *(
                 tensor(name=saliency_output(x), datatype="FP32", shape=[-1] * 4)
                 for x in model.supported_methods
@@ -448,8 +553,17 @@ def model_config(
     instance_kind: ip.ModelInstanceGroup.Kind,
 ) -> ip.ModelConfig:
     """Triton's view of the model: dims without the batch dimension (max_batch_size > 0). IMAGES and
-    PIXELS are both optional: a request carries exactly one of them."""
+    PIXELS are both optional: a request carries exactly one of them. Parameters (as Triton's):
+    ``output_kind``, ``target_kinds`` ("region=3,predicted_region=4": names and TARGET_KINDS codes,
+    the first what plain TARGETS mean) and ``target_data_length`` (L of TARGET_DATA)."""
     m = model.manifest
+    spec = target_spec(m)
+    kinds = ",".join(f"{kind}={TARGET_KINDS.index(kind)}" for kind in spec.kinds)
+    parameters = {
+        "output_kind": ip.ModelParameter(string_value=spec.output_kind),
+        "target_kinds": ip.ModelParameter(string_value=kinds),
+        "target_data_length": ip.ModelParameter(string_value=str(spec.data_length)),
+    }
     return ip.ModelConfig(
         name=model.name,
         platform=PLATFORM,
@@ -471,16 +585,28 @@ def model_config(
                 optional=True,
             ),
             ip.ModelInput(name=TARGETS, data_type=ip.TYPE_INT64, dims=[-1], optional=True),
+            ip.ModelInput(name=TARGET_KIND_CODES, data_type=ip.TYPE_INT64, dims=[-1], optional=True),
+            *(
+                [
+                    ip.ModelInput(
+                        name=TARGET_DATA, data_type=ip.TYPE_FP32, dims=[-1, spec.data_length], optional=True
+                    )
+                ]
+                if spec.data_length
+                else []
+            ),
         ],
         output=[
             ip.ModelOutput(name=LOGITS, data_type=ip.TYPE_FP32, dims=[m.num_classes]),
             ip.ModelOutput(name=TARGET_IDS, data_type=ip.TYPE_INT64, dims=[-1]),
+            ip.ModelOutput(name=TARGET_SCORES, data_type=ip.TYPE_FP32, dims=[-1]),
             *(
                 ip.ModelOutput(name=saliency_output(x), data_type=ip.TYPE_FP32, dims=[-1, -1, -1])
                 for x in model.supported_methods
             ),
         ],
         instance_group=[ip.ModelInstanceGroup(count=1, kind=instance_kind)],
+        parameters=parameters,
         dynamic_batching=ip.ModelDynamicBatching(
             preferred_batch_size=[max_batch_size],
             max_queue_delay_microseconds=round(max_queue_delay_ms * 1000),

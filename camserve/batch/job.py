@@ -47,6 +47,8 @@ class JobConfig:
         if self.decode_workers < 1:
             raise InvalidArgumentError("--decode-workers", f"must be >= 1, got {self.decode_workers}")
         self.encoding.check(self.config.explain.normalize)
+        if self.targets is not None and self.source.targets_column is not None:
+            raise InvalidArgumentError("--targets-column", "give either --target or --targets-column")
 
     def with_runtime(self, **changes: Any) -> JobConfig:
         runtime = dataclasses.replace(self.config.runtime, **changes)
@@ -79,6 +81,7 @@ def job_identity(job: JobConfig, explainer: Any) -> dict[str, Any]:
         "model": {"name": manifest.name, "files": dict(sorted(files.items()))},
         "methods": list(job.methods),
         "targets": None if job.targets is None else list(job.targets),
+        "targets_column": job.source.targets_column,
         "options": options,
         "encoding": job.encoding.as_dict(),
     }
@@ -90,7 +93,8 @@ def manifest(job: JobConfig, explainer: Any, counts: dict[str, int] | None) -> d
 
     _, height, width = explainer.input_size
     feature_hw = tuple(int(v) for v in explainer.manifest.activation_shape[1:])
-    num_targets = 1 if job.targets is None else len(job.targets)
+    # with a targets column each row has its own T (its target_ids' length): -1
+    num_targets = -1 if job.source.targets_column else 1 if job.targets is None else len(job.targets)
     maps = {}
     for method in job.methods:
         size = computed_size(method, job.encoding)
@@ -123,6 +127,7 @@ def manifest(job: JobConfig, explainer: Any, counts: dict[str, int] | None) -> d
             "top_ids": "list<int32>: top-k predicted class ids, best first",
             "top_probs": "list<float32>: their softmax probabilities",
             "target_ids": "list<int64>: the classes explained (negative targets resolved), T per row",
+            "target_kinds": "list<int8>: each target's kind code (camserve.methods.target_kinds)",
             "map_<method>": "binary: T x h x w maps in `dtype`, C order (see maps.<method>.shape)",
             "png_<method>": "list<binary>: one 8-bit PNG per target at the input size (--png)",
         },

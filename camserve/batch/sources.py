@@ -24,11 +24,13 @@ _PARQUET_READ_ROWS = 4096  # rows of id/path columns read at a time while listin
 @dataclass(frozen=True)
 class ImageRecord:
     """One image: ``id`` is stable across runs; ``path`` is a file (folder / list / path column) or
-    None; ``row`` is the row of a Parquet bytes column (None otherwise)."""
+    None; ``row`` is the row of a Parquet bytes column (None otherwise); ``targets`` the row's
+    targets column (JSON text, ``camserve.batch.targets``) or None."""
 
     id: str
     path: str | None = None
     row: int | None = None
+    targets: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class SourceSpec:
     id_column: str = "id"
     path_column: str | None = None
     bytes_column: str | None = None
+    targets_column: str | None = None  # JSON text per row: its targets (camserve.batch.targets)
 
 
 class ImageSource:
@@ -50,8 +53,10 @@ class ImageSource:
         if not self.root.exists():
             raise NotFoundError(f"input: no such file or directory: {self.root}")
         self.kind = _kind(self.root)
-        if self.kind != "parquet" and (spec.path_column or spec.bytes_column):
-            raise InvalidArgumentError("--path-column/--bytes-column", "apply only to a Parquet --input")
+        if self.kind != "parquet" and (spec.path_column or spec.bytes_column or spec.targets_column):
+            raise InvalidArgumentError(
+                "--path-column/--bytes-column/--targets-column", "apply only to a Parquet --input"
+            )
         if self.kind == "parquet":
             self._check_columns()
 
@@ -104,18 +109,20 @@ class ImageSource:
 
         spec = self.spec
         columns = [spec.id_column] + ([spec.path_column] if spec.path_column else [])
+        columns += [spec.targets_column] if spec.targets_column else []
         row = 0
         for batch in pq.ParquetFile(self.root).iter_batches(batch_size=_PARQUET_READ_ROWS, columns=columns):
             ids = batch.column(0).to_pylist()
             paths = batch.column(1).to_pylist() if spec.path_column else [None] * len(ids)
-            for image_id, path in zip(ids, paths, strict=True):
+            texts = batch.column(len(columns) - 1).to_pylist() if spec.targets_column else [None] * len(ids)
+            for image_id, path, text in zip(ids, paths, texts, strict=True):
                 if image_id is None:
                     raise InvalidArgumentError(spec.id_column, f"{self.root}: row {row} has a null id")
                 if spec.path_column:
                     resolved = None if path is None else _relative_to(self.root.parent, str(path))
-                    yield ImageRecord(id=str(image_id), path=resolved)
+                    yield ImageRecord(id=str(image_id), path=resolved, targets=text)
                 else:
-                    yield ImageRecord(id=str(image_id), row=row)
+                    yield ImageRecord(id=str(image_id), row=row, targets=text)
                 row += 1
 
     def _check_columns(self) -> None:
@@ -136,6 +143,7 @@ class ImageSource:
             ("--id-column", spec.id_column),
             ("--path-column", spec.path_column),
             ("--bytes-column", spec.bytes_column),
+            ("--targets-column", spec.targets_column),
         ):
             if column is not None and column not in names:
                 raise InvalidArgumentError(

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,10 @@ from camserve.batch.encoding import computed_size, encode_maps, png_maps, resize
 from camserve.batch.job import JobConfig, ShardTask
 from camserve.batch.outdir import OutputDir, map_column, png_column
 from camserve.batch.sources import NPY_SUFFIX, ImageRecord, ImageSource, printable
+from camserve.batch.targets import row_targets
 from camserve.encoded_images import DecodeBudget, check_image, decode_checked
 from camserve.errors import InvalidArgumentError
+from camserve.target_masks import target_spec
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class _Decoded:
     record: ImageRecord
     tensor: Any = None  # torch.Tensor [1,3,H,W]
     error: str | None = None
+    targets: tuple[Any, ...] | None = None  # the row's targets (--targets-column): ints and Targets
 
 
 class ShardWorker:
@@ -69,6 +73,8 @@ class ShardWorker:
             groups.setdefault(computed_size(method, job.encoding), []).append(method)
         self.groups = groups  # output size -> methods computed at it (one explain run per size)
         self.schema = rows_schema(job.methods, job.encoding.png)
+        self.spec = target_spec(self.explainer.manifest)
+        self.dataset = Path(job.source.input).parent  # where a targets column's files are
 
     def close(self) -> None:
         import torch
@@ -97,12 +103,25 @@ class ShardWorker:
                 rows, errors = [], []
 
     def explain(self, items: list[_Decoded]) -> list[dict[str, Any]]:
-        """Rows for decoded images: predictions, resolved targets and encoded maps per method."""
+        """Rows for decoded images: predictions, resolved targets and encoded maps per method.
+        With a targets column, images with the same number of targets run together."""
+        if self.job.source.targets_column is None:
+            return self._explain(items, None if self.job.targets is None else [list(self.job.targets)])
+        by_count: dict[int, list[int]] = {}
+        for n, item in enumerate(items):
+            by_count.setdefault(len(item.targets or ()), []).append(n)
+        rows: dict[int, dict[str, Any]] = {}
+        for indices in by_count.values():
+            group = [items[n] for n in indices]
+            done = self._explain(group, [list(item.targets or ()) for item in group])
+            rows.update(zip(indices, done, strict=True))
+        return [rows[n] for n in range(len(items))]
+
+    def _explain(self, items: list[_Decoded], targets: list[list[Any]] | None) -> list[dict[str, Any]]:
         import torch
 
         job = self.job
         batch = torch.cat([item.tensor for item in items])
-        targets = None if job.targets is None else [list(job.targets)]
         maps: dict[str, np.ndarray] = {}
         result = None
         for size, methods in self.groups.items():
@@ -159,6 +178,9 @@ class ShardWorker:
         Encoded images pass the service's checks (``camserve.encoded_images``) with the job's pixel
         limit before anything is decoded; a ``.npy`` file is a preprocessed tensor."""
         try:
+            targets = None
+            if self.job.source.targets_column is not None:
+                targets = row_targets(record.targets, self.dataset, self.spec, self.job.source.targets_column)
             if data is None and record.path is None:
                 return _Decoded(record, error="no image: the path is null")
             item: Any = record.path
@@ -177,7 +199,7 @@ class ShardWorker:
             return _Decoded(record, error=message)
         if tensor.shape[0] != 1:
             return _Decoded(record, error=f"holds {tensor.shape[0]} images; give one image per file")
-        return _Decoded(record, tensor=tensor)
+        return _Decoded(record, tensor=tensor, targets=targets)
 
     def _rows_table(self, rows: list[dict[str, Any]]) -> Any:
         import pyarrow as pa

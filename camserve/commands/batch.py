@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--id-column", default="id", metavar="NAME", help="the stable id column (id)")
     source.add_argument("--path-column", metavar="NAME", help="column of image file paths")
     source.add_argument("--bytes-column", metavar="NAME", help="column of encoded image bytes")
+    source.add_argument(
+        "--targets-column",
+        metavar="NAME",
+        help="column of JSON targets per row: class ids or target objects (docs/batch.md)",
+    )
     maps = parser.add_argument_group("stored maps")
     maps.add_argument(
         "--map-size",
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             id_column=args.id_column,
             path_column=args.path_column,
             bytes_column=args.bytes_column,
+            targets_column=args.targets_column,
         ),
         methods=tuple(dict.fromkeys(args.methods or DEFAULT_METHODS)),
         targets=tuple(args.targets) if args.targets else None,

@@ -2,6 +2,7 @@
 
     camserve explain --method gradcam --method scorecam --target -1 --out result.npz \\
         --overlay overlays/ --grid grid.png cat.png dog.jpg
+    camserve explain --model seg/ --target region:3:box=10,10,40,40 --target predicted_region:-1 scene.png
 
 IMAGES are image files (resized and normalised as the model's manifest says) or .npy float32
 tensors [N,3,H,W] already preprocessed (used as they are). Without --model the embedded default
@@ -20,10 +21,12 @@ from camserve.cli_flags import (
     add_explain_option_flags,
     add_method_flag,
     add_remote_flags,
-    add_target_flag,
+    add_target_spec_flag,
     check_remote_flags,
     client_token,
     config_from_flags,
+    parse_target_specs,
+    target_spec_error,
 )
 from camserve.defaults import DEFAULT_METHODS
 from camserve.errors import InvalidArgumentError
@@ -54,9 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", metavar="DIR", help="model directory from `camserve export` (default: built-in)"
     )
     add_method_flag(parser)
-    add_target_flag(parser)
+    add_target_spec_flag(parser)
     parser.add_argument(
-        "--out", metavar="FILE.npz", help="write maps [N,T,H,W] per method, logits, target_ids"
+        "--out",
+        metavar="FILE.npz",
+        help="write maps [N,T,H,W] per method, logits, target_ids, target_scores, target_kinds",
     )
     parser.add_argument("--overlay", metavar="DIR", help="write one PNG per image, method and target")
     parser.add_argument(
@@ -130,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_remote_flags(args)
     config = config_from_flags(args)
+    specs = args.targets or []
+    targets = [parse_target_specs(specs)] if specs else None  # [1,T]: the same targets for every image
     _check_output_paths(args)
     style = check_overlay_style(args.colormap, args.image_weight, ("--colormap", "--image-weight"))
     explainer = build_explainer(args, config)
@@ -142,8 +149,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     images, names = _load_inputs(args, explainer)
     methods = args.methods or list(DEFAULT_METHODS)
-    targets = [args.targets] if args.targets else None  # [1,T]: the same targets for every image
-    result = explainer.explain(images, methods=methods, targets=targets)
+    try:
+        result = explainer.explain(images, methods=methods, targets=targets)
+    except InvalidArgumentError as exc:
+        raise target_spec_error(exc, specs) from None
 
     written: list[Path] = []
     if args.out:
@@ -159,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
     for index, name in enumerate(names):
         best = result.predictions[index][0]
-        explained = ", ".join(result.class_name(int(c)) for c in result.target_ids[index])
+        explained = ", ".join(result.target_label(index, t) for t in range(result.target_ids.shape[1]))
         print(f"{name}: predicted {best.name!r} (p = {best.probability:.3f}); explained: {explained}")
     for path in written:
         print(f"wrote {path}")

@@ -29,6 +29,7 @@ class CAM(CamMethod):
     requires = frozenset({"cam_weights"})
     cost = "nothing beyond the shared explain run (needs a GAP -> linear head)"
     not_in_graph = ""
+    logit_targets_only = True  # W_c weighs the logit of class c
 
     @staticmethod
     def _no_class_weights(model: str) -> UnsupportedError:
@@ -116,6 +117,7 @@ class ScoreCAM(CamMethod):
     not_in_graph = "it runs the model again on K masked copies of every image"
     requires = frozenset({"forward"})
     cost = "K forward images per image (K channels, or score_top_n), batched"
+    logit_targets_only = True  # scores the masked images by the forward graph's logits
 
     def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
         top_n = options.score_top_n
@@ -175,6 +177,7 @@ class AblationCAM(CamMethod):
     not_in_graph = "it runs the head again on K ablated copies of the activations"
     requires = frozenset({"head"})
     cost = "K head runs per image (only the layers after the target layer), batched"
+    logit_targets_only = True  # scores the ablated activations by the head graph's logits
 
     def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
         return {"ablated head": channels}

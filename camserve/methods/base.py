@@ -10,7 +10,7 @@ head runs, guided backprop) ask the runner through the context, in batches of
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -21,6 +21,7 @@ from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.errors import InvalidArgumentError, UnsupportedError
 from camserve.kernels import WeightMethod
 from camserve.methods import smoothing
+from camserve.methods.target_kinds import TARGET_KINDS, TargetTable
 from camserve.outputs import ExplainOutputs, GraphRunner
 
 #: What a method may need beyond the explain graph: graph names of the model directory, plus
@@ -38,6 +39,9 @@ class MethodContext:
 
     images          [N,3,H,W] preprocessed input (what the explain graph saw)
     outputs         the explain graph's outputs for ``images``; ``outputs.target_ids`` are resolved
+    targets         the targets of ``images`` as the explain graph took them, ids resolved (what a
+                    method hands to another graph run: guided backprop); None only in hand-made
+                    contexts, where the targets are class logits ``outputs.target_ids``
     noisy_gradients [S,N,T,K,h,w] gradients of S noisy copies of every image (same target ids), or
                     None when no method asked for noisy copies
     cam_weights     classifier W [C,K] when the head is GAP -> linear, else None
@@ -53,7 +57,15 @@ class MethodContext:
     model_name: str = "model"
     # channel-weight rules the batch's methods read (one pass for all)
     weight_rules: tuple[WeightMethod, ...] = ()
+    targets: TargetTable | None = None
     _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def target_table(self) -> TargetTable:
+        """:attr:`targets`, or the class logits of ``outputs.target_ids`` when it is None."""
+        if self.targets is not None:
+            return self.targets
+        return TargetTable.of_ids(self.outputs.target_ids)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -106,6 +118,12 @@ class CamMethod(ABC):
     ``cost``         one line for people (``camserve explain --list-methods``, docs).
     ``not_in_graph`` why the maps graph (``export/maps.py``: the maths as ONNX operators) cannot
                      hold the method; "" for a method that implements :meth:`graph_maps`.
+    ``logit_targets_only`` True for a method whose maths reads class logits rather than the
+                     explained scalar's gradient: it re-runs the forward / head / explain graphs
+                     and reads their logits (Score-CAM, Ablation-CAM, Finer-CAM...) or uses the
+                     classifier's weights W_c (CAM). :func:`check_target_kinds` refuses it for any
+                     target that is not a class logit (``target_kinds``: probabilities, regions,
+                     boxes, embeddings); gradient methods take every kind.
 
     and two methods, overridden only by methods that need more than the shared explain run:
 
@@ -132,6 +150,7 @@ class CamMethod(ABC):
     eigen_smoothable: ClassVar[bool] = True
     aug_smoothable: ClassVar[bool] = True
     not_in_graph: ClassVar[str] = "its maths is not written as graph operators (graph_maps)"
+    logit_targets_only: ClassVar[bool] = False
 
     def noisy_copies(self, options: ExplainOptions) -> int:
         """How many noisy copies of each image this method needs in the explain run."""
@@ -184,6 +203,23 @@ class CamMethod(ABC):
         if ctx.options.eigen_smooth:
             return smoothing.channel_principal_maps(ctx.outputs.activations, weights)
         return kernels.weighted_sum_relu(ctx.outputs.activations, weights, backend=ctx.backend)
+
+
+def check_target_kinds(methods: Sequence[CamMethod], targets: TargetTable, output_kind: str) -> None:
+    """The one check of methods against target kinds: UnsupportedError naming the methods that
+    explain class logits only (``logit_targets_only``) when ``targets`` has any other kind."""
+    if targets.all_default:
+        return
+    refused = [method.name for method in methods if method.logit_targets_only]
+    if not refused:
+        return
+    codes = sorted({int(code) for code in targets.kinds.unique().tolist()})
+    kinds = ", ".join(TARGET_KINDS[code] for code in codes)
+    raise UnsupportedError(
+        f"methods: {', '.join(map(repr, refused))} explain class logits only (they re-run the model "
+        f"or use its classifier weights and read class logits), and these targets are of kind {kinds} "
+        f"(the model's output is {output_kind}); gradient methods such as 'gradcam' take every kind"
+    )
 
 
 _REGISTRY: dict[str, type[CamMethod]] = {}

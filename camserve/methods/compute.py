@@ -19,21 +19,32 @@ from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions, RuntimeConfig, check_options, resolve_output_size
 from camserve.errors import InvalidArgumentError
 from camserve.methods import smoothing
-from camserve.methods.base import CamMethod, MethodContext, get_method
-from camserve.methods.targets import TargetsLike, parse_targets, resolve_targets
+from camserve.methods.base import CamMethod, MethodContext, check_target_kinds, get_method
+from camserve.methods.target_kinds import IMAGE_KINDS, KIND_CODE, TargetSpec, TargetTable
+from camserve.methods.targets import (
+    TargetsLike,
+    classification_spec,
+    image_targets_as_vectors,
+    parse_target_table,
+    resolve_targets,
+)
 from camserve.outputs import ExplainOutputs, GraphRunner
 
 
 @dataclass
 class ComputedMaps:
     """maps[method] [N,T,H',W'] float32 (H'xW' the output size); rgb[method] [N,T,3,H,W] for methods
-    with colour evidence (guided); logits [N,C]; target_ids [N,T] resolved; feature_size (h, w)."""
+    with colour evidence (guided); logits [N,C] (class scores); target_ids [N,T] resolved;
+    feature_size (h, w); target_scores [N,T] the explained scalars; target_kinds [N,T] their kind
+    codes (``target_kinds.TARGET_KINDS``)."""
 
     maps: dict[str, torch.Tensor]
     rgb: dict[str, torch.Tensor]
     logits: torch.Tensor
     target_ids: torch.Tensor
     feature_size: tuple[int, int]
+    target_scores: torch.Tensor
+    target_kinds: torch.Tensor
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[CamMethod]:
@@ -53,7 +64,8 @@ def compute_maps(
     targets: TargetsLike,
     methods: str | Sequence[str],
     *,
-    num_classes: int,
+    spec: TargetSpec | None = None,
+    num_classes: int | None = None,
     options: ExplainOptions | None = None,
     runtime: RuntimeConfig | None = None,
     cam_weights: torch.Tensor | None = None,
@@ -68,6 +80,7 @@ def compute_maps(
         images,
         targets,
         method_objects,
+        spec=spec,
         num_classes=num_classes,
         options=check_options(options or ExplainOptions()),
         runtime=runtime,
@@ -82,43 +95,58 @@ def checked_maps(
     targets: TargetsLike,
     methods: Sequence[CamMethod],
     *,
-    num_classes: int,
+    spec: TargetSpec | None = None,
+    num_classes: int | None = None,
     options: ExplainOptions,
     runtime: RuntimeConfig | None = None,
     cam_weights: torch.Tensor | None = None,
     model_name: str = "model",
 ) -> ComputedMaps:
     """:func:`compute_maps` for methods and options checked once where the request came in (the
-    service's codecs, ``Explainer.explain``, the batch job's and the evaluation's start)."""
+    service's codecs, ``Explainer.explain``, the batch job's and the evaluation's start).
+
+    ``spec`` says which targets the model takes (``Manifest.target_spec()``); ``num_classes``
+    alone stands for a classifier's spec."""
     runtime = runtime or RuntimeConfig()
     method_objects = list(methods)
     if images.ndim != 4 or images.shape[0] == 0:
         raise InvalidArgumentError(
             "images", f"expected a non-empty [N,3,H,W] batch, got shape {list(images.shape)}"
         )
+    if spec is None:
+        if num_classes is None:
+            raise TypeError("checked_maps needs the model's target spec (or num_classes for a classifier)")
+        spec = classification_spec(num_classes, images.shape)
     num_images = images.shape[0]
-    target_table = parse_targets(targets, num_images, num_classes)
+    target_table = parse_target_table(targets, num_images, spec)
+    check_target_kinds(method_objects, target_table, spec.output_kind)
+    kinds = target_table.kinds
     repeats = max(method.augmented_copies(options) for method in method_objects)
     augmented = repeats > 1
     copies = max(method.noisy_copies(options) for method in method_objects)
-    if (copies or augmented) and bool((target_table < 0).any()):
-        # Noisy and augmented copies must explain the clean image's class, not their own top class.
+    negative = bool((target_table.ids < 0).any())
+    image_kind = any(bool((kinds == KIND_CODE[kind]).any()) for kind in IMAGE_KINDS)
+    if ((copies or augmented) and negative) or image_kind:
+        # Noisy and augmented copies must explain the clean image's class, not their own top class;
+        # an image's embedding target must not depend on which rows share its graph run.
         logits = _forward_batched(runner, images, runtime.max_graph_batch)
-        target_table = resolve_targets(target_table, logits)
+        target_table = image_targets_as_vectors(target_table, logits)
+        if negative:
+            target_table = TargetTable(
+                resolve_targets(target_table.ids, logits), target_table.kinds, target_table.data
+            )
     # With aug_smooth the batch is the R augmented copies of every image (copy-major; the clean
     # images are copy ``identity_copy()``), all in one explain run with the noisy copies.
     run_images = smoothing.augment(images) if augmented else images
     run_count = run_images.shape[0]
     noisy_gradients = None
     if copies == 0:
-        outputs = _explain_batched(
-            runner, run_images, target_table.repeat(repeats, 1), runtime.max_graph_batch
-        )
+        outputs = _explain_batched(runner, run_images, target_table.repeat(repeats), runtime.max_graph_batch)
     else:
         noisy = _noisy_copies(run_images, copies, options.smooth_sigma, options.smooth_seed)
         batch = torch.cat([run_images, noisy.flatten(0, 1)])
         everything = _explain_batched(
-            runner, batch, target_table.repeat(repeats * (copies + 1), 1), runtime.max_graph_batch
+            runner, batch, target_table.repeat(repeats * (copies + 1)), runtime.max_graph_batch
         )
         outputs = _rows(everything, slice(0, run_count))
         noisy_gradients = everything.gradients[run_count:].unflatten(0, (copies, run_count))
@@ -134,6 +162,7 @@ def checked_maps(
         key = (augmented_rows, eigen)
         if key not in contexts:
             rows = slice(0, run_count) if augmented_rows else clean_rows
+            table = target_table.repeat(repeats if augmented_rows else 1)
             contexts[key] = MethodContext(
                 runner=runner,
                 images=run_images[rows],
@@ -144,6 +173,7 @@ def checked_maps(
                 cam_weights=cam_weights,
                 model_name=model_name,
                 weight_rules=weight_rules,
+                targets=TargetTable(outputs.target_ids[rows], table.kinds, table.data),
             )
         return contexts[key]
 
@@ -179,7 +209,14 @@ def checked_maps(
             colour = smoothing.deaugment(result.rgb, num_images) if augmented_method else result.rgb
             rgb[method.name] = colour.to(torch.float32)
     clean_outputs = _rows(outputs, clean_rows)
-    return ComputedMaps(maps, rgb, clean_outputs.logits, clean_outputs.target_ids, feature_size)
+    scores = clean_outputs.target_scores
+    if scores is None:  # a hand-made runner: the logits are the scores of logit targets
+        if not target_table.all_default:
+            raise TypeError("the runner returned no target_scores for targets that are not class logits")
+        scores = clean_outputs.logits.gather(1, clean_outputs.target_ids.to(clean_outputs.logits.device))
+    return ComputedMaps(
+        maps, rgb, clean_outputs.logits, clean_outputs.target_ids, feature_size, scores, kinds
+    )
 
 
 def _rows(outputs: ExplainOutputs, rows: slice) -> ExplainOutputs:
@@ -192,6 +229,7 @@ def _rows(outputs: ExplainOutputs, rows: slice) -> ExplainOutputs:
         gradients=outputs.gradients[rows],
         target_ids=outputs.target_ids[rows],
         extra_tokens=None if outputs.extra_tokens is None else outputs.extra_tokens[rows],
+        target_scores=None if outputs.target_scores is None else outputs.target_scores[rows],
     )
 
 
@@ -227,9 +265,11 @@ def _noisy_copies(images: torch.Tensor, copies: int, sigma_fraction: float, seed
 
 
 def _explain_batched(
-    runner: GraphRunner, images: torch.Tensor, targets: torch.Tensor, batch: int
+    runner: GraphRunner, images: torch.Tensor, targets: TargetTable, batch: int
 ) -> ExplainOutputs:
-    return run_in_chunks(lambda items: runner.explain(images[items], targets[items]), images.shape[0], batch)
+    return run_in_chunks(
+        lambda items: runner.explain(images[items], targets.rows(items)), images.shape[0], batch
+    )
 
 
 def _forward_batched(runner: GraphRunner, images: torch.Tensor, batch: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from camserve.kernels import reference
 from camserve.methods import smoothing
 from camserve.methods.base import CamMethod, MethodContext, MethodMaps, register
 from camserve.methods.gradient import GradCAMPlusPlus, weight_rule_maps
+from camserve.methods.target_kinds import TargetTable
 
 
 @register
@@ -64,6 +65,7 @@ class ShapleyCAM(CamMethod):
     weight_rules = ("gradcam",)
     cost = "nothing beyond the shared explain run (GAP -> linear heads only: H A = 0 there)"
     not_in_graph = ""
+    logit_targets_only = True  # H A = 0 holds for a logit, not for a softmax or sigmoid of it
 
     @staticmethod
     def _no_hessian(model: str) -> UnsupportedError:
@@ -112,6 +114,7 @@ class FinerCAM(CamMethod):
     alpha = 1.0
     cost = "one more explain run with 3*T targets per image (the comparison classes' gradients)"
     not_in_graph = "it runs the explain graph again for the comparison classes' gradients"
+    logit_targets_only = True  # compares the target's logit with the nearest classes' logits
 
     def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
         return {"finercam comparison explain": 1}
@@ -128,9 +131,9 @@ class FinerCAM(CamMethod):
         distance = (logits.unsqueeze(1) - logits.gather(1, target_ids).unsqueeze(-1)).abs()  # [N,T,C]
         distance.scatter_(2, target_ids.unsqueeze(-1), float("inf"))
         similar = distance.topk(d, dim=2, largest=False).indices  # [N,T,D], nearest first
-        comparison_targets = similar.flatten(1)  # [N,T*D]
+        comparison_targets = TargetTable.of_ids(similar.flatten(1).cpu())  # [N,T*D] class logits
         gradients = run_in_chunks(
-            lambda items: ctx.runner.explain(ctx.images[items], comparison_targets[items].cpu()).gradients,
+            lambda items: ctx.runner.explain(ctx.images[items], comparison_targets.rows(items)).gradients,
             n,
             ctx.runtime.max_graph_batch,
         ).to(activations.device)

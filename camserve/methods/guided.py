@@ -30,13 +30,13 @@ class _Guided(CamMethod):
 
 
 def guided_gradients(ctx: MethodContext) -> torch.Tensor:
-    """Guided input gradients [N,T,3,H,W] of the resolved targets; the guided graph runs once per
+    """Guided input gradients [N,T,3,H,W] of the targets' scalars; the guided graph runs once per
     batch (in chunks of ``runtime.max_graph_batch`` images) however many methods use it."""
 
     def make() -> torch.Tensor:
-        target_ids = ctx.outputs.target_ids
+        targets = ctx.target_table
         gradients = run_in_chunks(
-            lambda items: ctx.runner.guided(ctx.images[items], target_ids[items]),
+            lambda items: ctx.runner.guided(ctx.images[items], targets.rows(items)),
             ctx.images.shape[0],
             ctx.runtime.max_graph_batch,
         )

@@ -42,6 +42,7 @@ class SampledScoreCAM(CamMethod):
     requires = frozenset({"forward"})
     cost = "smooth_n x K forward images per image (K channels, or score_top_n), batched"
     not_in_graph = "it runs the model again on smooth_n x K masked copies of every image"
+    logit_targets_only = True  # scores the masked images by the forward graph's logits
 
     def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
         top_n = options.score_top_n

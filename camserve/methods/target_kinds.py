@@ -240,6 +240,7 @@ def check_one(
         if target.box is not None:
             mask = box_mask(_box(target.box, spec.input_size, f"{field}.box"), spec.input_size, (h, w))
         else:
+            assert target.mask is not None
             mask = _mask(target.mask, (h, w), f"{field}.mask")
         return code, class_id, mask.reshape(-1)
     if target.kind == "box":
@@ -279,7 +280,7 @@ def _mask(mask: np.ndarray, size: tuple[int, int], field: str) -> np.ndarray:
 def _box(box: object, input_size: tuple[int, int], field: str) -> tuple[float, float, float, float]:
     height, width = input_size
     try:
-        x1, y1, x2, y2 = (float(v) for v in box)  # type: ignore[union-attr]
+        x1, y1, x2, y2 = (float(v) for v in box)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         raise InvalidArgumentError(field, f"expected four numbers x1, y1, x2, y2, got {box!r}") from None
     if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
@@ -399,4 +400,4 @@ def as_target(entry: Any) -> int | Target:
             raise InvalidArgumentError(
                 "targets", f"{exc}; fields: kind, class_id, mask, box, vector, image"
             ) from None
-    return entry  # type: ignore[no-any-return]
+    return entry

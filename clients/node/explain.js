@@ -3,8 +3,11 @@
 //
 //   node explain.js --server 127.0.0.1:50051 --image digit.png --out map.json \
 //       [--model digits] [--method gradcam --method gradcam++] [--target -1 --target 3] [--timeout 60]
+//   node explain.js ... --target-spec '{"kind": "TARGET_KIND_PROBABILITY", "class_id": 3}'
 //
-// The JSON holds the predictions, the resolved targets and, per (target, method), the map's shape,
+// --target-spec (repeatable, instead of --target) is a camserve.v1.Target as JSON: kind (a TargetKind
+// name), class_id, box {x1, y1, x2, y2}, mask {rle: {height, width, counts}}, vector, image.
+// The JSON holds the predictions, the resolved targets, their kinds and scores and, per (target, method), the map's shape,
 // dtype and values (decoded from the raw little-endian bytes the service sends).
 'use strict';
 
@@ -20,14 +23,14 @@ function usage(message) {
   process.stderr.write(`explain.js: error: ${message}\n`);
   process.stderr.write(
     'usage: node explain.js --server HOST:PORT --image FILE --out FILE.json ' +
-      '[--model NAME] [--method NAME]... [--target CLASS]... [--timeout SECONDS]\n',
+      '[--model NAME] [--method NAME]... [--target CLASS]... [--target-spec JSON]... [--timeout SECONDS]\n',
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const args = { methods: [], targets: [], timeout: 60 };
-  const repeated = { '--method': 'methods', '--target': 'targets' };
+  const args = { methods: [], targets: [], specs: [], timeout: 60 };
+  const repeated = { '--method': 'methods', '--target': 'targets', '--target-spec': 'specs' };
   const single = { '--server': 'server', '--image': 'image', '--out': 'out', '--model': 'model', '--timeout': 'timeout' };
   for (let i = 0; i < argv.length; i += 2) {
     const flag = argv[i];
@@ -44,6 +47,14 @@ function parseArgs(argv) {
     if (!/^-?\d+$/.test(t)) usage(`--target ${t}: expected a class id or -k`);
     return Number(t);
   });
+  args.specs = args.specs.map((spec) => {
+    try {
+      return JSON.parse(spec);
+    } catch (error) {
+      return usage(`--target-spec ${spec}: not JSON (${error.message})`);
+    }
+  });
+  if (args.specs.length && args.targets.length) usage('give --target or --target-spec, not both');
   args.timeout = Number(args.timeout);
   if (!(args.timeout > 0)) usage('--timeout must be a positive number of seconds');
   if (args.methods.length === 0) args.methods = ['gradcam'];
@@ -121,7 +132,7 @@ async function main() {
         id: path.basename(args.image),
         model,
         methods: args.methods,
-        images: [{ encoded: fs.readFileSync(args.image), targets: args.targets }],
+        images: [{ encoded: fs.readFileSync(args.image), targets: args.targets, target_specs: args.specs }],
       },
       args.timeout,
     );
@@ -131,6 +142,8 @@ async function main() {
       model: reply.model,
       predictions: image.predictions,
       target_ids: image.target_ids,
+      target_kinds: image.target_kinds,
+      target_scores: image.target_scores,
       logits: decodeTensor(image.logits).data,
       maps: image.maps.map((m) => ({
         method: m.method,

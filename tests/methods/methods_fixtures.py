@@ -16,6 +16,7 @@ from torch import nn
 from camserve.config import ExplainOptions, RuntimeConfig
 from camserve.export.eager import TorchGraphRunner
 from camserve.methods import MethodContext
+from camserve.methods.target_kinds import TargetTable
 from camserve.methods.targets import resolve_targets
 from camserve.outputs import ExplainOutputs
 
@@ -51,10 +52,10 @@ class ScriptedRunner:
         self.guided_gradients = guided_gradients
         self.calls: dict[str, list[int]] = defaultdict(list)
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
+    def explain(self, images: torch.Tensor, targets: TargetTable) -> ExplainOutputs:
         self.calls["explain"].append(images.shape[0])
         logits = self.activations.mean(dim=(-2, -1)) @ self.head_weights.T
-        ids = resolve_targets(targets, logits)
+        ids = resolve_targets(targets.ids, logits)
         rows = torch.arange(ids.shape[0]).unsqueeze(1)
         return ExplainOutputs(logits, self.activations, self.class_gradients[rows, ids], ids)
 
@@ -66,7 +67,7 @@ class ScriptedRunner:
         self.calls["forward"].append(images.shape[0])
         return images[:, 0].sum(dim=(-2, -1)).unsqueeze(1) * self.forward_signs.unsqueeze(0)
 
-    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def guided(self, images: torch.Tensor, targets: TargetTable) -> torch.Tensor:
         self.calls["guided"].append(images.shape[0])
         return self.guided_gradients
 

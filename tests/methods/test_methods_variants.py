@@ -61,7 +61,7 @@ class TargetRecorder(CountingRunner):
         self.targets: list[torch.Tensor] = []
 
     def explain(self, images, targets):
-        self.targets.append(targets.clone())
+        self.targets.append(targets.ids.clone())
         return super().explain(images, targets)
 
 

@@ -57,7 +57,7 @@ def test_a_batch_copies_to_the_host_once(
     assert len(copies) == 1, copies  # one device-to-host copy call for the whole batch
     maps_copied = sorted(key[1] for key in copies[0] if key[0] == "maps")
     assert maps_copied == ["gradcam", "gradcam++", "layercam"]  # every method once, not per image
-    assert {key[0] for key in copies[0]} == {"logits", "target_ids", "images", "maps"}
+    assert {key[0] for key in copies[0]} == {"logits", "target_ids", "target_scores", "images", "maps"}
     for work, result in zip(works, results, strict=True):
         assert set(result.maps) == set(work.methods)
         assert all(isinstance(m, np.ndarray) and m.dtype == np.float32 for m in result.maps.values())

@@ -64,9 +64,14 @@ def test_model_metadata_lists_the_inputs_and_a_saliency_output_per_method(client
         "IMAGES": ("FP32", [-1, 3, 64, 64]),
         "PIXELS": ("UINT8", [-1, -1, -1, 3]),
         "TARGETS": ("INT64", [-1, -1]),
+        "TARGET_KINDS": ("INT64", [-1, -1]),  # a classifier's targets carry no TARGET_DATA
     }
     outputs = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in metadata["outputs"]}
-    expected = {"LOGITS": ("FP32", [-1, 10]), "TARGET_IDS": ("INT64", [-1, -1])}
+    expected = {
+        "LOGITS": ("FP32", [-1, 10]),
+        "TARGET_IDS": ("INT64", [-1, -1]),
+        "TARGET_SCORES": ("FP32", [-1, -1]),
+    }
     expected |= {f"SALIENCY_{m.upper()}": ("FP32", [-1, -1, -1, -1]) for m in explainer.supported_methods}
     assert outputs == expected
 
@@ -81,8 +86,15 @@ def test_model_config_parses_as_tritons_and_describes_the_batcher(client):
         ("IMAGES", [3, 64, 64], True),
         ("PIXELS", [-1, -1, 3], True),
         ("TARGETS", [-1], True),
+        ("TARGET_KINDS", [-1], True),
     ]
     assert config.output[0].name == "LOGITS" and list(config.output[0].dims) == [10]
+    parameters = {name: p.string_value for name, p in config.parameters.items()}
+    assert parameters == {
+        "output_kind": "classification",
+        "target_kinds": "logit=0,probability=1,sigmoid=2",
+        "target_data_length": "0",
+    }
     assert config.instance_group[0].count == 1
 
 

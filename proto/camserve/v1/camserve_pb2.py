@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61mserve/v1/camserve.proto\x12\x0b\x63\x61mserve.v1\"K\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\x05\x64type\x18\x03 \x01(\x0e\x32\x15.camserve.v1.DataType\"\\\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.camserve.v1.TensorH\x00\x12\x0f\n\x07targets\x18\x03 \x03(\x03\x42\x08\n\x06source\"\xdc\x02\n\rOutputOptions\x12%\n\x04size\x18\x01 \x01(\x0e\x32\x17.camserve.v1.OutputSize\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12$\n\x05\x64type\x18\x04 \x01(\x0e\x32\x15.camserve.v1.DataType\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0boverlay_png\x18\x06 \x01(\x08\x12\x1e\n\x11top_k_predictions\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10overlay_colormap\x18\t \x01(\t\x12!\n\x14overlay_image_weight\x18\n \x01(\x02H\x03\x88\x01\x01\x42\x0c\n\n_normalizeB\x14\n\x12_top_k_predictionsB\x06\n\x04_epsB\x17\n\x15_overlay_image_weight\"\x87\x02\n\rMethodOptions\x12\x15\n\x08smooth_n\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0csmooth_sigma\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x0bscore_top_n\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bsmooth_seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x19\n\x0c\x65igen_smooth\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12\x17\n\naug_smooth\x18\x06 \x01(\x08H\x05\x88\x01\x01\x42\x0b\n\t_smooth_nB\x0f\n\r_smooth_sigmaB\x0e\n\x0c_score_top_nB\x0e\n\x0c_smooth_seedB\x0f\n\r_eigen_smoothB\r\n\x0b_aug_smooth\"\xc0\x01\n\x0e\x45xplainRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.camserve.v1.Image\x12\x0f\n\x07methods\x18\x04 \x03(\t\x12*\n\x06output\x18\x05 \x01(\x0b\x32\x1a.camserve.v1.OutputOptions\x12\x32\n\x0emethod_options\x18\x06 \x01(\x0b\x32\x1a.camserve.v1.MethodOptions\"A\n\nPrediction\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x97\x01\n\x03Map\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0ctarget_index\x18\x02 \x01(\x05\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\x03\x12!\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x13\n\x0boverlay_png\x18\x05 \x01(\x0c\x12 \n\x03rgb\x18\x06 \x01(\x0b\x32\x13.camserve.v1.Tensor\"\x99\x01\n\x10ImageExplanation\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.camserve.v1.Prediction\x12\x12\n\ntarget_ids\x18\x02 \x03(\x03\x12#\n\x06logits\x18\x03 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x1e\n\x04maps\x18\x04 \x03(\x0b\x32\x10.camserve.v1.Map\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0f\x45xplainResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\x06images\x18\x03 \x03(\x0b\x32\x1d.camserve.v1.ImageExplanation\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.camserve.v1.Error\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.camserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xeb\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x03(\x05\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\x12\x13\n\x0bnum_classes\x18\x07 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x19\n\x11supported_methods\x18\t \x03(\t\x12\x18\n\x10\x61\x63tivation_shape\x18\n \x03(\x05\x12\x16\n\x0emax_batch_size\x18\x0b \x01(\x05*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x03*q\n\nOutputSize\x12\x1b\n\x17OUTPUT_SIZE_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_SIZE_INPUT\x10\x01\x12\x17\n\x13OUTPUT_SIZE_FEATURE\x10\x02\x12\x16\n\x12OUTPUT_SIZE_CUSTOM\x10\x03\x32\xb7\x02\n\x0e\x45xplainService\x12\x44\n\x07\x45xplain\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse\x12N\n\rExplainStream\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.camserve.v1.ListModelsRequest\x1a\x1f.camserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.camserve.v1.GetModelRequest\x1a\x16.camserve.v1.ModelInfoBR\n\x0f\x64\x65v.camserve.v1P\x01Z=github.com/camserve/camserve/clients/go/camservev1;camservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61mserve/v1/camserve.proto\x12\x0b\x63\x61mserve.v1\"K\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\x05\x64type\x18\x03 \x01(\x0e\x32\x15.camserve.v1.DataType\"\x87\x01\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.camserve.v1.TensorH\x00\x12\x0f\n\x07targets\x18\x03 \x03(\x03\x12)\n\x0ctarget_specs\x18\x04 \x03(\x0b\x32\x13.camserve.v1.TargetB\x08\n\x06source\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"i\n\x04Mask\x12\r\n\x03png\x18\x01 \x01(\x0cH\x00\x12#\n\x03raw\x18\x02 \x01(\x0b\x32\x14.camserve.v1.RawMaskH\x00\x12#\n\x03rle\x18\x03 \x01(\x0b\x32\x14.camserve.v1.RleMaskH\x00\x42\x08\n\x06source\"6\n\x07RawMask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\x07RleMask\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\r\"\xc1\x01\n\x06Target\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.camserve.v1.TargetKind\x12\x15\n\x08\x63lass_id\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x1d\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x10.camserve.v1.Box\x12\x1f\n\x04mask\x18\x04 \x01(\x0b\x32\x11.camserve.v1.Mask\x12\x0e\n\x06vector\x18\x05 \x03(\x02\x12\x12\n\x05image\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0b\n\t_class_idB\x08\n\x06_image\"\xdc\x02\n\rOutputOptions\x12%\n\x04size\x18\x01 \x01(\x0e\x32\x17.camserve.v1.OutputSize\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12$\n\x05\x64type\x18\x04 \x01(\x0e\x32\x15.camserve.v1.DataType\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0boverlay_png\x18\x06 \x01(\x08\x12\x1e\n\x11top_k_predictions\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10overlay_colormap\x18\t \x01(\t\x12!\n\x14overlay_image_weight\x18\n \x01(\x02H\x03\x88\x01\x01\x42\x0c\n\n_normalizeB\x14\n\x12_top_k_predictionsB\x06\n\x04_epsB\x17\n\x15_overlay_image_weight\"\x87\x02\n\rMethodOptions\x12\x15\n\x08smooth_n\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0csmooth_sigma\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x0bscore_top_n\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x18\n\x0bsmooth_seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x19\n\x0c\x65igen_smooth\x18\x05 \x01(\x08H\x04\x88\x01\x01\x12\x17\n\naug_smooth\x18\x06 \x01(\x08H\x05\x88\x01\x01\x42\x0b\n\t_smooth_nB\x0f\n\r_smooth_sigmaB\x0e\n\x0c_score_top_nB\x0e\n\x0c_smooth_seedB\x0f\n\r_eigen_smoothB\r\n\x0b_aug_smooth\"\xc0\x01\n\x0e\x45xplainRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x06images\x18\x03 \x03(\x0b\x32\x12.camserve.v1.Image\x12\x0f\n\x07methods\x18\x04 \x03(\t\x12*\n\x06output\x18\x05 \x01(\x0b\x32\x1a.camserve.v1.OutputOptions\x12\x32\n\x0emethod_options\x18\x06 \x01(\x0b\x32\x1a.camserve.v1.MethodOptions\"A\n\nPrediction\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"\x97\x01\n\x03Map\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0ctarget_index\x18\x02 \x01(\x05\x12\x10\n\x08\x63lass_id\x18\x03 \x01(\x03\x12!\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x13\n\x0boverlay_png\x18\x05 \x01(\x0c\x12 \n\x03rgb\x18\x06 \x01(\x0b\x32\x13.camserve.v1.Tensor\"\xdf\x01\n\x10ImageExplanation\x12,\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x17.camserve.v1.Prediction\x12\x12\n\ntarget_ids\x18\x02 \x03(\x03\x12#\n\x06logits\x18\x03 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x1e\n\x04maps\x18\x04 \x03(\x0b\x32\x10.camserve.v1.Map\x12-\n\x0ctarget_kinds\x18\x05 \x03(\x0e\x32\x17.camserve.v1.TargetKind\x12\x15\n\rtarget_scores\x18\x06 \x03(\x02\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0f\x45xplainResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\x06images\x18\x03 \x03(\x0b\x32\x1d.camserve.v1.ImageExplanation\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.camserve.v1.Error\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.camserve.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc5\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x03(\x05\x12\x0c\n\x04mean\x18\x05 \x03(\x02\x12\x0b\n\x03std\x18\x06 \x03(\x02\x12\x13\n\x0bnum_classes\x18\x07 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\x12\x19\n\x11supported_methods\x18\t \x03(\t\x12\x18\n\x10\x61\x63tivation_shape\x18\n \x03(\x05\x12\x16\n\x0emax_batch_size\x18\x0b \x01(\x05\x12\x13\n\x0boutput_kind\x18\x0c \x01(\t\x12-\n\x0ctarget_kinds\x18\r \x03(\x0e\x32\x17.camserve.v1.TargetKind\x12\x14\n\x0coutput_shape\x18\x0e \x03(\x05*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x03*\x8e\x02\n\nTargetKind\x12\x15\n\x11TARGET_KIND_LOGIT\x10\x00\x12\x1b\n\x17TARGET_KIND_PROBABILITY\x10\x01\x12\x17\n\x13TARGET_KIND_SIGMOID\x10\x02\x12\x16\n\x12TARGET_KIND_REGION\x10\x03\x12 \n\x1cTARGET_KIND_PREDICTED_REGION\x10\x04\x12\x13\n\x0fTARGET_KIND_BOX\x10\x05\x12\x13\n\x0fTARGET_KIND_DOT\x10\x06\x12\x16\n\x12TARGET_KIND_COSINE\x10\x07\x12\x19\n\x15TARGET_KIND_DOT_IMAGE\x10\x08\x12\x1c\n\x18TARGET_KIND_COSINE_IMAGE\x10\t*q\n\nOutputSize\x12\x1b\n\x17OUTPUT_SIZE_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_SIZE_INPUT\x10\x01\x12\x17\n\x13OUTPUT_SIZE_FEATURE\x10\x02\x12\x16\n\x12OUTPUT_SIZE_CUSTOM\x10\x03\x32\xb7\x02\n\x0e\x45xplainService\x12\x44\n\x07\x45xplain\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse\x12N\n\rExplainStream\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.camserve.v1.ListModelsRequest\x1a\x1f.camserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.camserve.v1.GetModelRequest\x1a\x16.camserve.v1.ModelInfoBR\n\x0f\x64\x65v.camserve.v1P\x01Z=github.com/camserve/camserve/clients/go/camservev1;camservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,38 +32,50 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'camserve.v1.camserve_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.camserve.v1P\001Z=github.com/camserve/camserve/clients/go/camservev1;camservev1'
-  _globals['_DATATYPE']._serialized_start=1925
-  _globals['_DATATYPE']._serialized_end=2029
-  _globals['_OUTPUTSIZE']._serialized_start=2031
-  _globals['_OUTPUTSIZE']._serialized_end=2144
+  _globals['_DATATYPE']._serialized_start=2601
+  _globals['_DATATYPE']._serialized_end=2705
+  _globals['_TARGETKIND']._serialized_start=2708
+  _globals['_TARGETKIND']._serialized_end=2978
+  _globals['_OUTPUTSIZE']._serialized_start=2980
+  _globals['_OUTPUTSIZE']._serialized_end=3093
   _globals['_TENSOR']._serialized_start=43
   _globals['_TENSOR']._serialized_end=118
-  _globals['_IMAGE']._serialized_start=120
-  _globals['_IMAGE']._serialized_end=212
-  _globals['_OUTPUTOPTIONS']._serialized_start=215
-  _globals['_OUTPUTOPTIONS']._serialized_end=563
-  _globals['_METHODOPTIONS']._serialized_start=566
-  _globals['_METHODOPTIONS']._serialized_end=829
-  _globals['_EXPLAINREQUEST']._serialized_start=832
-  _globals['_EXPLAINREQUEST']._serialized_end=1024
-  _globals['_PREDICTION']._serialized_start=1026
-  _globals['_PREDICTION']._serialized_end=1091
-  _globals['_MAP']._serialized_start=1094
-  _globals['_MAP']._serialized_end=1245
-  _globals['_IMAGEEXPLANATION']._serialized_start=1248
-  _globals['_IMAGEEXPLANATION']._serialized_end=1401
-  _globals['_ERROR']._serialized_start=1403
-  _globals['_ERROR']._serialized_end=1441
-  _globals['_EXPLAINRESPONSE']._serialized_start=1443
-  _globals['_EXPLAINRESPONSE']._serialized_end=1569
-  _globals['_LISTMODELSREQUEST']._serialized_start=1571
-  _globals['_LISTMODELSREQUEST']._serialized_end=1590
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1592
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1652
-  _globals['_GETMODELREQUEST']._serialized_start=1654
-  _globals['_GETMODELREQUEST']._serialized_end=1685
-  _globals['_MODELINFO']._serialized_start=1688
-  _globals['_MODELINFO']._serialized_end=1923
-  _globals['_EXPLAINSERVICE']._serialized_start=2147
-  _globals['_EXPLAINSERVICE']._serialized_end=2458
+  _globals['_IMAGE']._serialized_start=121
+  _globals['_IMAGE']._serialized_end=256
+  _globals['_BOX']._serialized_start=258
+  _globals['_BOX']._serialized_end=311
+  _globals['_MASK']._serialized_start=313
+  _globals['_MASK']._serialized_end=418
+  _globals['_RAWMASK']._serialized_start=420
+  _globals['_RAWMASK']._serialized_end=474
+  _globals['_RLEMASK']._serialized_start=476
+  _globals['_RLEMASK']._serialized_end=532
+  _globals['_TARGET']._serialized_start=535
+  _globals['_TARGET']._serialized_end=728
+  _globals['_OUTPUTOPTIONS']._serialized_start=731
+  _globals['_OUTPUTOPTIONS']._serialized_end=1079
+  _globals['_METHODOPTIONS']._serialized_start=1082
+  _globals['_METHODOPTIONS']._serialized_end=1345
+  _globals['_EXPLAINREQUEST']._serialized_start=1348
+  _globals['_EXPLAINREQUEST']._serialized_end=1540
+  _globals['_PREDICTION']._serialized_start=1542
+  _globals['_PREDICTION']._serialized_end=1607
+  _globals['_MAP']._serialized_start=1610
+  _globals['_MAP']._serialized_end=1761
+  _globals['_IMAGEEXPLANATION']._serialized_start=1764
+  _globals['_IMAGEEXPLANATION']._serialized_end=1987
+  _globals['_ERROR']._serialized_start=1989
+  _globals['_ERROR']._serialized_end=2027
+  _globals['_EXPLAINRESPONSE']._serialized_start=2029
+  _globals['_EXPLAINRESPONSE']._serialized_end=2155
+  _globals['_LISTMODELSREQUEST']._serialized_start=2157
+  _globals['_LISTMODELSREQUEST']._serialized_end=2176
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2178
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2238
+  _globals['_GETMODELREQUEST']._serialized_start=2240
+  _globals['_GETMODELREQUEST']._serialized_end=2271
+  _globals['_MODELINFO']._serialized_start=2274
+  _globals['_MODELINFO']._serialized_end=2599
+  _globals['_EXPLAINSERVICE']._serialized_start=3096
+  _globals['_EXPLAINSERVICE']._serialized_end=3407
 # @@protoc_insertion_point(module_scope)

@@ -14,6 +14,19 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_FLOAT16: _ClassVar[DataType]
     DATA_TYPE_UINT8: _ClassVar[DataType]
 
+class TargetKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TARGET_KIND_LOGIT: _ClassVar[TargetKind]
+    TARGET_KIND_PROBABILITY: _ClassVar[TargetKind]
+    TARGET_KIND_SIGMOID: _ClassVar[TargetKind]
+    TARGET_KIND_REGION: _ClassVar[TargetKind]
+    TARGET_KIND_PREDICTED_REGION: _ClassVar[TargetKind]
+    TARGET_KIND_BOX: _ClassVar[TargetKind]
+    TARGET_KIND_DOT: _ClassVar[TargetKind]
+    TARGET_KIND_COSINE: _ClassVar[TargetKind]
+    TARGET_KIND_DOT_IMAGE: _ClassVar[TargetKind]
+    TARGET_KIND_COSINE_IMAGE: _ClassVar[TargetKind]
+
 class OutputSize(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OUTPUT_SIZE_UNSPECIFIED: _ClassVar[OutputSize]
@@ -24,6 +37,16 @@ DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_FLOAT16: DataType
 DATA_TYPE_UINT8: DataType
+TARGET_KIND_LOGIT: TargetKind
+TARGET_KIND_PROBABILITY: TargetKind
+TARGET_KIND_SIGMOID: TargetKind
+TARGET_KIND_REGION: TargetKind
+TARGET_KIND_PREDICTED_REGION: TargetKind
+TARGET_KIND_BOX: TargetKind
+TARGET_KIND_DOT: TargetKind
+TARGET_KIND_COSINE: TargetKind
+TARGET_KIND_DOT_IMAGE: TargetKind
+TARGET_KIND_COSINE_IMAGE: TargetKind
 OUTPUT_SIZE_UNSPECIFIED: OutputSize
 OUTPUT_SIZE_INPUT: OutputSize
 OUTPUT_SIZE_FEATURE: OutputSize
@@ -40,14 +63,74 @@ class Tensor(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("encoded", "tensor", "targets")
+    __slots__ = ("encoded", "tensor", "targets", "target_specs")
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SPECS_FIELD_NUMBER: _ClassVar[int]
     encoded: bytes
     tensor: Tensor
     targets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, encoded: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Iterable[int]] = ...) -> None: ...
+    target_specs: _containers.RepeatedCompositeFieldContainer[Target]
+    def __init__(self, encoded: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Iterable[int]] = ..., target_specs: _Optional[_Iterable[_Union[Target, _Mapping]]] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x1", "y1", "x2", "y2")
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    X2_FIELD_NUMBER: _ClassVar[int]
+    Y2_FIELD_NUMBER: _ClassVar[int]
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
+
+class Mask(_message.Message):
+    __slots__ = ("png", "raw", "rle")
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    RLE_FIELD_NUMBER: _ClassVar[int]
+    png: bytes
+    raw: RawMask
+    rle: RleMask
+    def __init__(self, png: _Optional[bytes] = ..., raw: _Optional[_Union[RawMask, _Mapping]] = ..., rle: _Optional[_Union[RleMask, _Mapping]] = ...) -> None: ...
+
+class RawMask(_message.Message):
+    __slots__ = ("height", "width", "data")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    data: bytes
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RleMask(_message.Message):
+    __slots__ = ("height", "width", "counts")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Target(_message.Message):
+    __slots__ = ("kind", "class_id", "box", "mask", "vector", "image")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    kind: TargetKind
+    class_id: int
+    box: Box
+    mask: Mask
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    image: int
+    def __init__(self, kind: _Optional[_Union[TargetKind, str]] = ..., class_id: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., mask: _Optional[_Union[Mask, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ..., image: _Optional[int] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
     __slots__ = ("size", "height", "width", "dtype", "normalize", "overlay_png", "top_k_predictions", "eps", "overlay_colormap", "overlay_image_weight")
@@ -132,16 +215,20 @@ class Map(_message.Message):
     def __init__(self, method: _Optional[str] = ..., target_index: _Optional[int] = ..., class_id: _Optional[int] = ..., data: _Optional[_Union[Tensor, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., rgb: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ImageExplanation(_message.Message):
-    __slots__ = ("predictions", "target_ids", "logits", "maps")
+    __slots__ = ("predictions", "target_ids", "logits", "maps", "target_kinds", "target_scores")
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     TARGET_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     MAPS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KINDS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SCORES_FIELD_NUMBER: _ClassVar[int]
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     target_ids: _containers.RepeatedScalarFieldContainer[int]
     logits: Tensor
     maps: _containers.RepeatedCompositeFieldContainer[Map]
-    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[Map, _Mapping]]] = ...) -> None: ...
+    target_kinds: _containers.RepeatedScalarFieldContainer[TargetKind]
+    target_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., target_ids: _Optional[_Iterable[int]] = ..., logits: _Optional[_Union[Tensor, _Mapping]] = ..., maps: _Optional[_Iterable[_Union[Map, _Mapping]]] = ..., target_kinds: _Optional[_Iterable[_Union[TargetKind, str]]] = ..., target_scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -180,7 +267,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "target_layer", "input_size", "mean", "std", "num_classes", "class_names", "supported_methods", "activation_shape", "max_batch_size")
+    __slots__ = ("name", "architecture", "target_layer", "input_size", "mean", "std", "num_classes", "class_names", "supported_methods", "activation_shape", "max_batch_size", "output_kind", "target_kinds", "output_shape")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     TARGET_LAYER_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +279,9 @@ class ModelInfo(_message.Message):
     SUPPORTED_METHODS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_SHAPE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_KIND_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KINDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     target_layer: str
@@ -203,4 +293,7 @@ class ModelInfo(_message.Message):
     supported_methods: _containers.RepeatedScalarFieldContainer[str]
     activation_shape: _containers.RepeatedScalarFieldContainer[int]
     max_batch_size: int
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., target_layer: _Optional[str] = ..., input_size: _Optional[_Iterable[int]] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., supported_methods: _Optional[_Iterable[str]] = ..., activation_shape: _Optional[_Iterable[int]] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    output_kind: str
+    target_kinds: _containers.RepeatedScalarFieldContainer[TargetKind]
+    output_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., target_layer: _Optional[str] = ..., input_size: _Optional[_Iterable[int]] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., num_classes: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., supported_methods: _Optional[_Iterable[str]] = ..., activation_shape: _Optional[_Iterable[int]] = ..., max_batch_size: _Optional[int] = ..., output_kind: _Optional[str] = ..., target_kinds: _Optional[_Iterable[_Union[TargetKind, str]]] = ..., output_shape: _Optional[_Iterable[int]] = ...) -> None: ...
