@@ -269,30 +269,33 @@ def graph_feed(
 
 
 class _ExplainSession:
-    """The GraphRunner's explain() on one ONNX Runtime session (what camserve's runner computes).
-    Given class ids, it feeds ``table``'s kinds and data when the ids are ``table``'s, else the
-    output kind's default kind."""
+    """The GraphRunner's explain() (and forward(), from the explain graph) on one ONNX Runtime
+    session: what camserve's runner computes."""
 
-    def __init__(self, path: Path, spec: TargetSpec | None, table: TargetTable | None) -> None:
+    def __init__(self, path: Path, spec: TargetSpec | None) -> None:
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.spec, self.table = spec, table
+        self.spec = spec
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor | TargetTable) -> ExplainOutputs:
-        if isinstance(targets, TargetTable):
-            table = targets
-        elif self.table is not None and torch.equal(targets, self.table.ids):
-            table = self.table
-        else:
-            table = TargetTable.of_ids(targets, self.spec)
+    def explain(self, images: torch.Tensor, targets: TargetTable) -> ExplainOutputs:
         names = [o.name for o in self.session.get_outputs()]
-        out = dict(zip(names, self.session.run(None, graph_feed(self.inputs, images, table)), strict=True))
+        out = dict(zip(names, self.session.run(None, graph_feed(self.inputs, images, targets)), strict=True))
         t = {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
         return ExplainOutputs(
-            t["logits"], t["activations"], t["gradients"], t["target_ids"], t.get("extra_tokens")
+            t["logits"],
+            t["activations"],
+            t["gradients"],
+            t["target_ids"],
+            t.get("extra_tokens"),
+            t.get("target_scores"),
         )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores (they do not depend on the targets)."""
+        ids = torch.zeros(images.shape[0], 1, dtype=torch.int64)
+        return self.explain(images, TargetTable.of_ids(ids, self.spec)).logits
 
 
 def verify_maps_graph(
@@ -309,23 +312,24 @@ def verify_maps_graph(
 
     from camserve.methods.compute import compute_maps
 
-    probe = _ExplainSession(explain_path, None, None)
-    (images_info,) = [i for i in probe.session.get_inputs() if i.name == "images"]
-    num_classes = int(probe.session.get_outputs()[0].shape[1])
+    explain = _ExplainSession(explain_path, None)
+    (images_info,) = [i for i in explain.session.get_inputs() if i.name == "images"]
+    num_classes = int(explain.session.get_outputs()[0].shape[1])
     images = torch.randn(4, *images_info.shape[1:], generator=torch.Generator().manual_seed(1))
-    if spec is not None and "target_kinds" in probe.inputs:
+    if spec is not None and "target_kinds" in explain.inputs:
+        explain.spec = spec
         table = example_table(spec, 4, 3, seed=1)
-    else:
+    else:  # an explain graph from before target kinds: class ids (logits)
+        spec = None
         k = torch.arange(12).reshape(4, 3)
         table = TargetTable.of_ids(torch.where(k % 2 == 0, -(1 + k % 3), k % num_classes))
-    explain = _ExplainSession(explain_path, spec, table)
-    targets = table.ids
     options = ExplainOptions(output_size=f"{info.size[0]}x{info.size[1]}", eps=info.eps)
     want = compute_maps(
-        explain,  # type: ignore[arg-type]  # only explain() is called for these methods
+        explain,  # type: ignore[arg-type]  # only explain() and forward() are called for these methods
         images,
-        targets,
+        table,
         info.methods,
+        spec=spec,
         num_classes=num_classes,
         options=options,
         runtime=RuntimeConfig(kernels="torch"),

@@ -25,6 +25,7 @@ from camserve.cli import main
 from camserve.errors import ExportError, InvalidArgumentError
 from camserve.export import export_model
 from camserve.export.architectures import build_torchvision
+from camserve.export.maps import MapsOptions
 from camserve.methods.target_kinds import Target, TargetTable, build_table
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
 from tests.export.nets import GreyNet, TinyDetector, TinyGapNet, TupleNet
@@ -277,8 +278,9 @@ def test_tiny_segmenter_dense_output_by_name(tmp_path) -> None:
     """The fast dense check (the torchvision models above are slow): a dict output chosen by name."""
     torch.manual_seed(2)
     model = _TinySegmenter().eval()
+    maps = MapsOptions(methods=("gradcam", "layercam"), output_size="input")  # verified at export
     model_dir = _export(
-        model, "body", (3, 12, 16), tmp_path / "seg", output="out", graphs=("explain", "forward")
+        model, "body", (3, 12, 16), tmp_path / "seg", output="out", graphs=("explain", "forward"), maps=maps
     )
     manifest = model_dir.manifest
     assert (manifest.output_kind, manifest.output_shape, manifest.outputs) == (
@@ -311,9 +313,18 @@ def test_tiny_segmenter_dense_output_by_name(tmp_path) -> None:
         second = [(out[1, t2] * (label[1] == t2)).sum(), (out[1, 0] * box).sum()]
         return torch.stack([torch.stack(first), torch.stack(second)])
 
-    _check(model_dir, model, images, table, scalars)
+    got = _check(model_dir, model, images, table, scalars)
     with torch.no_grad():
         mean = model(images)["out"].mean(dim=(2, 3))
+    # the maps graph takes the same inputs; its Grad-CAM is the explain graph's, by hand
+    assert model_dir.manifest.maps is not None
+    assert model_dir.manifest.maps.inputs == ["images", "targets", "target_kinds", "target_data"]
+    gradcam = _run(model_dir, "maps", images, table)["maps_gradcam"]
+    weights = got["gradients"].mean(axis=(3, 4), keepdims=True)
+    cam = torch.from_numpy(np.maximum((weights * got["activations"][:, None]).sum(axis=2), 0))
+    cam = F.interpolate(cam, size=(12, 16), mode="bilinear", align_corners=False).numpy()
+    low, high = cam.min(axis=(2, 3), keepdims=True), cam.max(axis=(2, 3), keepdims=True)
+    np.testing.assert_allclose(gradcam, (cam - low) / (high - low), atol=1e-4)
     np.testing.assert_allclose(_run(model_dir, "forward", images, table)["logits"], mean.numpy(), atol=1e-6)
 
 
