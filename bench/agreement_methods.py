@@ -40,6 +40,7 @@ GRAD_CAM = {  # pytorch-grad-cam class name -> camserve method
     "ShapleyCAM": "shapleycam",
     "FinerCAM": "finercam",
     "RefineCAM": "refinecam",
+    "FullGrad": "fullgrad",  # ignores target_layers: every biased layer
 }
 TORCHCAM = {  # torchcam class name -> camserve method
     "CAM": "cam",

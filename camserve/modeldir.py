@@ -9,6 +9,7 @@ Layout::
     DIR/forward.onnx       images -> logits (class scores; forward only: Score-CAM, evaluation)
     DIR/head.onnx          activations [M,K,h,w] (+ extra_tokens) -> logits (Ablation-CAM)
     DIR/guided.onnx        images + the explain graph's target inputs -> input gradients [N,T,C,H,W]
+    DIR/fullgradient.onnx  optional: images, targets -> FullGrad maps [N,T,H,W] (class logits)
     DIR/cam_weights.npz    arrays 'weight' [C,K] and 'bias' [C], only when the head is GAP -> linear (CAM)
     DIR/maps.onnx          optional (``export --maps``): images, targets -> logits, target_ids and one
                            map [N,T,H',W'] per method, the CAM maths as ONNX operators (``Manifest.maps``)

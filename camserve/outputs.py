@@ -58,3 +58,8 @@ class GraphRunner(Protocol):
     def guided(self, images: torch.Tensor, targets: TargetTable) -> torch.Tensor:
         """Guided-backprop input gradients [N,T,C,H,W] of the targets' scalars (as explain's)."""
         ...
+
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """FullGrad maps [N,T,H,W] (not normalised) of the class logits ``targets`` [N,T] int64
+        (class ids or -k ranks): the fullgradient graph (``camserve.export.fullgrad``)."""
+        ...

@@ -248,6 +248,11 @@ class OnnxGraphRunner:
             inputs["target_data"] = data.to(torch.float32)
         return inputs
 
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, t = targets.shape
+        shapes = {"fullgradient_maps": ((n, t, *images.shape[2:]), torch.float32)}
+        return self._run("fullgradient", {"images": images, "targets": targets}, shapes)["fullgradient_maps"]
+
     # -- ONNX Runtime ---------------------------------------------------------------------------
 
     def cuda_provider_options(self) -> dict[str, str]:
@@ -375,6 +380,8 @@ def warm_up(runner: OnnxGraphRunner, kernels_backend: str = "auto") -> dict[str,
             timed("kernels", kernels.upsample_normalize, maps, size, True, 1e-7, to_uint8, backend)
         if runner.model_dir.has_graph("guided"):
             timed("guided", runner.guided, images, targets)
+        if runner.model_dir.has_graph("fullgradient"):
+            timed("fullgradient", runner.fullgradient, images, targets.ids)
     timed("head", runner.head, out.activations, out.extra_tokens)
     if runner.model_dir.has_graph("forward"):
         timed("forward", runner.forward, images)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from camserve.export.api import GRAPHS, build_from_import_path, export_model, load_weights
+from camserve.export.api import DEFAULT_GRAPHS, GRAPHS, build_from_import_path, export_model, load_weights
 
-__all__ = ["GRAPHS", "build_from_import_path", "export_model", "load_weights"]
+__all__ = ["DEFAULT_GRAPHS", "GRAPHS", "build_from_import_path", "export_model", "load_weights"]

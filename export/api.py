@@ -31,7 +31,10 @@ from camserve.modeldir import GraphFile, Manifest, ModelDirectory, sha256_file
 
 log = logging.getLogger(__name__)
 
-GRAPHS = ("explain", "forward", "head", "guided")
+GRAPHS = ("explain", "forward", "head", "guided", "fullgradient")
+#: what ``export_model`` and ``camserve export`` write unless told: the fullgradient graph (a forward and
+#: a backward pass through the whole network, about the guided graph's size and export time) on request
+DEFAULT_GRAPHS = ("explain", "forward", "head", "guided")
 _BATCH = {0: "batch"}
 
 
@@ -49,7 +52,7 @@ def export_model(
     force: bool = False,
     layout: str | None = None,
     prefix_tokens: int | None = None,
-    graphs: Sequence[str] = GRAPHS,
+    graphs: Sequence[str] = DEFAULT_GRAPHS,
     verify: bool = True,
     maps: MapsOptions | None = None,
     output: OutputKey = None,
@@ -219,6 +222,14 @@ def _write_graphs(
             target_names,
             ["input_gradients"],
             {"images": _BATCH, **target_dims},
+        ),
+        "fullgradient": (
+            split.fullgradient,  # class logits only: images and class ids
+            example[:2],
+            fresh[:2],
+            ["images", "targets"],
+            ["fullgradient_maps"],
+            {"images": _BATCH, "targets": {0: "batch", 1: "targets"}},
         ),
     }
     files: dict[str, GraphFile] = {}

@@ -69,3 +69,6 @@ class TorchGraphRunner:
         if not table.all_default:
             raise UnsupportedError("this SplitModel explains class logits only (no target kinds)")
         return (table.ids,)
+
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.split.fullgradient(images, targets).detach()

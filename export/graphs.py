@@ -1,4 +1,4 @@
-"""The four functions camserve exports, written once in plain PyTorch.
+"""The functions camserve exports, written once in plain PyTorch.
 
 ``SplitModel`` cuts a model at its target layer. Its methods are ordinary eager functions
 (the reference runner calls them directly) and are also what ``export.tracing`` traces to ONNX:
@@ -12,7 +12,9 @@
 - ``forward(images)``: class scores only (``target_kinds.class_scores``);
 - ``head(activations, extra)``: class scores from given activations (the body is not run);
 - ``guided(images, targets, target_kinds, target_data)``: guided-backprop input gradients (ReLU
-  backward passes only positive gradients at positive inputs), T copies of the image, one backward.
+  backward passes only positive gradients at positive inputs), T copies of the image, one backward;
+- ``fullgradient(images, targets)``: FullGrad's maps of class logits (``export.fullgrad``), T copies of
+  the image, one backward pass to the input and every biased layer.
 
 The model may return a tensor, a tuple or a dict; ``output`` (a name or an index) picks the explained
 one (detection: ``output`` the scores [N,A,C], ``boxes_output`` the boxes [N,A,4]); its *output kind*
@@ -40,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
 from camserve.errors import ExportError, InvalidArgumentError
+from camserve.export.fullgrad import fullgrad_maps
 from camserve.export.layers import Layout, find_layer, guess_layout_kind
 from camserve.methods.target_kinds import KIND_CODE, OUTPUT_KINDS, TargetSpec, class_scores, target_scores
 from camserve.methods.targets import resolve_targets
@@ -290,6 +293,10 @@ class SplitModel(nn.Module):
             with _GuidedReluMode():
                 (grads,) = torch.autograd.grad(scores.sum(), rep)
         return grads.reshape(n, t, *images.shape[1:])
+
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """FullGrad maps [N,T,H,W] of the class logits ``targets`` (``export.fullgrad``)."""
+        return fullgrad_maps(self.model, self.forward, images, targets)
 
     # -- the model's outputs -------------------------------------------------------------------
 

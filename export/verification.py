@@ -24,7 +24,8 @@ from camserve.methods.target_kinds import IMAGE_KINDS, KIND_CODE, TargetSpec, Ta
 
 VALUE_TOLERANCE = 1e-3  # max abs error / max |value|
 GRADIENT_TOLERANCE = 1e-2  # per image and target: ‖error‖₂ / ‖gradient‖₂
-GRADIENT_OUTPUTS = ("gradients", "input_gradients")  # [N, T, ...]: one gradient map per (image, target)
+# [N, T, ...]: one gradient map per (image, target); FullGrad's maps are sums of normalised ones
+GRADIENT_OUTPUTS = ("gradients", "input_gradients", "fullgradient_maps")
 
 
 def disagreement(name: str, got: np.ndarray, want: np.ndarray) -> str | None:

@@ -133,6 +133,10 @@ class StopCheckingGraphRunner:
         self._check("guided")
         return self.graphs.guided(images, targets)
 
+    def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self._check("fullgradient")
+        return self.graphs.fullgradient(images, targets)
+
     def __getattr__(self, name: str) -> Any:  # anything else a runner offers (device, providers...)
         return getattr(self.graphs, name)
 

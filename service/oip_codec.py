@@ -120,7 +120,6 @@ class InferAnswer:
 
     outputs: list[str]  # output names, in answer order
     saliency_datatype: str
-    requested: bool = True  # False: the default outputs (TARGET_SCORES left out where none are computed)
 
 
 def check_version(version: str, model: ServedModel) -> None:
@@ -158,9 +157,7 @@ def decode_infer_request(
     answered = tuple(m for m in methods if saliency_output(m) in outputs)
     answer = AnswerShape(answered, DTYPES[datatype].itemsize, id_bytes=len(request.id.encode()))
     timeout_s = None if timeout_us is None else timeout_us / 1e6
-    return ServiceRequest(
-        images, methods, options, answer, InferAnswer(outputs, datatype, bool(request.outputs)), timeout_s
-    )
+    return ServiceRequest(images, methods, options, answer, InferAnswer(outputs, datatype), timeout_s)
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -491,8 +488,6 @@ def encode_infer_response(
         elif name == TARGET_IDS:
             array, datatype = np.stack([r.target_ids for r in results]).astype("<i8", copy=False), "INT64"
         elif name == TARGET_SCORES:
-            if not answer.requested and any(r.target_scores is None for r in results):
-                continue
             array, datatype = np.stack([_scores(r) for r in results]).astype("<f4", copy=False), "FP32"
         else:
             method = name[len(SALIENCY_PREFIX) :].lower()

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ("camserve", "service", "export")
 # camserve/defaults.py names the default method; eval/report.py's multi-instance table tests the
 # Grad-CAM++ paper's claim about Grad-CAM by name (a question about two named methods, not a trait).
-GRAPHS = {"forward", "head", "guided"}
+GRAPHS = {"forward", "head", "guided", "fullgradient"}
 ALLOWED = {Path("camserve/defaults.py"), Path("camserve/eval/report.py")}
 
 
@@ -99,6 +99,10 @@ def test_traits_of_the_methods_that_need_more_than_the_explain_run():
         "refinecam",
     ]
     assert method_class("finercam")().extra_runs(options, 64) == {"finercam comparison explain": 1}
+    fullgrad = method_class("fullgrad")()
+    assert (fullgrad.resolution, fullgrad.colour) == ("input", False)
+    assert fullgrad.requires == frozenset({"fullgradient"})
+    assert fullgrad.extra_runs(options, 64) == {"fullgradient": 1}
     assert method_class("sscam")().extra_runs(options, 64) == {
         "sscam masked forward": 5 * 8
     }  # smooth_n x top_n

@@ -1,4 +1,5 @@
-"""``camserve export``: a PyTorch model -> a model directory (explain / forward / head / guided graphs).
+"""``camserve export``: a PyTorch model -> a model directory (explain / forward / head / guided graphs,
+fullgradient on request).
 
 The explained output may be a classifier's logits, a dense (segmentation) output, a dense detection
 head's scores + boxes or an embedding (``--output``, ``--output-kind``, ``--boxes-output``).
@@ -20,7 +21,7 @@ from torch import nn
 
 from camserve.defaults import OUTPUT_SIZE
 from camserve.errors import InvalidArgumentError
-from camserve.export import GRAPHS, build_from_import_path, export_model, load_weights
+from camserve.export import DEFAULT_GRAPHS, GRAPHS, build_from_import_path, export_model, load_weights
 from camserve.export.architectures import (
     ARCHITECTURES,
     IMAGENET_MEAN,
@@ -77,7 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--std", help="normalisation std, comma separated (default: ImageNet)")
     p.add_argument("--layout", choices=["nchw", "nhwc", "tokens"], help="layout of the layer's output")
     p.add_argument("--prefix-tokens", type=int, help="tokens layout: leading class/register tokens")
-    p.add_argument("--graphs", default=",".join(GRAPHS), help=f"graphs to write (default {','.join(GRAPHS)})")
+    p.add_argument(
+        "--graphs",
+        default=",".join(DEFAULT_GRAPHS),
+        help=f"graphs to write, of {','.join(GRAPHS)} (default {','.join(DEFAULT_GRAPHS)})",
+    )
     p.add_argument(
         "--maps",
         nargs="?",

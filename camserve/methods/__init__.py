@@ -13,6 +13,7 @@ from camserve.methods import guided as _guided  # noqa: F401  (guidedbackprop, g
 # The methods of issue 24 after the seeds, so known_methods() lists the seeds first.
 from camserve.methods import eigen as _eigen  # noqa: F401  (eigengradcam, kpcacam)
 from camserve.methods import fem as _fem  # noqa: F401  (fem)
+from camserve.methods import fullgrad as _fullgrad  # noqa: F401  (fullgrad)
 from camserve.methods import gradient_variants as _gradient_variants  # noqa: F401  (gradcamelementwise ...)
 from camserve.methods import score_variants as _score_variants  # noqa: F401  (sscam, iscam)
 

@@ -113,6 +113,22 @@ def test_shards_open_with_duckdb_as_documented(local_out, dataset):
     assert len(rows) == len(dataset[1]) and dict(rows) == want
 
 
+def test_fullgrad_maps_equal_explainer(tmp_path, dataset, explainer):
+    """A method with its own graph (fullgradient) through the batch job: its maps, stored at input
+    resolution, are Explainer's."""
+    root, ids = dataset
+    listing = tmp_path / "list.txt"
+    paths = [str(root / image_id) for image_id in ids[:5]]
+    listing.write_text("\n".join(paths) + "\n")
+    out = tmp_path / "out"
+    summary = run_batch(make_job(listing, out, methods=("fullgrad",)), progress=False, explainer=explainer)
+    assert (summary.rows, summary.errors) == (5, 0)
+    expected = explainer.explain(paths, methods=["fullgrad"]).maps["fullgrad"]
+    got = read_maps(out, ids=paths, method="fullgrad")
+    assert got.shape == expected.shape == (5, 1, 64, 64)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE["float16"])
+
+
 def test_rerun_skips_done_ids_and_writes_nothing(tmp_path, dataset, explainer):
     root, ids = dataset
     listing = tmp_path / "list.txt"

@@ -1,5 +1,6 @@
-"""A tiny classifier exported once per session (real ONNX graphs), and a copy of its directory
-without the guided graph and the CAM weights (a model whose head is not GAP -> linear)."""
+"""A tiny classifier exported once per session (real ONNX graphs, every graph), and a copy of its
+directory without the guided and fullgradient graphs and the CAM weights (a model whose head is not GAP ->
+linear)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from camserve.export import export_model
+from camserve.export import GRAPHS, export_model
 from camserve.modeldir import MANIFEST_NAME, ModelDirectory
 from tests.explainer.tiny_model import CLASS_NAMES, INPUT_SIZE, MEAN, STD, tiny_net
 
@@ -33,17 +34,19 @@ def tiny_model_dir(tmp_path_factory, tiny_model) -> ModelDirectory:
         mean=MEAN,
         std=STD,
         class_names=CLASS_NAMES,
+        graphs=GRAPHS,
         verify=False,
     )
 
 
 @pytest.fixture(scope="session")
 def bare_model_dir(tmp_path_factory, tiny_model_dir) -> ModelDirectory:
-    """The tiny model without a guided graph and without CAM weights."""
+    """The tiny model without the guided and fullgradient graphs and without CAM weights."""
     path = tmp_path_factory.mktemp("models") / "bare"
     shutil.copytree(tiny_model_dir.path, path)
     manifest = json.loads((path / MANIFEST_NAME).read_text())
     del manifest["graphs"]["guided"]
+    del manifest["graphs"]["fullgradient"]
     manifest["cam_weights"] = None
     manifest["name"] = "bare"
     (path / MANIFEST_NAME).write_text(json.dumps(manifest))

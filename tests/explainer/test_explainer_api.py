@@ -122,11 +122,14 @@ def test_supported_methods_follow_the_model_directory(explainer, tiny_model_dir,
     bare = camserve.Explainer(bare_model_dir, config=CONFIG)
     assert "cam" not in bare.supported_methods
     assert "guidedbackprop" not in bare.supported_methods and "guidedgradcam" not in bare.supported_methods
+    assert "fullgrad" not in bare.supported_methods
     assert "gradcam" in bare.supported_methods and "scorecam" in bare.supported_methods
     with pytest.raises(UnsupportedError, match="not global average pooling followed by one linear layer"):
         bare.explain(random_images(1), methods=["gradcam", "cam"])
     with pytest.raises(UnsupportedError, match="without a guided-backprop graph"):
         bare.explain(random_images(1), methods=["guidedgradcam"])
+    with pytest.raises(UnsupportedError, match=r"without a fullgradient graph \(camserve export --graphs"):
+        bare.explain(random_images(1), methods=["fullgrad"])
 
 
 def test_save_npz_writes_every_array_atomically(explainer, tmp_path):

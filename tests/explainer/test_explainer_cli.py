@@ -88,6 +88,25 @@ def test_list_methods(bare_model_dir, capsys):
     assert "shapleycam" not in listed and "finercam" in listed  # shapleycam needs a GAP -> linear head
 
 
+def test_fullgrad_through_the_cli(tiny_model_dir, bare_model_dir, png_file, tmp_path, capsys):
+    out = tmp_path / "r.npz"
+    argv = ["explain", "--model", str(tiny_model_dir.path), "--method", "fullgrad", "--target", "1"]
+    assert main([*argv, "--out", str(out), str(png_file)]) == 0
+    api = camserve.Explainer(tiny_model_dir, config=CamserveConfig()).explain(
+        [str(png_file)], ["fullgrad"], 1
+    )
+    with np.load(out) as data:
+        assert data["fullgrad"].shape == (1, 1, 16, 16)
+        np.testing.assert_allclose(data["fullgrad"], api.maps["fullgrad"], atol=1e-6)
+    capsys.readouterr()
+    assert main(["explain", "--model", str(tiny_model_dir.path), "--list-methods"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.split()[0] == "fullgrad"]
+    assert "one fullgradient-graph run" in line
+    bare = ["explain", "--model", str(bare_model_dir.path), "--method", "fullgrad", str(png_file)]
+    assert main(bare) == 2
+    assert "exported without a fullgradient graph" in capsys.readouterr().err
+
+
 def test_flags_become_explain_options(tiny_model_dir, png_file, tmp_path):
     out = tmp_path / "r.npz"
     args = [

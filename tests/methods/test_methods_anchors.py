@@ -22,6 +22,7 @@ from pytorch_grad_cam import (  # noqa: E402
     KPCA_CAM,
     EigenGradCAM,
     FinerCAM,
+    FullGrad,
     GradCAMElementWise,
     GradCAMPlusPlus,
     RefineCAM,
@@ -51,7 +52,7 @@ def explainer(tmp_path_factory) -> Explainer:
         mean=MEAN,
         std=STD,
         class_names=CLASS_NAMES,
-        graphs=("explain", "forward"),
+        graphs=("explain", "forward", "fullgradient"),
         verify=False,
     )
     return Explainer(model_dir)
@@ -140,6 +141,47 @@ def test_eigengradcam_equals_pytorch_grad_cam_up_to_the_principal_components_sig
     picked_as_is = [max_abs(ours[n], as_is[n]) <= max_abs(ours[n], negated[n]) for n in range(4)]
     larger_positive = [abs(p.max()) >= abs(p.min()) for p in projection]
     assert picked_as_is == larger_positive
+
+
+def full_grad_maps(model, images, classes, aug_smooth=False) -> np.ndarray:
+    cam = FullGrad(model, [])  # every biased layer: the tiny model's two convolutions
+    return cam(images.clone(), [ClassifierOutputTarget(int(c)) for c in classes], aug_smooth=aug_smooth)
+
+
+def test_fullgrad_equals_pytorch_grad_cam(explainer, images, model):
+    ours = camserve_maps(explainer, images, "fullgrad", per_image_targets(CLASSES))[:, 0]
+    theirs = full_grad_maps(model, images, CLASSES)
+    assert ours.shape == theirs.shape == (4, 16, 16)
+    assert max_abs(ours, theirs) <= TOLERANCE
+    assert (ours.reshape(4, -1).max(axis=1) == 1).all() and (ours.reshape(4, -1).min(axis=1) == 0).all()
+    # the bias terms count: the input-gradient term alone is another map
+    with torch.enable_grad():
+        x = images.clone().requires_grad_(True)
+        model(x).gather(1, torch.tensor(CLASSES)[:, None]).sum().backward()
+    alone = (x.grad * images).abs().sum(dim=1).numpy()
+    assert (
+        max_abs(
+            ours, (alone - alone.min(axis=(1, 2), keepdims=True)) / np.ptp(alone, axis=(1, 2), keepdims=True)
+        )
+        > 0.1
+    )
+
+
+def test_fullgrad_explains_each_of_several_targets_on_its_own(explainer, images, model):
+    """T = 2 (the prediction and class 2) in one fullgradient run: each target's map is the
+    anchor's for that class alone."""
+    ours = camserve_maps(explainer, images, "fullgrad", [[-1, 2]])
+    predicted = model(images).argmax(dim=1).tolist()
+    assert max_abs(ours[:, 0], full_grad_maps(model, images, predicted)) <= TOLERANCE
+    assert max_abs(ours[:, 1], full_grad_maps(model, images, [2] * 4)) <= TOLERANCE
+
+
+def test_fullgrad_aug_smooth_equals_pytorch_grad_cam(explainer, images, model):
+    ours = camserve_maps(explainer, images, "fullgrad", per_image_targets(CLASSES), aug_smooth=True)[:, 0]
+    theirs = full_grad_maps(model, images, CLASSES, aug_smooth=True)
+    low = theirs.min(axis=(1, 2), keepdims=True)  # the anchor averages its normalised copies, camserve
+    theirs = (theirs - low) / (theirs.max(axis=(1, 2), keepdims=True) - low)  # also normalises the mean
+    assert max_abs(ours, theirs) <= TOLERANCE
 
 
 class PaperGradCAMPlusPlus(GradCAMPlusPlus):
