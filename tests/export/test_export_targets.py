@@ -186,11 +186,16 @@ SEGMENTATION_SIZE = 32
 
 
 def _segmentation(arch: str, tmp_path: Path) -> tuple[nn.Module, ModelDirectory]:
-    torch.manual_seed(0)
-    model = build_torchvision(arch).eval()
-    layer = {"fcn_resnet50": "backbone.layer4"}.get(arch, "backbone.16")
-    size = (3, SEGMENTATION_SIZE, SEGMENTATION_SIZE)
-    return model, _export(model, layer, size, tmp_path / arch, output="out")
+    """``camserve export --arch`` (its defaults: layer, output "out", 21 VOC classes) and the same
+    seeded random model built here for the reference."""
+    s = SEGMENTATION_SIZE
+    argv = ["export", "--arch", arch, "--random-weights", "--input-size", f"3x{s}x{s}", "--graphs", "explain"]
+    assert main([*argv, "--out", str(tmp_path / arch)]) == 0
+    model_dir = ModelDirectory(tmp_path / arch)
+    assert model_dir.manifest.target_layer == {"fcn_resnet50": "backbone.layer4"}.get(arch, "backbone.16")
+    assert model_dir.manifest.class_names[:2] == ["__background__", "aeroplane"]
+    torch.manual_seed(0)  # as the CLI's --random-weights
+    return build_torchvision(arch).eval(), model_dir
 
 
 def _check_dense(model: nn.Module, model_dir: ModelDirectory) -> None:
