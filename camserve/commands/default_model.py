@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export the default model's directory (into the cache unless --out is given) and "
         "print its path.",
     )
-    build.add_argument("--out", type=Path, help="export here instead of <cache_dir>/default-model-<sha>")
+    build.add_argument(
+        "--out", type=Path, help="export here instead of <cache_dir>/default-model-<sha>-g<version>"
+    )
     build.add_argument(
         "--retrain",
         action="store_true",

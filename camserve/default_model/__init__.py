@@ -34,6 +34,9 @@ TRAINING_RECORD_PATH = Path(__file__).with_name("training.json")
 MODEL_NAME = "digits"
 ARCHITECTURE = "camserve-digits"
 SHORT_SHA = 12  # hex digits of the weights' sha256 in the cache folder's name
+# The exported graphs' interface, in the cache folder's name: a checkout whose export writes other
+# graphs (2: target kinds, issue 21) builds its own folder beside an older one, never over it
+GRAPHS_VERSION = 2
 DENSE_WEIGHTS_PATH = Path(__file__).with_name("dense_weights.pt")
 DENSE_TRAINING_RECORD_PATH = Path(__file__).with_name("dense_training.json")
 DENSE_MODEL_NAME = "digits-dense"
@@ -134,7 +137,7 @@ def export_dense_model(out_dir: str | Path, weights: str | Path | None = None, f
 def default_model_dir(
     cache_dir: str = "~/.cache/camserve", rebuild: bool = False, weights: str | Path | None = None
 ) -> Path:
-    """The default model's exported directory, ``<cache_dir>/default-model-<sha of weights>``.
+    """The default model's exported directory, ``<cache_dir>/default-model-<weights sha>-g<GRAPHS_VERSION>``.
 
     Exported from the committed weights (or ``weights``) on first use, or again when ``rebuild``
     is set, the cached copy fails its checksums or lacks one of ``GRAPHS``. Safe when several
@@ -165,7 +168,7 @@ def _cached_export(
     if not weights_path.is_file():
         raise NotFoundError(f"weights: no such file {weights_path}")
     root = Path(cache_dir).expanduser()
-    final = root / f"{prefix}-{sha256_file(weights_path)[:SHORT_SHA]}"
+    final = root / f"{prefix}-{sha256_file(weights_path)[:SHORT_SHA]}-g{GRAPHS_VERSION}"
     if final.exists() and not rebuild:
         try:
             missing = set(graphs) - set(ModelDirectory(final).manifest.graphs)

@@ -81,12 +81,17 @@ def test_the_config_matches_the_explain_graph(digits, tmp_path):
         for (name, _, dims), (_, _, graph_dims) in zip(got, expected, strict=True):
             assert compatible(dims, graph_dims[1:]), name
     # One target slot (the default): the target dims are fixed, so any two requests batch together.
-    assert [(e.name, list(e.dims)) for e in config.input] == [("images", [3, 64, 64]), ("targets", [1])]
+    assert [(e.name, list(e.dims)) for e in config.input] == [
+        ("images", [3, 64, 64]),
+        ("targets", [1]),
+        ("target_kinds", [1]),
+    ]
     assert [(e.name, list(e.dims)) for e in config.output] == [
         ("logits", [10]),
         ("activations", [64, 16, 16]),
         ("gradients", [1, 64, 16, 16]),
         ("target_ids", [1]),
+        ("target_scores", [1]),
     ]
     assert not any(e.allow_ragged_batch for e in config.input)
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
@@ -99,14 +104,18 @@ def test_the_config_matches_the_explain_graph(digits, tmp_path):
     assert [(e.name, list(e.dims), e.allow_ragged_batch) for e in python.input] == [
         ("images", [3, 64, 64], False),
         ("targets", [-1], True),
+        ("target_kinds", [-1], True),
     ]
     assert [(e.name, list(e.dims)) for e in python.output] == [
         ("logits", [10]),
         ("activations", [64, 16, 16]),
         ("gradients", [-1, 64, 16, 16]),
         ("target_ids", [-1]),
+        ("target_scores", [-1]),
     ]
-    assert python.parameters["target_outputs"].string_value == '["gradients", "target_ids"]'
+    outputs = python.parameters["target_outputs"].string_value
+    assert outputs == '["gradients", "target_ids", "target_scores"]'
+    assert python.parameters["target_inputs"].string_value == '["target_kinds", "targets"]'
     assert python.dynamic_batching == config.dynamic_batching
 
 
@@ -133,7 +142,7 @@ def test_target_slots_and_the_ensemble(digits, tmp_path):
         ensemble = parse_config(tmp_path / "digits_encoded" / variant)
         model = model or parse_config(tmp_path / "digits" / "configs" / "python.pbtxt")
         assert ensemble.platform == "ensemble" and ensemble.max_batch_size == model.max_batch_size
-        assert [e.name for e in ensemble.input] == ["encoded", "targets"]
+        assert [e.name for e in ensemble.input] == ["encoded", "targets", "target_kinds"]
         # The ensemble's tensors are the composing models' own: same names, types and dims.
         assert list(ensemble.input[1].dims) == list(model.input[1].dims)
         assert [(e.name, e.data_type, list(e.dims)) for e in ensemble.output] == [
@@ -142,7 +151,11 @@ def test_target_slots_and_the_ensemble(digits, tmp_path):
         first, second = ensemble.ensemble_scheduling.step
         assert first.model_name == "digits_preprocess" and dict(first.output_map) == {"images": "images"}
         assert second.model_name == "digits"
-        assert dict(second.input_map) == {"images": "images", "targets": "targets"}
+        assert dict(second.input_map) == {
+            "images": "images",
+            "targets": "targets",
+            "target_kinds": "target_kinds",
+        }
         assert dict(second.output_map) == {e.name: e.name for e in model.output}
     with pytest.raises(InvalidArgumentError, match="exists; pass --force"):
         write_triton_repository(digits, tmp_path, ensemble=True)
@@ -162,6 +175,7 @@ def test_the_model_in_the_repository_runs_a_batch_with_the_configured_shapes(dig
     feeds = {
         "images": np.zeros((batch, *config.input[0].dims), np.float32),
         "targets": np.full((batch, *config.input[1].dims), -1, np.int64),
+        "target_kinds": np.zeros((batch, *config.input[2].dims), np.int64),
     }
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
     for entry in config.output:
@@ -221,7 +235,8 @@ def test_cli_export_with_a_triton_repository_writes_both(tmp_path, capsys):
     argv += ["--triton-max-batch-size", "8"]
     assert main(argv) == 0, capsys.readouterr().err
     config = parse_config(repo / "tiny" / "config.pbtxt")
-    assert config.max_batch_size == 8 and [e.name for e in config.input] == ["images", "targets"]
+    assert config.max_batch_size == 8
+    assert [e.name for e in config.input] == ["images", "targets", "target_kinds"]
     assert list(config.input[0].dims) == [3, 16, 16]
     explain = ModelDirectory(model).graph_path("explain")
     assert (repo / "tiny" / "1" / "model.onnx").read_bytes() == explain.read_bytes()
