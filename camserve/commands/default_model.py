@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dense",
         action="store_true",
         help="the dense variant (DigitSegNet, per-pixel classes, region targets) instead; "
-        "<cache_dir>/dense-model-<sha>",
+        "<cache_dir>/dense-model-<sha>-g<version>",
     )
     build.set_defaults(func=run)
 

@@ -151,7 +151,7 @@ def default_model_dir(
 def dense_model_dir(
     cache_dir: str = "~/.cache/camserve", rebuild: bool = False, weights: str | Path | None = None
 ) -> Path:
-    """The dense model's exported directory, ``<cache_dir>/dense-model-<sha of weights>``; as
+    """The dense model's exported directory, ``<cache_dir>/dense-model-<weights sha>-g<GRAPHS_VERSION>``; as
     :func:`default_model_dir` (first use exports, checksums checked, safe under races)."""
     weights_path = DENSE_WEIGHTS_PATH if weights is None else Path(weights).expanduser()
     return _cached_export(cache_dir, "dense-model", weights_path, export_dense_model, rebuild, graphs=())
