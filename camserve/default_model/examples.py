@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from camserve.default_model.data import make_localisation_dataset
+from camserve.defaults import DENSE_EXAMPLE_METHODS
 
 
 def save_example_grid(path: str | Path, seed: int = 3, columns: int = 8) -> Path:
@@ -42,7 +43,7 @@ def save_dense_example(
     path: str | Path,
     seed: int = 5,
     scenes: int = 2,
-    methods: tuple[str, ...] = ("gradcam", "layercam"),
+    methods: tuple[str, ...] = DENSE_EXAMPLE_METHODS,
     cache_dir: str | None = None,
 ) -> Path:
     """Test scenes with 2-3 copies, one row per scene and method: the image with its true ink
