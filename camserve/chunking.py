@@ -54,4 +54,11 @@ def _concatenate_outputs(parts: list[ExplainOutputs]) -> ExplainOutputs:
         target_ids=torch.cat([part.target_ids for part in parts]),
         extra_tokens=torch.cat(extra) if extra else None,
         target_scores=torch.cat(scores) if len(scores) == len(parts) else None,
+        layers=[
+            (
+                torch.cat([part.layers[i][0] for part in parts]),
+                torch.cat([part.layers[i][1] for part in parts]),
+            )
+            for i in range(len(parts[0].layers))
+        ],
     )

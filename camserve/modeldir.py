@@ -5,6 +5,7 @@ Layout::
     DIR/manifest.json      this module's Manifest, as JSON
     DIR/explain.onnx       images [N,C,H,W], targets [N,T], target_kinds [N,T] (+ target_data [N,T,L])
                            -> logits, activations, gradients, target_ids, target_scores (+ extra_tokens)
+                           (+ activations_i, gradients_i for each further target layer i >= 1)
                            (``Manifest.explain_inputs``; exports before target kinds: images, targets)
     DIR/forward.onnx       images -> logits (class scores; forward only: Score-CAM, evaluation)
     DIR/head.onnx          activations [M,K,h,w] (+ extra_tokens) -> logits (Ablation-CAM)
@@ -76,8 +77,22 @@ class Manifest:
     opset: int = 18
     format: str = FORMAT
     notes: dict[str, Any] = field(default_factory=dict)
+    # every target layer, the primary (``target_layer``) first, and their [K, h, w]; old manifests:
+    # the one layer
+    target_layers: list[str] = field(default_factory=list)
+    activation_shapes: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.target_layers:
+            self.target_layers = [self.target_layer]
+        if not self.activation_shapes:
+            self.activation_shapes = [list(self.activation_shape)]
+        if self.target_layers[0] != self.target_layer or len(self.activation_shapes) != len(
+            self.target_layers
+        ):
+            raise InvalidArgumentError(
+                "manifest", "target_layers must start with target_layer and have one activation shape each"
+            )
         if self.output_kind not in OUTPUT_KINDS:
             raise InvalidArgumentError(
                 "manifest", f"output_kind {self.output_kind!r} is not one of {', '.join(OUTPUT_KINDS)}"

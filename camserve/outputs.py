@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -28,6 +28,9 @@ class ExplainOutputs:
     target_scores [N, T] float32 or None  the scalars s themselves; runners always give them (for
                                           graphs exported before target kinds: the logits of the
                                           target ids), hand-made outputs may leave them out
+    layers        [(A_l [N,K_l,h_l,w_l], g_l [N,T,K_l,h_l,w_l])]  the other target layers of a
+                                          model exported with several (explain outputs
+                                          ``activations_l`` / ``gradients_l``); [] with one
     """
 
     logits: torch.Tensor
@@ -36,6 +39,19 @@ class ExplainOutputs:
     target_ids: torch.Tensor
     extra_tokens: torch.Tensor | None = None
     target_scores: torch.Tensor | None = None
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def rows(self, items: slice) -> ExplainOutputs:
+        """The outputs of images ``items``."""
+        return ExplainOutputs(
+            logits=self.logits[items],
+            activations=self.activations[items],
+            gradients=self.gradients[items],
+            target_ids=self.target_ids[items],
+            extra_tokens=None if self.extra_tokens is None else self.extra_tokens[items],
+            target_scores=None if self.target_scores is None else self.target_scores[items],
+            layers=[(a[items], g[items]) for a, g in self.layers],
+        )
 
 
 class GraphRunner(Protocol):

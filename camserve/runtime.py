@@ -143,6 +143,8 @@ class OnnxGraphRunner:
             int(self.spec.output_shape[0]) if self.spec.output_kind == "embedding" else self.num_classes
         )
         self.activation_shape = tuple(manifest.activation_shape)
+        # the further target layers' [K, h, w] (explain outputs activations_i, gradients_i)
+        self.layer_shapes = [tuple(int(v) for v in shape) for shape in manifest.activation_shapes[1:]]
         self.input_size = tuple(manifest.input_size)
         # per-image shape of the head's extra input, when it has one: ViT's prefix (class) tokens
         # [P, K], or for a layer that is not a cut the anchor block's input (manifest notes)
@@ -169,6 +171,9 @@ class OnnxGraphRunner:
             shapes["target_scores"] = ((n, t), torch.float32)
         if self.extra_shape is not None:
             shapes["extra_tokens"] = ((n, *self.extra_shape), torch.float32)
+        for i, shape in enumerate(self.layer_shapes, 1):
+            shapes[f"activations_{i}"] = ((n, *shape), torch.float32)
+            shapes[f"gradients_{i}"] = ((n, t, *shape), torch.float32)
         out = self._run("explain", self._target_inputs("explain", images, table), shapes)
         # graphs exported before target kinds explain logits only: their scores are the logits
         scores = out["target_scores"] if scored else out["logits"].gather(1, out["target_ids"])
@@ -179,6 +184,7 @@ class OnnxGraphRunner:
             out["target_ids"],
             out.get("extra_tokens"),
             scores,
+            [(out[f"activations_{i}"], out[f"gradients_{i}"]) for i in range(1, len(self.layer_shapes) + 1)],
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

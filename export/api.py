@@ -40,7 +40,7 @@ _BATCH = {0: "batch"}
 
 def export_model(
     model: nn.Module,
-    layer: str,
+    layer: str | Sequence[str],
     input_size: Sequence[int],
     out_dir: str | Path,
     *,
@@ -62,6 +62,10 @@ def export_model(
     """Export ``model`` cut at ``layer`` to ``out_dir``; the model itself is not modified. With
     ``maps``, also the maps graph (``camserve.export.maps``).
 
+    ``layer`` may be a list of layers, all cuts: the first is the primary one (activations,
+    gradients, head graph, CAM weights, maps graph); the others add explain outputs
+    ``activations_i`` / ``gradients_i`` computed in the same run (``SplitModel``).
+
     ``output`` (a dict key or an index; None: the first) picks the explained output of a model that
     returns a tuple or a dict; ``output_kind`` (classification, dense, detection, embedding; None:
     2-D classification, 4-D dense) says what it is; detection: ``output`` the raw scores [N,A,C],
@@ -74,11 +78,16 @@ def export_model(
         raise InvalidArgumentError("graphs", f"choose from {', '.join(GRAPHS)} (explain is required)")
     if out_dir.exists() and not force:
         raise ExportError(f"output directory {out_dir} exists; pass --force (force=True) to replace it")
+    layers = [layer] if isinstance(layer, str) else list(layer)
     if maps is not None:
+        if len(layers) > 1:
+            raise InvalidArgumentError(
+                "maps", "the maps graph holds one target layer's maths; export several layers without it"
+            )
         maps.check()  # before the minutes of tracing
     split = SplitModel(
         model,
-        layer,
+        layers,
         input_size,
         layout=layout,
         prefix_tokens=prefix_tokens,
@@ -104,12 +113,14 @@ def export_model(
         manifest = Manifest(
             name=name,
             architecture=architecture,
-            target_layer=layer,
+            target_layer=layers[0],
+            target_layers=layers,
             input_size=list(input_size),
             mean=[float(v) for v in mean],
             std=[float(v) for v in std],
             class_names=list(class_names),
             activation_shape=list(acts_shape),
+            activation_shapes=[list(acts_shape)] + [list(shape) for shape in split.layer_shapes[1:]],
             layout=split.layout.kind,
             prefix_tokens=split.layout.prefix,
             output_kind=split.output_kind,
@@ -130,7 +141,7 @@ def export_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("exported %s (layer %s) to %s", name, layer, out_dir)
+    log.info("exported %s (layer %s) to %s", name, ", ".join(layers), out_dir)
     return ModelDirectory(out_dir)
 
 
@@ -202,8 +213,7 @@ def _write_graphs(
             example,
             fresh,
             target_names,
-            ["logits", "activations", "gradients", "target_ids", "target_scores"]
-            + (["extra_tokens"] if tokens else []),
+            split.explain_outputs,
             {"images": _BATCH, **target_dims},
         ),
         "forward": (split.forward, example[:1], fresh[:1], ["images"], ["logits"], {"images": _BATCH}),

@@ -8,6 +8,7 @@ The given model is never modified (SplitModel keeps its own frozen copy).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ class TorchGraphRunner:
     def __init__(
         self,
         model: nn.Module,
-        layer: str,
+        layer: str | Sequence[str],
         input_size: tuple[int, int, int] = (3, 224, 224),
         layout: str | None = None,
         prefix_tokens: int | None = None,
@@ -41,9 +42,21 @@ class TorchGraphRunner:
         table = self._table(targets)
         with torch.no_grad():
             out = self.split.explain(images, *self._target_args(table))
-        if self._kinds:  # logits, activations, gradients, target_ids, target_scores[, extra_tokens]
-            extra = out[5] if len(out) > 5 else None
-            return ExplainOutputs(out[0], out[1], out[2], out[3], extra, out[4])
+        if self._kinds:  # named as the explain graph's outputs (SplitModel.explain_outputs)
+            named = dict(zip(self.split.explain_outputs, out, strict=True))
+            layers = [
+                (named[f"activations_{i}"], named[f"gradients_{i}"])
+                for i in range(1, len(self.split.layer_names))
+            ]
+            return ExplainOutputs(
+                named["logits"],
+                named["activations"],
+                named["gradients"],
+                named["target_ids"],
+                named.get("extra_tokens"),
+                named["target_scores"],
+                layers,
+            )
         extra = out[4] if len(out) > 4 else None
         return ExplainOutputs(out[0], out[1], out[2], out[3], extra, out[0].gather(1, out[3]))
 

@@ -9,6 +9,10 @@
   probability, a region of a dense output, a detection box, an embedding similarity) is computed
   in the graph, and ``torch.autograd.grad`` of their sum runs through the head only (each copy
   reaches only its own scalar, so the sum gives every target's gradient);
+  With several layers (``layer`` a list), each is a cut; the graph repeats at the layer that runs
+  first, the other layers' outputs are intermediates of the repeated part, and one
+  ``autograd.grad`` gives the gradients w.r.t. every layer (outputs ``activations_i``,
+  ``gradients_i`` for the i-th layer after the first, the primary one);
 - ``forward(images)``: class scores only (``target_kinds.class_scores``);
 - ``head(activations, extra)``: class scores from given activations (the body is not run);
 - ``guided(images, targets, target_kinds, target_data)``: guided-backprop input gradients (ReLU
@@ -32,7 +36,7 @@ class token is for a cut), and the head re-runs the anchor from it with the laye
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,6 +90,15 @@ class _Capture:
 
 
 @dataclass(frozen=True)
+class ExtraLayer:
+    """A target layer after the first (primary) one: its module in the frozen copy and its layout."""
+
+    name: str
+    module: nn.Module
+    layout: Layout
+
+
+@dataclass(frozen=True)
 class Anchor:
     """Where a non-cut layer's head re-enters: the module ``name`` around the layer, whose input
     (one tensor, ``shape`` per image) is a cut of the network."""
@@ -101,6 +114,10 @@ OutputKey = str | int | None  # a dict key, a tuple index, or None: the first ou
 class SplitModel(nn.Module):
     """A model cut at ``layer``; never modifies the given model (it keeps a frozen copy).
 
+    ``layer`` may be a list: the first is the primary layer (activations, gradients, head graph),
+    the others add explain outputs ``activations_i`` / ``gradients_i``; every listed layer must
+    then be a cut.
+
     ``output`` / ``boxes_output`` pick the explained output (and a detection head's boxes) of a
     model returning a tuple or a dict; ``output_kind`` None infers it from the output's rank
     (2-D: classification, 4-D: dense; embedding and detection are given explicitly).
@@ -109,7 +126,7 @@ class SplitModel(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        layer: str,
+        layer: str | Sequence[str],
         input_size: tuple[int, int, int],
         layout: str | None = None,
         prefix_tokens: int | None = None,
@@ -119,6 +136,11 @@ class SplitModel(nn.Module):
     ) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        names = [layer] if isinstance(layer, str) else list(layer)
+        if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise InvalidArgumentError("layer", f"expected one or more distinct layer names, got {names!r}")
+        layer = names[0]
+        self.layer_names: list[str] = names
         self.layer_name = layer
         self.input_size: tuple[int, int, int] = (int(input_size[0]), int(input_size[1]), int(input_size[2]))
         self._layer = find_layer(self.model, layer)
@@ -142,6 +164,25 @@ class SplitModel(nn.Module):
         # [E,K] at a cut, the anchor's input at a non-cut layer; None when the head needs only A
         self.extra_shape: tuple[int, ...] | None = None
         self.layout, self.num_classes = self._probe(layout, prefix_tokens, output_kind)
+        # the other target layers, and the index (0: primary) of the layer that runs first
+        self.extra_layers: list[ExtraLayer] = []
+        self.layer_shapes: list[tuple[int, ...]] = []
+        self._first = 0
+        if len(names) > 1:
+            self._probe_layers(names, layout, prefix_tokens, output, output_kind, boxes_output)
+
+    @property
+    def explain_outputs(self) -> list[str]:
+        """The explain function's output names, in order."""
+        return (
+            ["logits", "activations", "gradients", "target_ids", "target_scores"]
+            + (["extra_tokens"] if self.extra_shape is not None else [])
+            + [
+                f"{kind}_{i}"
+                for i in range(1, len(self.layer_names))
+                for kind in ("activations", "gradients")
+            ]
+        )
 
     @property
     def target_spec(self) -> TargetSpec:
@@ -160,6 +201,8 @@ class SplitModel(nn.Module):
         target_scores [N,T] (+ extra_tokens). ``target_kinds`` None: the output kind's default kind."""
         if self.anchor is not None:
             return self._explain_from_anchor(images, targets, target_kinds, target_data)
+        if self.extra_layers:
+            return self._explain_layers(images, targets, target_kinds, target_data)
         n, t = targets.shape
         cap = _Capture()
 
@@ -181,6 +224,59 @@ class SplitModel(nn.Module):
         grads = grads.reshape(n, t, *cap.acts.shape[1:])
         outs = (logits, cap.acts, grads, ids, scores.detach().reshape(n, t))
         return outs + ((cap.extra,) if cap.extra is not None else ())
+
+    def _explain_layers(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        target_kinds: torch.Tensor | None,
+        target_data: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """``explain`` with several (cut) layers: the body runs once up to the layer that runs first,
+        whose output is repeated T times; the later layers' outputs are intermediates of the
+        repeated part; one backward pass gives the gradients w.r.t. every layer."""
+        n, t = targets.shape
+        count = len(self.layer_names)
+        leaves: list[torch.Tensor | None] = [None] * count
+        acts: list[torch.Tensor | None] = [None] * count
+        extras: list[torch.Tensor | None] = [None] * count
+
+        def make_hook(i: int, layout: Layout) -> Callable[..., torch.Tensor]:
+            def hook(_module: nn.Module, _inputs: tuple[Any, ...], raw: torch.Tensor) -> torch.Tensor:
+                if i == self._first:
+                    a, extra = layout.to_nkhw(raw.detach())
+                    acts[i] = a.clone()  # a copy: an in-place op after the layer must not change it
+                    extras[i] = None if extra is None else extra.clone()
+                    leaf = _repeat(a.clone(), t).requires_grad_(True)
+                    extra_rep = None if extra is None else _repeat(extra.clone(), t)
+                else:  # already N·T rows, computed from the first layer's repeated output
+                    leaf, extra_rep = layout.to_nkhw(raw)
+                    acts[i] = leaf.detach().reshape(n, t, *leaf.shape[1:])[:, 0].clone()
+                    if extra_rep is not None:
+                        extras[i] = extra_rep.detach().reshape(n, t, *extra_rep.shape[1:])[:, 0].clone()
+                leaves[i] = leaf
+                return layout.from_nkhw(leaf, extra_rep).clone()
+
+            return hook
+
+        hooks = [_hooked(self._layer, make_hook(0, self.layout))] + [
+            _hooked(extra.module, make_hook(i, extra.layout)) for i, extra in enumerate(self.extra_layers, 1)
+        ]
+        with torch.enable_grad(), _all_hooked(hooks):
+            raw_rep = self.model(images)
+            logits, ids, scores = self._scores(raw_rep, targets, target_kinds, target_data)
+            total = scores.sum()
+        done = [leaf for leaf in leaves if leaf is not None]
+        assert len(done) == count  # _probe_layers checked that every layer runs once
+        grads = torch.autograd.grad(total, done)
+        layer_outs: list[torch.Tensor] = []
+        for a, g in zip(acts, grads, strict=True):
+            assert a is not None
+            layer_outs += [a, g.reshape(n, t, *a.shape[1:])]
+        outs = (logits, layer_outs[0], layer_outs[1], ids, scores.detach().reshape(n, t))
+        if extras[0] is not None:
+            outs += (extras[0],)
+        return outs + tuple(layer_outs[2:])
 
     def _explain_from_anchor(
         self,
@@ -379,6 +475,7 @@ class SplitModel(nn.Module):
         lay = Layout.infer(raw.shape, kind, prefix, self.input_size[1:])
         self.layout = lay
         acts, extra = lay.to_nkhw(raw)
+        self._acts_shape = tuple(acts.shape[1:])
         if not self._is_cut(acts, extra):
             self.anchor = self._find_anchor(example)
             extra = self.anchor_input(example)
@@ -393,6 +490,55 @@ class SplitModel(nn.Module):
             except Exception:
                 self._one_image_body = False
         return lay, logits.shape[1]
+
+    def _probe_layers(
+        self,
+        names: list[str],
+        layout: str | None,
+        prefix_tokens: int | None,
+        output: OutputKey,
+        output_kind: str | None,
+        boxes_output: OutputKey,
+    ) -> None:
+        """Check the layers after the primary one (each a cut that runs once), learn their layouts,
+        and which layer runs first (where ``explain`` repeats the body's result)."""
+        if self.anchor is not None:
+            raise ExportError(
+                f"layer {self.layer_name!r} is not a cut of the network; several target layers must all "
+                "be cuts (e.g. whole stages such as 'layer3' and 'layer4' of a ResNet)"
+            )
+        self.layer_shapes = [tuple(int(v) for v in self._acts_shape)]
+        for name in names[1:]:
+            part = SplitModel(
+                self.model,
+                name,
+                self.input_size,
+                layout=layout,
+                prefix_tokens=prefix_tokens,
+                output=output,
+                output_kind=output_kind,
+                boxes_output=boxes_output,
+            )
+            if part.anchor is not None:
+                raise ExportError(
+                    f"layer {name!r} is not a cut of the network (the layers after it also read tensors "
+                    "computed before it); several target layers must all be cuts (e.g. whole stages "
+                    "such as 'layer3' and 'layer4' of a ResNet)"
+                )
+            self.extra_layers.append(ExtraLayer(name, find_layer(self.model, name), part.layout))
+            self.layer_shapes.append(tuple(int(v) for v in part._acts_shape))
+        order: list[int] = []
+        modules = [self._layer] + [extra.module for extra in self.extra_layers]
+
+        def make_record(i: int) -> Callable[..., None]:
+            def record(_module: nn.Module, _inputs: tuple[Any, ...], _raw: object) -> None:
+                order.append(i)
+
+            return record
+
+        with torch.no_grad(), _all_hooked([_hooked(m, make_record(i)) for i, m in enumerate(modules)]):
+            self.model(torch.zeros(1, *self.input_size))
+        self._first = order[0]
 
     def _is_cut(self, acts: torch.Tensor, extra: torch.Tensor | None) -> bool:
         """Whether the layers after the layer read nothing computed before it but its output."""
@@ -474,6 +620,27 @@ class _hooked:
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:
             self.handle.remove()
+
+
+class _all_hooked:
+    """Several hooks, all removed on exit."""
+
+    def __init__(self, hooks: Sequence[_hooked]) -> None:
+        self.hooks = list(hooks)
+
+    def __enter__(self) -> _all_hooked:
+        for i, hook in enumerate(self.hooks):
+            try:
+                hook.__enter__()
+            except BaseException:
+                for entered in self.hooks[:i]:
+                    entered.__exit__()
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self.hooks:
+            hook.__exit__()
 
 
 class _pre_hooked(_hooked):

@@ -55,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     weights.add_argument(
         "--random-weights", action="store_true", help="seeded random weights (tests and benchmarks only)"
     )
-    p.add_argument("--layer", help="dotted name of the target layer (default: per architecture)")
+    p.add_argument(
+        "--layer",
+        help="dotted name of the target layer (default: per architecture); several target layers, all "
+        "cuts, comma separated: the first is the primary one (e.g. layer4,layer3)",
+    )
     p.add_argument("--input-size", help="CxHxW, e.g. 3x224x224 (default: per architecture, else 3x224x224)")
     p.add_argument(
         "--num-classes",
@@ -247,8 +251,8 @@ def run(args: argparse.Namespace) -> int:
         input_size = parse_input_size(args.input_size) if args.input_size else defaults.input_size
         num_classes = defaults.num_classes if args.num_classes is None else args.num_classes
         model = build_torchvision(args.arch, input_size, num_classes)
-        layer = args.layer or defaults.layer
-        if args.layer is None or args.layer == defaults.layer:
+        layer = _layers(args.layer) if args.layer else [defaults.layer]
+        if args.layer is None or layer[0] == defaults.layer:
             layout = layout or defaults.layout
             prefix = defaults.prefix_tokens if prefix is None else prefix
         output = defaults.output if output is None else output
@@ -259,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgumentError("--layer", "required with --module (there is no default layer)")
         input_size = parse_input_size(args.input_size or "3x224x224")
         model = build_from_import_path(args.module)
-        layer = args.layer
+        layer = _layers(args.layer)
         architecture = f"module:{args.module}"
         class_names = None
     if args.weights:
@@ -292,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     )
     m = model_dir.manifest
     cam = "yes" if m.cam_weights else "no (not a classifier's GAP -> linear head)"
-    print(f"exported {m.architecture} layer {m.target_layer} -> {model_dir.path}")
+    print(f"exported {m.architecture} layer {', '.join(m.target_layers)} -> {model_dir.path}")
     print(
         f"  {m.output_kind} output [N,{','.join(map(str, m.output_shape))}] "
         f"(targets: {', '.join(m.target_spec().kinds)}), "
@@ -302,6 +306,14 @@ def run(args: argparse.Namespace) -> int:
     if args.triton_repository:
         _write_triton_repository(args, model_dir.path)
     return 0
+
+
+def _layers(value: str) -> list[str]:
+    """``--layer``: one dotted name, or several comma separated (the first is the primary one)."""
+    layers = [part.strip() for part in value.split(",")]
+    if not all(layers):
+        raise InvalidArgumentError("--layer", f"expected dotted layer names, comma separated, got {value!r}")
+    return layers
 
 
 def _untie_zero_layers(model: nn.Module) -> None:

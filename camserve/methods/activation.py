@@ -77,6 +77,7 @@ class EigenCAM(CamMethod):
     """
 
     name = "eigencam"
+    layer_fusion = "mean"
     eigen_smoothable = False  # already the principal component (pytorch-grad-cam ignores it too)
     not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
 

@@ -9,6 +9,7 @@ head runs, guided backprop) ask the runner through the context, in batches of
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -77,8 +78,15 @@ class MethodContext:
 
     @property
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(activations, gradients) of each target layer; model directories have one layer today."""
-        return [(self.outputs.activations, self.outputs.gradients)]
+        """(activations, gradients) of each target layer, the primary one first (a model exported
+        with several target layers; ``ExplainOutputs.layers``)."""
+        return [(self.outputs.activations, self.outputs.gradients), *self.outputs.layers]
+
+    def for_layer(self, index: int) -> MethodContext:
+        """This context with target layer ``index`` as the only one (its own shared products)."""
+        acts, grads = self.layers[index]
+        outputs = dataclasses.replace(self.outputs, activations=acts, gradients=grads, layers=[])
+        return dataclasses.replace(self, outputs=outputs)
 
     def shared(self, key: str, make: Callable[[], _T]) -> _T:
         """``make()`` computed once per batch: products several methods use (guided gradients,
@@ -118,6 +126,13 @@ class CamMethod(ABC):
     ``cost``         one line for people (``camserve explain --list-methods``, docs).
     ``not_in_graph`` why the maps graph (``export/maps.py``: the maths as ONNX operators) cannot
                      hold the method; "" for a method that implements :meth:`graph_maps`.
+    ``layer_fusion`` how a model exported with several target layers (``MethodContext.layers``)
+                     is used: "mean" (gradient methods that read only A and g of the explain
+                     run) and "product" (RefineCAM): the method runs on each layer alone and
+                     compute.py's ``layer_maps`` fuses the maps as pytorch-grad-cam does;
+                     "method": :meth:`compute` reads every layer itself (Layer-CAM's fusion);
+                     "primary": the primary layer only (methods that re-run the forward / head /
+                     explain graphs, read noisy gradients or use CAM's weights of that layer).
     ``logit_targets_only`` True for a method whose maths reads class logits rather than the
                      explained scalar's gradient: it re-runs the forward / head / explain graphs
                      and reads their logits (Score-CAM, Ablation-CAM, Finer-CAM...) or uses the
@@ -151,6 +166,7 @@ class CamMethod(ABC):
     aug_smoothable: ClassVar[bool] = True
     not_in_graph: ClassVar[str] = "its maths is not written as graph operators (graph_maps)"
     logit_targets_only: ClassVar[bool] = False
+    layer_fusion: ClassVar[Literal["mean", "product", "method", "primary"]] = "primary"
 
     def noisy_copies(self, options: ExplainOptions) -> int:
         """How many noisy copies of each image this method needs in the explain run."""

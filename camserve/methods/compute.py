@@ -19,7 +19,7 @@ from camserve.chunking import run_in_chunks
 from camserve.config import ExplainOptions, RuntimeConfig, check_options, resolve_output_size
 from camserve.errors import InvalidArgumentError
 from camserve.methods import smoothing
-from camserve.methods.base import CamMethod, MethodContext, check_target_kinds, get_method
+from camserve.methods.base import CamMethod, MethodContext, MethodMaps, check_target_kinds, get_method
 from camserve.methods.target_kinds import IMAGE_KINDS, KIND_CODE, TargetSpec, TargetTable
 from camserve.methods.targets import (
     TargetsLike,
@@ -189,7 +189,7 @@ def checked_maps(
     for method in method_objects:
         augmented_method = method.augmented_copies(options) > 1
         eigen = options.eigen_smooth and method.eigen_smoothable
-        result = method.compute(context(augmented_method, eigen))
+        result = layer_maps(method, context(augmented_method, eigen), size)
         if (result.rgb is not None) != method.colour:
             raise TypeError(
                 f"CAM method {method.name!r}: colour = {method.colour} but rgb is {result.rgb is not None}"
@@ -223,14 +223,28 @@ def _rows(outputs: ExplainOutputs, rows: slice) -> ExplainOutputs:
     """The explain outputs of images ``rows`` of the run."""
     if rows == slice(0, outputs.logits.shape[0]):
         return outputs
-    return ExplainOutputs(
-        logits=outputs.logits[rows],
-        activations=outputs.activations[rows],
-        gradients=outputs.gradients[rows],
-        target_ids=outputs.target_ids[rows],
-        extra_tokens=None if outputs.extra_tokens is None else outputs.extra_tokens[rows],
-        target_scores=None if outputs.target_scores is None else outputs.target_scores[rows],
-    )
+    return outputs.rows(rows)
+
+
+def layer_maps(method: CamMethod, ctx: MethodContext, size: tuple[int, int]) -> MethodMaps:
+    """``method``'s maps. With several target layers and ``layer_fusion`` "mean" or "product", as
+    pytorch-grad-cam does with several ``target_layers``: the method runs on each layer, each map is
+    min-max normalised and upsampled to ``size`` (for "product", RefineCAM's, normalised again there),
+    then the maps are averaged (``aggregate_multi_layers``) or multiplied; ``_finish`` normalises the
+    result."""
+    count = len(ctx.layers)
+    fusion = method.layer_fusion
+    if count == 1 or fusion not in ("mean", "product"):
+        return method.compute(ctx)
+    eps, backend = ctx.options.eps, ctx.backend
+    maps = []
+    for i in range(count):
+        own = kernels.upsample_normalize(
+            method.compute(ctx.for_layer(i)).maps, None, True, eps, backend=backend
+        )
+        maps.append(kernels.upsample_normalize(own, size, fusion == "product", eps, backend=backend))
+    stacked = torch.stack(maps)
+    return MethodMaps(stacked.mean(dim=0) if fusion == "mean" else stacked.prod(dim=0))
 
 
 def _finish(

@@ -56,6 +56,7 @@ class EigenGradCAM(CamMethod):
     """
 
     name = "eigengradcam"
+    layer_fusion = "mean"
     eigen_smoothable = False  # already a principal component (pytorch-grad-cam ignores it too)
     not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
 
@@ -80,6 +81,7 @@ class SegEigenCAM(CamMethod):
     """
 
     name = "segeigencam"
+    layer_fusion = "mean"
     eigen_smoothable = False  # already a principal component (pytorch-grad-cam ignores it too)
     not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
 
@@ -104,6 +106,7 @@ class KPCACAM(CamMethod):
     """
 
     name = "kpcacam"
+    layer_fusion = "mean"
     eigen_smoothable = False  # already a kernel principal component (as pytorch-grad-cam)
     not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
     coef0 = 1.0

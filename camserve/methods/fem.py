@@ -22,6 +22,7 @@ class FEM(CamMethod):
     """
 
     name = "fem"
+    layer_fusion = "mean"
     eigen_smoothable = False  # pytorch-grad-cam's FEM ignores it
     k_sigma = 2.0
     not_in_graph = ""

@@ -60,6 +60,7 @@ class ChannelWeightCAM(CamMethod):
     A and g (``kernels.channel_weights``); subclasses only name their weight rule."""
 
     not_in_graph = ""
+    layer_fusion = "mean"
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         (rule,) = self.weight_rules
@@ -187,11 +188,13 @@ class LayerCAM(CamMethod):
 
         L^c = ReLU(sum_k ReLU(g^k) * A^k)          (elementwise: one weight per pixel)
 
-    Several target layers are fused by upsampling each layer's map to the finest layer's
-    resolution, min-max normalising each, and summing (:meth:`fuse`).
+    Several target layers are fused as the paper's Eq. 9 (and torchcam's ``fuse_cams``): each
+    layer's map min-max normalised and scaled by tanh(2 m), upsampled to the finest layer's
+    resolution, then the element-wise maximum (:meth:`fuse`).
     """
 
     name = "layercam"
+    layer_fusion = "method"
     not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -200,15 +203,18 @@ class LayerCAM(CamMethod):
 
     @staticmethod
     def fuse(layer_maps: Sequence[torch.Tensor], eps: float, backend: str = "torch") -> torch.Tensor:
-        """One map: returned as is (so raw output stays raw). Several [N,T,h_l,w_l]: each upsampled
-        to the largest h_l x w_l and min-max normalised, then summed. Kept although a model directory
-        has one target layer today: multi-layer targets (issue 21) reach it; its maths is tested
-        directly (tests/methods/test_methods_golden.py)."""
+        """One map: returned as is (so raw output stays raw). Several [N,T,h_l,w_l]: each min-max
+        normalised, scaled by tanh(2 m) (shallow layers' weak maps are lifted), upsampled to the
+        largest h_l x w_l, then the element-wise maximum."""
         if len(layer_maps) == 1:
             return layer_maps[0]
         size = max(((int(m.shape[-2]), int(m.shape[-1])) for m in layer_maps), key=lambda hw: hw[0] * hw[1])
-        normalised = [kernels.upsample_normalize(m, size, True, eps, backend=backend) for m in layer_maps]
-        return torch.stack(normalised).sum(dim=0)
+        scaled = [
+            torch.tanh(2.0 * kernels.upsample_normalize(m, None, True, eps, backend=backend))
+            for m in layer_maps
+        ]
+        upsampled = [kernels.upsample_normalize(m, size, False, eps, backend=backend) for m in scaled]
+        return torch.stack(upsampled).amax(dim=0)
 
     def graph_maps(
         self,
@@ -229,6 +235,7 @@ class HiResCAM(CamMethod):
     """
 
     name = "hirescam"
+    layer_fusion = "mean"
     not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:

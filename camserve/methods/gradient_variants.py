@@ -26,6 +26,7 @@ class GradCAMElementWise(CamMethod):
     """
 
     name = "gradcamelementwise"
+    layer_fusion = "mean"
     not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
@@ -150,33 +151,23 @@ class FinerCAM(CamMethod):
 @register
 class RefineCAM(CamMethod):
     """RefineCAM (pytorch-grad-cam's ``RefineCAM``, arXiv:2605.14641): the element-wise product of
-    the Grad-CAM++ maps of several target layers, each upsampled to the finest layer's size and
-    min-max normalised, which keeps only what every layer agrees on::
+    the Grad-CAM++ maps of several target layers, each min-max normalised and upsampled to the
+    output size, which keeps only what every layer agrees on::
 
-        L^c = prod_l minmax(up(L_gradcam++^(c,l)))
+        L^c = prod_l minmax(up(minmax(L_gradcam++^(c,l))))
 
-    camserve's model directories export one target layer today, so the product has one factor and
-    the map is Grad-CAM++'s.
+    (``layer_fusion`` "product", compute.py's ``layer_maps``). With one target layer the product
+    has one factor and the map is Grad-CAM++'s.
     """
 
     name = "refinecam"
+    layer_fusion = "product"
     aug_smoothable = False  # pytorch-grad-cam's RefineCAM has no aug_smooth
     weight_rules = ("gradcam++",)
     not_in_graph = ""
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
-        if len(ctx.layers) == 1:  # shared with gradcam++ when both are asked for
-            return MethodMaps(weight_rule_maps(ctx, "gradcam++"))
-        layer_maps = [
-            kernels.gradient_weighted_cam(acts, grads, "gradcam++", backend=ctx.backend)
-            for acts, grads in ctx.layers
-        ]
-        size = max(((int(m.shape[-2]), int(m.shape[-1])) for m in layer_maps), key=lambda hw: hw[0] * hw[1])
-        normalised = [
-            kernels.upsample_normalize(m, size, True, ctx.options.eps, backend=ctx.backend)
-            for m in layer_maps
-        ]
-        return MethodMaps(torch.stack(normalised).prod(dim=0))
+        return MethodMaps(weight_rule_maps(ctx, "gradcam++"))  # shared with gradcam++ when both are asked for
 
     def graph_maps(
         self,

@@ -196,13 +196,14 @@ def test_guided_backprop_and_guided_gradcam():
     assert runner.calls["guided"] == [1]  # the guided graph ran once for both methods
 
 
-def test_layercam_fuses_layers_by_summing_normalised_upsampled_maps():
-    fine = torch.tensor(
-        [[[[0.0, 1.0, 2.0, 3.0]] * 4]]
-    )  # [1,1,4,4], columns 0..3 -> normalised 0, 1/3, 2/3, 1
-    coarse = torch.tensor([[[[0.0, 4.0], [0.0, 4.0]]]])  # upsampled to 4x4: columns 0, 1, 3, 4 -> /4
+def test_layercam_fuses_layers_by_the_max_of_tanh_scaled_normalised_maps():
+    fine = torch.tensor([[[[0.0, 1.0, 2.0, 3.0]] * 4]])  # [1,1,4,4], columns normalised 0, 1/3, 2/3, 1
+    coarse = torch.tensor([[[[0.0, 4.0], [0.0, 4.0]]]])  # normalised columns 0, 1; upsampled: 0, 1/4, 3/4, 1
     fused = LayerCAM.fuse([fine, coarse], eps=1e-7)
-    expected_row = torch.tensor([0.0, 1 / 3 + 0.25, 2 / 3 + 0.75, 2.0])
+    t2 = math.tanh(2.0)
+    expected_row = torch.tensor(
+        [0.0, max(math.tanh(2 / 3), t2 / 4), max(math.tanh(4 / 3), 0.75 * t2), t2]
+    )  # tanh(2m) of each, the coarse one upsampled after scaling, then the element-wise max
     assert fused.shape == (1, 1, 4, 4)
     assert torch.allclose(fused[0, 0], expected_row.expand(4, 4))
     assert LayerCAM.fuse([coarse], eps=1e-7) is coarse  # one layer: the raw map as it is
