@@ -283,13 +283,9 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
     if args.methods:
         methods = list(dict.fromkeys(args.methods))
     else:
-        # colour evidence (guided backprop) is pixel-level, not a CAM: left out unless asked for;
-        # a dense model's region targets need the methods that take any target kind
-        methods = [
-            m
-            for m in explainer.supported_methods
-            if not method_class(m).colour and not (dense and method_class(m).logit_targets_only)
-        ]
+        # colour evidence (guided backprop) is pixel-level, not a CAM: left out unless asked for
+        # (supported_methods already leaves out what a dense model's region targets cannot take)
+        methods = [m for m in explainer.supported_methods if not method_class(m).colour]
     explainer.check_methods(methods)
     size = (int(manifest.input_size[1]), int(manifest.input_size[2]))
 

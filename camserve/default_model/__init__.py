@@ -5,7 +5,8 @@ Its weights ship with camserve (``weights.pt``, ~200 kB, reproducible with
 ``python -m camserve.default_model.train``), so ``camserve explain`` and ``camserve serve`` work
 with no model argument and no download: the first use exports the model directory into the
 cache (``default_model_dir``) and later uses find it there. The dense model ships beside it
-(``dense_weights.pt``, ``python -m camserve.default_model.train --dense``).
+(``dense_weights.pt``, ``python -m camserve.default_model.train --dense``) and is exported, with
+output kind "dense", by ``dense_model_dir``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ __all__ = [
     "DigitCamNet",
     "DigitSegNet",
     "default_model_dir",
+    "dense_model_dir",
     "export_default_model",
+    "export_dense_model",
     "load_default_model",
     "load_dense_model",
 ]
@@ -110,6 +113,27 @@ def export_default_model(out_dir: str | Path, weights: str | Path | None = None,
     return model_dir.path
 
 
+def export_dense_model(out_dir: str | Path, weights: str | Path | None = None, force: bool = False) -> Path:
+    """Export the dense model (committed weights, or ``weights``) to the model directory ``out_dir``,
+    output kind "dense": logits [11,64,64], region and predicted_region targets."""
+    from camserve.export import export_model
+
+    model_dir = export_model(
+        load_dense_model(weights),
+        TARGET_LAYER,
+        INPUT_SIZE,
+        Path(out_dir).expanduser(),
+        name=DENSE_MODEL_NAME,
+        architecture=DENSE_ARCHITECTURE,
+        mean=list(MEAN),
+        std=list(STD),
+        class_names=list(DENSE_CLASS_NAMES),
+        force=force,
+        output_kind="dense",
+    )
+    return model_dir.path
+
+
 def default_model_dir(
     cache_dir: str = "~/.cache/camserve", rebuild: bool = False, weights: str | Path | None = None
 ) -> Path:
@@ -122,6 +146,15 @@ def default_model_dir(
     """
     weights_path = WEIGHTS_PATH if weights is None else Path(weights).expanduser()
     return _cached_export(cache_dir, "default-model", weights_path, export_default_model, rebuild, GRAPHS)
+
+
+def dense_model_dir(
+    cache_dir: str = "~/.cache/camserve", rebuild: bool = False, weights: str | Path | None = None
+) -> Path:
+    """The dense model's exported directory, ``<cache_dir>/dense-model-<weights sha>-g<GRAPHS_VERSION>``; as
+    :func:`default_model_dir` (first use exports, checksums checked, safe under races)."""
+    weights_path = DENSE_WEIGHTS_PATH if weights is None else Path(weights).expanduser()
+    return _cached_export(cache_dir, "dense-model", weights_path, export_dense_model, rebuild, graphs=())
 
 
 def _cached_export(

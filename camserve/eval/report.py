@@ -165,6 +165,11 @@ def summary_markdown(
         "(noise at the feature resolution, upsampled like a CAM) and *centre_gaussian* "
         "(σ = 25 % of the side).",
         "",
+    ]
+    notes = [f"- {note}" for note in ctx.notes] + ([""] if ctx.notes else [])
+    if any(_is_regions(res) for res in results):  # a dense model: only the region metrics apply
+        return "\n".join(out + notes + _regions_markdown(results, ctx, figure_files))
+    out += [
         f"Settings: removed pixels become {fill}; insertion starts from {start}; {s.steps} "
         f"deletion/insertion steps; top fraction {s.fraction:.0%}; segment threshold "
         f"{s.threshold:.0%} of max; localisation error at IoU < {s.iou_threshold}; pointing tolerance "
@@ -179,11 +184,7 @@ def summary_markdown(
             "(LeRF − MoRF) / 2 (pytorch-grad-cam's ROADCombined). The random baseline's row is the floor.",
             "",
         ]
-    out += [f"- {note}" for note in ctx.notes]
-    if ctx.notes:
-        out.append("")
-    if any(_is_regions(res) for res in results):
-        return "\n".join(out + _regions_markdown(results, ctx, figure_files))
+    out += notes
     for res in results:
         acc = 100.0 * res.correct / max(res.images, 1)
         out += [f"## {res.name}: {res.images} images, top-1 accuracy {acc:.1f} %", ""]

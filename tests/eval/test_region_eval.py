@@ -1,4 +1,5 @@
-"""Region evaluation of a dense model: the targets it builds."""
+"""Region evaluation of a dense model: the targets it builds (`camserve eval` on the dense default
+model: tests/default_model/test_dense_model_export.py)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -170,3 +171,16 @@ class TupleNet(nn.Module):
 def build_tiny_detector() -> nn.Module:
     torch.manual_seed(0)
     return TinyDetector()
+
+
+class TinySegmenter(nn.Module):
+    """conv ('body') -> 1x1 conv to 3 classes at half resolution, upsampled: {"aux", "out": [N,3,H,W]}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(6, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.classifier(self.body(x))
+        return {"aux": logits, "out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear")}

@@ -28,7 +28,7 @@ from camserve.export.architectures import build_torchvision
 from camserve.export.maps import MapsOptions
 from camserve.methods.target_kinds import Target, TargetTable, build_table
 from camserve.modeldir import MANIFEST_NAME, Manifest, ModelDirectory
-from tests.export.nets import GreyNet, TinyDetector, TinyGapNet, TupleNet
+from tests.export.nets import GreyNet, TinyDetector, TinyGapNet, TinySegmenter, TupleNet
 
 TOLERANCE = 1e-5  # max |ONNX - reference| / max |reference|
 
@@ -266,23 +266,10 @@ def test_fcn_resnet50_region_targets(tmp_path) -> None:
     _check_dense(model, model_dir)
 
 
-class _TinySegmenter(nn.Module):
-    """conv ('body') -> 1x1 conv to 3 classes at half resolution, upsampled: {"out": [N,3,H,W]}."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU())
-        self.classifier = nn.Conv2d(6, 3, 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.classifier(self.body(x))
-        return {"aux": logits, "out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear")}
-
-
 def test_tiny_segmenter_dense_output_by_name(tmp_path) -> None:
     """The fast dense check (the torchvision models above are slow): a dict output chosen by name."""
     torch.manual_seed(2)
-    model = _TinySegmenter().eval()
+    model = TinySegmenter().eval()
     maps = MapsOptions(methods=("gradcam", "layercam"), output_size="input")  # verified at export
     model_dir = _export(
         model, "body", (3, 12, 16), tmp_path / "seg", output="out", graphs=("explain", "forward"), maps=maps
@@ -489,7 +476,7 @@ def test_tuple_output_by_index(tmp_path) -> None:
 
 
 def test_bad_output_choices_are_refused(tmp_path) -> None:
-    seg, det = _TinySegmenter(), TinyDetector(classes=3)
+    seg, det = TinySegmenter(), TinyDetector(classes=3)
     with pytest.raises(
         InvalidArgumentError, match="output: the model has no output 'logits'; its outputs: aux, out"
     ):

@@ -282,3 +282,114 @@ def test_the_repository_serves_the_maps_graph_when_there_is_one(digits, tmp_path
     assert [list(e.dims) for e in python.output] == [[10], [-1], [-1, 64, 64], [-1, 64, 64]]
     outputs = python.parameters["target_outputs"].string_value
     assert outputs == '["maps_gradcam", "maps_layercam", "target_ids"]'
+
+
+class _FakeBackend:
+    """The few names of ``triton_python_backend_utils`` that model.py uses, on numpy arrays (the
+    real module exists only inside Triton's python backend)."""
+
+    class Tensor:
+        def __init__(self, name: str, array: np.ndarray) -> None:
+            self.name, self.array = name, array
+
+        @classmethod
+        def from_dlpack(cls, name: str, capsule) -> _FakeBackend.Tensor:
+            class Holder:  # np.from_dlpack takes an object with __dlpack__, not a bare capsule
+                def __dlpack__(self, **_kw):
+                    return capsule
+
+                def __dlpack_device__(self):
+                    return (1, 0)  # kDLCPU
+
+            return cls(name, np.from_dlpack(Holder()).copy())
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None) -> None:
+            self.tensors = {t.name: t.array for t in output_tensors or []}
+            self.error = error
+
+    class TritonError(Exception):
+        pass
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name: str) -> np.ndarray | None:
+        return request.inputs.get(name)
+
+
+class _Request:
+    def __init__(self, **inputs: np.ndarray) -> None:
+        self.inputs = inputs
+
+    def requested_output_names(self) -> list[str]:
+        return []
+
+
+def test_the_python_backend_pads_every_target_input(tmp_path, monkeypatch):
+    """Two requests of a dense model with 1 and 3 region targets (masks in target_data) share one
+    run of model.py: each answer equals its request run alone by ONNX Runtime."""
+    import importlib.util
+    import json as json_module
+    import sys
+
+    import onnxruntime as ort
+    import torch
+
+    from camserve.export import export_model
+    from tests.export.nets import TinySegmenter
+
+    torch.manual_seed(5)
+    model_dir = export_model(
+        TinySegmenter().eval(),
+        "body",
+        (3, 8, 8),
+        tmp_path / "seg",
+        name="seg",
+        architecture="test",
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        output="out",
+        graphs=("explain",),
+    )
+    folder = write_triton_repository(model_dir, tmp_path / "repo")
+    python = parse_config(folder / "configs" / "python.pbtxt")
+    ragged = [(e.name, list(e.dims)) for e in python.input if e.allow_ragged_batch]
+    assert ragged == [("targets", [-1]), ("target_kinds", [-1]), ("target_data", [-1, 64])]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeBackend)
+    spec = importlib.util.spec_from_file_location("seg_model_py", folder / "1" / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parameters = {key: {"string_value": value.string_value} for key, value in python.parameters.items()}
+    backend = module.TritonPythonModel()
+    backend.initialize(
+        {
+            "model_config": json_module.dumps({"parameters": parameters}),
+            "model_repository": str(folder),
+            "model_version": "1",
+            "model_instance_kind": "CPU",
+        }
+    )
+    rng = np.random.default_rng(6)
+    requests = []
+    for count in (1, 3):
+        requests.append(
+            _Request(
+                images=rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
+                targets=np.array([[2, -1, 0][:count]], np.int64),
+                target_kinds=np.array([[3, 4, 3][:count]], np.int64),  # region, predicted_region, region
+                target_data=(rng.random((1, count, 64)) < 0.5).astype(np.float32),
+            )
+        )
+    answers = backend.execute(requests)
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for request, answer in zip(requests, answers, strict=True):
+        assert answer.error is None
+        alone = dict(zip(names, session.run(None, request.inputs), strict=True))
+        assert answer.tensors.keys() == alone.keys()
+        for name, value in alone.items():
+            np.testing.assert_allclose(answer.tensors[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert answers[1].tensors["gradients"].shape[1] == 3 and answers[0].tensors["target_scores"].shape == (
+        1,
+        1,
+    )
