@@ -94,3 +94,9 @@ def test_segeigencam_of_a_region_equals_pytorch_grad_cams_on_the_same_mask(dense
     # the map of one copy's region lies mostly on that copy
     inside = [float((ours[i] * masks[i]).sum() / ours[i].sum()) for i in range(3)]
     assert min(inside) > float(torch.tensor(np.stack(masks)).float().mean()) * 3
+
+
+def test_build_dense_refuses_retrain_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["default-model", "build", "--dense", "--retrain"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--retrain" in err[0] and "train --dense" in err[0]
