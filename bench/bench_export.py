@@ -8,6 +8,7 @@ both on `--threads` threads):
                        ÷ explain-graph time                              (goal ≥ 5)
 Median of --repeats timed runs after one warm-up. Models have seeded random weights (timing does not
 depend on the weights). Usage: python bench/bench_export.py [--archs resnet50,vgg16] [--threads 2]
+(the segmentation models too: --archs lraspp_mobilenet_v3_large, their default predicted_region target)
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def eager_gradcam_inputs(
     handle = module.register_forward_hook(save)
     try:
         model.zero_grad()
-        logits = model(images)
+        out = model(images)
+        # a segmentation model's dict: its "out" [N,C,H,W], scored as camserve's class scores
+        logits = out["out"].mean(dim=(2, 3)) if isinstance(out, dict) else out
         best = logits.argmax(dim=1)
         logits.gather(1, best[:, None]).sum().backward()
     finally:
@@ -74,6 +77,7 @@ def main() -> None:
                 std=[1.0] * 3,
                 layout=defaults.layout,
                 prefix_tokens=defaults.prefix_tokens,
+                output=defaults.output,  # the segmentation models' "out"
                 graphs=("explain", "forward"),
                 verify=False,
             )

@@ -171,25 +171,25 @@ def _spec_field(key: str, value: str, where: str) -> object:
         if not _CLASS.fullmatch(value):
             raise InvalidArgumentError(where, f"image= needs the index of an image, got {value!r}")
         return int(value)
-    return _read_array(Path(value), where, png=key == "mask")
+    if key == "mask":  # the one mask decoder of every front door (PNG: value / 255)
+        from camserve.target_masks import file_mask
+
+        return file_mask(value, where)
+    return _read_vector(Path(value), where)
 
 
-def _read_array(path: Path, where: str, png: bool) -> np.ndarray:
-    """A mask (PNG: nonzero pixels are inside; .npy: the weights as stored) or a vector (.npy)."""
+def _read_vector(path: Path, where: str) -> np.ndarray:
+    """A concept vector from a .npy file (its length is ``build_table``'s check)."""
     import numpy as np
 
-    suffixes = (".png", ".npy") if png else (".npy",)
-    if path.suffix.lower() not in suffixes:
-        raise InvalidArgumentError(where, f"{path}: expected a {' or '.join(suffixes)} file")
+    if path.suffix.lower() != ".npy":
+        raise InvalidArgumentError(where, f"{path}: a vector file is .npy")
     try:
-        if path.suffix.lower() == ".npy":
-            return np.asarray(np.load(path, allow_pickle=False))
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L")) > 0
-    except (OSError, ValueError) as exc:
-        raise InvalidArgumentError(where, f"cannot read {path}: {exc}") from None
+        return np.asarray(np.load(path, allow_pickle=False))
+    except OSError as exc:
+        raise InvalidArgumentError(where, f"{path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise InvalidArgumentError(where, f"{path}: not a .npy array ({exc})") from None
 
 
 def target_spec_error(

@@ -34,7 +34,15 @@ from camserve.defaults import DEFAULT_METHODS, IMAGE_FORMATS, MAX_MESSAGE_BYTES
 from camserve.encoded_images import image_format
 from camserve.errors import CamserveError, InvalidArgumentError, NotFoundError
 from camserve.images import IMAGE_MODES, ImageLike, preprocess
-from camserve.methods.target_kinds import KIND_CODE, OUTPUT_KINDS, Target, TargetSpec, as_target, build_table
+from camserve.methods.target_kinds import (
+    KIND_CODE,
+    OUTPUT_KINDS,
+    TARGET_KINDS,
+    Target,
+    TargetSpec,
+    as_target,
+    build_table,
+)
 from camserve.methods.targets import parse_targets
 from camserve.result import ExplainResult, Prediction
 from camserve.v1 import camserve_pb2 as pb
@@ -189,6 +197,8 @@ def model_spec(info: pb.ModelInfo) -> TargetSpec:
 def target_rows(targets: object, num_images: int, spec: TargetSpec) -> list[list[int | Target]] | None:
     """Rows of :class:`Target`s (or dicts with its fields, or ints) per image, checked as the server
     checks them (``build_table``); None when ``targets`` holds no Target (plain class ids)."""
+    if isinstance(targets, Target | dict):
+        targets = [[targets]]
     if not isinstance(targets, list | tuple) or not any(
         isinstance(entry, Target | dict) for row in targets if isinstance(row, list | tuple) for entry in row
     ):
@@ -317,6 +327,8 @@ def _result(reply: pb.ExplainResponse, info: pb.ModelInfo, images: np.ndarray) -
         logits=logits,
         probabilities=torch.softmax(torch.from_numpy(logits), dim=1).numpy(),
         target_ids=np.asarray([list(image.target_ids) for image in reply.images], dtype=np.int64),
+        target_scores=np.asarray([list(image.target_scores) for image in reply.images], dtype=np.float32),
+        target_kinds=np.asarray([[TARGET_KINDS[k] for k in image.target_kinds] for image in reply.images]),
         predictions=[
             [Prediction(p.class_id, p.name, p.probability) for p in image.predictions]
             for image in reply.images

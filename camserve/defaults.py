@@ -18,6 +18,9 @@ DEFAULT_METHODS: tuple[str, ...] = ("gradcam",)
 # the maps graph's methods (`camserve export --maps`): the gradient methods it can hold (not "cam",
 # which needs a GAP -> linear head)
 MAPS_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
+# the dense model's picture (docs/evaluation.md): a method whose map lights every copy of the class
+# for one copy's region, and one that keeps the gradient's place
+DENSE_EXAMPLE_METHODS: tuple[str, ...] = ("gradcam", "layercam")
 
 #: "HxW" output sizes beyond this side are refused rather than allocated.
 MAX_OUTPUT_SIDE = 8192

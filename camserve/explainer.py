@@ -40,6 +40,8 @@ _MISSING = {
     "(camserve export --graphs explain,forward,head,guided,fullgradient)",
     "forward": "it was exported without a forward graph",
     "head": "it was exported without a head graph (the layers after the target layer could not be cut out)",
+    "class_logits": "it explains class logits only (logit_targets_only), and this model's output is "
+    "not a classifier's (docs/targets.md)",
 }
 
 
@@ -85,7 +87,8 @@ class Explainer:
     @property
     def supported_methods(self) -> list[str]:
         """The methods this model can run: ``cam`` only with classifier weights (GAP -> linear head),
-        the guided ones only with a guided graph, and so on."""
+        the guided ones only with a guided graph, those that explain class logits only
+        (``logit_targets_only``) only on classifiers, and so on."""
         return [name for name in known_methods() if not self._missing(name)]
 
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
@@ -156,6 +159,8 @@ class Explainer:
         return None if missing is None else _MISSING.get(missing, missing)
 
     def _missing(self, name: str) -> str | None:
+        if method_class(name).logit_targets_only and self.target_spec.output_kind != "classification":
+            return "class_logits"
         for requirement in sorted(method_class(name).requires):
             if requirement == "cam_weights":
                 if self.cam_weights is None:

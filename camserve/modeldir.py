@@ -3,10 +3,12 @@
 Layout::
 
     DIR/manifest.json      this module's Manifest, as JSON
-    DIR/explain.onnx       images [N,3,H,W], targets [N,T] -> logits, activations, gradients, target_ids
-    DIR/forward.onnx       images -> logits (forward only; Score-CAM, evaluation)
+    DIR/explain.onnx       images [N,C,H,W], targets [N,T], target_kinds [N,T] (+ target_data [N,T,L])
+                           -> logits, activations, gradients, target_ids, target_scores (+ extra_tokens)
+                           (``Manifest.explain_inputs``; exports before target kinds: images, targets)
+    DIR/forward.onnx       images -> logits (class scores; forward only: Score-CAM, evaluation)
     DIR/head.onnx          activations [M,K,h,w] (+ extra_tokens) -> logits (Ablation-CAM)
-    DIR/guided.onnx        images, targets -> guided-backprop input gradients [N,T,3,H,W]
+    DIR/guided.onnx        images + the explain graph's target inputs -> input gradients [N,T,C,H,W]
     DIR/fullgradient.onnx  optional: images, targets -> FullGrad maps [N,T,H,W] (class logits)
     DIR/cam_weights.npz    arrays 'weight' [C,K] and 'bias' [C], only when the head is GAP -> linear (CAM)
     DIR/maps.onnx          optional (``export --maps``): images, targets -> logits, target_ids and one
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from camserve.errors import InvalidArgumentError, NotFoundError
+from camserve.methods.target_kinds import OUTPUT_KINDS, TargetSpec
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "camserve-model/1"
@@ -58,6 +61,14 @@ class Manifest:
     activation_shape: list[int]  # [K, h, w] after the token reshape
     layout: str  # "nchw", "nhwc" or "tokens": how the layer's raw output was reshaped to [N,K,h,w]
     prefix_tokens: int = 0  # tokens dropped by the "tokens" layout (class/register tokens)
+    # what the explain graph explains (camserve.methods.target_kinds); the defaults are what exports
+    # before target kinds were: a classifier's logits, targets = class ids only
+    output_kind: str = "classification"
+    output_shape: list[int] = field(default_factory=list)  # per image: [C] | [C,h',w'] | [A,C] | [D]
+    explain_inputs: list[str] = field(default_factory=lambda: ["images", "targets"])
+    outputs: list[str] = field(default_factory=list)  # the model's outputs: dict keys / tuple indices
+    output: str | None = None  # the explained one (None: the first, or the only tensor)
+    boxes_output: str | None = None  # detection: the boxes [N,A,4]
     graphs: dict[str, GraphFile] = field(default_factory=dict)
     cam_weights: GraphFile | None = None  # present only for GAP -> linear heads
     maps: MapsGraph | None = None  # present only with a maps graph (graphs["maps"])
@@ -66,9 +77,26 @@ class Manifest:
     format: str = FORMAT
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.output_kind not in OUTPUT_KINDS:
+            raise InvalidArgumentError(
+                "manifest", f"output_kind {self.output_kind!r} is not one of {', '.join(OUTPUT_KINDS)}"
+            )
+        if not self.output_shape:
+            self.output_shape = [len(self.class_names)]
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def target_spec(self) -> TargetSpec:
+        """What targets the model takes (its output kind and shape, its input size)."""
+        return TargetSpec(
+            self.output_kind,
+            self.num_classes,
+            tuple(int(v) for v in self.output_shape),
+            (int(self.input_size[1]), int(self.input_size[2])),
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

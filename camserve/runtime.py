@@ -381,7 +381,7 @@ def warm_up(runner: OnnxGraphRunner, kernels_backend: str = "auto") -> dict[str,
         if runner.model_dir.has_graph("guided"):
             timed("guided", runner.guided, images, targets)
         if runner.model_dir.has_graph("fullgradient"):
-            timed("fullgradient", runner.fullgradient, images, targets)
+            timed("fullgradient", runner.fullgradient, images, targets.ids)
     timed("head", runner.head, out.activations, out.extra_tokens)
     if runner.model_dir.has_graph("forward"):
         timed("forward", runner.forward, images)

@@ -1,4 +1,4 @@
-"""``export_model``: a PyTorch classifier + a target layer -> a model directory.
+"""``export_model``: a PyTorch model + a target layer -> a model directory.
 
 Everything is written to a temporary directory beside ``out_dir`` and renamed into place at the
 end, so a failed export leaves nothing half-written. Each graph is checked against the eager
@@ -21,12 +21,12 @@ from torch import nn
 
 import camserve
 from camserve.errors import ExportError, InvalidArgumentError, NotFoundError
-from camserve.export.graphs import SplitModel
+from camserve.export.graphs import OutputKey, SplitModel
 from camserve.export.maps import FILE as MAPS_FILE
 from camserve.export.maps import GRAPH as MAPS_GRAPH
 from camserve.export.maps import MapsOptions
 from camserve.export.tracing import OPSET, export_onnx
-from camserve.export.verification import verify_graph
+from camserve.export.verification import example_table, verify_graph
 from camserve.modeldir import GraphFile, Manifest, ModelDirectory, sha256_file
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,17 @@ def export_model(
     graphs: Sequence[str] = DEFAULT_GRAPHS,
     verify: bool = True,
     maps: MapsOptions | None = None,
+    output: OutputKey = None,
+    output_kind: str | None = None,
+    boxes_output: OutputKey = None,
 ) -> ModelDirectory:
     """Export ``model`` cut at ``layer`` to ``out_dir``; the model itself is not modified. With
-    ``maps``, also the maps graph (``camserve.export.maps``)."""
+    ``maps``, also the maps graph (``camserve.export.maps``).
+
+    ``output`` (a dict key or an index; None: the first) picks the explained output of a model that
+    returns a tuple or a dict; ``output_kind`` (classification, dense, detection, embedding; None:
+    2-D classification, 4-D dense) says what it is; detection: ``output`` the raw scores [N,A,C],
+    ``boxes_output`` the boxes [N,A,4] (x1, y1, x2, y2 input pixels, before NMS)."""
     out_dir = Path(out_dir)
     input_size = _check_input_size(input_size)
     _check_normalisation(mean, std, input_size[0])
@@ -68,7 +76,16 @@ def export_model(
         raise ExportError(f"output directory {out_dir} exists; pass --force (force=True) to replace it")
     if maps is not None:
         maps.check()  # before the minutes of tracing
-    split = SplitModel(model, layer, input_size, layout=layout, prefix_tokens=prefix_tokens)
+    split = SplitModel(
+        model,
+        layer,
+        input_size,
+        layout=layout,
+        prefix_tokens=prefix_tokens,
+        output=output,
+        output_kind=output_kind,
+        boxes_output=boxes_output,
+    )
     if class_names is None:
         class_names = [str(i) for i in range(split.num_classes)]
     if len(class_names) != split.num_classes:
@@ -79,10 +96,10 @@ def export_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        files, acts_shape, cam = _write_graphs(split, staging, graphs, verify)
+        files, acts_shape, cam, explain_inputs = _write_graphs(split, staging, graphs, verify)
         maps_info = None
         if maps is not None:
-            maps_info = maps.write(staging, cam, verify)
+            maps_info = maps.write(staging, cam, verify, split.target_spec)
             files[MAPS_GRAPH] = GraphFile(MAPS_FILE, sha256_file(staging / MAPS_FILE))
         manifest = Manifest(
             name=name,
@@ -95,6 +112,12 @@ def export_model(
             activation_shape=list(acts_shape),
             layout=split.layout.kind,
             prefix_tokens=split.layout.prefix,
+            output_kind=split.output_kind,
+            output_shape=list(split.output_shape),
+            explain_inputs=explain_inputs,
+            outputs=list(split.output_names),
+            output=None if output is None else str(output),
+            boxes_output=None if boxes_output is None else str(boxes_output),
             notes=_non_cut_notes(split),
             graphs=files,
             cam_weights=cam,
@@ -138,54 +161,72 @@ def _check_normalisation(mean: Sequence[float], std: Sequence[float], channels: 
         raise InvalidArgumentError("std", f"every value must be > 0, got {[float(v) for v in std]}")
 
 
-def _example_inputs(split: SplitModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [2,3,H,W] and targets [2,3] to trace with, mixing class ids and ranks (-1, -2); the
-    batch and the number of targets differ, so a graph that mixes them up fails its verification."""
-    images = torch.randn(2, *split.input_size, generator=torch.Generator().manual_seed(0))
-    k = torch.arange(6).reshape(2, 3)
-    rank = -(1 + (k // 2) % 2)
-    class_id = (k // 2) % split.num_classes
-    return images, torch.where(k % 2 == 0, rank, class_id)
+def _example_inputs(split: SplitModel, num_images: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """images [N,C,H,W], targets, target_kinds [N,3] (and target_data [N,3,L]) mixing every target
+    kind of the output kind, class ids and ranks (``example_table``). Traced with N = 2 and verified
+    with N = 3: the batch and the number of targets differ, so a graph that mixes them up fails its
+    verification."""
+    images = torch.randn(num_images, *split.input_size, generator=torch.Generator().manual_seed(seed))
+    boxes = None
+    if split.output_kind == "detection":
+        with torch.no_grad():
+            boxes = split._pick(split.model(images))[1]
+    table = example_table(split.target_spec, num_images, 3, seed, boxes)
+    inputs = (images, table.ids, table.kinds)
+    return inputs if table.data is None else (*inputs, table.data)
 
 
 def _write_graphs(
     split: SplitModel, staging: Path, graphs: Sequence[str], verify: bool
-) -> tuple[dict[str, GraphFile], tuple[int, ...], GraphFile | None]:
-    example, targets = _example_inputs(split)
+) -> tuple[dict[str, GraphFile], tuple[int, ...], GraphFile | None, list[str]]:
+    example = _example_inputs(split, 2, seed=0)
+    fresh = _example_inputs(split, 3, seed=1)
     with torch.no_grad():
-        reference = split.explain(example, targets)
+        reference = split.explain(*example)
     tokens = split.extra_shape is not None  # the head also needs ``extra_tokens``
-    acts, extra = reference[1], (reference[4] if tokens else None)
+    acts, extra = reference[1], (reference[5] if tokens else None)
     head_inputs: tuple[torch.Tensor, ...] = (acts, extra) if extra is not None else (acts,)
+    target_names = ["images", "targets", "target_kinds", "target_data"][: len(example)]
+    target_dims = {name: {0: "batch", 1: "targets"} for name in target_names[1:]}
     GraphSpec = tuple[
-        Callable[..., Any], tuple[torch.Tensor, ...], list[str], list[str], dict[str, dict[int, str]]
+        Callable[..., Any],
+        tuple[torch.Tensor, ...],
+        tuple[torch.Tensor, ...],
+        list[str],
+        list[str],
+        dict[str, dict[int, str]],
     ]
     specs: dict[str, GraphSpec] = {
         "explain": (
             split.explain,
-            (example, targets),
-            ["images", "targets"],
-            ["logits", "activations", "gradients", "target_ids"] + (["extra_tokens"] if tokens else []),
-            {"images": _BATCH, "targets": {0: "batch", 1: "targets"}},
+            example,
+            fresh,
+            target_names,
+            ["logits", "activations", "gradients", "target_ids", "target_scores"]
+            + (["extra_tokens"] if tokens else []),
+            {"images": _BATCH, **target_dims},
         ),
-        "forward": (split.forward, (example,), ["images"], ["logits"], {"images": _BATCH}),
+        "forward": (split.forward, example[:1], fresh[:1], ["images"], ["logits"], {"images": _BATCH}),
         "head": (
             split.head,
             head_inputs,
+            (),
             ["activations"] + (["extra_tokens"] if tokens else []),
             ["logits"],
             {"activations": _BATCH, "extra_tokens": _BATCH},
         ),
         "guided": (
             split.guided,
-            (example, targets),
-            ["images", "targets"],
+            example,
+            fresh,
+            target_names,
             ["input_gradients"],
-            {"images": _BATCH, "targets": {0: "batch", 1: "targets"}},
+            {"images": _BATCH, **target_dims},
         ),
         "fullgradient": (
-            split.fullgradient,
-            (example, targets),
+            split.fullgradient,  # class logits only: images and class ids
+            example[:2],
+            fresh[:2],
             ["images", "targets"],
             ["fullgradient_maps"],
             {"images": _BATCH, "targets": {0: "batch", 1: "targets"}},
@@ -193,15 +234,16 @@ def _write_graphs(
     }
     files: dict[str, GraphFile] = {}
     for graph in graphs:
-        fn, inputs, in_names, out_names, dims = specs[graph]
+        fn, inputs, fresh_inputs, in_names, out_names, dims = specs[graph]
         path = staging / f"{graph}.onnx"
         log.info("tracing the %s graph", graph)
         export_onnx(fn, inputs, in_names, out_names, dims, path)
         if verify:
-            verify_graph(graph, path, fn, inputs, in_names)
+            verify_graph(graph, path, fn, inputs, in_names, fresh_inputs or None)
         files[graph] = GraphFile(path.name, sha256_file(path))
-    cam = _cam_weights(split, acts, extra, staging)
-    return files, tuple(acts.shape[1:]), cam
+    # CAM's class weights: only a classifier's logits are a GAP -> linear head of classes
+    cam = _cam_weights(split, acts, extra, staging) if split.output_kind == "classification" else None
+    return files, tuple(acts.shape[1:]), cam, target_names
 
 
 def _cam_weights(

@@ -1,7 +1,10 @@
-"""What camserve knows per torchvision architecture: defaults only (target layer, token layout).
+"""What camserve knows per torchvision architecture: defaults only (target layer, token layout,
+explained output, classes).
 
 The export itself never depends on the architecture; these entries only save the user from
-naming a layer. Each default is a *cut* of the network (the head reads nothing else from the body).
+naming a layer. Each classifier's default is a *cut* of the network (the head reads nothing else
+from the body); LR-ASPP's head also reads an early stage, so its head re-runs the backbone
+(``SplitModel``'s anchor).
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ from camserve.errors import NotFoundError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+# torchvision's segmentation weights' categories (COCO_WITH_VOC_LABELS_V1 meta), without a download
+VOC_CLASSES = [
+    "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,13 @@ class ArchDefaults:
     layout: str = "nchw"
     prefix_tokens: int = 0
     input_size: tuple[int, int, int] = (3, 224, 224)
+    output: str | None = None  # the explained output of a model returning a dict
+    num_classes: int = 1000
+
+
+def _segmentation(layer: str) -> ArchDefaults:
+    # dict output {"out": [N,C,H,W]} (aux_loss off); 21 classes as torchvision's VOC-labelled weights
+    return ArchDefaults(layer, output="out", num_classes=len(VOC_CLASSES))
 
 
 def _vgg(layer: str) -> ArchDefaults:
@@ -46,7 +62,12 @@ ARCHITECTURES: dict[str, ArchDefaults] = {
     # the input of the last encoder block: its attention mixes the patch tokens into the class token
     "vit_b_16": ArchDefaults("encoder.layers.encoder_layer_10", layout="tokens", prefix_tokens=1),
     "swin_t": ArchDefaults("features", layout="nhwc"),
+    # segmentation (output kind dense): the backbone's last stage
+    "fcn_resnet50": _segmentation("backbone.layer4"),
+    "deeplabv3_mobilenet_v3_large": _segmentation("backbone.16"),
+    "lraspp_mobilenet_v3_large": _segmentation("backbone.16"),
 }
+SEGMENTATION = ("fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
 
 
 def arch_defaults(arch: str) -> ArchDefaults:
@@ -56,14 +77,26 @@ def arch_defaults(arch: str) -> ArchDefaults:
 
 
 def build_torchvision(
-    arch: str, input_size: tuple[int, int, int] | None = None, num_classes: int = 1000
+    arch: str, input_size: tuple[int, int, int] | None = None, num_classes: int | None = None
 ) -> nn.Module:
-    """An untrained torchvision model (weights are loaded from a file afterwards)."""
-    arch_defaults(arch)
-    kwargs: dict = {"num_classes": num_classes}
+    """An untrained torchvision model (weights are loaded from a file afterwards); ``num_classes``
+    None: the architecture's default."""
+    defaults = arch_defaults(arch)
+    kwargs: dict = {"num_classes": defaults.num_classes if num_classes is None else num_classes}
+    if arch in SEGMENTATION:
+        kwargs["weights_backbone"] = None  # no download
+        if not arch.startswith("lraspp"):
+            kwargs["aux_loss"] = False  # one output, "out"
     if arch.startswith("vit") and input_size is not None:
         kwargs["image_size"] = input_size[1]  # ViT's position embedding fixes the input size
     return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def default_class_names(arch: str, num_classes: int) -> list[str] | None:
+    """The class names of an architecture's torchvision weights when the class count is theirs."""
+    if arch in SEGMENTATION:
+        return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
+    return imagenet_class_names() if num_classes == 1000 else None
 
 
 def imagenet_class_names() -> list[str]:

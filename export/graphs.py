@@ -1,17 +1,25 @@
-"""The four functions camserve exports, written once in plain PyTorch.
+"""The functions camserve exports, written once in plain PyTorch.
 
-``SplitModel`` cuts a classifier at its target layer. Its methods are ordinary eager functions
+``SplitModel`` cuts a model at its target layer. Its methods are ordinary eager functions
 (the reference runner calls them directly) and are also what ``export.tracing`` traces to ONNX:
 
-- ``explain(images, targets)``: the body runs once on N images; the layer's output A is captured,
-  repeated T times and the *head* (everything after the layer) runs on the N·T copies, so the
-  backward pass ``torch.autograd.grad`` of the selected logits runs through the head only;
-- ``forward(images)``: logits only;
-- ``head(activations, extra)``: logits from given activations (the body is not run);
-- ``guided(images, targets)``: guided-backprop input gradients (ReLU backward passes only positive
-  gradients at positive inputs), T copies of the image, one backward pass;
+- ``explain(images, targets, target_kinds, target_data)``: the body runs once on N images; the
+  layer's output A is captured, repeated T times and the *head* (everything after the layer) runs
+  on the N·T copies; every copy's target scalar (``target_kinds.target_scores``: a logit, a
+  probability, a region of a dense output, a detection box, an embedding similarity) is computed
+  in the graph, and ``torch.autograd.grad`` of their sum runs through the head only (each copy
+  reaches only its own scalar, so the sum gives every target's gradient);
+- ``forward(images)``: class scores only (``target_kinds.class_scores``);
+- ``head(activations, extra)``: class scores from given activations (the body is not run);
+- ``guided(images, targets, target_kinds, target_data)``: guided-backprop input gradients (ReLU
+  backward passes only positive gradients at positive inputs), T copies of the image, one backward;
 - ``fullgradient(images, targets)``: FullGrad's maps of class logits (``export.fullgrad``), T copies of
   the image, one backward pass to the input and every biased layer.
+
+The model may return a tensor, a tuple or a dict; ``output`` (a name or an index) picks the explained
+one (detection: ``output`` the scores [N,A,C], ``boxes_output`` the boxes [N,A,4]); its *output kind*
+(classification, dense, detection, embedding; see ``camserve.methods.target_kinds``) decides the
+target kinds the graphs take.
 
 Layers that are not *cuts* work too (a conv inside a residual block, ViT's ``ln_1``: tensors
 computed before the layer bypass it and are read after it). The export then re-enters at the
@@ -24,7 +32,7 @@ class token is for a cut), and the head re-runs the anchor from it with the laye
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,20 +41,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
-from camserve.errors import ExportError
+from camserve.errors import ExportError, InvalidArgumentError
 from camserve.export.fullgrad import fullgrad_maps
 from camserve.export.layers import Layout, find_layer, guess_layout_kind
+from camserve.methods.target_kinds import KIND_CODE, OUTPUT_KINDS, TargetSpec, class_scores, target_scores
 from camserve.methods.targets import resolve_targets
 
 if TYPE_CHECKING:
     from collections.abc import Collection
     from typing import Any
-
-
-def _select(ids: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """One-hot rows [N·T, C]: the vector-Jacobian product with it is d logit[id] / d input."""
-    flat = ids.reshape(-1, 1)
-    return torch.zeros(flat.shape[0], num_classes, dtype=dtype, device=ids.device).scatter(1, flat, 1.0)
 
 
 def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
@@ -92,8 +95,16 @@ class Anchor:
     shape: tuple[int, ...]
 
 
+OutputKey = str | int | None  # a dict key, a tuple index, or None: the first output
+
+
 class SplitModel(nn.Module):
-    """A classifier cut at ``layer``; never modifies the given model (it keeps a frozen copy)."""
+    """A model cut at ``layer``; never modifies the given model (it keeps a frozen copy).
+
+    ``output`` / ``boxes_output`` pick the explained output (and a detection head's boxes) of a
+    model returning a tuple or a dict; ``output_kind`` None infers it from the output's rank
+    (2-D: classification, 4-D: dense; embedding and detection are given explicitly).
+    """
 
     def __init__(
         self,
@@ -102,24 +113,53 @@ class SplitModel(nn.Module):
         input_size: tuple[int, int, int],
         layout: str | None = None,
         prefix_tokens: int | None = None,
+        output: OutputKey = None,
+        output_kind: str | None = None,
+        boxes_output: OutputKey = None,
     ) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.layer_name = layer
         self.input_size: tuple[int, int, int] = (int(input_size[0]), int(input_size[1]), int(input_size[2]))
         self._layer = find_layer(self.model, layer)
+        if output_kind is not None and output_kind not in OUTPUT_KINDS:
+            raise InvalidArgumentError(
+                "output_kind", f"{output_kind!r} is not one of {', '.join(OUTPUT_KINDS)}"
+            )
+        if (boxes_output is not None) != (output_kind == "detection"):
+            raise InvalidArgumentError(
+                "boxes_output",
+                "a detection output (output_kind 'detection') needs boxes_output (the boxes [N,A,4]), "
+                "and only a detection output takes it",
+            )
+        self.output, self.boxes_output = output, boxes_output
+        self.output_kind: str = output_kind or "classification"  # settled by _probe
+        self.output_names: list[str] = []  # the model's outputs: dict keys, tuple indices ([] a tensor)
+        self.output_shape: tuple[int, ...] = ()  # per image, of the explained output
         self._one_image_body = False
         self.anchor: Anchor | None = None  # set by _probe when the layer is not a cut
         # per-image shape of the head's extra input (explain's ``extra_tokens``): ViT's prefix tokens
         # [E,K] at a cut, the anchor's input at a non-cut layer; None when the head needs only A
         self.extra_shape: tuple[int, ...] | None = None
-        self.layout, self.num_classes = self._probe(layout, prefix_tokens)
+        self.layout, self.num_classes = self._probe(layout, prefix_tokens, output_kind)
+
+    @property
+    def target_spec(self) -> TargetSpec:
+        return TargetSpec(self.output_kind, self.num_classes, self.output_shape, self.input_size[1:])
 
     # -- the exported functions -------------------------------------------------------------
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def explain(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        target_kinds: torch.Tensor | None = None,
+        target_data: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """logits [N,C], activations [N,K,h,w], gradients [N,T,K,h,w], target_ids [N,T],
+        target_scores [N,T] (+ extra_tokens). ``target_kinds`` None: the output kind's default kind."""
         if self.anchor is not None:
-            return self._explain_from_anchor(images, targets)
+            return self._explain_from_anchor(images, targets, target_kinds, target_data)
         n, t = targets.shape
         cap = _Capture()
 
@@ -133,18 +173,22 @@ class SplitModel(nn.Module):
             return self.layout.from_nkhw(cap.leaf, extra_rep).clone()
 
         with torch.enable_grad(), _hooked(self._layer, hook):
-            logits_rep = self.model(images)
+            raw_rep = self.model(images)
+            logits, ids, scores = self._scores(raw_rep, targets, target_kinds, target_data)
+            total = scores.sum()
         assert cap.leaf is not None and cap.acts is not None  # _probe checked that the layer runs
-        logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
-        ids = resolve_targets(targets, logits)
-        (grads,) = torch.autograd.grad(
-            logits_rep, cap.leaf, grad_outputs=_select(ids, logits.shape[1], logits.dtype)
-        )
+        (grads,) = torch.autograd.grad(total, cap.leaf)
         grads = grads.reshape(n, t, *cap.acts.shape[1:])
-        outs = (logits, cap.acts, grads, ids)
+        outs = (logits, cap.acts, grads, ids, scores.detach().reshape(n, t))
         return outs + ((cap.extra,) if cap.extra is not None else ())
 
-    def _explain_from_anchor(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _explain_from_anchor(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        target_kinds: torch.Tensor | None,
+        target_data: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
         """``explain`` for a non-cut layer: the body runs once up to the anchor's input, which is
         repeated T times; the anchor (its part before the layer included) and the rest run on N·T."""
         n, t = targets.shape
@@ -162,24 +206,49 @@ class SplitModel(nn.Module):
 
         assert self.anchor is not None
         with torch.enable_grad(), _pre_hooked(self.anchor.module, enter), _hooked(self._layer, hook):
-            logits_rep = self.model(images)
+            raw_rep = self.model(images)
+            logits, ids, scores = self._scores(raw_rep, targets, target_kinds, target_data)
+            total = scores.sum()
         assert cap.leaf is not None and cap.acts is not None and cap.extra is not None
-        logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
+        (grads,) = torch.autograd.grad(total, cap.leaf)
+        grads = grads.reshape(n, t, *cap.acts.shape[1:])
+        return logits, cap.acts, grads, ids, scores.detach().reshape(n, t), cap.extra
+
+    def _scores(
+        self,
+        raw_rep: object,
+        targets: torch.Tensor,
+        target_kinds: torch.Tensor | None,
+        target_data: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From the model's output on T copies of each image (copy-major per image): class scores
+        [N,C] (of copy 0), resolved target ids [N,T] and the target scalars [N·T] (with grad)."""
+        n, t = targets.shape
+        output, boxes = self._pick(raw_rep)
+        logits = class_scores(self.output_kind, output).reshape(n, t, -1)[:, 0].detach()
         ids = resolve_targets(targets, logits)
-        (grads,) = torch.autograd.grad(
-            logits_rep, cap.leaf, grad_outputs=_select(ids, logits.shape[1], logits.dtype)
+        if target_kinds is None:
+            target_kinds = torch.full_like(targets, KIND_CODE[OUTPUT_KINDS[self.output_kind][0]])
+        length = self.target_spec.data_length
+        data = None
+        if length:
+            if target_data is None:
+                target_data = torch.zeros(n, t, length, dtype=output.dtype, device=output.device)
+            data = target_data.reshape(n * t, length)
+        scores = target_scores(
+            self.output_kind, output, ids.reshape(-1), target_kinds.reshape(-1), data, t, boxes
         )
-        return logits, cap.acts, grads.reshape(n, t, *cap.acts.shape[1:]), ids, cap.extra
+        return logits, ids, scores
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        return class_scores(self.output_kind, self._pick(self.model(images))[0])
 
     def head(self, activations: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits from activations; the body runs on a zero image whose result is discarded (dead code
-        that tracing removes: the head graph contains the head only). One zero image, not M: at a cut
-        nothing of the body but the replaced output reaches the logits (``_probe`` checks that the
-        model agrees), and the eager head stays as cheap as the head (CAM-weight probing runs it on
-        hundreds of activations)."""
+        """Class scores from activations; the body runs on a zero image whose result is discarded
+        (dead code that tracing removes: the head graph contains the head only). One zero image, not
+        M: at a cut nothing of the body but the replaced output reaches the logits (``_probe`` checks
+        that the model agrees), and the eager head stays as cheap as the head (CAM-weight probing
+        runs it on hundreds of activations)."""
         if self.anchor is not None:
             return self._head_from_anchor(activations, extra)
 
@@ -190,11 +259,11 @@ class SplitModel(nn.Module):
         body_batch = 1 if self._one_image_body else activations.shape[0]
         dummy = activations.new_zeros((body_batch, *self.input_size))
         with _hooked(self._layer, hook):
-            return self.model(dummy)
+            return class_scores(self.output_kind, self._pick(self.model(dummy))[0])
 
     def _head_from_anchor(self, activations: torch.Tensor, anchor_input: torch.Tensor | None) -> torch.Tensor:
-        """Logits of a non-cut layer's head: the anchor re-runs from its input, the layer's output is
-        replaced by ``activations`` (prefix tokens, if any, come from the re-run)."""
+        """Class scores of a non-cut layer's head: the anchor re-runs from its input, the layer's
+        output is replaced by ``activations`` (prefix tokens, if any, come from the re-run)."""
         if anchor_input is None:
             raise ExportError(f"the head of non-cut layer {self.layer_name!r} needs the anchor's input")
 
@@ -208,30 +277,72 @@ class SplitModel(nn.Module):
         body_batch = 1 if self._one_image_body else activations.shape[0]
         dummy = activations.new_zeros((body_batch, *self.input_size))
         with _pre_hooked(self.anchor.module, enter), _hooked(self._layer, hook):
-            return self.model(dummy)
+            return class_scores(self.output_kind, self._pick(self.model(dummy))[0])
 
-    def guided(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def guided(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        target_kinds: torch.Tensor | None = None,
+        target_data: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         n, t = targets.shape
         with torch.enable_grad():
             rep = _repeat(images, t).detach().requires_grad_(True)
-            logits_rep = self.model(rep)
-            logits = logits_rep.reshape(n, t, -1)[:, 0].detach()
-            ids = resolve_targets(targets, logits)
+            _logits, _ids, scores = self._scores(self.model(rep), targets, target_kinds, target_data)
             with _GuidedReluMode():
-                (grads,) = torch.autograd.grad(
-                    logits_rep, rep, grad_outputs=_select(ids, logits.shape[1], logits.dtype)
-                )
+                (grads,) = torch.autograd.grad(scores.sum(), rep)
         return grads.reshape(n, t, *images.shape[1:])
 
     def fullgradient(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """FullGrad maps [N,T,H,W] of the class logits ``targets`` (``export.fullgrad``)."""
         return fullgrad_maps(self.model, self.forward, images, targets)
 
+    # -- the model's outputs -------------------------------------------------------------------
+
+    def _pick(self, raw: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The explained output (and a detection head's boxes) of the model's raw output."""
+        output = _output(raw, self.output, "output")
+        boxes = None if self.boxes_output is None else _output(raw, self.boxes_output, "boxes_output")
+        return output, boxes
+
+    def _check_output(self, raw: object, output_kind: str | None) -> str:
+        """The output kind of the explained output (given or inferred); ExportError /
+        InvalidArgumentError naming what does not fit."""
+        self.output_names = _output_names(raw)
+        output, boxes = self._pick(raw)
+        shape = tuple(output.shape)
+        if output_kind is None:
+            inferred = {2: "classification", 4: "dense"}.get(output.dim())
+            if inferred is None:
+                raise ExportError(
+                    f"the explained output is {_describe(output)}: give output_kind (classification "
+                    "[N,C], dense [N,C,h,w], embedding [N,D], detection scores [N,A,C] + boxes_output)"
+                )
+            output_kind = inferred
+        rank = {"classification": 2, "dense": 4, "detection": 3, "embedding": 2}[output_kind]
+        if output.dim() != rank:
+            raise ExportError(
+                f"an output of kind {output_kind} must be {rank}-D; "
+                f"the explained output is {_describe(output)}"
+            )
+        if boxes is not None and (
+            boxes.dim() != 3 or boxes.shape[:2] != output.shape[:2] or boxes.shape[2] != 4
+        ):
+            raise ExportError(
+                f"boxes_output must be boxes [N,A,4] for the scores {tuple(shape)}; it is {_describe(boxes)}"
+            )
+        self.output_shape = tuple(int(v) for v in shape[1:])
+        return output_kind
+
     # -- checks done once, eagerly ------------------------------------------------------------
 
-    def _probe(self, layout: str | None, prefix_tokens: int | None) -> tuple[Layout, int]:
-        """Run the model once to learn the layer's output shape, and whether it is a cut (else find
-        the anchor where a head that recomputes the bypassing tensors can start)."""
+    def _probe(
+        self, layout: str | None, prefix_tokens: int | None, output_kind: str | None
+    ) -> tuple[Layout, int]:
+        """Run the model once to learn its output and the layer's output shape, and whether the
+        layer is a cut (else find the anchor where a head that recomputes the bypassing tensors
+        can start)."""
         example = torch.zeros(2, *self.input_size)
         seen: list[torch.Tensor] = []
 
@@ -245,15 +356,15 @@ class SplitModel(nn.Module):
 
         try:
             with torch.no_grad(), _hooked(self._layer, record):
-                logits = self.model(example)
+                raw_output = self.model(example)
         except ExportError:
             raise
         except Exception as exc:  # the model cannot take this input size
             raise ExportError(
                 f"the model fails on an input of size {'x'.join(map(str, self.input_size))}: {exc}"
             ) from exc
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ExportError(f"the model must return logits [N,C]; it returned {_describe(logits)}")
+        self.output_kind = self._check_output(raw_output, output_kind)
+        logits = class_scores(self.output_kind, self._pick(raw_output)[0])
         if not seen:
             raise ExportError(f"layer {self.layer_name!r} is not called by the model's forward pass")
         if len(seen) > 1:
@@ -292,10 +403,10 @@ class SplitModel(nn.Module):
             return self.layout.from_nkhw(acts, extra).clone()  # in-place ops after the layer need a non-leaf
 
         with torch.enable_grad(), _hooked(self._layer, hook):
-            logits = self.model(dummy)
-        g_acts, g_body = torch.autograd.grad(logits.sum(), (acts, dummy), allow_unused=True)
+            output = self._pick(self.model(dummy))[0]
+        g_acts, g_body = torch.autograd.grad(output.sum(), (acts, dummy), allow_unused=True)
         if g_acts is None:
-            raise ExportError(f"the output of layer {self.layer_name!r} does not reach the logits")
+            raise ExportError(f"the output of layer {self.layer_name!r} does not reach the model's output")
         return g_body is None
 
     def anchor_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -344,8 +455,8 @@ class SplitModel(nn.Module):
             return (leaf.clone(), *args[1:])
 
         with torch.enable_grad(), _pre_hooked(module, enter):
-            logits = self.model(dummy)
-        g_leaf, g_body = torch.autograd.grad(logits.sum(), (leaf, dummy), allow_unused=True)
+            output = self._pick(self.model(dummy))[0]
+        g_leaf, g_body = torch.autograd.grad(output.sum(), (leaf, dummy), allow_unused=True)
         return g_leaf is not None and g_body is None
 
 
@@ -371,6 +482,46 @@ class _pre_hooked(_hooked):
     def __enter__(self) -> _pre_hooked:
         self.handle = self.module.register_forward_pre_hook(self.hook)
         return self
+
+
+def _output_names(raw: object) -> list[str]:
+    """The names of a model's outputs: a dict's keys, a tuple's indices; [] for one tensor."""
+    if isinstance(raw, Mapping):
+        return [str(k) for k in raw]
+    if isinstance(raw, (tuple, list)):
+        return [str(i) for i in range(len(raw))]
+    return []
+
+
+def _output(raw: object, key: OutputKey, argument: str) -> torch.Tensor:
+    """Output ``key`` (a dict key or an index; None: the first) of a model's raw output."""
+    if isinstance(raw, torch.Tensor):
+        if key not in (None, 0, "0"):
+            raise InvalidArgumentError(argument, f"the model returns one tensor, it has no output {key!r}")
+        return raw
+    names = _output_names(raw)
+    if not names:
+        raise ExportError(f"the model returns {_describe(raw)}: expected a tensor, a tuple or a dict of them")
+    values = list(raw.values()) if isinstance(raw, Mapping) else list(raw)  # type: ignore[call-overload]
+    if key is None:
+        index = 0
+    elif isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit() and key not in names):
+        index = int(key)
+        if not -len(values) <= index < len(values):
+            raise InvalidArgumentError(
+                argument,
+                f"index {index} is out of range: the model has {len(values)} outputs ({', '.join(names)})",
+            )
+    elif key in names:
+        index = names.index(key)
+    else:
+        raise InvalidArgumentError(
+            argument, f"the model has no output {key!r}; its outputs: {', '.join(names)}"
+        )
+    value = values[index]
+    if not isinstance(value, torch.Tensor):
+        raise ExportError(f"output {names[index]!r} of the model is {_describe(value)}, not a tensor")
+    return value
 
 
 def _describe(value: object) -> str:

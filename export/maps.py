@@ -1,8 +1,11 @@
 """The maps graph: ``maps.onnx``, the explain graph followed by the CAM maths as ONNX operators, so any
 ONNX Runtime (Triton's onnxruntime backend, Node.js, a browser) returns the final maps::
 
-    images [N,3,H,W] float32, targets [N,T] int64
+    images [N,C,H,W] float32, targets [N,T] int64, target_kinds [N,T] int64 (+ target_data [N,T,L])
       -> logits [N,C], target_ids [N,T], maps_<method> [N,T,H',W'] (one per method, ``++`` -> ``pp``)
+
+Its inputs are the explain graph's (``Manifest.explain_inputs``: an export from before target kinds
+takes images and targets only).
 
 Built by composition, not by tracing the model again: the maths (``kernels.reference``, the numbers
 camserve's methods use) is exported on its own as a small graph whose inputs are the explain graph's
@@ -33,15 +36,15 @@ from camserve import defaults
 from camserve.config import ExplainOptions, RuntimeConfig, parse_output_size
 from camserve.errors import ExportError, InvalidArgumentError
 from camserve.export.tracing import OPSET
-from camserve.export.verification import disagreement, fresh_inputs
+from camserve.export.verification import disagreement, example_table
 from camserve.kernels import reference
 from camserve.methods import get_method, known_methods, method_class
+from camserve.methods.target_kinds import TargetSpec, TargetTable
 from camserve.modeldir import MANIFEST_NAME, GraphFile, MapsGraph, ModelDirectory, sha256_file
 from camserve.outputs import ExplainOutputs
 
 GRAPH = "maps"
 FILE = "maps.onnx"
-INPUTS = ("images", "targets")
 MAPS_TOLERANCE = 1e-5  # max |maps.onnx - camserve| of maps in [0, 1]
 DTYPES = ("float32", "uint8")
 _PREFIX = "camserve_maps/"  # the maths graph's own names, kept apart from the explain graph's
@@ -202,10 +205,16 @@ class MapsOptions:
         parse_output_size(self.output_size, "maps_size")
         return check_methods(self.methods)
 
-    def write(self, directory: Path, cam_weights: GraphFile | None, verify: bool = True) -> MapsGraph:
+    def write(
+        self,
+        directory: Path,
+        cam_weights: GraphFile | None,
+        verify: bool = True,
+        spec: TargetSpec | None = None,
+    ) -> MapsGraph:
         """Write ``directory``/maps.onnx from the explain graph and CAM's weights in ``directory``."""
         weights = None if cam_weights is None else _class_weights(directory / cam_weights.file)
-        return write_maps_graph(directory / "explain.onnx", directory / FILE, self, weights, verify)
+        return write_maps_graph(directory / "explain.onnx", directory / FILE, self, weights, verify, spec)
 
 
 def write_maps_graph(
@@ -214,8 +223,10 @@ def write_maps_graph(
     options: MapsOptions,
     class_weights: np.ndarray | None = None,
     verify: bool = True,
+    spec: TargetSpec | None = None,
 ) -> MapsGraph:
-    """Write ``out_path`` from the explain graph at ``explain_path``; returns its description."""
+    """Write ``out_path`` from the explain graph at ``explain_path``; returns its description.
+    ``spec``: the model's targets (its verification feeds every target kind); None: class ids."""
     methods = options.check()
     explain = onnx.load(str(explain_path))
     activations = [o for o in explain.graph.output if o.name == "activations"][0]
@@ -228,55 +239,99 @@ def write_maps_graph(
     weights = None if class_weights is None else torch.from_numpy(np.asarray(class_weights, np.float32))
     maths = _MapsMaths(methods, size, options.eps, options.dtype, weights)
     onnx.save(compose(explain, _export_maths(maths, explain), size), str(out_path))
+    initializers = {init.name for init in explain.graph.initializer}
     info = MapsGraph(
         methods=methods,
-        inputs=list(INPUTS),
+        inputs=[i.name for i in explain.graph.input if i.name not in initializers],
         outputs=["logits", "target_ids", *(output_name(m) for m in methods)],
         size=list(size),
         dtype=options.dtype,
         eps=float(options.eps),
     )
     if verify:
-        verify_maps_graph(out_path, explain_path, info, class_weights)
+        verify_maps_graph(out_path, explain_path, info, class_weights, spec)
     return info
 
 
-class _ExplainSession:
-    """The GraphRunner's explain() on one ONNX Runtime session (what camserve's runner computes)."""
+def graph_feed(
+    session_inputs: Sequence[str], images: torch.Tensor, table: TargetTable
+) -> dict[str, np.ndarray]:
+    """The inputs of an explain (or maps) graph, by name: those it declares (an export from before
+    target kinds has images and targets only)."""
+    values = {"images": images, "targets": table.ids, "target_kinds": table.kinds, "target_data": table.data}
+    feed = {}
+    for name in session_inputs:
+        value = values.get(name)
+        if value is None:
+            raise ExportError(f"the graph's input {name!r} has no value here")
+        feed[name] = value.numpy()
+    return feed
 
-    def __init__(self, path: Path) -> None:
+
+class _ExplainSession:
+    """The GraphRunner's explain() (and forward(), from the explain graph) on one ONNX Runtime
+    session: what camserve's runner computes."""
+
+    def __init__(self, path: Path, spec: TargetSpec | None) -> None:
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.spec = spec
 
-    def explain(self, images: torch.Tensor, targets: torch.Tensor) -> ExplainOutputs:
-        out = self.session.run(None, {"images": images.numpy(), "targets": targets.numpy()})
-        t = [torch.from_numpy(np.asarray(x)) for x in out]
-        return ExplainOutputs(t[0], t[1], t[2], t[3], t[4] if len(t) > 4 else None)
+    def explain(self, images: torch.Tensor, targets: TargetTable) -> ExplainOutputs:
+        names = [o.name for o in self.session.get_outputs()]
+        out = dict(zip(names, self.session.run(None, graph_feed(self.inputs, images, targets)), strict=True))
+        t = {k: torch.from_numpy(np.asarray(v)) for k, v in out.items()}
+        return ExplainOutputs(
+            t["logits"],
+            t["activations"],
+            t["gradients"],
+            t["target_ids"],
+            t.get("extra_tokens"),
+            t.get("target_scores"),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores (they do not depend on the targets)."""
+        ids = torch.zeros(images.shape[0], 1, dtype=torch.int64)
+        return self.explain(images, TargetTable.of_ids(ids, self.spec)).logits
 
 
 def verify_maps_graph(
-    maps_path: Path, explain_path: Path, info: MapsGraph, class_weights: np.ndarray | None
+    maps_path: Path,
+    explain_path: Path,
+    info: MapsGraph,
+    class_weights: np.ndarray | None,
+    spec: TargetSpec | None = None,
 ) -> None:
     """maps.onnx must give camserve's maps, computed by ``camserve.methods`` from explain.onnx's
-    outputs, on a fresh batch (4 images, 3 targets: ids and ranks)."""
+    outputs, on a fresh batch (4 images, 3 targets: ids and ranks; with ``spec`` and a graph that
+    takes target kinds, every kind of the output kind)."""
     import onnxruntime as ort
 
     from camserve.methods.compute import compute_maps
 
-    explain = _ExplainSession(explain_path)
+    explain = _ExplainSession(explain_path, None)
     (images_info,) = [i for i in explain.session.get_inputs() if i.name == "images"]
     num_classes = int(explain.session.get_outputs()[0].shape[1])
-    example = torch.randn(3, *images_info.shape[1:], generator=torch.Generator().manual_seed(0))
-    k = torch.arange(9).reshape(3, 3)
-    targets = torch.where(k % 2 == 0, -(1 + k % 3), k % num_classes)
-    images, targets = fresh_inputs([example, targets])
+    images = torch.randn(4, *images_info.shape[1:], generator=torch.Generator().manual_seed(1))
+    if spec is not None and "target_kinds" in explain.inputs:
+        explain.spec = spec
+        table = example_table(spec, 4, 3, seed=1)
+        if any(method_class(m).logit_targets_only for m in info.methods):
+            table = TargetTable.of_ids(table.ids, spec)  # CAM reads class logits: their default kind only
+    else:  # an explain graph from before target kinds: class ids (logits)
+        spec = None
+        k = torch.arange(12).reshape(4, 3)
+        table = TargetTable.of_ids(torch.where(k % 2 == 0, -(1 + k % 3), k % num_classes))
     options = ExplainOptions(output_size=f"{info.size[0]}x{info.size[1]}", eps=info.eps)
     want = compute_maps(
-        explain,  # type: ignore[arg-type]  # only explain() is called for these methods
+        explain,  # type: ignore[arg-type]  # only explain() and forward() are called for these methods
         images,
-        targets,
+        table,
         info.methods,
+        spec=spec,
         num_classes=num_classes,
         options=options,
         runtime=RuntimeConfig(kernels="torch"),
@@ -284,7 +339,8 @@ def verify_maps_graph(
     )
     try:
         session = ort.InferenceSession(str(maps_path), providers=["CPUExecutionProvider"])
-        values = session.run(info.outputs, {"images": images.numpy(), "targets": targets.numpy()})
+        feed = graph_feed([i.name for i in session.get_inputs()], images, table)
+        values = session.run(info.outputs, feed)
         got = dict(zip(info.outputs, values, strict=True))
     except Exception as exc:
         raise ExportError(f"ONNX Runtime cannot run the maps graph: {exc}") from exc
@@ -327,7 +383,12 @@ def add_maps_graph(
         cam = directory.manifest.cam_weights
         weights = None if cam is None else _class_weights(directory.path / cam.file)
         info = write_maps_graph(
-            directory.graph_path("explain"), staged, options or MapsOptions(), weights, verify
+            directory.graph_path("explain"),
+            staged,
+            options or MapsOptions(),
+            weights,
+            verify,
+            directory.manifest.target_spec(),
         )
         os.replace(staged, directory.path / FILE)
         manifest = directory.manifest

@@ -2,8 +2,9 @@
 
 camserve copies this file as ``<model>/1/model.py``; it needs only numpy and onnxruntime in the
 backend's Python (not camserve). Requests whose target counts differ are batched together (the
-config marks ``targets`` ``allow_ragged_batch``): the batch runs once with every request's targets
-padded to the longest with -1 (the top class), and each answer keeps its own targets only.
+config marks the per-target inputs ``allow_ragged_batch``): the batch runs once with every request's
+targets padded to the longest (ids with -1, the top class; kinds and data with 0), and each answer
+keeps its own targets only.
 
 The python backend of Triton 2.51 (PyPI ``nvidia-pytriton``) was built against numpy 1: under numpy 2
 its ``as_numpy()`` reads wrong values and ``Tensor(name, array)`` sends empty ones, so tensors cross
@@ -23,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 
 TARGETS = "targets"
 PAD_TARGET = -1  # padding slots ask for the top class; their maps are dropped
+PAD_OTHER = 0  # target_kinds (kind 0) and target_data of padding slots
 
 
 def _array(tensor: Any) -> np.ndarray:
@@ -65,6 +67,12 @@ class TritonPythonModel:
         self.outputs = [o.name for o in self.session.get_outputs()]
         # Outputs with a target dimension (dim 1), from the config written at export.
         self.per_target = set(json.loads(parameters.get("target_outputs") or "[]"))
+        # Inputs with a target dimension (a config written before target kinds: targets only).
+        self.target_inputs = [
+            name
+            for name in json.loads(parameters.get("target_inputs") or '["targets"]')
+            if name in self.inputs
+        ]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         feeds: dict[str, list[np.ndarray]] = {name: [] for name in self.inputs}
@@ -75,10 +83,14 @@ class TritonPythonModel:
         counts = [a.shape[1] for a in feeds[TARGETS]] if TARGETS in feeds else []
         if counts:
             width = max(1, *counts)
-            feeds[TARGETS] = [
-                np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=PAD_TARGET)
-                for a in feeds[TARGETS]
-            ]
+            for name in self.target_inputs:
+                pad = PAD_TARGET if name == TARGETS else PAD_OTHER
+                feeds[name] = [
+                    np.pad(
+                        a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=pad
+                    )
+                    for a in feeds[name]
+                ]
         wanted: set[str] = set()
         for request in requests:
             wanted.update(request.requested_output_names() or self.outputs)

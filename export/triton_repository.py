@@ -13,9 +13,10 @@ writes::
     triton-models/digits_encoded/config.pbtxt  with ensemble: bytes + targets -> the model's outputs
 
 Batching requests with different target counts (docs/operations.md#triton-inference-server):
-the python backend marks ``targets`` ``allow_ragged_batch`` and pads inside ``model.py``; the
-onnxruntime backend cannot pad, so its config fixes ``target_slots`` targets per image (clients pad
-with -1 and read their first T). Inputs, outputs, data types and dims come from the ONNX graph; the
+the python backend marks the per-target inputs (``targets``, ``target_kinds``, ``target_data``)
+``allow_ragged_batch`` and pads inside ``model.py``; the onnxruntime backend cannot pad, so its
+config fixes ``target_slots`` targets per image (clients pad ids with -1, kinds and data with 0, and
+read their first T). Inputs, outputs, data types and dims come from the ONNX graph; the
 batch dimension is left out of ``dims`` when every input and output is batched along a dynamic first
 dimension (``max_batch_size`` > 0), and other dynamic dimensions are -1.
 """
@@ -146,11 +147,21 @@ def _tensors(values: Sequence[onnx.ValueInfoProto], what: str) -> list[Tensor]:
 
 def target_outputs(graph: onnx.ModelProto) -> list[str]:
     """Outputs whose dim 1 is the ``targets`` input's (dynamic) dim 1: one entry per target."""
+    return _per_target(graph, graph.graph.output, "output")
+
+
+def target_inputs(graph: onnx.ModelProto) -> list[str]:
+    """Inputs with one entry per target: ``targets`` and those sharing its dim 1 (``target_kinds``,
+    ``target_data`` of graphs exported with target kinds)."""
+    return _per_target(graph, graph.graph.input, "input")
+
+
+def _per_target(graph: onnx.ModelProto, values: Sequence[onnx.ValueInfoProto], what: str) -> list[str]:
     inputs = {name: second for name, _, _, second in _tensors(graph.graph.input, "input")}
     targets = inputs.get(TARGETS)
     if targets is None:
         return []
-    return [name for name, _, _, second in _tensors(graph.graph.output, "output") if second == targets]
+    return [name for name, _, _, second in _tensors(values, what) if second == targets]
 
 
 def triton_config(
@@ -168,9 +179,9 @@ def triton_config(
 ) -> TritonModelConfig:
     """The Triton configuration of ``graph`` (its inputs and outputs read from the graph).
 
-    ``backend`` "onnxruntime": ``targets`` and the per-target outputs get ``target_slots`` as their
-    dim 1, so every request carries that many targets and any two batch together. "python": that dim
-    stays -1 and ``targets`` is ``allow_ragged_batch`` (model.py pads). ``preferred_batch_sizes`` None:
+    ``backend`` "onnxruntime": the per-target inputs and outputs get ``target_slots`` as their dim 1,
+    so every request carries that many targets and any two batch together. "python": that dim stays
+    -1 and the per-target inputs are ``allow_ragged_batch`` (model.py pads). ``preferred_batch_sizes`` None:
     half of ``max_batch_size`` and ``max_batch_size``. ``intra_op_threads`` (python backend): ONNX
     Runtime threads per instance, 0 for its default.
     """
@@ -207,7 +218,8 @@ def triton_config(
     batched = all(dims and dims[0] is None for _, _, dims, _ in inputs + outputs)
     if not batched:
         max_batch_size, preferred = 0, []
-    per_target = set(target_outputs(graph)) | {TARGETS} if batched else set()
+    ragged_inputs = set(target_inputs(graph)) if batched else set()
+    per_target = set(target_outputs(graph)) | ragged_inputs if batched else set()
     slots = target_slots if backend == "onnxruntime" else None
 
     def config(tensors: list[Tensor]) -> tuple[TensorConfig, ...]:
@@ -216,14 +228,15 @@ def triton_config(
             kept = list(dims[1:] if batched else dims)
             if name in per_target and slots is not None:
                 kept[0] = slots
-            ragged = batched and name == TARGETS and slots is None
+            ragged = name in ragged_inputs and slots is None
             out.append(TensorConfig(name, data_type, tuple(-1 if d is None else d for d in kept), ragged))
         return tuple(out)
 
     parameters: tuple[tuple[str, str], ...] = ()
     if backend == "python":
         parameters = (
-            ("target_outputs", json.dumps(sorted(per_target - {TARGETS}))),
+            ("target_outputs", json.dumps(sorted(per_target - ragged_inputs))),
+            ("target_inputs", json.dumps(sorted(ragged_inputs))),
             ("intra_op_threads", str(intra_op_threads)),
         )
     return TritonModelConfig(

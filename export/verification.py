@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from camserve.errors import ExportError
+from camserve.methods.target_kinds import IMAGE_KINDS, KIND_CODE, TargetSpec, TargetTable
 
 VALUE_TOLERANCE = 1e-3  # max abs error / max |value|
 GRADIENT_TOLERANCE = 1e-2  # per image and target: ‖error‖₂ / ‖gradient‖₂
@@ -66,18 +67,55 @@ def fresh_inputs(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return fresh
 
 
+def example_table(
+    spec: TargetSpec, num_images: int, num_targets: int, seed: int, boxes: torch.Tensor | None = None
+) -> TargetTable:
+    """Targets [N,T] mixing every target kind of ``spec``'s output kind (kinds cycle over the N·T
+    entries), class ids with ranks (-1, -2): random masks for regions, random concepts, the next
+    image for ``*_image``; detection boxes are anchor boxes of ``boxes`` [N,A,4] (the model's, so
+    that they match), else random boxes inside the input."""
+    gen = torch.Generator().manual_seed(seed)
+    n, t = num_images, num_targets
+    k = torch.arange(n * t).reshape(n, t)
+    codes = torch.tensor([KIND_CODE[kind] for kind in spec.kinds])
+    kinds = codes[k % len(codes)]
+    ids = torch.where(k % 2 == 0, -(1 + (k // 2) % 2), (k // 2) % spec.num_classes)
+    image_kind = torch.zeros_like(kinds, dtype=torch.bool)
+    for kind in IMAGE_KINDS:
+        image_kind |= kinds == KIND_CODE[kind]
+    length = spec.data_length
+    data = None
+    if spec.output_kind == "dense":
+        data = (torch.rand(n, t, length, generator=gen) < 0.5).float()
+    elif spec.output_kind == "embedding":
+        ids = torch.where(image_kind, (torch.arange(n).reshape(n, 1) + 1) % n, 0).expand(n, t).contiguous()
+        data = torch.randn(n, t, length, generator=gen) * (~image_kind).unsqueeze(2)
+    elif spec.output_kind == "detection":
+        if boxes is not None:
+            anchors = (7 * k + 3) % boxes.shape[1]
+            data = boxes.gather(1, anchors.unsqueeze(2).expand(n, t, 4)).float()
+        else:
+            height, width = spec.input_size
+            corner = torch.rand(n, t, 2, generator=gen) * 0.5
+            extent = 0.1 + torch.rand(n, t, 2, generator=gen) * 0.4
+            scale = torch.tensor([width, height], dtype=torch.float32)
+            data = torch.cat([corner * scale, (corner + extent) * scale], dim=2)
+    return TargetTable(ids, kinds, data)
+
+
 def verify_graph(
     graph: str,
     path: Path,
     fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
     inputs: Sequence[torch.Tensor],
     in_names: Sequence[str],
+    fresh: Sequence[torch.Tensor] | None = None,
 ) -> None:
     """The ONNX graph must give the eager function's numbers on a fresh batch, one image larger
-    than the traced one (which checks the dynamic batch dimension too)."""
+    than the traced one (which checks the dynamic batch dimension too), or on ``fresh``."""
     import onnxruntime as ort
 
-    fresh = fresh_inputs(inputs)
+    fresh = fresh_inputs(inputs) if fresh is None else list(fresh)
     with torch.no_grad():
         expected = fn(*fresh)
     expected = expected if isinstance(expected, tuple) else (expected,)

@@ -14,7 +14,8 @@ answer_bytes  the answer's size                                      <= service.
 layer, T targets, M methods, S noisy copies, P output pixels, G guided methods, R augmented copies
 (6 with aug_smooth, else 1) and r_m those of method m):
 
-    4 x [ R(1 + S) x (C·H·W + K·h·w + 2·T·K·h·w)     the explain run(s): input, A, G (parts + concatenation)
+    4 x [ R(1 + S) x (C·H·W + K·h·w + 2·T·K·h·w     the explain run(s): input, A, G (parts + concatenation)
+                      + T·L)                        and the targets' data (L: a mask's h'·w', a vector's D)
           + 2 x R·S x T·K·h·w                       Smooth Grad-CAM++'s g^2, g^3 over the noisy gradients
           + 2 x T x P x sum_m r_m                   maps before and after resizing / normalising
           + (G > 0) x 2·T·C·H·W + G x T·C·H·W ]     guided gradients and each guided method's colour map
@@ -106,6 +107,7 @@ def request_cost(
         + 2 * most * sum(augmented) * out
         + (2 * most * input_values if colour else 0)
         + colour * most * input_values
+        + runs * most * manifest.target_spec().data_length  # target data [T, L] of each run's table
     )
     per_image_runs = runs + sum(extra.values())
     fixed = FLOAT32 * len(manifest.class_names) + options.topk_predictions * 64
@@ -113,7 +115,8 @@ def request_cost(
     per_target += len(answer.rgb_methods) * FLOAT32 * input_values
     if answer.overlay:
         per_target += len(answer.map_methods) * math.ceil(input_values * PNG_OVERHEAD + 1024)
-    answer_bytes = answer.id_bytes + sum(fixed + 8 * t + t * per_target for t in targets)
+    # per target: its id (8 B), kind (1 B) and score (4 B), then its maps
+    answer_bytes = answer.id_bytes + sum(fixed + 13 * t + t * per_target for t in targets)
     return RequestCost(count, most, pixels, work, count * per_image_runs, answer_bytes, answer.id_bytes)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from camserve.config import CamserveConfig, ExplainOptions, check_service_config
 from camserve.defaults import INLINE_DECODE_PIXELS, INLINE_REQUEST_BYTES, MAX_ECHO_CHARS
 from camserve.errors import InvalidArgumentError
+from camserve.methods.base import check_target_kinds, method_class
 from camserve.methods.target_kinds import Target
 from camserve.service import metrics
 from camserve.service.admission import AnswerShape, RequestCost, admit, request_cost
@@ -80,6 +81,15 @@ class ServiceRequest:
             self.answer,
             model.manifest,
         )
+
+    def check_target_kinds(self, model: ServedModel) -> None:
+        """Methods that explain class logits only are refused with other target kinds before this
+        request is batched with others (``methods.base.check_target_kinds``)."""
+        spec = model.manifest.target_spec()
+        kinds = {
+            t.kind if isinstance(t, Target) else spec.kinds[0] for image in self.images for t in image.targets
+        }
+        check_target_kinds([method_class(m)() for m in self.methods], kinds, spec.output_kind)
 
     @property
     def pixels(self) -> int:
@@ -304,6 +314,7 @@ class DataPlane:
     ) -> ServiceRequest:
         """The request checked against the model and admitted by its cost (nothing decoded yet)."""
         request = door.decode(wire, model, self.defaults)
+        request.check_target_kinds(model)
         record.images = len(request.images)
         record.methods = ",".join(request.methods)
         record.method_labels = request.methods

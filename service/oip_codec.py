@@ -50,7 +50,6 @@ from camserve.service.admission import AnswerShape
 from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel
-from camserve.target_masks import target_spec
 from camserve.wire import check_input_values, check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
@@ -120,7 +119,6 @@ class InferAnswer:
 
     outputs: list[str]  # output names, in answer order
     saliency_datatype: str
-    requested: bool = True  # False: the default outputs (TARGET_SCORES left out where none are computed)
 
 
 def check_version(version: str, model: ServedModel) -> None:
@@ -158,9 +156,7 @@ def decode_infer_request(
     answered = tuple(m for m in methods if saliency_output(m) in outputs)
     answer = AnswerShape(answered, DTYPES[datatype].itemsize, id_bytes=len(request.id.encode()))
     timeout_s = None if timeout_us is None else timeout_us / 1e6
-    return ServiceRequest(
-        images, methods, options, answer, InferAnswer(outputs, datatype, bool(request.outputs)), timeout_s
-    )
+    return ServiceRequest(images, methods, options, answer, InferAnswer(outputs, datatype), timeout_s)
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -312,7 +308,7 @@ def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> list[PendingIm
             raise InvalidArgumentError(_field(request, TARGET_DATA), f"needs {TARGET_KIND_CODES}")
         targets = [*_targets(arrays[TARGETS], _field(request, TARGETS), count, model.manifest.num_classes)]
     else:
-        targets = _kind_targets(request, arrays, count, target_spec(model.manifest))
+        targets = _kind_targets(request, arrays, count, model.manifest.target_spec())
     return [PendingImage(row, pixels, load) for (pixels, load), row in zip(images, targets, strict=True)]
 
 
@@ -491,8 +487,6 @@ def encode_infer_response(
         elif name == TARGET_IDS:
             array, datatype = np.stack([r.target_ids for r in results]).astype("<i8", copy=False), "INT64"
         elif name == TARGET_SCORES:
-            if not answer.requested and any(r.target_scores is None for r in results):
-                continue
             array, datatype = np.stack([_scores(r) for r in results]).astype("<f4", copy=False), "FP32"
         else:
             method = name[len(SALIENCY_PREFIX) :].lower()
@@ -517,7 +511,7 @@ def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
     """The model's tensors (TARGET_DATA, [N, T, L], only for models whose targets carry data); its
     output and target kinds are in ModelConfig's parameters (:func:`model_config`)."""
     m = model.manifest
-    spec = target_spec(m)
+    spec = m.target_spec()
     tensor = ip.ModelMetadataResponse.TensorMetadata
     return ip.ModelMetadataResponse(
         name=model.name,
@@ -557,7 +551,7 @@ def model_config(
     ``output_kind``, ``target_kinds`` ("region=3,predicted_region=4": names and TARGET_KINDS codes,
     the first what plain TARGETS mean) and ``target_data_length`` (L of TARGET_DATA)."""
     m = model.manifest
-    spec = target_spec(m)
+    spec = m.target_spec()
     kinds = ",".join(f"{kind}={TARGET_KINDS.index(kind)}" for kind in spec.kinds)
     parameters = {
         "output_kind": ip.ModelParameter(string_value=spec.output_kind),

@@ -92,6 +92,7 @@ def test_traits_of_the_methods_that_need_more_than_the_explain_run():
     sharing = [name for name in known_methods() if method_class(name)().shares_explain_run(options)]
     assert sharing == ["cam", "eigencam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"] + [
         "eigengradcam",
+        "segeigencam",
         "kpcacam",
         "fem",
         "gradcamelementwise",

@@ -4,17 +4,22 @@ pending images cut into shards with deterministic names."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from camserve.batch.encoding import RESIZE_RULE, MapEncoding, computed_size
 from camserve.batch.outdir import OutputDir, map_column, png_column, shard_name
 from camserve.batch.sources import ImageRecord, ImageSource, SourceSpec
+from camserve.batch.targets import check_kinds
 from camserve.config import CamserveConfig, resolve_output_size
 from camserve.defaults import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError
+from camserve.methods.target_kinds import Target, build_table
 
 FORMAT = "camserve-batch/1"
 # ExplainOptions fields that do not change stored maps (output_size is replaced by the encoding).
@@ -29,7 +34,7 @@ class JobConfig:
     out: str
     source: SourceSpec
     methods: tuple[str, ...]
-    targets: tuple[int, ...] | None  # the same targets for every image; None: each image's top class
+    targets: tuple[int | Target, ...] | None  # the same targets for every image; None: each image's top class
     config: CamserveConfig
     encoding: MapEncoding = MapEncoding()
     batch_size: int = 32  # images per explain-graph run
@@ -70,6 +75,34 @@ class ShardTask:
         return cls(data["name"], tuple(ImageRecord(*fields) for fields in data["records"]))
 
 
+def target_identity(target: int | Target) -> Any:
+    """A target as JSON for the job's identity (arrays by their SHA-256)."""
+    if not isinstance(target, Target):
+        return int(target)
+    identity: dict[str, Any] = {"kind": target.kind, "class_id": int(target.class_id)}
+    if target.box is not None:
+        identity["box"] = [float(v) for v in target.box]
+    if target.image is not None:
+        identity["image"] = int(target.image)
+    for name, array in (("mask", target.mask), ("vector", target.vector)):
+        if array is not None:
+            data = np.ascontiguousarray(array, dtype=np.float32)
+            identity[name] = {"shape": list(data.shape), "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+    return identity
+
+
+def check_targets(job: JobConfig, explainer: Any) -> None:
+    """``--target`` checked against the model before any image is explained."""
+    if job.targets is None:
+        return
+    spec = explainer.manifest.target_spec()
+    try:
+        build_table([list(job.targets)], spec, 1)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError("--target", str(exc)) from None
+    check_kinds(job.targets, job.methods, spec)
+
+
 def job_identity(job: JobConfig, explainer: Any) -> dict[str, Any]:
     """What must not change between runs into one OUT: model, methods, targets, options, encoding."""
     manifest = explainer.manifest
@@ -80,7 +113,7 @@ def job_identity(job: JobConfig, explainer: Any) -> dict[str, Any]:
     return {
         "model": {"name": manifest.name, "files": dict(sorted(files.items()))},
         "methods": list(job.methods),
-        "targets": None if job.targets is None else list(job.targets),
+        "targets": None if job.targets is None else [target_identity(t) for t in job.targets],
         "targets_column": job.source.targets_column,
         "options": options,
         "encoding": job.encoding.as_dict(),
@@ -128,6 +161,7 @@ def manifest(job: JobConfig, explainer: Any, counts: dict[str, int] | None) -> d
             "top_probs": "list<float32>: their softmax probabilities",
             "target_ids": "list<int64>: the classes explained (negative targets resolved), T per row",
             "target_kinds": "list<int8>: each target's kind code (camserve.methods.target_kinds)",
+            "target_scores": "list<float32>: the explained scalars (a logit, a probability...)",
             "map_<method>": "binary: T x h x w maps in `dtype`, C order (see maps.<method>.shape)",
             "png_<method>": "list<binary>: one 8-bit PNG per target at the input size (--png)",
         },

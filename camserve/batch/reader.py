@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from camserve.batch.encoding import decode_maps, resize_stored
+from camserve.batch.encoding import MAP_DTYPES, decode_maps, resize_stored
 from camserve.batch.outdir import OutputDir
 from camserve.config import resolve_output_size
 from camserve.errors import InvalidArgumentError, NotFoundError
@@ -88,6 +88,8 @@ def read_maps(
             )
         blobs = [blobs[position[image_id]] for image_id in ids]
     count, height, width = (int(side) for side in entry["shape"])
+    if count < 0:  # a targets column: each row has its own T
+        count = _row_targets(blobs, entry["dtype"], height * width, out)
     shape = (count, height, width)
     stored = decode_maps(blobs, entry["dtype"], shape)
     target = _output_size(size, manifest, (height, width))
@@ -99,6 +101,16 @@ def read_maps(
             f"only that size reproduces Explainer's maps, not {target[0]}x{target[1]}",
         )
     return resize_stored(stored, target, manifest["normalized"], manifest["eps"])
+
+
+def _row_targets(blobs: list[bytes], dtype: str, pixels: int, out: str | os.PathLike[str]) -> int:
+    """The T of rows stored with a targets column; rows of different T are read apart (by ``ids``)."""
+    sizes = {len(blob) for blob in blobs}
+    if len(sizes) > 1:
+        raise InvalidArgumentError(
+            "ids", f"{Path(out)}: these rows have different numbers of targets; read rows of one T at a time"
+        )
+    return (sizes.pop() if sizes else 0) // (pixels * np.dtype(MAP_DTYPES[dtype]).itemsize)
 
 
 def _output_size(size: Size, manifest: dict[str, Any], stored: tuple[int, int]) -> tuple[int, int]:

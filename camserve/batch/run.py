@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from camserve.batch.engine_ray import RayOptions
-from camserve.batch.job import JobConfig, job_identity, manifest, plan_shards
+from camserve.batch.job import JobConfig, check_targets, job_identity, manifest, plan_shards
 from camserve.batch.outdir import OutputDir
 from camserve.batch.progress import Progress, log
 from camserve.batch.sources import ImageSource
@@ -63,6 +63,7 @@ def run_batch(
 
         explainer = Explainer(job.model, config=job.config)
     explainer.check_methods(list(job.methods))
+    check_targets(job, explainer)
     out = OutputDir(job.out)
     with out.owned():
         out.prepare(job_identity(job, explainer), overwrite)

@@ -17,12 +17,14 @@ kinds are refused: they name another image of the same request, and a row is one
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from camserve.errors import InvalidArgumentError
+from camserve.methods.base import check_target_kinds, method_class
 from camserve.methods.target_kinds import IMAGE_KINDS, Target, TargetSpec, check_one
 from camserve.target_masks import file_mask, rle_mask
 
@@ -51,6 +53,12 @@ def row_targets(
             check_one(target, spec, 1, where)
         targets.append(target)
     return tuple(targets)
+
+
+def check_kinds(targets: Sequence[int | Target], methods: Sequence[str], spec: TargetSpec) -> None:
+    """Methods that explain class logits only, refused with targets of other kinds."""
+    kinds = {t.kind if isinstance(t, Target) else spec.kinds[0] for t in targets}
+    check_target_kinds([method_class(m)() for m in methods], kinds, spec.output_kind)
 
 
 def _class_id(entry: Any, spec: TargetSpec, field: str) -> int:

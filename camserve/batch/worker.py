@@ -23,10 +23,10 @@ from camserve.batch.encoding import computed_size, encode_maps, png_maps, resize
 from camserve.batch.job import JobConfig, ShardTask
 from camserve.batch.outdir import OutputDir, map_column, png_column
 from camserve.batch.sources import NPY_SUFFIX, ImageRecord, ImageSource, printable
-from camserve.batch.targets import row_targets
+from camserve.batch.targets import check_kinds, row_targets
 from camserve.encoded_images import DecodeBudget, check_image, decode_checked
 from camserve.errors import InvalidArgumentError
-from camserve.target_masks import target_spec
+from camserve.methods.target_kinds import KIND_CODE
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class ShardWorker:
             groups.setdefault(computed_size(method, job.encoding), []).append(method)
         self.groups = groups  # output size -> methods computed at it (one explain run per size)
         self.schema = rows_schema(job.methods, job.encoding.png)
-        self.spec = target_spec(self.explainer.manifest)
+        self.spec = self.explainer.manifest.target_spec()
         self.dataset = Path(job.source.input).parent  # where a targets column's files are
 
     def close(self) -> None:
@@ -128,13 +128,15 @@ class ShardWorker:
             options = dataclasses.replace(job.config.explain, output_size=size)
             result = self.explainer.explain(batch, methods=methods, targets=targets, options=options)
             maps.update(result.maps)
-        assert result is not None
+        assert result is not None and result.target_kinds is not None and result.target_scores is not None
         columns: dict[str, list[Any]] = {
             "id": [item.record.id for item in items],
             "path": [printable(item.record.path) for item in items],
             "top_ids": [[p.class_id for p in row] for row in result.predictions],
             "top_probs": [[p.probability for p in row] for row in result.predictions],
             "target_ids": result.target_ids.tolist(),
+            "target_kinds": [[KIND_CODE[str(kind)] for kind in row] for row in result.target_kinds],
+            "target_scores": result.target_scores.tolist(),
         }
         options = job.config.explain
         input_hw = tuple(int(v) for v in batch.shape[-2:])
@@ -181,6 +183,7 @@ class ShardWorker:
             targets = None
             if self.job.source.targets_column is not None:
                 targets = row_targets(record.targets, self.dataset, self.spec, self.job.source.targets_column)
+                check_kinds(targets, self.job.methods, self.spec)
             if data is None and record.path is None:
                 return _Decoded(record, error="no image: the path is null")
             item: Any = record.path
@@ -226,6 +229,8 @@ def rows_schema(methods: Iterable[str], png: bool) -> Any:
         pa.field("top_ids", pa.list_(pa.int32())),
         pa.field("top_probs", pa.list_(pa.float32())),
         pa.field("target_ids", pa.list_(pa.int64())),
+        pa.field("target_kinds", pa.list_(pa.int8())),
+        pa.field("target_scores", pa.list_(pa.float32())),
     ]
     for method in methods:
         fields.append(pa.field(map_column(method), pa.binary()))

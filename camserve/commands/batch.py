@@ -17,7 +17,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from camserve.cli_flags import add_explain_option_flags, add_method_flag, add_target_flag, config_from_flags
+from camserve.cli_flags import (
+    add_explain_option_flags,
+    add_method_flag,
+    add_target_spec_flag,
+    config_from_flags,
+    parse_target_specs,
+)
 from camserve.defaults import DEFAULT_METHODS, MAX_IMAGE_PIXELS, TOPK_PREDICTIONS
 from camserve.errors import InvalidArgumentError
 
@@ -40,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", metavar="DIR", help="model directory from `camserve export` (default: built-in)"
     )
     add_method_flag(parser)
-    add_target_flag(parser)
+    add_target_spec_flag(parser)
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="default: local")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT's maps of a different job")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per graph run (32)")
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             targets_column=args.targets_column,
         ),
         methods=tuple(dict.fromkeys(args.methods or DEFAULT_METHODS)),
-        targets=tuple(args.targets) if args.targets else None,
+        targets=tuple(parse_target_specs(args.targets)) if args.targets else None,
         config=config_from_flags(args),
         encoding=MapEncoding(size=args.map_size, dtype=args.map_dtype, png=args.png),
         batch_size=args.batch_size,

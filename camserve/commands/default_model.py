@@ -30,13 +30,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export the default model's directory (into the cache unless --out is given) and "
         "print its path.",
     )
-    build.add_argument("--out", type=Path, help="export here instead of <cache_dir>/default-model-<sha>")
+    build.add_argument(
+        "--out", type=Path, help="export here instead of <cache_dir>/default-model-<sha>-g<version>"
+    )
     build.add_argument(
         "--retrain",
         action="store_true",
         help="train the weights from scratch first (1-2 min on 2 idle cores, longer on a busy machine)",
     )
     build.add_argument("--force", action="store_true", help="export again even if the directory exists")
+    build.add_argument(
+        "--dense",
+        action="store_true",
+        help="the dense variant (DigitSegNet, per-pixel classes, region targets) instead; "
+        "<cache_dir>/dense-model-<sha>-g<version>",
+    )
     build.set_defaults(func=run)
 
 
@@ -45,12 +53,31 @@ def run(args: argparse.Namespace) -> int:
 
     config = CamserveConfig.load(args.config)
     cache_dir = Path(config.runtime.cache_dir).expanduser()
+    if args.dense:
+        return _dense(args, cache_dir)
     weights = _retrain(cache_dir) if args.retrain else WEIGHTS_PATH
     if args.out is not None:
         path = export_default_model(args.out, weights, force=args.force)
     else:
         path = default_model_dir(str(cache_dir), rebuild=args.force, weights=weights)
     print(path)
+    return 0
+
+
+def _dense(args: argparse.Namespace, cache_dir: Path) -> int:
+    from camserve.default_model import dense_model_dir, export_dense_model
+    from camserve.errors import InvalidArgumentError
+
+    if args.retrain:
+        raise InvalidArgumentError(
+            "--retrain",
+            "retrains the classifier; train the dense model with "
+            "python -m camserve.default_model.train --dense --out FILE",
+        )
+    if args.out is not None:
+        print(export_dense_model(args.out, force=args.force))
+    else:
+        print(dense_model_dir(str(cache_dir), rebuild=args.force))
     return 0
 
 

@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
     from camserve.errors import CamserveError
     from camserve.eval.data import BenchmarkData, EvalData, VocFolder
-    from camserve.eval.evaluate import EvalSettings, Progress, evaluate
+    from camserve.eval.evaluate import EvalSettings, Progress, evaluate, is_dense
     from camserve.eval.report import ReportContext, write_report
     from camserve.eval.sanity import explainer_sanity_check
     from camserve.explainer import Explainer
@@ -279,10 +279,12 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
 
     explainer = Explainer(args.model, config=config)
     manifest = explainer.manifest
+    dense = is_dense(explainer)
     if args.methods:
         methods = list(dict.fromkeys(args.methods))
     else:
         # colour evidence (guided backprop) is pixel-level, not a CAM: left out unless asked for
+        # (supported_methods already leaves out what a dense model's region targets cannot take)
         methods = [m for m in explainer.supported_methods if not method_class(m).colour]
     explainer.check_methods(methods)
     size = (int(manifest.input_size[1]), int(manifest.input_size[2]))
@@ -311,7 +313,7 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
         threshold=args.threshold,
         tolerance=args.tolerance,
         steps=args.steps,
-        curves=not args.no_curves,
+        curves=not args.no_curves and not dense,  # region evaluation has no perturbation curves
         road=args.road,
         fill=args.fill,
         insertion_start=args.insertion_start,
@@ -324,7 +326,9 @@ def _evaluate(args: argparse.Namespace, config: CamserveConfig) -> int:
     results = evaluate(explainer, subsets, settings, Progress(total, "eval"))
 
     sanity = None
-    if args.sanity_images:
+    if args.sanity_images and dense:
+        log.info("sanity check skipped: it randomises classifiers; region evaluation has none yet")
+    elif args.sanity_images:
         first, limit = subsets[0]
         batch = first.batch(range(min(args.sanity_images, len(first), limit or len(first))))
         images = normalize(batch.images, manifest.mean, manifest.std)

@@ -1,5 +1,8 @@
-"""``camserve export``: a PyTorch classifier -> a model directory (explain / forward / head / guided graphs,
+"""``camserve export``: a PyTorch model -> a model directory (explain / forward / head / guided graphs,
 fullgradient on request).
+
+The explained output may be a classifier's logits, a dense (segmentation) output, a dense detection
+head's scores + boxes or an embedding (``--output``, ``--output-kind``, ``--boxes-output``).
 
 With ``--maps`` it also writes the maps graph (maps.onnx: the CAM maths as ONNX operators). With
 ``--triton-repository DIR`` it also writes a Triton Inference Server model repository for the
@@ -25,18 +28,19 @@ from camserve.export.architectures import (
     IMAGENET_STD,
     arch_defaults,
     build_torchvision,
-    imagenet_class_names,
+    default_class_names,
 )
 from camserve.export.maps import DEFAULT_METHODS as DEFAULT_MAPS_METHODS
 from camserve.export.maps import DTYPES as MAPS_DTYPES
 from camserve.export.maps import MapsOptions, add_maps_graph, graph_methods
+from camserve.methods.target_kinds import OUTPUT_KINDS
 from camserve.modeldir import ModelDirectory
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export a classifier to a camserve model directory")
+    p = subparsers.add_parser("export", help="export a model to a camserve model directory")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--arch", help=f"torchvision architecture: {', '.join(ARCHITECTURES)}")
     source.add_argument("--module", help="import path of a factory returning an nn.Module: pkg.mod:build")
@@ -54,8 +58,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", help="dotted name of the target layer (default: per architecture)")
     p.add_argument("--input-size", help="CxHxW, e.g. 3x224x224 (default: per architecture, else 3x224x224)")
     p.add_argument(
-        "--num-classes", type=int, default=1000, help="classes of a torchvision model (default 1000)"
+        "--num-classes",
+        type=int,
+        help="classes of a torchvision model (default 1000; 21 for the segmentation models)",
     )
+    p.add_argument(
+        "--output",
+        help="the explained output of a model returning a tuple or a dict: a name or an index "
+        "(default: the first; 'out' for the segmentation models); detection: the scores [N,A,C]",
+    )
+    p.add_argument(
+        "--output-kind",
+        help=f"what the explained output is: {', '.join(OUTPUT_KINDS)} (default: 2-D classification, "
+        "4-D dense; embedding and detection must be given)",
+    )
+    p.add_argument("--boxes-output", help="detection: the output holding the boxes [N,A,4] (input pixels)")
     p.add_argument("--class-names", help="text file with one class name per line")
     p.add_argument("--mean", help="normalisation mean, comma separated (default: ImageNet)")
     p.add_argument("--std", help="normalisation std, comma separated (default: ImageNet)")
@@ -212,20 +229,31 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             "--triton-repository", f"{triton_target} exists; pass --force to replace it"
         )
+    if args.output_kind is not None and args.output_kind not in OUTPUT_KINDS:
+        raise InvalidArgumentError(
+            "--output-kind", f"{args.output_kind!r} is not one of {', '.join(OUTPUT_KINDS)}"
+        )
+    if (args.boxes_output is not None) != (args.output_kind == "detection"):
+        raise InvalidArgumentError(
+            "--boxes-output", "--output-kind detection needs --boxes-output, and only it takes one"
+        )
     layout, prefix = args.layout, args.prefix_tokens
+    output = args.output
     if args.random_weights:
         log.warning("exporting with seeded random weights: the maps will mean nothing")
         torch.manual_seed(0)  # before the model is built: its initialisation is the weights
     if args.arch:
         defaults = arch_defaults(args.arch)
         input_size = parse_input_size(args.input_size) if args.input_size else defaults.input_size
-        model = build_torchvision(args.arch, input_size, args.num_classes)
+        num_classes = defaults.num_classes if args.num_classes is None else args.num_classes
+        model = build_torchvision(args.arch, input_size, num_classes)
         layer = args.layer or defaults.layer
         if args.layer is None or args.layer == defaults.layer:
             layout = layout or defaults.layout
             prefix = defaults.prefix_tokens if prefix is None else prefix
+        output = defaults.output if output is None else output
         architecture = args.arch
-        class_names = imagenet_class_names() if args.num_classes == 1000 else None
+        class_names = default_class_names(args.arch, num_classes)
     else:
         if not args.layer:
             raise InvalidArgumentError("--layer", "required with --module (there is no default layer)")
@@ -258,11 +286,18 @@ def run(args: argparse.Namespace) -> int:
         prefix_tokens=prefix,
         graphs=[g.strip() for g in args.graphs.split(",") if g.strip()],
         maps=maps,
+        output=output,
+        output_kind=args.output_kind,
+        boxes_output=args.boxes_output,
     )
     m = model_dir.manifest
-    cam = "yes" if m.cam_weights else "no (head is not GAP -> linear)"
+    cam = "yes" if m.cam_weights else "no (not a classifier's GAP -> linear head)"
     print(f"exported {m.architecture} layer {m.target_layer} -> {model_dir.path}")
-    print(f"  activations [N,{','.join(map(str, m.activation_shape))}], {m.num_classes} classes, CAM: {cam}")
+    print(
+        f"  {m.output_kind} output [N,{','.join(map(str, m.output_shape))}] "
+        f"(targets: {', '.join(m.target_spec().kinds)}), "
+        f"activations [N,{','.join(map(str, m.activation_shape))}], CAM: {cam}"
+    )
     _print_maps(model_dir)
     if args.triton_repository:
         _write_triton_repository(args, model_dir.path)

@@ -36,16 +36,29 @@ SPLITS = ("train", "test")
 @dataclass
 class LocalisationDataset:
     """images float32 [N,3,H,W] in [0,1]; labels int64 [N]; boxes[i] int64 [M_i,4] (x0,y0,x1,y1),
-    half-open pixel coordinates; masks bool [N,H,W] marks the digit pixels (union of all copies)."""
+    half-open pixel coordinates; masks bool [N,H,W] marks the digit pixels (union of all copies);
+    instances uint8 [N,H,W] says which copy each pixel is ink of: k for boxes[i][k - 1], 0 for
+    background (copies never overlap, so the split is exact)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     boxes: list[torch.Tensor]
     masks: torch.Tensor
     class_names: list[str]
+    instances: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def instance_masks(self, i: int) -> torch.Tensor:
+        """The ink of each copy in image ``i``: bool [M_i,H,W], in the order of ``boxes[i]``."""
+        copies = torch.arange(1, len(self.boxes[i]) + 1, dtype=self.instances.dtype)
+        return self.instances[i][None] == copies[:, None, None]
+
+    def pixel_labels(self, background: int) -> torch.Tensor:
+        """Per-pixel classes int64 [N,H,W]: the image's label on its digits' ink, ``background``
+        elsewhere (the dense model's training targets)."""
+        return torch.where(self.masks, self.labels[:, None, None], background)
 
 
 @functools.cache
@@ -162,6 +175,7 @@ def make_localisation_dataset(
     generator = torch.Generator().manual_seed(seed)
     images = torch.empty(n, 3, canvas, canvas)
     masks = torch.zeros(n, canvas, canvas, dtype=torch.bool)
+    instance_ids = torch.zeros(n, canvas, canvas, dtype=torch.uint8)
     labels = torch.randint(0, len(CLASS_NAMES), (n,), generator=generator)
     boxes: list[torch.Tensor] = []
     for i in range(n):
@@ -180,7 +194,7 @@ def make_localisation_dataset(
             raise InvalidArgumentError("canvas", f"{canvas} px is too small for {copies} separate copies")
         image = make_background(canvas, textured, generator)
         image_boxes = []
-        for digit, size, (x, y) in zip(choice.tolist(), sizes, corners, strict=True):
+        for copy, (digit, size, (x, y)) in enumerate(zip(choice.tolist(), sizes, corners, strict=True), 1):
             aspect, upright, angle, grey = torch.rand(4, generator=generator).tolist()
             # One side of the cell is the full size, the other is squeezed: more writing styles.
             narrow = max(MIN_SIZE // 2, round(size * (MIN_ASPECT + (1 - MIN_ASPECT) * aspect)))
@@ -188,9 +202,10 @@ def make_localisation_dataset(
             alpha = warp_digit(pool_ink[digit], height, width, MAX_ANGLE * (2 * angle - 1))
             image_boxes.append(paste_digit(image, alpha, x, y, 0.6 + 0.4 * grey))
             masks[i, y : y + height, x : x + width] |= alpha > 0
+            instance_ids[i, y : y + height, x : x + width][alpha > 0] = copy
         images[i] = image
         boxes.append(torch.tensor(image_boxes, dtype=torch.int64))
-    return LocalisationDataset(images, labels, boxes, masks, list(CLASS_NAMES))
+    return LocalisationDataset(images, labels, boxes, masks, list(CLASS_NAMES), instance_ids)
 
 
 def save_voc_folder(ds: LocalisationDataset, directory: str | Path) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TARGET_LAYER = "features"
@@ -68,3 +69,48 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std
+
+
+#: The dense model's classes: the ten digits keep their ids (as in DigitCamNet), background is last.
+BACKGROUND = 10
+SEG_HEAD_WIDTH = 64
+
+
+class DigitSegNet(nn.Module):
+    """The segmentation variant: DigitCamNet's four conv blocks, then a per-pixel head.
+
+        image [3,64,64] -> features (as DigitCamNet) -> A [64,16,16]
+                        -> context (3x3 conv, dilation 2: receptive field 19 -> 35 px)
+                        -> classifier (1x1 conv, 11 classes) -> bilinear x4 -> logits [11,64,64]
+
+    Classes 0-9 are the digits (the same ids as DigitCamNet's), class 10 (``BACKGROUND``) is the
+    background. The logits come back at the input's 64x64, as torchvision's FCN / DeepLab return
+    theirs, so a region target's mask is drawn on the image's own pixels.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 11,
+        widths: tuple[int, ...] = (16, 32, 48, 64),
+        strides: tuple[int, ...] = (2, 1, 2, 1),
+    ) -> None:
+        super().__init__()
+        blocks: OrderedDict[str, nn.Module] = OrderedDict()
+        in_channels = INPUT_SIZE[0]
+        for index, (width, stride) in enumerate(zip(widths, strides, strict=True), start=1):
+            blocks[f"block{index}"] = conv_block(in_channels, width, stride)
+            in_channels = width
+        self.features = nn.Sequential(blocks)
+        self.context = nn.Sequential(
+            OrderedDict(
+                conv=nn.Conv2d(in_channels, SEG_HEAD_WIDTH, 3, padding=2, dilation=2, bias=False),
+                bn=nn.BatchNorm2d(SEG_HEAD_WIDTH),
+                relu=nn.ReLU(),
+            )
+        )
+        self.classifier = nn.Conv2d(SEG_HEAD_WIDTH, num_classes, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N,3,64,64], normalised with MEAN/STD -> logits [N,num_classes,64,64]."""
+        logits = self.classifier(self.context(self.features(images)))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -5,7 +5,8 @@
 reproduces the committed weights bit for bit on the same machine and torch build: fixed seeds,
 ``torch.use_deterministic_algorithms(True)``, 2 intra-op threads, a fixed number of steps. It
 writes the weights (a state_dict) and, next to them, ``training.json`` with the seed, steps, test
-accuracy, the weights' sha256 and the torch version.
+accuracy, the weights' sha256 and the torch version. ``--dense`` trains the dense variant instead
+(``camserve.default_model.train_dense``).
 """
 
 from __future__ import annotations
@@ -184,10 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write the state_dict (.pt)")
     parser.add_argument("--seed", type=int, default=TrainingPlan.seed)
-    parser.add_argument("--epochs", type=int, default=TrainingPlan.epochs)
+    parser.add_argument("--epochs", type=int, help="default: the plan's (3 for both models)")
+    parser.add_argument(
+        "--dense", action="store_true", help="train the dense (segmentation) model, DigitSegNet"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    plan = TrainingPlan(seed=args.seed, epochs=args.epochs)
+    if args.dense:
+        from camserve.default_model.train_dense import DenseTrainingPlan, train_dense, write_dense_weights
+
+        dense_plan = DenseTrainingPlan(seed=args.seed, epochs=args.epochs or DenseTrainingPlan.epochs)
+        dense = write_dense_weights(train_dense(dense_plan), dense_plan, args.out)
+        logger.info("wrote %s (sha256 %s)", args.out, dense["weights_sha256"])
+        return 0
+    plan = TrainingPlan(seed=args.seed, epochs=args.epochs or TrainingPlan.epochs)
     result = train(plan)
     record = write_weights(result, plan, args.out)
     logger.info("wrote %s (sha256 %s)", args.out, record["weights_sha256"])

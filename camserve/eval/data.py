@@ -46,12 +46,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 @dataclass
 class EvalBatch:
     """images float32 [B,3,H,W] in [0, 1]; labels int64 [B]; boxes[i] float32 [M_i,4] half-open
-    (x0, y0, x1, y1) at the images' size; ids name each image (file stem or benchmark index)."""
+    (x0, y0, x1, y1) at the images' size; ids name each image (file stem or benchmark index);
+    masks[i] bool [M_i,H,W] the pixels of each object, in the boxes' order, when the data knows them
+    (the benchmark), else None."""
 
     images: torch.Tensor
     labels: torch.Tensor
     boxes: list[torch.Tensor]
     ids: list[str]
+    masks: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -110,14 +113,20 @@ class BenchmarkData(EvalData):
         self._images = _resize(ds.images, size)
         self._labels = ds.labels
         self._boxes = [_scale_boxes(b, (canvas, canvas), size) for b in ds.boxes]
+        # copy ids per pixel, resized like the images (nearest: the ids stay ids)
+        self._instances = F.interpolate(ds.instances[:, None].float(), size=size, mode="nearest")[:, 0]
 
     def __len__(self) -> int:
         return int(self._labels.shape[0])
 
     def batch(self, indices: Sequence[int]) -> EvalBatch:
         idx = list(indices)
+        masks = [
+            self._instances[i][None] == torch.arange(1, len(self._boxes[i]) + 1).reshape(-1, 1, 1)
+            for i in idx
+        ]
         return EvalBatch(
-            self._images[idx], self._labels[idx], [self._boxes[i] for i in idx], [str(i) for i in idx]
+            self._images[idx], self._labels[idx], [self._boxes[i] for i in idx], [str(i) for i in idx], masks
         )
 
 

@@ -33,11 +33,12 @@ import torch
 
 from camserve import defaults
 from camserve.errors import InvalidArgumentError
-from camserve.eval import faithfulness
+from camserve.eval import faithfulness, regions
 from camserve.eval import localisation as loc
 from camserve.eval.baselines import BASELINE_NAMES, baseline_maps
 from camserve.eval.data import EvalBatch, EvalData
 from camserve.eval.road import road
+from camserve.methods.target_kinds import Target
 
 if TYPE_CHECKING:
     from camserve.explainer import Explainer
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 
 TARGET_KINDS = ("true", "top", "least")
 
-#: Every per-image metric, with the direction that is better and a short description for the report.
+#: Every per-image metric, with the direction that is better ("reference": a value to compare with,
+#: not a score) and a short description for the report.
 METRICS: dict[str, tuple[str, str]] = {
     "average_drop": ("lower", "Average Drop % (Grad-CAM++), image x map"),
     "increase_in_confidence": ("higher", "Increase in Confidence % (Grad-CAM++)"),
@@ -66,7 +68,14 @@ METRICS: dict[str, tuple[str, str]] = {
     "iou_component_top": ("higher", "IoU (largest segment), map of the predicted class"),
     "iou_component_least": ("lower", "IoU (largest segment), map of the least likely class"),
     "energy_pointing_least": ("lower", "energy inside the boxes %, least likely class"),
+    # dense models (``evaluate_regions_batch``): region targets scored against the true masks
+    "region_energy": ("higher", "energy inside the object's mask %, one region target per object"),
+    "region_pointing": ("higher", "peak on the object's mask %, one region target per object"),
+    "predicted_energy": ("higher", "energy inside the class's masks %, the predicted_region target"),
+    "predicted_pointing": ("higher", "peak on the class's masks %, the predicted_region target"),
+    "mask_area": ("reference", "the object's share of the image % (a uniform map's energy inside it)"),
 }
+REGION_METRICS = ("region_energy", "region_pointing", "predicted_energy", "predicted_pointing", "mask_area")
 #: Metrics stored as 0/1 or fractions that the report shows as percentages.
 PERCENT_METRICS = {
     "increase_in_confidence",
@@ -75,6 +84,7 @@ PERCENT_METRICS = {
     "energy_pointing",
     "instance_coverage",
     "energy_pointing_least",
+    *REGION_METRICS,
 }
 
 
@@ -339,6 +349,116 @@ def evaluate_batch(
     result.correct += int((predicted == labels).sum())
 
 
+def object_masks(batch: EvalBatch, height: int, width: int) -> list[torch.Tensor]:
+    """Each image's objects as masks bool [M_i,H,W]: the data's own masks, else each box's pixels."""
+    if batch.masks is not None:
+        return batch.masks
+    return [loc.boxes_mask([box[None] for box in boxes], height, width) for boxes in batch.boxes]
+
+
+def region_targets(
+    labels: torch.Tensor, masks: Sequence[torch.Tensor], grid: tuple[int, int]
+) -> tuple[list[list[Target]], torch.Tensor]:
+    """One ``region`` target per object (its mask on the output grid, the image's class), padded
+    to the batch's most objects by repeating the last, then one ``predicted_region`` target of the
+    class. Returns the rows and which region columns are real, bool [N,M]."""
+    width = max(len(m) for m in masks)
+    rows, valid = [], torch.zeros(len(masks), width, dtype=torch.bool)
+    for i, (label, image_masks) in enumerate(zip(labels.tolist(), masks, strict=True)):
+        on_grid = regions.masks_on_grid(image_masks, grid).numpy()
+        row = [Target("region", class_id=label, mask=mask) for mask in on_grid]
+        valid[i, : len(row)] = True
+        rows.append([*row, *[row[-1]] * (width - len(row)), Target("predicted_region", class_id=label)])
+    return rows, valid
+
+
+def evaluate_regions_batch(
+    explainer: Explainer,
+    batch: EvalBatch,
+    settings: EvalSettings,
+    result: SubsetResult,
+    generator: torch.Generator,
+) -> None:
+    """The region metrics of a dense model for one batch, appended to ``result``: each object's
+    region target against the object's mask, the class's predicted_region target against the
+    union of the class's masks (the truth of what it explains); pointing is exact unless
+    ``settings.tolerance`` is set."""
+    from camserve.images import normalize
+
+    manifest = explainer.manifest
+    images = normalize(batch.images, manifest.mean, manifest.std)
+    n, _, h, w = images.shape
+    masks = object_masks(batch, h, w)
+    if any(len(m) == 0 for m in masks):
+        raise InvalidArgumentError("data", "every image needs at least one object for region targets")
+    grid = (int(explainer.target_spec.output_shape[1]), int(explainer.target_spec.output_shape[2]))
+    rows, valid = region_targets(batch.labels, masks, grid)
+    width = valid.shape[1]
+    truth = torch.zeros(n, width, h, w, dtype=torch.bool)
+    for i, image_masks in enumerate(masks):
+        truth[i, : len(image_masks)] = image_masks
+    union = truth.any(dim=1)
+    options = replace(explainer.config.explain, output_size="input", normalize=True)
+    computed = explainer.compute(images, rows, list(settings.methods), options)
+    logits = computed.logits.detach().float().cpu()
+    predicted = logits.argmax(1)
+    probs = torch.softmax(logits, 1)
+    all_maps = {name: m.detach().float().cpu() for name, m in computed.maps.items()}
+    for name in settings.baselines:
+        single = baseline_maps(name, n, (h, w), feature_size=computed.feature_size, generator=generator)
+        all_maps[name] = single.unsqueeze(1).expand(n, width + 1, h, w)
+    tolerance = settings.tolerance or 0.0
+    count = valid.sum(1).double()
+    area = (regions.mask_area(truth) * valid).sum(1) / count
+    for name, maps in all_maps.items():
+        if tuple(maps.shape) != (n, width + 1, h, w):
+            raise InvalidArgumentError(
+                "methods", f"{name!r} returned maps {tuple(maps.shape)}, not [N,{width + 1},{h},{w}]"
+            )
+        energy = regions.energy_in_mask(maps[:, :width], truth)
+        pointing = regions.pointing_in_mask(maps[:, :width], truth, tolerance)
+        columns = {
+            "region_energy": (energy * valid).sum(1) / count,
+            "region_pointing": (pointing & valid).sum(1) / count,
+            "predicted_energy": regions.energy_in_mask(maps[:, width], union),
+            "predicted_pointing": regions.pointing_in_mask(maps[:, width], union, tolerance).double(),
+            "mask_area": area,
+        }
+        values = {k: v.double().tolist() for k, v in columns.items()}
+        for i in range(n):
+            row: dict[str, Any] = {
+                "subset": result.name,
+                "image": batch.ids[i],
+                "label": int(batch.labels[i]),
+                "predicted": int(predicted[i]),
+                "correct": int(predicted[i] == batch.labels[i]),
+                "instances": len(masks[i]),
+                "p_true": float(probs[i, batch.labels[i]]),
+                "method": name,
+                "kind": "baseline" if name in settings.baselines else "method",
+            }
+            row.update({k: v[i] for k, v in values.items()})
+            result.rows.append(row)
+    for i in range(min(n, settings.examples - len(result.examples))):
+        result.examples.append(
+            Example(
+                pixels=batch.images[i].clone(),
+                boxes=batch.boxes[i].clone(),
+                label=int(batch.labels[i]),
+                predicted=int(predicted[i]),
+                maps={name: m[i, width].clone() for name, m in all_maps.items()},
+                subset=result.name,
+            )
+        )
+    result.images += n
+    result.correct += int((predicted == batch.labels).sum())
+
+
+def is_dense(explainer: Explainer) -> bool:
+    """Whether the model explains a dense output (region targets, region metrics)."""
+    return explainer.target_spec.output_kind == "dense"
+
+
 def evaluate(
     explainer: Explainer,
     subsets: Sequence[tuple[EvalData, int | None]],
@@ -349,11 +469,12 @@ def evaluate(
     settings.check()
     explainer.check_methods(list(settings.methods))
     generator = torch.Generator().manual_seed(settings.seed)
+    per_batch = evaluate_regions_batch if is_dense(explainer) else evaluate_batch
     results = []
     for data, limit in subsets:
         result = SubsetResult(name=data.name)
         for batch in data.batches(settings.batch_size, limit):
-            evaluate_batch(explainer, batch, settings, result, generator)
+            per_batch(explainer, batch, settings, result, generator)
             if progress is not None:
                 progress.update(len(batch), label=f"eval {data.name}")
         log.info(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camserve.eval import figures
-from camserve.eval.evaluate import METRICS, PERCENT_METRICS, EvalSettings, SubsetResult
+from camserve.eval.evaluate import METRICS, PERCENT_METRICS, REGION_METRICS, EvalSettings, SubsetResult
 from camserve.eval.sanity import SanityResult
 from camserve.eval.stats import mean_ci
 
@@ -61,6 +61,11 @@ HEADERS = {
     "iou_component_top": "IoU, predicted class",
     "iou_component_least": "IoU, least likely class",
     "energy_pointing_least": "energy %, least likely",
+    "region_energy": "energy in mask %",
+    "region_pointing": "pointing on mask %",
+    "predicted_energy": "energy in masks %, predicted_region",
+    "predicted_pointing": "pointing on masks %, predicted_region",
+    "mask_area": "mask area % (chance)",
 }
 
 
@@ -88,8 +93,8 @@ def _digits(metric: str) -> int:
 
 
 def _header(metric: str, settings: EvalSettings) -> str:
-    arrow = "↓" if METRICS[metric][0] == "lower" else "↑"
-    return f"{HEADERS[metric].format(f=f'{settings.fraction:.0%}')} {arrow}"
+    arrow = {"lower": " ↓", "higher": " ↑"}.get(METRICS[metric][0], "")
+    return f"{HEADERS[metric].format(f=f'{settings.fraction:.0%}')}{arrow}"
 
 
 def write_csv(results: Sequence[SubsetResult], path: Path) -> Path:
@@ -160,6 +165,11 @@ def summary_markdown(
         "(noise at the feature resolution, upsampled like a CAM) and *centre_gaussian* "
         "(σ = 25 % of the side).",
         "",
+    ]
+    notes = [f"- {note}" for note in ctx.notes] + ([""] if ctx.notes else [])
+    if any(_is_regions(res) for res in results):  # a dense model: only the region metrics apply
+        return "\n".join(out + notes + _regions_markdown(results, ctx, figure_files))
+    out += [
         f"Settings: removed pixels become {fill}; insertion starts from {start}; {s.steps} "
         f"deletion/insertion steps; top fraction {s.fraction:.0%}; segment threshold "
         f"{s.threshold:.0%} of max; localisation error at IoU < {s.iou_threshold}; pointing tolerance "
@@ -174,9 +184,7 @@ def summary_markdown(
             "(LeRF − MoRF) / 2 (pytorch-grad-cam's ROADCombined). The random baseline's row is the floor.",
             "",
         ]
-    out += [f"- {note}" for note in ctx.notes]
-    if ctx.notes:
-        out.append("")
+    out += notes
     for res in results:
         acc = 100.0 * res.correct / max(res.images, 1)
         out += [f"## {res.name}: {res.images} images, top-1 accuracy {acc:.1f} %", ""]
@@ -253,6 +261,33 @@ def summary_markdown(
     return "\n".join(out)
 
 
+def _is_regions(result: SubsetResult) -> bool:
+    return any("region_energy" in r for r in result.rows)
+
+
+def _regions_markdown(
+    results: Sequence[SubsetResult], ctx: ReportContext, figure_files: Sequence[str]
+) -> list[str]:
+    """The dense model's report: region targets scored against the true masks."""
+    s = ctx.settings
+    tol = "exactly on the mask" if not s.tolerance else f"within {s.tolerance:g} px of the mask"
+    out = [
+        "Dense model: every object of an image is a `region` target (its true mask on the output grid, "
+        "the image's class), and the class is a `predicted_region` target. *energy in mask*: the share "
+        "of the map's sum inside the object's mask (Score-CAM's energy-based pointing game on the mask); "
+        f"*pointing on mask*: the map's maximum lies {tol}; both averaged over an image's objects. The "
+        "predicted_region columns score the class's map against the union of its masks. *mask area*: "
+        "the object's share of the image, which a map spread evenly scores on energy: the chance level.",
+        "",
+    ]
+    for res in results:
+        out += [f"## {res.name}: {res.images} images", ""]
+        out += _table(res, s.map_names, [*REGION_METRICS], s) + [""]
+    if figure_files:
+        out += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figure_files] + [""]
+    return out
+
+
 def write_report(
     results: Sequence[SubsetResult],
     out_dir: Path,
@@ -272,7 +307,7 @@ def write_report(
         if examples:
             figure_files.append(figures.grid_figure(examples, names, class_names, out_dir / "grid.png").name)
         for res in results:
-            if not res.rows:
+            if not res.rows or _is_regions(res):
                 continue
             tag = figures.slug(res.name)
             figure_files.append(

@@ -109,6 +109,9 @@ def graph_request(
     request.raw_input_contents.append(np.ascontiguousarray(images, dtype="<f4").tobytes())
     request.inputs.add(name="targets", datatype="INT64", shape=[1, len(wanted)])
     request.raw_input_contents.append(np.asarray([wanted], dtype="<i8").tobytes())
+    if "target_kinds" in graph.inputs:  # graphs exported with target kinds: class ids are kind 0, logit
+        request.inputs.add(name="target_kinds", datatype="INT64", shape=[1, len(wanted)])
+        request.raw_input_contents.append(np.zeros((1, len(wanted)), dtype="<i8").tobytes())
     for name in outputs or ():
         if name not in graph.outputs:
             raise InvalidArgumentError("--model", f"{model!r} has no output {name} (it has {graph.outputs})")

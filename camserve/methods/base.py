@@ -10,7 +10,7 @@ head runs, guided backprop) ask the runner through the context, in batches of
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -205,16 +205,22 @@ class CamMethod(ABC):
         return kernels.weighted_sum_relu(ctx.outputs.activations, weights, backend=ctx.backend)
 
 
-def check_target_kinds(methods: Sequence[CamMethod], targets: TargetTable, output_kind: str) -> None:
-    """The one check of methods against target kinds: UnsupportedError naming the methods that
-    explain class logits only (``logit_targets_only``) when ``targets`` has any other kind."""
-    if targets.all_default:
-        return
+def check_target_kinds(
+    methods: Sequence[CamMethod], targets: TargetTable | Iterable[str], output_kind: str
+) -> None:
+    """The one check of methods against target kinds (a batch's table, or the kind names of one
+    request's targets, which a service checks before batching requests together): UnsupportedError
+    naming the methods that explain class logits only (``logit_targets_only``) when a target is of
+    any other kind."""
+    if isinstance(targets, TargetTable):
+        names = {TARGET_KINDS[int(code)] for code in targets.kinds.unique().tolist()}
+    else:
+        names = set(targets)
+    others = [kind for kind in TARGET_KINDS if kind in names and kind != "logit"]
     refused = [method.name for method in methods if method.logit_targets_only]
-    if not refused:
+    if not others or not refused:
         return
-    codes = sorted({int(code) for code in targets.kinds.unique().tolist()})
-    kinds = ", ".join(TARGET_KINDS[code] for code in codes)
+    kinds = ", ".join(others)
     raise UnsupportedError(
         f"methods: {', '.join(map(repr, refused))} explain class logits only (they re-run the model "
         f"or use its classifier weights and read class logits), and these targets are of kind {kinds} "

@@ -1,6 +1,6 @@
 """Principal-component methods beyond Eigen-CAM: Eigen-Grad-CAM (the first principal component of
-the gradient-weighted activations) and KPCA-CAM (the first kernel principal component of the
-activations). Both read the one explain run.
+the gradient-weighted activations), Seg-Eigen-CAM (the same on the gradients' magnitudes) and
+KPCA-CAM (the first kernel principal component of the activations). All read the one explain run.
 
 Notation as in ``camserve.methods.gradient``; M [Z,K] is a layer's [K,h,w] tensor with one row per
 pixel, and M_c = M - mean over the rows (centred per channel), as pytorch-grad-cam centres it.
@@ -61,6 +61,30 @@ class EigenGradCAM(CamMethod):
 
     def compute(self, ctx: MethodContext) -> MethodMaps:
         weighted = ctx.outputs.gradients * ctx.outputs.activations.unsqueeze(1)  # [N,T,K,h,w]
+        projection = principal_projection(weighted.flatten(0, 1))
+        return MethodMaps(projection.unflatten(0, weighted.shape[:2]).clamp_min(0))
+
+
+@register
+class SegEigenCAM(CamMethod):
+    """Seg-Eigen-CAM (Chung & Ying, "Seg-Eigen-CAM: Eigen-Value-Based Visual Explanations for
+    Semantic Segmentation Models", Appl. Sci. 2025, 15(13), 7562; pytorch-grad-cam's
+    ``SegEigenCAM``): Eigen-CAM on the activations weighted by the gradients' magnitudes (eq. 10),
+    so negative evidence counts as much as positive, the component's sign turned so that the
+    salient end is positive (eq. 13)::
+
+        M   = (|g^c| * A) as [Z,K] rows of pixels, M_c = M - mean_rows(M)
+        L^c = ReLU(s * M_c v_1)         v_1 first right singular vector of M_c, s: |max| >= |min|
+
+    Made for region targets of segmentation models; it takes any target kind.
+    """
+
+    name = "segeigencam"
+    eigen_smoothable = False  # already a principal component (pytorch-grad-cam ignores it too)
+    not_in_graph = "it needs an eigendecomposition (or SVD), which ONNX has no operator for"
+
+    def compute(self, ctx: MethodContext) -> MethodMaps:
+        weighted = ctx.outputs.gradients.abs() * ctx.outputs.activations.unsqueeze(1)  # [N,T,K,h,w]
         projection = principal_projection(weighted.flatten(0, 1))
         return MethodMaps(projection.unflatten(0, weighted.shape[:2]).clamp_min(0))
 

@@ -48,6 +48,14 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, dataset):
     assert "--map-size: expected" in _cli_error(capsys, ["--input", str(root), *out, "--map-size", "7by7"])
     assert "apply only to a Parquet" in _cli_error(capsys, ["--input", str(root), *out, "--path-column", "p"])
     assert "unknown method" in _cli_error(capsys, ["--input", str(root), *out, "--method", "nocam"])
+    # --target SPEC is checked against the model before any image is explained
+    line = _cli_error(capsys, ["--input", str(root), *out, "--target", "region:1:box=0,0,8,8"])
+    assert "--target: targets[0][0].kind: a model with a classification output takes" in line
+    assert "--target nope:1: unknown target kind" in _cli_error(
+        capsys, ["--input", str(root), *out, "--target", "nope:1"]
+    )
+    line = _cli_error(capsys, ["--input", str(root), *out, "--target", "1", "--targets-column", "t"])
+    assert "--targets-column: give either --target or --targets-column" in line
     assert not (tmp_path / "out").exists()
 
 

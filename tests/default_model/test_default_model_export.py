@@ -15,7 +15,7 @@ import torch
 
 from camserve.cli import main
 from camserve.config import RuntimeConfig
-from camserve.default_model import WEIGHTS_PATH, default_model_dir, load_default_model
+from camserve.default_model import GRAPHS_VERSION, WEIGHTS_PATH, default_model_dir, load_default_model
 from camserve.default_model.data import make_localisation_dataset
 from camserve.default_model.net import TARGET_LAYER, normalize
 from camserve.errors import InvalidArgumentError, NotFoundError
@@ -38,7 +38,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_first_use_exports_the_committed_weights(exported: Path) -> None:
-    assert exported.name == f"default-model-{sha256_file(WEIGHTS_PATH)[:12]}"
+    assert exported.name == f"default-model-{sha256_file(WEIGHTS_PATH)[:12]}-g{GRAPHS_VERSION}"
     assert [p.name for p in exported.parent.iterdir()] == [exported.name], "staging folders left behind"
     manifest = ModelDirectory(exported).manifest
     assert manifest.name == "digits" and manifest.architecture == "camserve-digits"

@@ -91,6 +91,7 @@ def test_target_specs_parse_to_ints_and_targets(tmp_path):
     np.save(tmp_path / "c.npy", np.array([1.0, 2.0, 3.0], dtype=np.float32))
     mask = np.zeros((4, 6), dtype=np.uint8)
     mask[1:3, 2:5] = 255
+    mask[0, 0] = 51
     Image.fromarray(mask).save(tmp_path / "m.png")
     np.save(tmp_path / "m.npy", np.eye(2, dtype=np.float32) * 0.5)
 
@@ -109,7 +110,8 @@ def test_target_specs_parse_to_ints_and_targets(tmp_path):
     cosine = parse_target_spec(f"cosine:vector={tmp_path / 'c.npy'}")
     assert isinstance(cosine, Target) and cosine.vector.tolist() == [1.0, 2.0, 3.0]
     png = parse_target_spec(f"region:0:mask={tmp_path / 'm.png'}")
-    assert isinstance(png, Target) and png.mask.tolist() == (mask > 0).tolist()
+    assert isinstance(png, Target)
+    np.testing.assert_array_equal(png.mask, (mask / 255).astype(np.float32))  # weights value / 255
     npy = parse_target_spec(f"region:1:mask={tmp_path / 'm.npy'}")
     assert isinstance(npy, Target) and npy.mask.tolist() == [[0.5, 0.0], [0.0, 0.5]]
 
@@ -124,8 +126,10 @@ def test_target_specs_parse_to_ints_and_targets(tmp_path):
         ("cosine:mask=m.png", "a cosine target takes vector=..., got 'mask=m.png'"),
         ("region:3:box=1,2,3", "box= needs four numbers x1,y1,x2,y2, got '1,2,3'"),
         ("cosine_image:image=one", "image= needs the index of an image, got 'one'"),
-        ("region:1:mask=m.txt", "m.txt: expected a .png or .npy file"),
-        ("cosine:vector=missing.npy", "cannot read missing.npy"),
+        ("region:1:mask=m.txt", "m.txt: a mask file is .png or .npy"),
+        ("region:1:mask=missing.png", "missing.png: No such file or directory"),
+        ("cosine:vector=c.txt", "c.txt: a vector file is .npy"),
+        ("cosine:vector=missing.npy", "missing.npy: No such file or directory"),
     ],
 )
 def test_bad_target_specs_name_the_flag(spec, words):
@@ -156,7 +160,7 @@ def test_cli_target_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert main([*base, "--target", "probability:1"]) == 2
     assert "model 'tiny_v1' was exported before target kinds" in _one_line_error(capsys)
     assert main([*base, "--target", f"cosine:vector={tmp_path / 'none.npy'}"]) == 2
-    assert "cannot read" in _one_line_error(capsys)
+    assert "none.npy: No such file or directory" in _one_line_error(capsys)
 
 
 def test_cli_plain_class_targets_still_work_and_the_npz_has_scores(tmp_path, capsys):

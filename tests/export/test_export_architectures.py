@@ -32,7 +32,13 @@ import torch
 import torchvision
 
 from camserve.export import export_model
-from camserve.export.architectures import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_torchvision
+from camserve.export.architectures import (
+    ARCHITECTURES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SEGMENTATION,
+    build_torchvision,
+)
 from camserve.export.layers import Layout
 from camserve.export.verification import GRADIENT_TOLERANCE
 from camserve.modeldir import ModelDirectory
@@ -48,6 +54,9 @@ SLOW = {"resnet101", "vgg16", "vgg16_bn", "densenet121", "convnext_tiny", "vit_b
 FULL_SIZE_BY_DEFAULT = {"resnet50", "vgg11", "mobilenet_v3_large", "efficientnet_b0"}
 SMALL_SIZES = {"vgg11_bn": 32, "vgg16": 32, "vgg16_bn": 32, "vit_b_16": 32}  # the others: 64
 FULL_SIZE = os.environ.get("CAMSERVE_FULL_SIZE_EXPORTS") == "1"
+
+
+CLASSIFIERS = [arch for arch in ARCHITECTURES if arch not in SEGMENTATION]
 
 
 def _shallow_swin(num_classes: int = 1000) -> torch.nn.Module:
@@ -105,7 +114,8 @@ def seeded_model(arch: str, seed: int = 0) -> torch.nn.Module:
 
 @pytest.fixture(
     scope="session",
-    params=[pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in ARCHITECTURES],
+    # the classifiers (the segmentation models: test_export_targets.py)
+    params=[pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in CLASSIFIERS],
 )
 def exported(request, tmp_path_factory):
     """One architecture's export, deleted when the next one is built (up to ~2 GB each at 224²)."""

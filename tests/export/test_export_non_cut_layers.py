@@ -28,8 +28,8 @@ def _check(model, layer: str, model_dir, images: torch.Tensor, targets: torch.Te
     logits, acts, grads, ids = autograd_explain(
         model, layer, images, targets, layout.to_nkhw, layout.from_nkhw
     )
-    got_logits, got_acts, got_grads, got_ids, anchor_input = _run_onnx(
-        model_dir, "explain", images=images, targets=targets
+    got_logits, got_acts, got_grads, got_ids, got_scores, anchor_input = _run_onnx(
+        model_dir, "explain", images=images, targets=targets, target_kinds=torch.zeros_like(targets)
     )
     for name, mine, ref in (
         ("logits", got_logits, logits),
@@ -39,6 +39,9 @@ def _check(model, layer: str, model_dir, images: torch.Tensor, targets: torch.Te
         scale = ref.abs().max().item()
         assert scale > 0 and np.abs(mine - ref.numpy()).max() <= 1e-4 * scale, name
     np.testing.assert_array_equal(got_ids, ids.numpy())
+    np.testing.assert_allclose(
+        got_scores, logits.gather(1, ids).numpy(), atol=1e-4 * logits.abs().max().item()
+    )
     # the head graph: logits from A and the anchor's input alone, also for edited activations
     (head_logits,) = _run_onnx(
         model_dir, "head", activations=torch.from_numpy(got_acts), extra_tokens=torch.from_numpy(anchor_input)
@@ -67,7 +70,8 @@ def test_conv_inside_a_residual_block(tmp_path) -> None:
     split = TorchGraphRunner(model, "block.conv1", (3, 8, 8)).split
     _check(model, "block.conv1", model_dir, images, targets, split.layout)
     # the layer does not change the guided graph: still autograd's guided backprop of the whole model
-    (guided,) = _run_onnx(model_dir, "guided", images=images, targets=targets)
+    kinds = torch.zeros_like(targets)  # class logits
+    (guided,) = _run_onnx(model_dir, "guided", images=images, targets=targets, target_kinds=kinds)
     np.testing.assert_allclose(guided, autograd_guided(model, images, targets).numpy(), rtol=1e-4, atol=1e-6)
     # the eager runner (in-process explaining) agrees with its graphs, head included
     eager = TorchGraphRunner(model, "block.conv1", (3, 8, 8))

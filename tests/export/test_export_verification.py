@@ -76,7 +76,8 @@ def test_a_planted_wrong_weight_is_refused(tiny_guided, scale_channel: float) ->
     split = SplitModel(model, "features", (3, 16, 16))
     images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([[-1, 0], [1, -2]])
-    inputs, names = (images, targets), ["images", "targets"]
+    kinds = torch.tensor([[0, 1], [2, 0]])  # logit, probability, sigmoid
+    inputs, names = (images, targets, kinds), ["images", "targets", "target_kinds"]
     verify_graph("guided", model_dir.graph_path("guided"), split.guided, inputs, names)  # the real one passes
     with pytest.raises(ExportError, match="guided graph disagrees with PyTorch on output 'input_gradients'"):
         verify_graph("guided", _planted(model_dir, scale_channel), split.guided, inputs, names)

@@ -33,7 +33,8 @@ def _run_maps(
     model_dir: ModelDirectory, images: torch.Tensor, targets: list[list[int]]
 ) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(model_dir.graph_path("maps")), providers=["CPUExecutionProvider"])
-    feed = {"images": images.numpy(), "targets": np.asarray(targets, np.int64)}
+    ids = np.asarray(targets, np.int64)
+    feed = {"images": images.numpy(), "targets": ids, "target_kinds": np.zeros_like(ids)}  # kind 0: logit
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, feed), strict=True))
 
@@ -80,13 +81,17 @@ def test_manifest_names_the_graph_its_inputs_and_outputs(digits_dir) -> None:
     info = manifest.maps
     assert info is not None
     assert info.methods == list(ALL)
-    assert info.inputs == ["images", "targets"]
+    assert info.inputs == ["images", "targets", "target_kinds"]
     expected = ["logits", "target_ids"] + [f"maps_{m}" for m in ("gradcam", "gradcampp", "xgradcam")]
     assert info.outputs == expected + ["maps_layercam", "maps_hirescam", "maps_cam"]
     assert (info.size, info.dtype, info.eps) == ([64, 64], "float32", 1e-7)
     session = ort.InferenceSession(str(digits_dir.graph_path("maps")), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == info.inputs
-    assert [i.shape for i in session.get_inputs()] == [["batch", 3, 64, 64], ["batch", "targets"]]
+    assert [i.shape for i in session.get_inputs()] == [
+        ["batch", 3, 64, 64],
+        ["batch", "targets"],
+        ["batch", "targets"],
+    ]
     assert [o.name for o in session.get_outputs()] == info.outputs
     assert [o.shape for o in session.get_outputs()][2:] == [["batch", "targets", 64, 64]] * 6
 

@@ -81,12 +81,17 @@ def test_the_config_matches_the_explain_graph(digits, tmp_path):
         for (name, _, dims), (_, _, graph_dims) in zip(got, expected, strict=True):
             assert compatible(dims, graph_dims[1:]), name
     # One target slot (the default): the target dims are fixed, so any two requests batch together.
-    assert [(e.name, list(e.dims)) for e in config.input] == [("images", [3, 64, 64]), ("targets", [1])]
+    assert [(e.name, list(e.dims)) for e in config.input] == [
+        ("images", [3, 64, 64]),
+        ("targets", [1]),
+        ("target_kinds", [1]),
+    ]
     assert [(e.name, list(e.dims)) for e in config.output] == [
         ("logits", [10]),
         ("activations", [64, 16, 16]),
         ("gradients", [1, 64, 16, 16]),
         ("target_ids", [1]),
+        ("target_scores", [1]),
     ]
     assert not any(e.allow_ragged_batch for e in config.input)
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
@@ -99,14 +104,18 @@ def test_the_config_matches_the_explain_graph(digits, tmp_path):
     assert [(e.name, list(e.dims), e.allow_ragged_batch) for e in python.input] == [
         ("images", [3, 64, 64], False),
         ("targets", [-1], True),
+        ("target_kinds", [-1], True),
     ]
     assert [(e.name, list(e.dims)) for e in python.output] == [
         ("logits", [10]),
         ("activations", [64, 16, 16]),
         ("gradients", [-1, 64, 16, 16]),
         ("target_ids", [-1]),
+        ("target_scores", [-1]),
     ]
-    assert python.parameters["target_outputs"].string_value == '["gradients", "target_ids"]'
+    outputs = python.parameters["target_outputs"].string_value
+    assert outputs == '["gradients", "target_ids", "target_scores"]'
+    assert python.parameters["target_inputs"].string_value == '["target_kinds", "targets"]'
     assert python.dynamic_batching == config.dynamic_batching
 
 
@@ -133,7 +142,7 @@ def test_target_slots_and_the_ensemble(digits, tmp_path):
         ensemble = parse_config(tmp_path / "digits_encoded" / variant)
         model = model or parse_config(tmp_path / "digits" / "configs" / "python.pbtxt")
         assert ensemble.platform == "ensemble" and ensemble.max_batch_size == model.max_batch_size
-        assert [e.name for e in ensemble.input] == ["encoded", "targets"]
+        assert [e.name for e in ensemble.input] == ["encoded", "targets", "target_kinds"]
         # The ensemble's tensors are the composing models' own: same names, types and dims.
         assert list(ensemble.input[1].dims) == list(model.input[1].dims)
         assert [(e.name, e.data_type, list(e.dims)) for e in ensemble.output] == [
@@ -142,7 +151,11 @@ def test_target_slots_and_the_ensemble(digits, tmp_path):
         first, second = ensemble.ensemble_scheduling.step
         assert first.model_name == "digits_preprocess" and dict(first.output_map) == {"images": "images"}
         assert second.model_name == "digits"
-        assert dict(second.input_map) == {"images": "images", "targets": "targets"}
+        assert dict(second.input_map) == {
+            "images": "images",
+            "targets": "targets",
+            "target_kinds": "target_kinds",
+        }
         assert dict(second.output_map) == {e.name: e.name for e in model.output}
     with pytest.raises(InvalidArgumentError, match="exists; pass --force"):
         write_triton_repository(digits, tmp_path, ensemble=True)
@@ -162,6 +175,7 @@ def test_the_model_in_the_repository_runs_a_batch_with_the_configured_shapes(dig
     feeds = {
         "images": np.zeros((batch, *config.input[0].dims), np.float32),
         "targets": np.full((batch, *config.input[1].dims), -1, np.int64),
+        "target_kinds": np.zeros((batch, *config.input[2].dims), np.int64),
     }
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
     for entry in config.output:
@@ -221,7 +235,8 @@ def test_cli_export_with_a_triton_repository_writes_both(tmp_path, capsys):
     argv += ["--triton-max-batch-size", "8"]
     assert main(argv) == 0, capsys.readouterr().err
     config = parse_config(repo / "tiny" / "config.pbtxt")
-    assert config.max_batch_size == 8 and [e.name for e in config.input] == ["images", "targets"]
+    assert config.max_batch_size == 8
+    assert [e.name for e in config.input] == ["images", "targets", "target_kinds"]
     assert list(config.input[0].dims) == [3, 16, 16]
     explain = ModelDirectory(model).graph_path("explain")
     assert (repo / "tiny" / "1" / "model.onnx").read_bytes() == explain.read_bytes()
@@ -267,3 +282,114 @@ def test_the_repository_serves_the_maps_graph_when_there_is_one(digits, tmp_path
     assert [list(e.dims) for e in python.output] == [[10], [-1], [-1, 64, 64], [-1, 64, 64]]
     outputs = python.parameters["target_outputs"].string_value
     assert outputs == '["maps_gradcam", "maps_layercam", "target_ids"]'
+
+
+class _FakeBackend:
+    """The few names of ``triton_python_backend_utils`` that model.py uses, on numpy arrays (the
+    real module exists only inside Triton's python backend)."""
+
+    class Tensor:
+        def __init__(self, name: str, array: np.ndarray) -> None:
+            self.name, self.array = name, array
+
+        @classmethod
+        def from_dlpack(cls, name: str, capsule) -> _FakeBackend.Tensor:
+            class Holder:  # np.from_dlpack takes an object with __dlpack__, not a bare capsule
+                def __dlpack__(self, **_kw):
+                    return capsule
+
+                def __dlpack_device__(self):
+                    return (1, 0)  # kDLCPU
+
+            return cls(name, np.from_dlpack(Holder()).copy())
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None) -> None:
+            self.tensors = {t.name: t.array for t in output_tensors or []}
+            self.error = error
+
+    class TritonError(Exception):
+        pass
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name: str) -> np.ndarray | None:
+        return request.inputs.get(name)
+
+
+class _Request:
+    def __init__(self, **inputs: np.ndarray) -> None:
+        self.inputs = inputs
+
+    def requested_output_names(self) -> list[str]:
+        return []
+
+
+def test_the_python_backend_pads_every_target_input(tmp_path, monkeypatch):
+    """Two requests of a dense model with 1 and 3 region targets (masks in target_data) share one
+    run of model.py: each answer equals its request run alone by ONNX Runtime."""
+    import importlib.util
+    import json as json_module
+    import sys
+
+    import onnxruntime as ort
+    import torch
+
+    from camserve.export import export_model
+    from tests.export.nets import TinySegmenter
+
+    torch.manual_seed(5)
+    model_dir = export_model(
+        TinySegmenter().eval(),
+        "body",
+        (3, 8, 8),
+        tmp_path / "seg",
+        name="seg",
+        architecture="test",
+        mean=[0.0] * 3,
+        std=[1.0] * 3,
+        output="out",
+        graphs=("explain",),
+    )
+    folder = write_triton_repository(model_dir, tmp_path / "repo")
+    python = parse_config(folder / "configs" / "python.pbtxt")
+    ragged = [(e.name, list(e.dims)) for e in python.input if e.allow_ragged_batch]
+    assert ragged == [("targets", [-1]), ("target_kinds", [-1]), ("target_data", [-1, 64])]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeBackend)
+    spec = importlib.util.spec_from_file_location("seg_model_py", folder / "1" / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parameters = {key: {"string_value": value.string_value} for key, value in python.parameters.items()}
+    backend = module.TritonPythonModel()
+    backend.initialize(
+        {
+            "model_config": json_module.dumps({"parameters": parameters}),
+            "model_repository": str(folder),
+            "model_version": "1",
+            "model_instance_kind": "CPU",
+        }
+    )
+    rng = np.random.default_rng(6)
+    requests = []
+    for count in (1, 3):
+        requests.append(
+            _Request(
+                images=rng.standard_normal((1, 3, 8, 8)).astype(np.float32),
+                targets=np.array([[2, -1, 0][:count]], np.int64),
+                target_kinds=np.array([[3, 4, 3][:count]], np.int64),  # region, predicted_region, region
+                target_data=(rng.random((1, count, 64)) < 0.5).astype(np.float32),
+            )
+        )
+    answers = backend.execute(requests)
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for request, answer in zip(requests, answers, strict=True):
+        assert answer.error is None
+        alone = dict(zip(names, session.run(None, request.inputs), strict=True))
+        assert answer.tensors.keys() == alone.keys()
+        for name, value in alone.items():
+            np.testing.assert_allclose(answer.tensors[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert answers[1].tensors["gradients"].shape[1] == 3 and answers[0].tensors["target_scores"].shape == (
+        1,
+        1,
+    )

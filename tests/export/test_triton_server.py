@@ -77,14 +77,21 @@ def images(count: int, seed: int, model_dir: ModelDirectory) -> np.ndarray:
     return preprocess(list(pixels), manifest.input_size, manifest.mean, manifest.std).numpy()
 
 
+def graph_inputs(x: np.ndarray, targets: np.ndarray) -> list[tuple[str, np.ndarray, str]]:
+    """The graph's inputs: images, class ids and their kinds (0: logit)."""
+    kinds = np.zeros_like(targets)
+    return [("images", x, "FP32"), ("targets", targets, "INT64"), ("target_kinds", kinds, "INT64")]
+
+
 def run_graph(graph: ort.InferenceSession, x: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
     names = [o.name for o in graph.get_outputs()]
-    return dict(zip(names, graph.run(None, {"images": x, "targets": targets}), strict=True))
+    feed = {name: value for name, value, _ in graph_inputs(x, targets)}
+    return dict(zip(names, graph.run(None, feed), strict=True))
 
 
 def infer(module, client, model: str, x: np.ndarray, targets: np.ndarray, outputs: list[str] | None = None):
     feeds = []
-    for name, value, kind in (("images", x, "FP32"), ("targets", targets, "INT64")):
+    for name, value, kind in graph_inputs(x, targets):
         tensor = module.InferInput(name, list(value.shape), kind)
         tensor.set_data_from_numpy(value)
         feeds.append(tensor)
@@ -155,7 +162,7 @@ def test_requests_with_different_target_counts_share_executions(server, graph, m
     for i, targets in enumerate(target_lists):
         feeds = []
         t = np.array([targets], dtype=np.int64)
-        for name, value, kind in (("images", x[i : i + 1], "FP32"), ("targets", t, "INT64")):
+        for name, value, kind in graph_inputs(x[i : i + 1], t):
             tensor = grpcclient.InferInput(name, list(value.shape), kind)
             tensor.set_data_from_numpy(value)
             feeds.append(tensor)
@@ -200,8 +207,9 @@ def test_the_ensemble_takes_encoded_images(server, graph, model_dir):
         targets = np.array([[-1, 2]], dtype=np.int64)
         feeds = [grpcclient.InferInput("encoded", list(data.shape), "UINT8")]
         feeds[0].set_data_from_numpy(data)
-        feeds.append(grpcclient.InferInput("targets", [1, 2], "INT64"))
-        feeds[1].set_data_from_numpy(targets)
+        for name, value, kind in graph_inputs(data, targets)[1:]:  # the ids and kinds
+            feeds.append(grpcclient.InferInput(name, list(value.shape), kind))
+            feeds[-1].set_data_from_numpy(value)
         answer = client.infer("digits_encoded", feeds)
         decoded = np.asarray(Image.open(io.BytesIO(data.tobytes())).convert("RGB"))
         x = preprocess(decoded, manifest.input_size, manifest.mean, manifest.std).numpy()
@@ -214,8 +222,9 @@ def test_the_ensemble_takes_encoded_images(server, graph, model_dir):
     garbage = np.frombuffer(b"not an image", dtype=np.uint8)[None]
     feeds = [grpcclient.InferInput("encoded", list(garbage.shape), "UINT8")]
     feeds[0].set_data_from_numpy(garbage)
-    feeds.append(grpcclient.InferInput("targets", [1, 1], "INT64"))
-    feeds[1].set_data_from_numpy(np.array([[-1]], dtype=np.int64))
+    for name, value, kind in graph_inputs(garbage, np.array([[-1]], dtype=np.int64))[1:]:
+        feeds.append(grpcclient.InferInput(name, list(value.shape), kind))
+        feeds[-1].set_data_from_numpy(value)
     with pytest.raises(InferenceServerException, match="encoded: not a readable image") as error:
         client.infer("digits_encoded", feeds)
     assert "INVALID_ARG" in str(error.value.status())

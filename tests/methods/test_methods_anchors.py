@@ -26,6 +26,7 @@ from pytorch_grad_cam import (  # noqa: E402
     GradCAMElementWise,
     GradCAMPlusPlus,
     RefineCAM,
+    SegEigenCAM,
     ShapleyCAM,
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget  # noqa: E402
@@ -107,6 +108,7 @@ CLASSES = [0, 1, 2, 3]  # every class once, one per image
         ("fem", FEM),
         ("kpcacam", KPCA_CAM),
         ("shapleycam", ShapleyCAM),
+        ("segeigencam", SegEigenCAM),  # the anchor turns the component's sign as camserve does
     ],
 )
 def test_deterministic_methods_equal_pytorch_grad_cam(explainer, images, model, method, anchor):

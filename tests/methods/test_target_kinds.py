@@ -337,10 +337,13 @@ def test_logit_only_methods_are_refused_for_other_kinds_naming_method_and_kind()
     table = build_table([[Target("probability", 1), 0]], CLASSIFIER, 1)
     check_target_kinds([get_method("gradcam"), get_method("guidedgradcam")], table, "classification")
     with pytest.raises(
-        UnsupportedError, match=r"'scorecam'.*class logits only.*kind logit, probability"
+        UnsupportedError, match=r"'scorecam'.*class logits only.*of kind probability \(the model"
     ) as info:
         check_target_kinds([get_method("gradcam"), get_method("scorecam")], table, "classification")
     assert "'gradcam'" not in str(info.value).split("explain")[0]
+    check_target_kinds([get_method("finercam")], ["logit", "logit"], "classification")
+    with pytest.raises(UnsupportedError, match=r"'finercam'.*of kind sigmoid, region \("):
+        check_target_kinds([get_method("finercam")], ["region", "logit", "sigmoid"], "classification")
     dense = parse_target_table(0, 1, DENSE)
     with pytest.raises(UnsupportedError, match=r"'ablationcam'.*predicted_region.*output is dense"):
         check_target_kinds([get_method("ablationcam")], dense, "dense")

@@ -67,3 +67,40 @@ def test_node_client_reports_a_bad_model_with_its_status(server, digit_pixels, t
     )
     assert done.returncode == 2
     assert "NOT_FOUND: model 'nope' is not served here" in done.stderr
+
+
+def test_node_client_sends_typed_targets_and_writes_their_kinds_and_scores(
+    server, explainer, digit_pixels, tmp_path
+):
+    image, out = tmp_path / "digit.png", tmp_path / "map.json"
+    image.write_bytes(png_bytes(digit_pixels[5]))
+    spec = '{"kind": "TARGET_KIND_LOGIT", "class_id": 3}'
+    argv = ["node", "explain.js", "--server", server.address, "--image", str(image), "--out", str(out)]
+    done = subprocess.run(
+        [*argv, "--target-spec", spec, "--target-spec", "{}"],
+        cwd=NODE_CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    expected = explainer.explain([str(image)], methods=["gradcam"], targets=[[3, -1]])
+    assert result["target_ids"] == expected.target_ids[0].tolist()
+    assert result["target_kinds"] == ["TARGET_KIND_LOGIT", "TARGET_KIND_LOGIT"]
+    np.testing.assert_allclose(result["target_scores"], expected.target_scores[0], rtol=1e-5)
+    for entry in result["maps"]:
+        values = np.asarray(entry["data"], np.float32).reshape(entry["shape"])
+        reference = expected.maps["gradcam"][0, entry["target_index"]]
+        np.testing.assert_allclose(values, reference, rtol=0, atol=1e-6)
+    bad = subprocess.run(
+        [*argv, "--target-spec", '{"kind": "TARGET_KIND_REGION", "class_id": 1}'],
+        cwd=NODE_CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert (
+        "INVALID_ARGUMENT: images[0].target_specs[0].kind: a model with a classification output" in bad.stderr
+    )

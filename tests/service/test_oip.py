@@ -120,12 +120,16 @@ def test_fp32_images_with_targets_give_the_explainers_maps(client, explainer, di
     assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
         ("LOGITS", "FP32", [3, 10]),
         ("TARGET_IDS", "INT64", [3, 2]),
+        ("TARGET_SCORES", "FP32", [3, 2]),
         ("SALIENCY_GRADCAM", "FP32", [3, 2, 64, 64]),
         ("SALIENCY_GRADCAM++", "FP32", [3, 2, 64, 64]),
     ]
-    assert len(response.raw_output_contents) == 4
+    assert len(response.raw_output_contents) == 5
     np.testing.assert_allclose(answer.as_numpy("LOGITS"), expected.logits, atol=ATOL)
     np.testing.assert_array_equal(answer.as_numpy("TARGET_IDS"), expected.target_ids)
+    # logit targets: the scores are the resolved classes' logits
+    picked = np.take_along_axis(expected.logits, expected.target_ids, axis=1)
+    np.testing.assert_allclose(answer.as_numpy("TARGET_SCORES"), picked, rtol=0, atol=ATOL)
     np.testing.assert_allclose(answer.as_numpy("SALIENCY_GRADCAM"), expected.maps["gradcam"], atol=ATOL)
     np.testing.assert_allclose(answer.as_numpy("SALIENCY_GRADCAM++"), expected.maps["gradcam++"], atol=ATOL)
 
@@ -151,7 +155,12 @@ def test_uint8_pixels_are_preprocessed_by_the_server_like_the_explainer_does(cli
     pixels = digit_pixels[3:5]
     expected = explainer.explain(list(pixels), methods=["gradcam"])
     answer = client.infer(MODEL, [infer_input("PIXELS", pixels, "UINT8")])
-    assert [o.name for o in answer.get_response().outputs] == ["LOGITS", "TARGET_IDS", "SALIENCY_GRADCAM"]
+    assert [o.name for o in answer.get_response().outputs] == [
+        "LOGITS",
+        "TARGET_IDS",
+        "TARGET_SCORES",
+        "SALIENCY_GRADCAM",
+    ]
     np.testing.assert_allclose(answer.as_numpy("LOGITS"), expected.logits, atol=ATOL)
     np.testing.assert_array_equal(answer.as_numpy("TARGET_IDS"), expected.target_ids)
     np.testing.assert_allclose(answer.as_numpy("SALIENCY_GRADCAM"), expected.maps["gradcam"], atol=ATOL)
@@ -206,8 +215,8 @@ def test_typed_contents_are_read_like_raw_contents(server, explainer, digit_pixe
     request.inputs.add(name="TARGETS", datatype="INT64", shape=[1, 1]).contents.int64_contents.append(6)
     with grpc.insecure_channel(server.address) as channel:
         response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=WAIT_S)
-    assert [o.name for o in response.outputs] == ["LOGITS", "TARGET_IDS", "SALIENCY_GRADCAM"]
-    maps = np.frombuffer(response.raw_output_contents[2], "<f4").reshape(1, 1, 64, 64)
+    assert [o.name for o in response.outputs] == ["LOGITS", "TARGET_IDS", "TARGET_SCORES", "SALIENCY_GRADCAM"]
+    maps = np.frombuffer(response.raw_output_contents[3], "<f4").reshape(1, 1, 64, 64)
     expected = explainer.explain(images, methods=["gradcam"], targets=[[6]])
     np.testing.assert_allclose(maps, expected.maps["gradcam"], atol=ATOL)
 

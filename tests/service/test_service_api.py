@@ -309,3 +309,18 @@ def test_overlays_follow_the_colour_map_and_image_weight(server, explainer, digi
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "output.overlay_colormap" in error.value.details()
+
+
+def test_logit_only_methods_with_other_target_kinds_are_refused_before_batching(server, digit_pixels):
+    """camserve.v1 and the Python client: one status, naming the method and the kind."""
+    image = pb.Image(
+        encoded=png_bytes(digit_pixels[0]),
+        target_specs=[pb.Target(kind=pb.TARGET_KIND_PROBABILITY, class_id=2)],
+    )
+    request = pb.ExplainRequest(model=MODEL, methods=["gradcam", "scorecam"], images=[image])
+    channel, client = stub(server.address)
+    with channel, pytest.raises(grpc.RpcError) as info:
+        client.Explain(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.details().startswith("methods: 'scorecam' explain class logits only")
+    assert "these targets are of kind probability" in info.value.details()

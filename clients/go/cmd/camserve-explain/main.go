@@ -4,6 +4,8 @@
 //	camserve-explain -server 127.0.0.1:50051 -out-dir maps digit.png
 //	camserve-explain -server HOST:443 -tls -ca-file ca.pem -token-file token.txt \
 //	    -method gradcam -method gradcam++ -target -1 -target 3 -json maps.json a.png b.png
+//	camserve-explain -server 127.0.0.1:50051 -model seg \
+//	    -target-spec '{"kind": "TARGET_KIND_REGION", "class_id": 3, "box": {"x1": 8, "y1": 8, "x2": 40, "y2": 40}}' a.png
 //
 // One image goes in one Explain call, several over one ExplainStream. Errors: one line on stderr with
 // the gRPC status ("camserve-explain: error: NOT_FOUND: ...") and exit status 2.
@@ -38,7 +40,7 @@ func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
 
 type args struct {
 	server, model, dtype, outDir, format, jsonOut, tokenFile, tensor, shape string
-	methods, targets                                                        repeated
+	methods, targets, specs                                                 repeated
 	timeout                                                                 float64
 	listModels, info                                                        bool
 	opts                                                                    camserve.Options
@@ -58,6 +60,7 @@ func parseArgs(argv []string) (*args, error) {
 	flags.StringVar(&a.model, "model", "", "model name (default: the server's only model)")
 	flags.Var(&a.methods, "method", "CAM method, repeatable (default: gradcam)")
 	flags.Var(&a.targets, "target", "class id >= 0 or -k for the k-th best class, repeatable (default: -1)")
+	flags.Var(&a.specs, "target-spec", "a camserve.v1.Target as JSON (protobuf JSON mapping), repeatable, instead of -target")
 	flags.StringVar(&a.dtype, "dtype", "float32", "map data type sent back: float32 or uint8")
 	flags.StringVar(&a.outDir, "out-dir", "", "write each map as OUT_DIR/<image stem>_<method>_t<target index>.<format>")
 	flags.StringVar(&a.format, "format", "png", "image format of -out-dir: png or pgm")
@@ -90,6 +93,8 @@ func parseArgs(argv []string) (*args, error) {
 		return nil, usageError{"give image files or -tensor, not both"}
 	case !a.listModels && !a.info && a.tensor == "" && len(a.images) == 0:
 		return nil, usageError{"no image given"}
+	case len(a.targets) > 0 && len(a.specs) > 0:
+		return nil, usageError{"give -target or -target-spec, not both"}
 	case !(a.timeout > 0):
 		return nil, usageError{fmt.Sprintf("-timeout %v: expected a positive number of seconds", a.timeout)}
 	}
@@ -124,7 +129,18 @@ type input struct {
 	image *pb.Image
 }
 
-func readInputs(a *args, targets []int64) ([]input, error) {
+func parseSpecs(values []string) ([]*pb.Target, error) {
+	out := make([]*pb.Target, len(values))
+	for i, v := range values {
+		out[i] = &pb.Target{}
+		if err := protojson.Unmarshal([]byte(v), out[i]); err != nil {
+			return nil, usageError{fmt.Sprintf("-target-spec %s: %v", v, err)}
+		}
+	}
+	return out, nil
+}
+
+func readInputs(a *args, targets []int64, specs []*pb.Target) ([]input, error) {
 	if a.tensor != "" {
 		shape, err := parseInts(strings.Split(a.shape, ","), "shape")
 		if err != nil {
@@ -136,7 +152,7 @@ func readInputs(a *args, targets []int64) ([]input, error) {
 		}
 		// Sent as read: the server checks the byte count against the shape and names a mismatch.
 		tensor := &pb.Tensor{Data: raw, Shape: shape, Dtype: pb.DataType_DATA_TYPE_FLOAT32}
-		image := &pb.Image{Source: &pb.Image_Tensor{Tensor: tensor}, Targets: targets}
+		image := &pb.Image{Source: &pb.Image_Tensor{Tensor: tensor}, Targets: targets, TargetSpecs: specs}
 		return []input{{stem(a.tensor), image}}, nil
 	}
 	inputs := make([]input, len(a.images))
@@ -146,6 +162,7 @@ func readInputs(a *args, targets []int64) ([]input, error) {
 			return nil, err
 		}
 		inputs[i] = input{stem(path), camserve.EncodedImage(contents, targets...)}
+		inputs[i].image.TargetSpecs = specs
 	}
 	return inputs, nil
 }
@@ -226,6 +243,8 @@ type jsonResult struct {
 	Model       string           `json:"model"`
 	Predictions []jsonPrediction `json:"predictions"`
 	TargetIDs   []int64          `json:"target_ids"`
+	TargetKinds []string         `json:"target_kinds"`
+	Scores      []float32        `json:"target_scores"`
 	Logits      []float32        `json:"logits"`
 	Maps        []jsonMap        `json:"maps"`
 }
@@ -295,7 +314,11 @@ func run(argv []string) error {
 	if err != nil {
 		return err
 	}
-	inputs, err := readInputs(a, targets)
+	specs, err := parseSpecs(a.specs)
+	if err != nil {
+		return err
+	}
+	inputs, err := readInputs(a, targets, specs)
 	if err != nil {
 		return err
 	}
@@ -344,6 +367,10 @@ func run(argv []string) error {
 			return fmt.Errorf("%s: logits: %w", inputs[i].name, err)
 		}
 		result := jsonResult{Image: inputs[i].name, Model: reply.GetModel(), TargetIDs: explained.GetTargetIds(), Logits: logits.Data}
+		for _, kind := range explained.GetTargetKinds() {
+			result.TargetKinds = append(result.TargetKinds, strings.ToLower(strings.TrimPrefix(kind.String(), "TARGET_KIND_")))
+		}
+		result.Scores = explained.GetTargetScores()
 		for _, p := range explained.GetPredictions() {
 			result.Predictions = append(result.Predictions, jsonPrediction{p.GetClassId(), p.GetName(), p.GetProbability()})
 		}
