@@ -18,6 +18,7 @@ from camserve.export import export_model
 from camserve.export.eager import TorchGraphRunner
 from camserve.methods.target_kinds import Target
 from tests.explainer.tiny_model import INPUT_SIZE, MEAN, STD
+from tests.export.nets import TinyDetector
 
 CONFIG = CamserveConfig(runtime=RuntimeConfig(kernels="torch"))
 GRADIENT_METHODS = ["gradcam", "gradcam++", "layercam", "hirescam", "guidedbackprop"]
@@ -49,11 +50,11 @@ def tiny_embedder() -> nn.Module:
     ).eval()
 
 
-def _export(model: nn.Module, path, name: str, **kwargs):
+def _export(model: nn.Module, path, name: str, layer: str = "3", input_size=INPUT_SIZE, **kwargs):
     return export_model(
         model,
-        "3",
-        INPUT_SIZE,
+        layer,
+        input_size,
         path,
         name=name,
         architecture=f"module:tests.explainer.x:{name}",
@@ -81,12 +82,13 @@ def images(n: int = 2) -> torch.Tensor:
     return torch.randn(n, *INPUT_SIZE, generator=torch.Generator().manual_seed(5))
 
 
-def both(model_dir, model: nn.Module, **split) -> tuple[camserve.Explainer, camserve.Explainer]:
+def both(
+    model_dir, model: nn.Module, layer: str = "3", input_size=INPUT_SIZE, **split
+) -> tuple[camserve.Explainer, camserve.Explainer]:
+    """The Explainer on ONNX Runtime and on the eager runner of the same model."""
     onnx = camserve.Explainer(model_dir, config=CONFIG)
-    eager = camserve.Explainer(
-        model_dir, config=CONFIG, runner=TorchGraphRunner(model, "3", INPUT_SIZE, **split)
-    )
-    return onnx, eager
+    runner = TorchGraphRunner(model, layer, input_size, **split)
+    return onnx, camserve.Explainer(model_dir, config=CONFIG, runner=runner)
 
 
 def same(a: camserve.result.ExplainResult, b: camserve.result.ExplainResult) -> None:
@@ -155,6 +157,36 @@ def test_embedding_targets_onnx_equal_eager_and_the_hand_written_similarities(em
     want = [[cos(e[0], v, dim=0), e[0] @ e[1]], [e[1] @ v, cos(e[1], e[0], dim=0)]]
     np.testing.assert_allclose(got.target_scores, torch.tensor(want).numpy(), rtol=1e-5, atol=1e-6)
     assert got.target_ids.tolist() == [[0, 1], [0, 0]]
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area
+
+
+def test_detection_box_targets_onnx_equal_eager_and_the_matched_anchors_by_hand(tmp_path):
+    torch.manual_seed(3)
+    model = TinyDetector(classes=4, size=32).eval()
+    split = {"output": "scores", "output_kind": "detection", "boxes_output": "boxes"}
+    model_dir = _export(model, tmp_path / "det", "det", "body", (3, 32, 32), **split)
+    onnx, eager = both(model_dir, model, layer="body", input_size=(3, 32, 32), **split)
+    batch = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    boxes = [(0.0, 0.0, 16.0, 16.0), (8.0, 8.0, 30.0, 20.0)]
+    targets = [[Target("box", 1, box=boxes[0]), Target("box", 3, box=boxes[1])]]
+    got = onnx.explain(batch, ["gradcam", "layercam"], targets=targets)
+    same(got, eager.explain(batch, ["gradcam", "layercam"], targets=targets))
+    with torch.no_grad():
+        out = model(batch)
+    for n in range(2):
+        for t, (box, c) in enumerate(zip(boxes, (1, 3), strict=True)):
+            ious = [_iou(anchor, list(box)) for anchor in out["boxes"][n].tolist()]
+            matched = [a for a, iou in enumerate(ious) if iou >= 0.5 or iou == max(ious)]
+            want = float(sum(out["scores"][n, a, c] for a in matched))
+            assert got.target_scores[n, t] == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert got.target_kinds.tolist() == [["box", "box"]] * 2
 
 
 def _one_line(capsys) -> str:
