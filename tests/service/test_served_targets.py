@@ -1,9 +1,10 @@
 """Targets of every kind, served: camserve.v1 (the Python client and hand-written Target messages), the
 Open Inference Protocol and the batch job give the in-process Explainer's maps and scores for a
-classifier (probability, sigmoid), a dense model (box, PNG mask, raw mask, RLE, predicted_region) and
-an embedding model (cosine, cosine_image); bad targets get INVALID_ARGUMENT naming the field.
+classifier (probability, sigmoid), a dense model (box, PNG mask, raw mask, RLE, predicted_region), an
+embedding model (cosine, cosine_image) and a dense detection head (box); bad targets get
+INVALID_ARGUMENT naming the field.
 
-Three small models are exported once for the module and served by one server."""
+Four small models are exported once for the module and served by one server."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from camserve.v1 import camserve_pb2 as pb
 from camserve.wire import array_to_tensor, tensor_to_array
 from tests.service.service_helpers import ServerProcess, serve_argv, stub
 
-pytestmark = pytest.mark.slow  # three exports and a server: about a minute on the loaded 2-core host
+pytestmark = pytest.mark.slow  # four exports and a server: about a minute on the loaded 2-core host
 
 ATOL = 1e-5
 INPUT = (3, 32, 32)
@@ -76,18 +77,25 @@ class Embedder(nn.Module):
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from camserve.export import export_model
+    from tests.export.nets import TinyDetector
 
     root = tmp_path_factory.mktemp("target_models")
-    for name, model, kind in (
-        ("cls", Classifier(), "classification"),
-        ("seg", Segmenter(), "dense"),
-        ("emb", Embedder(), "embedding"),
+    torch.manual_seed(0)
+    for name, model, layer, kind, outputs in (
+        ("cls", Classifier(), "body.relu", "classification", {}),
+        ("seg", Segmenter(), "body.relu", "dense", {}),
+        ("emb", Embedder(), "body.relu", "embedding", {}),
+        (
+            "det",
+            TinyDetector(classes=4, size=32),
+            "body",
+            "detection",
+            {"output": "scores", "boxes_output": "boxes"},
+        ),
     ):
-        torch.manual_seed(0)
-        model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
         export_model(
             model.eval(),
-            "body.relu",
+            layer,
             INPUT,
             root / name,
             name=name,
@@ -97,6 +105,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
             output_kind=kind,
             graphs=("explain", "head"),  # what gradient methods need; the export's own tests verify
             verify=False,
+            **outputs,
         )
     return root
 
@@ -113,7 +122,7 @@ def explainers(models_root: Path) -> dict:
     from camserve.explainer import Explainer
 
     config = CamserveConfig.load(env={})
-    return {name: Explainer(models_root / name, config=config) for name in ("cls", "seg", "emb")}
+    return {name: Explainer(models_root / name, config=config) for name in ("cls", "seg", "emb", "det")}
 
 
 @pytest.fixture(scope="module")
@@ -491,3 +500,49 @@ def test_image_targets_need_the_same_number_of_targets_per_image(target_server, 
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("images: targets that name another image of the request")
     assert "got [1, 2]" in info.value.details()
+
+
+def test_detection_box_targets_through_both_apis_equal_the_explainer(target_server, explainers, pixels):
+    import tritonclient.grpc as triton
+
+    explainer = explainers["det"]
+    images = explainer.preprocess(list(pixels[:2])).numpy()
+    boxes = [(4.0, 4.0, 20.0, 20.0), (10.0, 12.0, 30.0, 28.0)]
+    rows = [[Target("box", class_id=c, box=b) for c, b in zip((1, 3), boxes, strict=True)]] * 2
+    local = explainer.explain(images, methods=["gradcam"], targets=rows)
+    request = pb.ExplainRequest(
+        model="det",
+        images=[
+            pb.Image(
+                tensor=array_to_tensor(image),
+                target_specs=[
+                    pb.Target(
+                        kind=pb.TARGET_KIND_BOX, class_id=c, box=pb.Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3])
+                    )
+                    for c, b in zip((1, 3), boxes, strict=True)
+                ],
+            )
+            for image in images
+        ],
+    )
+    channel, client = stub(target_server.address)
+    with channel:
+        reply = client.Explain(request, timeout=60)
+    maps = {
+        "gradcam": np.stack([[tensor_to_array(m.data, "map") for m in image.maps] for image in reply.images])
+    }
+    scores = np.asarray([list(image.target_scores) for image in reply.images], np.float32)
+    _assert_same(maps, scores, local, ["gradcam"])
+    answer = triton.InferenceServerClient(target_server.address).infer(
+        "det",
+        [
+            _infer_input("IMAGES", images, "FP32"),
+            _infer_input("TARGETS", np.array([[1, 3]] * 2, np.int64), "INT64"),
+            _infer_input("TARGET_KINDS", np.full((2, 2), 5, np.int64), "INT64"),
+            _infer_input("TARGET_DATA", np.array([boxes] * 2, np.float32), "FP32"),
+        ],
+        parameters={"methods": "gradcam"},
+    )
+    _assert_same(
+        {"gradcam": answer.as_numpy("SALIENCY_GRADCAM")}, answer.as_numpy("TARGET_SCORES"), local, ["gradcam"]
+    )
