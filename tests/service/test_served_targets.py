@@ -546,3 +546,34 @@ def test_detection_box_targets_through_both_apis_equal_the_explainer(target_serv
     _assert_same(
         {"gradcam": answer.as_numpy("SALIENCY_GRADCAM")}, answer.as_numpy("TARGET_SCORES"), local, ["gradcam"]
     )
+
+
+def test_cli_explain_with_server_sends_target_specs(target_server, explainers, pixels, tmp_path):
+    """`camserve explain --server --target SPEC`: a PNG mask file and a box, as the Explainer."""
+    import subprocess
+    import sys
+
+    image, mask, out = tmp_path / "img.png", tmp_path / "m.png", tmp_path / "remote.npz"
+    image.write_bytes(_png(pixels[1]))
+    mask.write_bytes(_png(_region()))
+    argv = [
+        sys.executable,
+        "-m",
+        "camserve.cli",
+        "explain",
+        "--server",
+        target_server.address,
+        "--model",
+        "seg",
+    ]
+    argv += ["--target", f"region:1:mask={mask}", "--target", "region:2:box=4,4,20,12"]
+    argv += ["--out", str(out), str(image)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    written = dict(np.load(out))
+    binary = (_region() > 0).astype(np.float32)
+    targets = [[Target("region", 1, mask=binary), Target("region", 2, box=(4, 4, 20, 12))]]
+    expected = explainers["seg"].explain([str(image)], methods=["gradcam"], targets=targets)
+    np.testing.assert_allclose(written["gradcam"], expected.maps["gradcam"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(written["target_scores"], expected.target_scores, rtol=1e-5)
+    assert written["target_kinds"].tolist() == [["region", "region"]]
