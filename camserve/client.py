@@ -18,6 +18,7 @@ A server with TLS, mTLS or a bearer token (see docs/operations.md):
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -174,6 +175,10 @@ class Client:
         )
         options = options if options is not None else self.options
         if options is not None:
+            # as the Explainer does: at most the model's classes as predictions
+            options = dataclasses.replace(
+                options, topk_predictions=min(options.topk_predictions, info.num_classes)
+            )
             _set_options(request, check_options(options))  # refused here as the server would
         reply: pb.ExplainResponse = self._call(self._stub.Explain, request)
         return _result(reply, info, batch.numpy())

@@ -24,7 +24,7 @@ from camserve.images import ImageLike, preprocess
 from camserve.methods import ComputedMaps, get_method, known_methods, method_class
 from camserve.methods.compute import checked_maps
 from camserve.methods.target_kinds import TARGET_KINDS, TargetSpec
-from camserve.methods.targets import TargetsLike, manifest_spec
+from camserve.methods.targets import TargetsLike
 from camserve.modeldir import ModelDirectory
 from camserve.outputs import GraphRunner
 from camserve.result import ExplainResult, Prediction
@@ -66,7 +66,7 @@ class Explainer:
         check_options(self.config.explain)  # once: compute() trusts config.explain
         self.model_dir = _model_directory(model, self.config.runtime)
         self.manifest = self.model_dir.manifest
-        self.target_spec: TargetSpec = manifest_spec(self.manifest)  # which targets the model takes
+        self.target_spec: TargetSpec = self.manifest.target_spec()  # which targets the model takes
         self.runner = runner if runner is not None else _onnx_runner(self.model_dir, self.config.runtime)
         self.cam_weights = _cam_weights(self.model_dir)
         self._copy_streams = hostcopy.HostCopyStreams()  # result()'s device-to-host copies

@@ -41,7 +41,6 @@ from camserve.config import RuntimeConfig
 from camserve.doctor import CUDA_PROVIDER, gpu_stack, gpu_stack_problems, preload_cuda_libraries
 from camserve.errors import InvalidArgumentError, UnsupportedError
 from camserve.methods.target_kinds import KIND_CODE, TARGET_KINDS, TargetSpec, TargetTable
-from camserve.methods.targets import manifest_spec
 from camserve.modeldir import ModelDirectory
 from camserve.outputs import ExplainOutputs
 
@@ -136,7 +135,7 @@ class OnnxGraphRunner:
         self._names: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._lock = threading.Lock()
         manifest = model_dir.manifest
-        self.spec = manifest_spec(manifest)
+        self.spec = manifest.target_spec()
         self.num_classes = manifest.num_classes
         # width of the class scores (``logits``): an embedding's are the embedding itself
         self.score_width = (

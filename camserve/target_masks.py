@@ -29,8 +29,6 @@ import numpy as np
 from camserve.defaults import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from camserve.encoded_images import check_image, decode_checked
 from camserve.errors import InvalidArgumentError
-from camserve.methods.target_kinds import TargetSpec
-from camserve.modeldir import Manifest
 
 MASK_SUFFIXES = (".png", ".npy")
 
@@ -114,12 +112,3 @@ def _check_size(size: tuple[int, int], grid: tuple[int, int] | None, field: str)
             f"is {size[0]}x{size[1]}; the model's dense output is {grid[0]}x{grid[1]} "
             "(give the mask on the output's grid)",
         )
-
-
-def target_spec(manifest: Manifest) -> TargetSpec:
-    """The targets a model directory takes (the grid its masks must have)."""
-    spec = getattr(manifest, "target_spec", None)  # until the manifest states its output kind
-    if spec is not None:
-        return spec()
-    _, height, width = manifest.input_size
-    return TargetSpec("classification", manifest.num_classes, (manifest.num_classes,), (height, width))

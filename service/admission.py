@@ -36,7 +36,6 @@ from camserve.config import ExplainOptions, ServiceConfig, resolve_output_size
 from camserve.errors import ResourceExhaustedError
 from camserve.methods.base import method_class
 from camserve.modeldir import Manifest
-from camserve.target_masks import target_spec
 
 FLOAT32 = 4
 #: Per map entry of an answer: method name, indices, shape and message framing (an upper bound).
@@ -108,7 +107,7 @@ def request_cost(
         + 2 * most * sum(augmented) * out
         + (2 * most * input_values if colour else 0)
         + colour * most * input_values
-        + runs * most * target_spec(manifest).data_length  # target data [T, L] of each run's table
+        + runs * most * manifest.target_spec().data_length  # target data [T, L] of each run's table
     )
     per_image_runs = runs + sum(extra.values())
     fixed = FLOAT32 * len(manifest.class_names) + options.topk_predictions * 64

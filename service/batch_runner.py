@@ -33,7 +33,6 @@ from camserve.methods.target_kinds import IMAGE_KINDS, KIND_CODE, Target, Target
 from camserve.outputs import ExplainOutputs, GraphRunner
 from camserve.result import Prediction
 from camserve.service.cancellation import RequestCancelledError, StopCheck
-from camserve.target_masks import target_spec
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ class ExplainBatchRunner:
 
     def __init__(self, explainer: Explainer) -> None:
         self.explainer = explainer
-        self.spec = target_spec(explainer.manifest)
+        self.spec = explainer.manifest.target_spec()
         self._graphs = StopCheckingGraphRunner(explainer.runner)
         explainer.runner = self._graphs
 

@@ -29,7 +29,7 @@ from camserve.service.admission import AnswerShape
 from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel, open_image
-from camserve.target_masks import png_mask, raw_mask, rle_mask, target_spec
+from camserve.target_masks import png_mask, raw_mask, rle_mask
 from camserve.v1 import camserve_pb2 as pb
 from camserve.visualize import overlay_png
 from camserve.wire import NUMPY_DTYPES, array_to_tensor, check_input_values, tensor_to_array
@@ -74,8 +74,10 @@ def decode_request(
         model.name,
     )
     num_classes = model.manifest.num_classes
+    # the configured number of predictions is at most what a model with few classes has
+    defaults = dataclasses.replace(defaults, topk_predictions=min(defaults.topk_predictions, num_classes))
     options = check_options(_options(request, defaults), OPTION_FIELDS, num_classes)
-    spec = target_spec(model.manifest)
+    spec = model.manifest.target_spec()
     images = [
         _image(image, f"images[{i}]", model, _targets(image, f"images[{i}]", spec, len(request.images)))
         for i, image in enumerate(request.images)
@@ -267,7 +269,7 @@ def _pixels(image: np.ndarray, output: OutputSpec) -> np.ndarray:
 
 def model_info(model: ServedModel, max_batch_size: int) -> pb.ModelInfo:
     m = model.manifest
-    spec = target_spec(m)
+    spec = m.target_spec()
     return pb.ModelInfo(
         name=model.name,
         architecture=m.architecture,

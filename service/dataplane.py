@@ -42,7 +42,6 @@ from camserve.service.batcher import Completed
 from camserve.service.cancellation import current_scope
 from camserve.service.errors import MAX_STATUS_CHARS, SHUTTING_DOWN, UnavailableError, clip, status_for
 from camserve.service.models import ModelRegistry, ServedModel
-from camserve.target_masks import target_spec
 
 request_log = logging.getLogger("camserve.service.requests")
 DEADLINE_SLACK_S = 0.05
@@ -86,7 +85,7 @@ class ServiceRequest:
     def check_target_kinds(self, model: ServedModel) -> None:
         """Methods that explain class logits only are refused with other target kinds before this
         request is batched with others (``methods.base.check_target_kinds``)."""
-        spec = target_spec(model.manifest)
+        spec = model.manifest.target_spec()
         kinds = {
             t.kind if isinstance(t, Target) else spec.kinds[0] for image in self.images for t in image.targets
         }

@@ -50,7 +50,6 @@ from camserve.service.admission import AnswerShape
 from camserve.service.batch_runner import ImageResult, ImageWork, maps_as
 from camserve.service.dataplane import PendingImage, ServiceRequest
 from camserve.service.models import ServedModel
-from camserve.target_masks import target_spec
 from camserve.wire import check_input_values, check_shape
 
 MODEL_VERSION = "1"  # a model directory is one version
@@ -309,7 +308,7 @@ def _inputs(request: ip.ModelInferRequest, model: ServedModel) -> list[PendingIm
             raise InvalidArgumentError(_field(request, TARGET_DATA), f"needs {TARGET_KIND_CODES}")
         targets = [*_targets(arrays[TARGETS], _field(request, TARGETS), count, model.manifest.num_classes)]
     else:
-        targets = _kind_targets(request, arrays, count, target_spec(model.manifest))
+        targets = _kind_targets(request, arrays, count, model.manifest.target_spec())
     return [PendingImage(row, pixels, load) for (pixels, load), row in zip(images, targets, strict=True)]
 
 
@@ -512,7 +511,7 @@ def model_metadata(model: ServedModel) -> ip.ModelMetadataResponse:
     """The model's tensors (TARGET_DATA, [N, T, L], only for models whose targets carry data); its
     output and target kinds are in ModelConfig's parameters (:func:`model_config`)."""
     m = model.manifest
-    spec = target_spec(m)
+    spec = m.target_spec()
     tensor = ip.ModelMetadataResponse.TensorMetadata
     return ip.ModelMetadataResponse(
         name=model.name,
@@ -552,7 +551,7 @@ def model_config(
     ``output_kind``, ``target_kinds`` ("region=3,predicted_region=4": names and TARGET_KINDS codes,
     the first what plain TARGETS mean) and ``target_data_length`` (L of TARGET_DATA)."""
     m = model.manifest
-    spec = target_spec(m)
+    spec = m.target_spec()
     kinds = ",".join(f"{kind}={TARGET_KINDS.index(kind)}" for kind in spec.kinds)
     parameters = {
         "output_kind": ip.ModelParameter(string_value=spec.output_kind),

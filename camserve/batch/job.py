@@ -20,7 +20,6 @@ from camserve.config import CamserveConfig, resolve_output_size
 from camserve.defaults import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from camserve.errors import InvalidArgumentError
 from camserve.methods.target_kinds import Target, build_table
-from camserve.target_masks import target_spec
 
 FORMAT = "camserve-batch/1"
 # ExplainOptions fields that do not change stored maps (output_size is replaced by the encoding).
@@ -96,7 +95,7 @@ def check_targets(job: JobConfig, explainer: Any) -> None:
     """``--target`` checked against the model before any image is explained."""
     if job.targets is None:
         return
-    spec = target_spec(explainer.manifest)
+    spec = explainer.manifest.target_spec()
     try:
         build_table([list(job.targets)], spec, 1)
     except InvalidArgumentError as exc:

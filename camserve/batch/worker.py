@@ -27,7 +27,6 @@ from camserve.batch.targets import check_kinds, row_targets
 from camserve.encoded_images import DecodeBudget, check_image, decode_checked
 from camserve.errors import InvalidArgumentError
 from camserve.methods.target_kinds import KIND_CODE
-from camserve.target_masks import target_spec
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class ShardWorker:
             groups.setdefault(computed_size(method, job.encoding), []).append(method)
         self.groups = groups  # output size -> methods computed at it (one explain run per size)
         self.schema = rows_schema(job.methods, job.encoding.png)
-        self.spec = target_spec(self.explainer.manifest)
+        self.spec = self.explainer.manifest.target_spec()
         self.dataset = Path(job.source.input).parent  # where a targets column's files are
 
     def close(self) -> None:

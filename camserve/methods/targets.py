@@ -21,7 +21,7 @@ A flat list is refused as ambiguous (one target per image, or T targets for all?
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +37,6 @@ from camserve.methods.target_kinds import (
     as_target,
     build_table,
 )
-
-if TYPE_CHECKING:
-    from camserve.modeldir import Manifest
 
 TargetsLike = (
     None
@@ -143,15 +140,6 @@ def classification_spec(num_classes: int, input_size: Sequence[int]) -> TargetSp
     return TargetSpec(
         "classification", num_classes, (num_classes,), (int(input_size[-2]), int(input_size[-1]))
     )
-
-
-def manifest_spec(manifest: Manifest) -> TargetSpec:
-    """``manifest.target_spec()``; a classifier's spec for manifests that predate output kinds."""
-    target_spec = getattr(manifest, "target_spec", None)
-    if target_spec is not None:
-        spec: TargetSpec = target_spec()
-        return spec
-    return classification_spec(manifest.num_classes, manifest.input_size)
 
 
 def image_targets_as_vectors(table: TargetTable, embeddings: torch.Tensor) -> TargetTable:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+import camserve.default_model
 from camserve.cli import main
 from camserve.config import RuntimeConfig
-from camserve.default_model import GRAPHS_VERSION, WEIGHTS_PATH, default_model_dir, load_default_model
+from camserve.default_model import GRAPHS, GRAPHS_VERSION, WEIGHTS_PATH, default_model_dir, load_default_model
 from camserve.default_model.data import make_localisation_dataset
 from camserve.default_model.net import TARGET_LAYER, normalize
 from camserve.errors import InvalidArgumentError, NotFoundError
@@ -47,6 +48,7 @@ def test_first_use_exports_the_committed_weights(exported: Path) -> None:
     assert manifest.activation_shape == [64, 16, 16]
     assert manifest.class_names == [str(d) for d in range(10)]
     assert manifest.cam_weights is not None  # the head is GAP -> linear
+    assert sorted(manifest.graphs) == sorted(GRAPHS)  # every graph, fullgradient included
     weights = np.load(exported / manifest.cam_weights.file)  # the keys camserve.export writes
     model = load_default_model()
     torch.testing.assert_close(torch.from_numpy(weights["weight"]), model.fc.weight.detach())
@@ -57,6 +59,29 @@ def test_later_uses_reuse_the_cached_directory(exported: Path) -> None:
     stamp = (exported / "manifest.json").stat().st_mtime_ns
     assert default_model_dir(str(exported.parent)) == exported
     assert (exported / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_a_cache_without_a_graph_is_exported_again(exported: Path, tmp_path: Path, monkeypatch) -> None:
+    """A copy written by an older camserve (no fullgradient graph) is replaced, not used."""
+    path = tmp_path / exported.name
+    shutil.copytree(exported, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["graphs"]["fullgradient"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / "fullgradient.onnx").unlink()
+    ModelDirectory(path)  # a valid directory, only without the graph
+    exports = []
+
+    def export(out: Path, weights: Path | None = None) -> Path:  # the export, without minutes of tracing
+        exports.append(out)
+        shutil.copytree(exported, out)
+        return out
+
+    monkeypatch.setattr(camserve.default_model, "export_default_model", export)
+    assert default_model_dir(str(tmp_path)) == path
+    assert len(exports) == 1
+    assert "fullgradient" in ModelDirectory(path).manifest.graphs
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_a_damaged_cache_is_exported_again(exported: Path, tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ CI time: exporting all four graphs at 224² with verification costs 40 s to 5 mi
 architecture (docs/export.md), 30+ min for all 14 on two cores. The default run exports one architecture
 of each family at its real size (FULL_SIZE_BY_DEFAULT: residual, VGG's ReLU-MLP head, inverted residual
 with squeeze-excitation and hardswish, EfficientNet's SiLU) and the others at a small input (the same
-graphs and checks); ``CAMSERVE_FULL_SIZE_EXPORTS=1`` exports every architecture at its real size.
+graphs and checks). Export time is the tracing and ONNX conversion of the graphs, which grows with the
+number of layers, not with the input size: the three deepest (swin_t, densenet121, vit_b_16) are also
+built shallower by default (SHALLOW: the same torchvision classes, every kind of block and stage, fewer
+repeats). ``CAMSERVE_FULL_SIZE_EXPORTS=1`` exports every architecture as it is, at its real size.
 
 Tolerances: logits, activations and head logits to 1e-4 of their largest value. Explain gradients are
 compared at the graph's own activations (the reference head is fed ORT's A), so a max-pool near-tie in
@@ -26,6 +29,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from camserve.export import export_model
 from camserve.export.architectures import (
@@ -55,6 +59,41 @@ FULL_SIZE = os.environ.get("CAMSERVE_FULL_SIZE_EXPORTS") == "1"
 CLASSIFIERS = [arch for arch in ARCHITECTURES if arch not in SEGMENTATION]
 
 
+def _shallow_swin(num_classes: int = 1000) -> torch.nn.Module:
+    """swin_t with 2 blocks per stage (swin_t: 2, 2, 6, 2): every stage, patch merging and shifted
+    window kept."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer([4, 4], 96, [2, 2, 2, 2], [3, 6, 12, 24], [7, 7], num_classes=num_classes)
+
+
+def _shallow_densenet(num_classes: int = 1000) -> torch.nn.Module:
+    """densenet121 with 2 dense layers per block (densenet121: 6, 12, 24, 16): every block and
+    transition (average pooling) kept."""
+    return torchvision.models.DenseNet(32, (2, 2, 2, 2), 64, num_classes=num_classes)
+
+
+def _shallow_vit(num_classes: int = 1000) -> torch.nn.Module:
+    """vit_b_16 (at 32²) with 2 encoder blocks instead of 12, its default layer the input of the last."""
+    return torchvision.models.VisionTransformer(32, 16, 2, 12, 768, 3072, num_classes=num_classes)
+
+
+# the default run's shallower builds: (builder, target layer with the default layer's role)
+SHALLOW = {
+    "swin_t": (_shallow_swin, "features"),
+    "densenet121": (_shallow_densenet, "features"),
+    "vit_b_16": (_shallow_vit, "encoder.layers.encoder_layer_0"),
+}
+
+
+def shallow(arch: str) -> bool:
+    return arch in SHALLOW and not FULL_SIZE
+
+
+def target_layer(arch: str) -> str:
+    return SHALLOW[arch][1] if shallow(arch) else ARCHITECTURES[arch].layer
+
+
 def input_size(arch: str) -> tuple[int, int, int]:
     """The architecture's default input size, or a small one in the default run (module docstring)."""
     if arch not in FULL_SIZE_BY_DEFAULT and not FULL_SIZE:
@@ -68,7 +107,7 @@ def seeded_model(arch: str, seed: int = 0) -> torch.nn.Module:
     from camserve.commands.export import _untie_zero_layers
 
     torch.manual_seed(seed)
-    model = build_torchvision(arch, input_size(arch)).eval()
+    model = (SHALLOW[arch][0]() if shallow(arch) else build_torchvision(arch, input_size(arch))).eval()
     _untie_zero_layers(model)
     return model
 
@@ -86,7 +125,7 @@ def exported(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("arch")
     model_dir = export_model(
         model,
-        defaults.layer,
+        target_layer(arch),
         input_size(arch),
         out / arch,
         name=arch,
@@ -124,7 +163,7 @@ def test_all_four_graphs_are_exported(exported) -> None:
     manifest = ModelDirectory(model_dir.path).manifest
     assert sorted(manifest.graphs) == ["explain", "forward", "guided", "head"]
     assert manifest.input_size == list(input_size(arch))
-    assert manifest.target_layer == ARCHITECTURES[arch].layer
+    assert manifest.target_layer == target_layer(arch)
 
 
 @pytest.mark.parametrize(("batch", "per_image", "seed"), [(1, 3, 11), (3, 1, 12)])
@@ -132,7 +171,7 @@ def test_explain_and_head_graphs_match_autograd(exported, batch: int, per_image:
     arch, model, model_dir, runner = exported
     manifest = model_dir.manifest
     layout = Layout(manifest.layout, manifest.prefix_tokens, tuple(manifest.activation_shape[1:]))
-    layer = ARCHITECTURES[arch].layer
+    layer = target_layer(arch)
     images, targets = _images(arch, batch, seed), _targets(batch, per_image, seed)
     got = runner.explain(images, targets)
     logits, acts, _, ids = autograd_explain(model, layer, images, targets, layout.to_nkhw, layout.from_nkhw)

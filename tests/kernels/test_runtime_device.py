@@ -231,7 +231,9 @@ def test_warm_up_runs_every_graph_and_the_kernels(model_dir: ModelDirectory) -> 
     timings = runtime.warm_up(runner, "triton")  # the interpreter on the CPU
     assert {"explain", "kernels", "head"} <= set(timings)
     assert all(seconds > 0 for seconds in timings.values())
-    graphs = {"explain", "head"} | {g for g in ("forward", "guided") if model_dir.has_graph(g)}
+    graphs = {"explain", "head"} | {
+        g for g in ("forward", "guided", "fullgradient") if model_dir.has_graph(g)
+    }
     assert set(runner._sessions) == graphs
 
 
