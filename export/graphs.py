@@ -273,7 +273,13 @@ class SplitModel(nn.Module):
         for a, g in zip(acts, grads, strict=True):
             assert a is not None
             layer_outs += [a, g.reshape(n, t, *a.shape[1:])]
-        outs = (logits, layer_outs[0], layer_outs[1], ids, scores.detach().reshape(n, t))
+        outs: tuple[torch.Tensor, ...] = (
+            logits,
+            layer_outs[0],
+            layer_outs[1],
+            ids,
+            scores.detach().reshape(n, t),
+        )
         if extras[0] is not None:
             outs += (extras[0],)
         return outs + tuple(layer_outs[2:])
