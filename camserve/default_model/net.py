@@ -35,6 +35,16 @@ def conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequentia
     )
 
 
+def feature_blocks(widths: tuple[int, ...], strides: tuple[int, ...]) -> nn.Sequential:
+    """The digits models' body (``features``, their target layer): ``block1``… conv blocks."""
+    blocks: OrderedDict[str, nn.Module] = OrderedDict()
+    in_channels = INPUT_SIZE[0]
+    for index, (width, stride) in enumerate(zip(widths, strides, strict=True), start=1):
+        blocks[f"block{index}"] = conv_block(in_channels, width, stride)
+        in_channels = width
+    return nn.Sequential(blocks)
+
+
 class DigitCamNet(nn.Module):
     """Four conv blocks (64x64 -> 32x32 -> 32x32 -> 16x16 -> 16x16), GAP, one linear layer.
 
@@ -49,12 +59,8 @@ class DigitCamNet(nn.Module):
         strides: tuple[int, ...] = (2, 1, 2, 1),
     ) -> None:
         super().__init__()
-        blocks: OrderedDict[str, nn.Module] = OrderedDict()
-        in_channels = INPUT_SIZE[0]
-        for index, (width, stride) in enumerate(zip(widths, strides, strict=True), start=1):
-            blocks[f"block{index}"] = conv_block(in_channels, width, stride)
-            in_channels = width
-        self.features = nn.Sequential(blocks)
+        self.features = feature_blocks(widths, strides)
+        in_channels = widths[-1]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(in_channels, num_classes)
@@ -95,12 +101,8 @@ class DigitSegNet(nn.Module):
         strides: tuple[int, ...] = (2, 1, 2, 1),
     ) -> None:
         super().__init__()
-        blocks: OrderedDict[str, nn.Module] = OrderedDict()
-        in_channels = INPUT_SIZE[0]
-        for index, (width, stride) in enumerate(zip(widths, strides, strict=True), start=1):
-            blocks[f"block{index}"] = conv_block(in_channels, width, stride)
-            in_channels = width
-        self.features = nn.Sequential(blocks)
+        self.features = feature_blocks(widths, strides)
+        in_channels = widths[-1]
         self.context = nn.Sequential(
             OrderedDict(
                 conv=nn.Conv2d(in_channels, SEG_HEAD_WIDTH, 3, padding=2, dilation=2, bias=False),

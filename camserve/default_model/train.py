@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,6 +77,55 @@ def deterministic_torch(threads: int = TRAINING_THREADS) -> Iterator[None]:
         torch.set_num_threads(previous_threads)
 
 
+@dataclass(frozen=True)
+class EpochPlan:
+    """What the shared loop needs of a training plan."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    steps: int
+
+
+def run_epochs(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    examples: int,
+    plan: EpochPlan,
+    max_steps: int | None,
+) -> list[float]:
+    """The training loop of both default models: shuffled minibatches (order drawn from seed + 1), a
+    one-cycle learning rate over ``plan.steps``; ``batch_loss(indices)`` gives a batch's loss.
+    Returns each epoch's mean loss; leaves the model in eval mode."""
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, plan.learning_rate, total_steps=plan.steps)
+    order_generator = torch.Generator().manual_seed(plan.seed + 1)
+    epoch_losses: list[float] = []
+    step = 0
+    for epoch in range(plan.epochs):
+        model.train()
+        order = torch.randperm(examples, generator=order_generator)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), plan.batch_size):
+            loss = batch_loss(order[start : start + plan.batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item()
+            batches += 1
+            step += 1
+            if max_steps is not None and step >= max_steps:
+                break
+        epoch_losses.append(total / batches)
+        logger.info("epoch %d/%d: mean loss %.4f (%d steps)", epoch + 1, plan.epochs, epoch_losses[-1], step)
+        if max_steps is not None and step >= max_steps:
+            break
+    model.eval()
+    return epoch_losses
+
+
 def train(plan: TrainingPlan = TrainingPlan(), max_steps: int | None = None) -> TrainingResult:
     """Train a DigitCamNet from scratch; max_steps stops early (tests use a few steps)."""
     if plan.train_images < plan.batch_size:
@@ -92,33 +141,14 @@ def train(plan: TrainingPlan = TrainingPlan(), max_steps: int | None = None) -> 
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay
         )
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, plan.learning_rate, total_steps=plan.steps)
-        order_generator = torch.Generator().manual_seed(plan.seed + 1)
-        epoch_losses: list[float] = []
-        step = 0
-        for epoch in range(plan.epochs):
-            model.train()
-            order = torch.randperm(len(train_set), generator=order_generator)
-            total, batches = 0.0, 0
-            for start in range(0, len(order), plan.batch_size):
-                batch = order[start : start + plan.batch_size]
-                loss = F.cross_entropy(model(inputs[batch]), train_set.labels[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.item()
-                batches += 1
-                step += 1
-                if max_steps is not None and step >= max_steps:
-                    break
-            epoch_losses.append(total / batches)
-            logger.info(
-                "epoch %d/%d: mean loss %.4f (%d steps)", epoch + 1, plan.epochs, epoch_losses[-1], step
-            )
-            if max_steps is not None and step >= max_steps:
-                break
-        model.eval()
+        epoch_losses = run_epochs(
+            model,
+            optimizer,
+            lambda batch: F.cross_entropy(model(inputs[batch]), train_set.labels[batch]),
+            len(train_set),
+            EpochPlan(plan.seed, plan.epochs, plan.batch_size, plan.learning_rate, plan.steps),
+            max_steps,
+        )
         accuracy = evaluate_accuracy(model, make_test_set(plan))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     logger.info(

@@ -26,7 +26,13 @@ import torch.nn.functional as F
 
 from camserve.default_model.data import CLASS_NAMES, LocalisationDataset, make_localisation_dataset
 from camserve.default_model.net import BACKGROUND, DigitSegNet, normalize
-from camserve.default_model.train import TRAINING_THREADS, deterministic_torch, state_dict_bytes
+from camserve.default_model.train import (
+    TRAINING_THREADS,
+    EpochPlan,
+    deterministic_torch,
+    run_epochs,
+    state_dict_bytes,
+)
 from camserve.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
@@ -103,33 +109,14 @@ def train_dense(
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay
         )
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, plan.learning_rate, total_steps=plan.steps)
-        order_generator = torch.Generator().manual_seed(plan.seed + 1)
-        epoch_losses: list[float] = []
-        step = 0
-        for epoch in range(plan.epochs):
-            model.train()
-            order = torch.randperm(len(train_set), generator=order_generator)
-            total, batches = 0.0, 0
-            for start in range(0, len(order), plan.batch_size):
-                batch = order[start : start + plan.batch_size]
-                loss = F.cross_entropy(model(inputs[batch]), targets[batch], weight=weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.item()
-                batches += 1
-                step += 1
-                if max_steps is not None and step >= max_steps:
-                    break
-            epoch_losses.append(total / batches)
-            logger.info(
-                "epoch %d/%d: mean loss %.4f (%d steps)", epoch + 1, plan.epochs, epoch_losses[-1], step
-            )
-            if max_steps is not None and step >= max_steps:
-                break
-        model.eval()
+        epoch_losses = run_epochs(
+            model,
+            optimizer,
+            lambda batch: F.cross_entropy(model(inputs[batch]), targets[batch], weight=weight),
+            len(train_set),
+            EpochPlan(plan.seed, plan.epochs, plan.batch_size, plan.learning_rate, plan.steps),
+            max_steps,
+        )
         scores = segmentation_scores(model, make_dense_test_set(plan))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     logger.info(
