@@ -318,35 +318,8 @@ def evaluate_batch(
             columns["road_morf"] = scores.morf_mean
             columns["road_lerf"] = scores.lerf_mean
             columns["road_combined"] = scores.combined
-        values = {k: v.detach().cpu().double().tolist() for k, v in columns.items()}
-        for i in range(n):
-            row: dict[str, Any] = {
-                "subset": result.name,
-                "image": batch.ids[i],
-                "label": int(labels[i]),
-                "predicted": int(predicted[i]),
-                "correct": int(predicted[i] == labels[i]),
-                "instances": n_boxes[i],
-                "p_true": float(probs[i, labels[i]]),
-                "method": name,
-                "kind": "baseline" if name in settings.baselines else "method",
-            }
-            row.update({k: v[i] for k, v in values.items()})
-            result.rows.append(row)
-
-    for i in range(min(n, settings.examples - len(result.examples))):
-        result.examples.append(
-            Example(
-                pixels=batch.images[i].clone(),
-                boxes=batch.boxes[i].clone(),
-                label=int(labels[i]),
-                predicted=int(predicted[i]),
-                maps={name: m[i, 0].clone() for name, m in all_maps.items()},
-                subset=result.name,
-            )
-        )
-    result.images += n
-    result.correct += int((predicted == labels).sum())
+        _add_rows(result, settings, batch, name, columns, labels, predicted, probs, n_boxes)
+    _add_examples(result, settings, batch, labels, predicted, {k: m[:, 0] for k, m in all_maps.items()})
 
 
 def object_masks(batch: EvalBatch, height: int, width: int) -> list[torch.Tensor]:
@@ -424,34 +397,66 @@ def evaluate_regions_batch(
             "predicted_pointing": regions.pointing_in_mask(maps[:, width], union, tolerance).double(),
             "mask_area": area,
         }
-        values = {k: v.double().tolist() for k, v in columns.items()}
-        for i in range(n):
-            row: dict[str, Any] = {
-                "subset": result.name,
-                "image": batch.ids[i],
-                "label": int(batch.labels[i]),
-                "predicted": int(predicted[i]),
-                "correct": int(predicted[i] == batch.labels[i]),
-                "instances": len(masks[i]),
-                "p_true": float(probs[i, batch.labels[i]]),
-                "method": name,
-                "kind": "baseline" if name in settings.baselines else "method",
-            }
-            row.update({k: v[i] for k, v in values.items()})
-            result.rows.append(row)
+        instances = [len(mask) for mask in masks]
+        _add_rows(result, settings, batch, name, columns, batch.labels, predicted, probs, instances)
+    _add_examples(
+        result, settings, batch, batch.labels, predicted, {k: m[:, width] for k, m in all_maps.items()}
+    )
+
+
+def _add_rows(
+    result: SubsetResult,
+    settings: EvalSettings,
+    batch: EvalBatch,
+    method: str,
+    columns: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    probs: torch.Tensor,
+    instances: Sequence[int],
+) -> None:
+    """One report row per image of ``batch`` for ``method``: who it is, and its metric ``columns``."""
+    values = {k: v.detach().cpu().double().tolist() for k, v in columns.items()}
+    for i in range(len(batch.ids)):
+        row: dict[str, Any] = {
+            "subset": result.name,
+            "image": batch.ids[i],
+            "label": int(labels[i]),
+            "predicted": int(predicted[i]),
+            "correct": int(predicted[i] == labels[i]),
+            "instances": int(instances[i]),
+            "p_true": float(probs[i, labels[i]]),
+            "method": method,
+            "kind": "baseline" if method in settings.baselines else "method",
+        }
+        row.update({k: v[i] for k, v in values.items()})
+        result.rows.append(row)
+
+
+def _add_examples(
+    result: SubsetResult,
+    settings: EvalSettings,
+    batch: EvalBatch,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+) -> None:
+    """The batch's first images as report examples (up to ``settings.examples`` in all), with each
+    method's map [N,H,W]; then the batch's counts."""
+    n = len(batch.ids)
     for i in range(min(n, settings.examples - len(result.examples))):
         result.examples.append(
             Example(
                 pixels=batch.images[i].clone(),
                 boxes=batch.boxes[i].clone(),
-                label=int(batch.labels[i]),
+                label=int(labels[i]),
                 predicted=int(predicted[i]),
-                maps={name: m[i, width].clone() for name, m in all_maps.items()},
+                maps={name: m[i].clone() for name, m in maps.items()},
                 subset=result.name,
             )
         )
     result.images += n
-    result.correct += int((predicted == batch.labels).sum())
+    result.correct += int((predicted == labels).sum())
 
 
 def is_dense(explainer: Explainer) -> bool:
