@@ -21,6 +21,9 @@ MAPS_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "layercam",
 # the dense model's picture (docs/evaluation.md): a method whose map lights every copy of the class
 # for one copy's region, and one that keeps the gradient's place
 DENSE_EXAMPLE_METHODS: tuple[str, ...] = ("gradcam", "layercam")
+#: The method of docs/targets.md's one-example-per-output-kind picture: Layer-CAM keeps a region or
+#: box target on its own copy of the digit, where Grad-CAM's averaged gradients light every copy.
+KINDS_EXAMPLE_METHOD = "layercam"
 
 #: "HxW" output sizes beyond this side are refused rather than allocated.
 MAX_OUTPUT_SIDE = 8192

@@ -100,3 +100,37 @@ def test_build_dense_refuses_retrain_with_one_line(capsys: pytest.CaptureFixture
     assert main(["default-model", "build", "--dense", "--retrain"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--retrain" in err[0] and "train --dense" in err[0]
+
+
+def _peak_in_box(cam: torch.Tensor, box: tuple[float, ...]) -> bool:
+    y, x = np.unravel_index(int(cam.argmax()), tuple(cam.shape))
+    x0, y0, x1, y1 = box
+    return bool(x0 <= x < x1 and y0 <= y < y1)
+
+
+def test_the_docs_picture_of_every_output_kind(dense_dir: Path, cache: Path, tmp_path: Path) -> None:
+    """docs/targets.md's picture: one trained digits model per output kind, explained with its natural
+    targets; a region or box target on one of two copies of the digit lands on that copy."""
+    from camserve.default_model.examples import draw_kinds_example, kinds_example_maps
+
+    image, panels = kinds_example_maps(cache_dir=str(cache))
+    assert image.shape == (3, 64, 64)
+    kinds = [(kind, title.split(" ")[0]) for kind, title, _, _ in panels]
+    assert kinds == [
+        ("classification", "logit"),
+        ("classification", "probability"),
+        ("classification", "sigmoid"),
+        ("dense", "region"),
+        ("dense", "predicted_region"),
+        ("detection", "box"),
+        ("embedding", "cosine_image"),
+        ("embedding", "cosine_image"),
+    ]
+    for kind, title, cam, box in panels:
+        assert cam.shape == (64, 64) and float(cam.min()) == 0.0 and float(cam.max()) == 1.0, title
+        if box is not None:  # the region and box targets name the lower copy: their peak is on it
+            assert _peak_in_box(cam, box), f"{kind}: {title}"
+    # a probability's map is not its logit's: the softmax subtracts the other classes' gradients
+    assert float((panels[0][2] - panels[1][2]).abs().max()) > 1e-3
+    out = draw_kinds_example(tmp_path / "kinds.png", image, panels, "layercam")
+    assert out.stat().st_size > 10_000
