@@ -11,12 +11,14 @@ graph_runs    graph runs (explain, noisy copies, Score-CAM, Ablation) <= service
 answer_bytes  the answer's size                                      <= service.max_message_bytes
 
 ``work_bytes`` of one image (float32, 4 bytes a value; C x H x W the model input, K x h x w the target
-layer, T targets, M methods, S noisy copies, P output pixels, G guided methods, R augmented copies
-(6 with aug_smooth, else 1) and r_m those of method m):
+layer, summed over the layers of a multi-layer export, T targets, M methods, S noisy copies, P output
+pixels, G guided methods, R augmented copies (6 with aug_smooth, else 1) and r_m those of method m):
 
     4 x [ R(1 + S) x (C·H·W + K·h·w + 2·T·K·h·w     the explain run(s): input, A, G (parts + concatenation)
                       + T·L)                        and the targets' data (L: a mask's h'·w', a vector's D)
           + 2 x R·S x T·K·h·w                       Smooth Grad-CAM++'s g^2, g^3 over the noisy gradients
+          + 2 x T x max_m(r_m·E_m) x K·h·w          gradients a method holds beyond the explain run's
+                                                    (E_m = ``extra_gradients``: Finer-CAM's 3 comparisons)
           + 2 x T x P x sum_m r_m                   maps before and after resizing / normalising
           + (G > 0) x 2·T·C·H·W + G x T·C·H·W ]     guided gradients and each guided method's colour map
 
@@ -88,8 +90,9 @@ def request_cost(
     count = len(targets)
     most = max(targets, default=0)
     input_values = math.prod(int(v) for v in manifest.input_size)
-    channels, height, width = (int(v) for v in manifest.activation_shape)
-    layer_values = channels * height * width
+    channels = int(manifest.activation_shape[0])
+    # A and G of every target layer (a multi-layer export returns each layer's from the one run)
+    layer_values = sum(math.prod(int(v) for v in shape) for shape in manifest.activation_shapes)
     out = output_pixels(options, manifest)
     described = [method_class(m)() for m in methods]
     copies = max((method.noisy_copies(options) for method in described), default=0)
@@ -101,6 +104,10 @@ def request_cost(
         for runs_of, runs_per_image in method.extra_runs(options, channels).items():
             extra[runs_of] = max(extra.get(runs_of, 0), method_copies * runs_per_image)
     runs = repeats * (1 + copies)
+    # methods run one after another: the most gradients any one of them holds at once
+    held_gradients = max(
+        (c * m.extra_gradients(options) for m, c in zip(described, augmented, strict=True)), default=0
+    )
     work = FLOAT32 * (
         runs * (input_values + layer_values + 2 * most * layer_values)
         + 2 * repeats * copies * most * layer_values
@@ -108,6 +115,7 @@ def request_cost(
         + (2 * most * input_values if colour else 0)
         + colour * most * input_values
         + runs * most * manifest.target_spec().data_length  # target data [T, L] of each run's table
+        + 2 * most * held_gradients * layer_values
     )
     per_image_runs = runs + sum(extra.values())
     fixed = FLOAT32 * len(manifest.class_names) + options.topk_predictions * 64

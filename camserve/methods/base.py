@@ -144,6 +144,8 @@ class CamMethod(ABC):
 
     :meth:`noisy_copies`  noisy copies of each image added to the explain run (Smooth Grad-CAM++).
     :meth:`extra_runs`    graph runs per image beyond the explain run, which admission counts.
+    :meth:`extra_gradients` gradients per target it holds beyond the explain run's (Finer-CAM's
+                          comparison classes), which admission counts in the working memory.
 
     A method whose maps come from one explain run by operators a graph can hold also implements
     :meth:`graph_maps`, which the maps graph exports.
@@ -178,6 +180,11 @@ class CamMethod(ABC):
         (guided backprop and guided Grad-CAM both give {"guided": 1}, run once). ``channels`` is
         K, the target layer's channel count."""
         return {}
+
+    def extra_gradients(self, options: ExplainOptions) -> int:
+        """Gradient tensors [K,h,w] per target this method holds at once beyond the explain run's
+        (from its :meth:`extra_runs`): admission counts them in an image's working memory."""
+        return 0
 
     def augmented_copies(self, options: ExplainOptions) -> int:
         """Copies of each image this method runs on: R (``smoothing.augmented_copies()``) with

@@ -120,6 +120,9 @@ class FinerCAM(CamMethod):
     def extra_runs(self, options: ExplainOptions, channels: int) -> dict[str, int]:
         return {"finercam comparison explain": 1}
 
+    def extra_gradients(self, options: ExplainOptions) -> int:
+        return self.comparisons  # the D comparison classes' gradients of every target
+
     def compute(self, ctx: MethodContext) -> MethodMaps:
         outputs = ctx.outputs
         activations = outputs.activations

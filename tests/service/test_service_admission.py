@@ -151,3 +151,20 @@ def test_cost_of_the_issue_s_requests(explainer):
         [1] * 2, 0, ["sscam", "iscam", "scorecam", "finercam"], ExplainOptions(smooth_n=3), gradcam, manifest
     )
     assert sampled.graph_runs == 2 * (1 + 3 * 64 + 3 * 64 + 64 + 1)
+
+
+def test_finer_cam_s_comparison_gradients_count_in_the_working_memory(explainer):
+    """Finer-CAM holds the gradients of its 3 comparison classes per target beyond the explain run's:
+    2 x T x 3 x K·h·w more bytes of work (default model: 64x16x16 layer), x6 with aug_smooth."""
+    from camserve.config import ExplainOptions
+    from camserve.service.admission import AnswerShape
+
+    manifest = explainer.manifest
+    layer = 64 * 16 * 16
+    plain = request_cost([4], 0, ["gradcam"], ExplainOptions(), AnswerShape(("gradcam",), 4), manifest)
+    finer = request_cost([4], 0, ["finercam"], ExplainOptions(), AnswerShape(("finercam",), 4), manifest)
+    assert finer.work_bytes - plain.work_bytes == 4 * 2 * 4 * 3 * layer
+    both = request_cost(
+        [4], 0, ["gradcam", "finercam"], ExplainOptions(), AnswerShape(("gradcam", "finercam"), 4), manifest
+    )
+    assert both.work_bytes - plain.work_bytes == 4 * (2 * 4 * 3 * layer + 2 * 4 * 4096)  # + its maps
