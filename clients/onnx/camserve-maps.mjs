@@ -33,12 +33,33 @@ export function preprocess(rgba, width, height, manifest) {
   return out;
 }
 
+// Target kind codes (camserve.methods.target_kinds.TARGET_KINDS) and each output kind's default kind.
+const DEFAULT_KIND = { classification: 0, dense: 4, detection: 5, embedding: 7 };
+
+/** L, the per-target values of the `target_data` input (TargetSpec.data_length). */
+function targetDataLength(manifest) {
+  const shape = manifest.output_shape || [];
+  switch (manifest.output_kind) {
+    case 'dense':
+      return shape[1] * shape[2];
+    case 'detection':
+      return 4;
+    case 'embedding':
+      return shape[0];
+    default:
+      return 0;
+  }
+}
+
 /**
  * Runs maps.onnx on N preprocessed images (a Float32Array of N*3*H*W) and targets ([N][T] class ids,
- * -k for the k-th best class). Returns { logits: [N][C], targetIds: [N][T], maps: {method: {dims, data}} }
+ * -k for the k-th best class). Graphs exported with target kinds also take `target_kinds` [N,T]
+ * (`kinds`, default: the output kind's default kind, a classifier's logit) and, for models whose
+ * targets carry data, `target_data` [N,T,L] (`data`, a Float32Array; default zeros: a dense model's
+ * predicted region). Returns { logits: [N][C], targetIds: [N][T], maps: {method: {dims, data}} }
  * with dims [N,T,H',W'] and data a Float32Array (Uint8Array for uint8 maps).
  */
-export async function runMaps(ort, session, manifest, images, targets) {
+export async function runMaps(ort, session, manifest, images, targets, kinds = null, data = null) {
   const info = mapsInfo(manifest);
   const n = targets.length;
   const t = targets[0].length;
@@ -47,6 +68,14 @@ export async function runMaps(ort, session, manifest, images, targets) {
     images: new ort.Tensor('float32', images, [n, channels, height, width]),
     targets: new ort.Tensor('int64', BigInt64Array.from(targets.flat(), (v) => BigInt(v)), [n, t]),
   };
+  if (info.inputs.includes('target_kinds')) {
+    const codes = kinds ? kinds.flat() : new Array(n * t).fill(DEFAULT_KIND[manifest.output_kind || 'classification']);
+    feeds.target_kinds = new ort.Tensor('int64', BigInt64Array.from(codes, (v) => BigInt(v)), [n, t]);
+  }
+  if (info.inputs.includes('target_data')) {
+    const length = targetDataLength(manifest);
+    feeds.target_data = new ort.Tensor('float32', data || new Float32Array(n * t * length), [n, t, length]);
+  }
   const out = await session.run(feeds);
   const rows = (data, columns) => Array.from({ length: n }, (_, i) => Array.from(data.slice(i * columns, (i + 1) * columns), Number));
   const maps = {};
