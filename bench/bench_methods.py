@@ -67,6 +67,8 @@ def anchor(
         "shapleycam": gc.ShapleyCAM,
         "finercam": gc.FinerCAM,
         "refinecam": gc.RefineCAM,
+        "fullgrad": gc.FullGrad,
+        "segeigencam": gc.SegEigenCAM,
     }
     cam = classes[method](model=model, target_layers=[model.get_submodule(layer)])
     if method in ("ablationcam", "scorecam"):
@@ -90,7 +92,7 @@ def main() -> None:
     methods = (
         SEEDS.split(",")
         + ["eigengradcam", "gradcamelementwise", "kpcacam", "fem", "shapleycam", "finercam"]
-        + ["refinecam", "sscam", "iscam"]
+        + ["refinecam", "sscam", "iscam", "fullgrad", "segeigencam"]
         if args.methods == "all"
         else args.methods.split(",")
     )
@@ -117,7 +119,7 @@ def main() -> None:
             architecture=args.arch,
             mean=[0.0] * 3,
             std=[1.0] * 3,
-            graphs=("explain", "forward", "head"),
+            graphs=("explain", "forward", "head", "fullgradient"),
             verify=False,
         )
         explainer = Explainer(model_dir, config)
