@@ -95,7 +95,10 @@ def github_anchor(heading: str) -> str:
 
 def anchors(page: Path) -> set[str]:
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # '#' lines in code are not headings
-    return {github_anchor(m) for m in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+    headings = {github_anchor(m) for m in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+    return headings | set(
+        re.findall(r'<a id="([^"]+)"></a>', text)
+    )  # explicit anchors, as GitHub renders them
 
 
 def relative_links(page: Path) -> list[str]:
