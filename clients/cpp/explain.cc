@@ -4,6 +4,8 @@
 //   camserve-explain --server 127.0.0.1:50051 --out-dir maps digit.png
 //   camserve-explain --server HOST:443 --tls --ca-file ca.pem --token-file token.txt \
 //       --method gradcam --method gradcam++ --target -1 --target 3 --json maps.json a.png b.png
+//   camserve-explain --server 127.0.0.1:50051 --model seg \
+//       --target-spec '{"kind": "TARGET_KIND_REGION", "class_id": 3, "box": {"x1": 8, "y1": 8, "x2": 40, "y2": 40}}' a.png
 //
 // One image goes in one Explain call, several over one ExplainStream. Errors: one line on stderr with
 // the gRPC status ("camserve-explain: error: NOT_FOUND: ...") and exit status 2.
@@ -26,8 +28,9 @@ namespace pb = camserve::v1;
 namespace {
 
 const char kUsage[] =
-    "usage: camserve-explain --server HOST:PORT [--model NAME] [--method M]... [--target T]...\n"
-    "    [--dtype float32|uint8] [--out-dir DIR] [--format pgm] [--json FILE] [--timeout SECONDS]\n"
+    "usage: camserve-explain --server HOST:PORT [--model NAME] [--method M]...\n"
+    "    [--target T... | --target-spec JSON...] [--dtype float32|uint8] [--out-dir DIR] [--format pgm]\n"
+    "    [--json FILE] [--timeout SECONDS]\n"
     "    [--tls] [--ca-file F] [--client-cert F --client-key F] [--server-name N] [--token-file F]\n"
     "    [--list-models | --info | --tensor FILE --shape 3,H,W | IMAGE...]\n";
 
@@ -37,7 +40,7 @@ struct UsageError : std::invalid_argument {
 
 struct Args {
   std::string server, model, dtype = "float32", out_dir, format = "pgm", json, tensor, shape;
-  std::vector<std::string> methods, targets, images;
+  std::vector<std::string> methods, targets, specs, images;
   bool list_models = false, info = false;
   camserve::Options options;
 };
@@ -73,7 +76,8 @@ Args ParseArgs(int argc, char** argv) {
       {"client-cert", &a.options.cert_file},          {"client-key", &a.options.key_file},
       {"server-name", &a.options.server_name}};
   const std::map<std::string, std::vector<std::string>*> repeated = {{"method", &a.methods},
-                                                                     {"target", &a.targets}};
+                                                                     {"target", &a.targets},
+                                                                     {"target-spec", &a.specs}};
   const std::map<std::string, bool*> switches = {
       {"tls", &a.options.tls}, {"list-models", &a.list_models}, {"info", &a.info}};
   std::string token_file, timeout = "60";
@@ -113,6 +117,7 @@ Args ParseArgs(int argc, char** argv) {
   if (a.tensor.empty() != a.shape.empty()) throw UsageError("--tensor and --shape go together");
   if (!a.tensor.empty() && !a.images.empty()) throw UsageError("give image files or --tensor, not both");
   if (!a.list_models && !a.info && a.tensor.empty() && a.images.empty()) throw UsageError("no image given");
+  if (!a.targets.empty() && !a.specs.empty()) throw UsageError("give --target or --target-spec, not both");
   if (a.methods.empty()) a.methods = {"gradcam"};
   char* end = nullptr;
   const double seconds = std::strtod(timeout.c_str(), &end);
@@ -129,13 +134,24 @@ Args ParseArgs(int argc, char** argv) {
   return a;
 }
 
+// Each --target-spec: a camserve.v1.Target in the protobuf JSON mapping.
+std::vector<pb::Target> ParseSpecs(const std::vector<std::string>& values) {
+  std::vector<pb::Target> out(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    const auto status = google::protobuf::util::JsonStringToMessage(values[i], &out[i]);
+    if (!status.ok()) throw UsageError("--target-spec " + values[i] + ": " + std::string(status.message()));
+  }
+  return out;
+}
+
 // One request's image and the name its outputs are written under.
 struct Input {
   std::string name;
   pb::Image image;
 };
 
-std::vector<Input> ReadInputs(const Args& a, const std::vector<int64_t>& targets) {
+std::vector<Input> ReadInputs(const Args& a, const std::vector<int64_t>& targets,
+                              const std::vector<pb::Target>& specs) {
   if (!a.tensor.empty()) {
     std::vector<std::string> dims;
     std::stringstream shape(a.shape);
@@ -147,11 +163,13 @@ std::vector<Input> ReadInputs(const Args& a, const std::vector<int64_t>& targets
     for (int64_t d : ParseInts(dims, "shape")) tensor->add_shape(d);
     tensor->set_dtype(pb::DATA_TYPE_FLOAT32);
     for (int64_t t : targets) image.add_targets(t);
+    for (const pb::Target& t : specs) *image.add_target_specs() = t;
     return {{fs::path(a.tensor).stem().string(), image}};
   }
   std::vector<Input> inputs;
   for (const std::string& path : a.images) {
     inputs.push_back({fs::path(path).stem().string(), camserve::EncodedImage(ReadFile(path), targets)});
+    for (const pb::Target& t : specs) *inputs.back().image.add_target_specs() = t;
   }
   return inputs;
 }
@@ -252,6 +270,13 @@ std::string DtypeName(pb::DataType dtype) {
   return name;
 }
 
+// "TARGET_KIND_PROBABILITY" -> "probability", as the Go client writes it.
+std::string KindName(int kind) {
+  std::string name = pb::TargetKind_Name(static_cast<pb::TargetKind>(kind)).substr(12);
+  std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+  return name;
+}
+
 void PrintJson(const google::protobuf::Message& message) {
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
@@ -266,7 +291,7 @@ void PrintJson(const google::protobuf::Message& message) {
 int Run(int argc, char** argv) {
   const Args a = ParseArgs(argc, argv);
   const std::vector<int64_t> targets = ParseInts(a.targets, "target");
-  const std::vector<Input> inputs = ReadInputs(a, targets);
+  const std::vector<Input> inputs = ReadInputs(a, targets, ParseSpecs(a.specs));
   const camserve::Client client(a.server, a.options);
   if (a.list_models) {
     pb::ListModelsResponse reply;
@@ -313,7 +338,8 @@ int Run(int argc, char** argv) {
                           ",\"probability\":" + JsonNumber(p.probability()) + "}";
                  }) +
         ",\"target_ids\":" + JsonList(image.target_ids(), [](int64_t t) { return std::to_string(t); }) +
-        ",\"logits\":" + JsonList(logits.data, JsonNumber) + ",\"maps\":[" + maps_json + "]}");
+        ",\"target_kinds\":" + JsonList(image.target_kinds(), [](int kind) { return JsonString(KindName(kind)); }) +
+        ",\"target_scores\":" + JsonList(image.target_scores(), JsonNumber) + ",\"logits\":" + JsonList(logits.data, JsonNumber) + ",\"maps\":[" + maps_json + "]}");
     const pb::Prediction& best = image.predictions(0);
     std::printf("%s: predicted %s (p = %.3f); %zu map(s)\n", inputs[i].name.c_str(), best.name().c_str(),
                 best.probability(), maps.size());

@@ -1,4 +1,4 @@
-"""What the Go and C++ client tests share: the build commands of docs/clients.md (run as documented),
+"""What the Go, C++ and Java client tests share: the build commands of docs/clients.md (run as documented),
 and checks of an example command (`camserve-explain`, the same flags in both languages) against a live
 server and the in-process Explainer."""
 
@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from camserve.methods.target_kinds import Target
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from tests.service.certs import Certs
@@ -252,3 +253,43 @@ def check_example(example: Path, server: ServerProcess, explainer, pixels, tmp_p
     row, column = np.unravel_index(np.argmax(expected.maps["gradcam"][0, 0]), (64, 64))
     target = expected.target_ids[0, 0]
     assert done.stdout.strip() == f"class {target}: gradcam map [64 64] peaks at row {row}, column {column}"
+
+
+def check_target_specs(cli: Path, server: ServerProcess, explainer, pixels, tmp_path: Path) -> None:
+    """--target-spec (a camserve.v1.Target as protobuf JSON) travels: the JSON's target kinds, ids,
+    scores and maps equal the Explainer's for the same typed target; a kind the model does not take is
+    the server's INVALID_ARGUMENT; --target with --target-spec and a spec that is not a Target are usage
+    errors (exit status 2)."""
+    images = write_images(pixels[6:7], tmp_path)
+    json_path = tmp_path / "maps.json"
+    spec = '{"kind": "TARGET_KIND_PROBABILITY", "class_id": 3}'
+    done = run([cli, "--server", server.address, "--target-spec", spec, "--json", json_path, *images])
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(json_path.read_text())
+    target = Target(kind="probability", class_id=3)
+    expected = explainer.explain([str(images[0])], methods=["gradcam"], targets=[[target]])
+    assert result["target_kinds"] == ["probability"] and result["target_ids"] == [3]
+    np.testing.assert_allclose(result["target_scores"], expected.target_scores[0], rtol=1e-5)
+    logits = np.asarray(result["logits"], np.float64)
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(result["target_scores"], [softmax[3]], rtol=1e-5)
+    values = np.asarray(result["maps"][0]["data"], np.float32).reshape(64, 64)
+    np.testing.assert_allclose(values, expected.maps["gradcam"][0, 0], rtol=0, atol=1e-6)
+
+    region = pb.Target(kind=pb.TARGET_KIND_REGION)
+    request = pb.ExplainRequest(
+        model=MODEL,
+        methods=["gradcam"],
+        images=[pb.Image(encoded=images[0].read_bytes(), target_specs=[region])],
+    )
+    code, message = server_status(server.address, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "images[0].target_specs[0].kind" in message
+    bad = run([cli, "--server", server.address, "--target-spec", '{"kind": "TARGET_KIND_REGION"}', *images])
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == f"camserve-explain: error: INVALID_ARGUMENT: {message}"
+
+    both = run([cli, "--server", server.address, "--target", "3", "--target-spec", spec, *images])
+    assert both.returncode == 2 and "target-spec, not both" in both.stderr.strip().splitlines()[-1]
+    typo = run([cli, "--server", server.address, "--target-spec", '{"kind": "TARGET_KIND_NOPE"}', *images])
+    assert typo.returncode == 2
+    assert re.match(r"camserve-explain: error: --?target-spec \{", typo.stderr.strip().splitlines()[-1])

@@ -77,3 +77,9 @@ def test_cpp_library_example_is_the_documented_one_and_runs(
     source = checks.ROOT / "clients" / "cpp" / "example.cc"
     assert checks.documented_block("equals clients/cpp/example.cc") == source.read_text()
     checks.check_example(cpp_build / "example", server, explainer, digit_pixels, tmp_path)
+
+
+def test_cpp_target_specs_travel_and_come_back_with_kinds_and_scores(
+    cpp_build, server, explainer, digit_pixels, tmp_path
+):
+    checks.check_target_specs(cpp_build / "camserve-explain", server, explainer, digit_pixels, tmp_path)

@@ -4,12 +4,10 @@ maps and statuses from a live server as the in-process Explainer and the Python 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.clients import client_helpers as checks
@@ -110,22 +108,5 @@ def test_go_library_example_is_the_documented_one_and_runs(
 def test_go_target_specs_travel_and_come_back_with_kinds_and_scores(
     go_build, server, explainer, digit_pixels, tmp_path
 ):
-    images = checks.write_images(digit_pixels[6:7], tmp_path)
-    json_path = tmp_path / "maps.json"
     cli = go_build / "bin" / "camserve-explain"
-    spec = '{"kind": "TARGET_KIND_LOGIT", "class_id": 3}'
-    done = checks.run([cli, "-server", server.address, "-target-spec", spec, "-json", json_path, *images])
-    assert done.returncode == 0, done.stderr
-    (result,) = json.loads(json_path.read_text())
-    expected = explainer.explain([str(images[0])], methods=["gradcam"], targets=[[3]])
-    assert result["target_kinds"] == ["logit"] and result["target_ids"] == [3]
-    np.testing.assert_allclose(result["target_scores"], expected.target_scores[0], rtol=1e-5)
-    values = np.asarray(result["maps"][0]["data"], np.float32).reshape(64, 64)
-    np.testing.assert_allclose(values, expected.maps["gradcam"][0, 0], rtol=0, atol=1e-6)
-    bad = checks.run(
-        [cli, "-server", server.address, "-target-spec", '{"kind": "TARGET_KIND_REGION"}', *images]
-    )
-    assert bad.returncode == 2
-    assert (
-        "INVALID_ARGUMENT: images[0].target_specs[0].kind: a model with a classification output" in bad.stderr
-    )
+    checks.check_target_specs(cli, server, explainer, digit_pixels, tmp_path)

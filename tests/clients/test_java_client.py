@@ -77,3 +77,9 @@ def test_java_library_example_is_the_documented_one_and_runs(
         == source.read_text()
     )
     checks.check_example(java_build / "example", server, explainer, digit_pixels, tmp_path)
+
+
+def test_java_target_specs_travel_and_come_back_with_kinds_and_scores(
+    java_build, server, explainer, digit_pixels, tmp_path
+):
+    checks.check_target_specs(java_build / "camserve-explain", server, explainer, digit_pixels, tmp_path)

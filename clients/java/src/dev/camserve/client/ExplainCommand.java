@@ -1,6 +1,7 @@
 package dev.camserve.client;
 
 import com.google.protobuf.ByteString;
+import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.protobuf.MessageOrBuilder;
 import com.google.protobuf.util.JsonFormat;
 import dev.camserve.v1.DataType;
@@ -12,6 +13,8 @@ import dev.camserve.v1.ListModelsResponse;
 import dev.camserve.v1.ModelInfo;
 import dev.camserve.v1.OutputOptions;
 import dev.camserve.v1.Prediction;
+import dev.camserve.v1.Target;
+import dev.camserve.v1.TargetKind;
 import dev.camserve.v1.Tensor;
 import io.grpc.StatusRuntimeException;
 import java.awt.image.BufferedImage;
@@ -33,8 +36,9 @@ import javax.imageio.ImageIO;
  */
 public final class ExplainCommand {
   static final String USAGE =
-      "usage: camserve-explain --server HOST:PORT [--model NAME] [--method M]... [--target T]...\n"
-          + "    [--dtype float32|uint8] [--out-dir DIR] [--format png|pgm] [--json FILE] [--timeout SECONDS]\n"
+      "usage: camserve-explain --server HOST:PORT [--model NAME] [--method M]...\n"
+          + "    [--target T... | --target-spec JSON...] [--dtype float32|uint8] [--out-dir DIR] [--format png|pgm]\n"
+          + "    [--json FILE] [--timeout SECONDS]\n"
           + "    [--tls] [--ca-file F] [--client-cert F --client-key F] [--server-name N] [--token-file F]\n"
           + "    [--list-models | --info | --tensor FILE --shape 3,H,W | IMAGE...]\n";
 
@@ -45,7 +49,7 @@ public final class ExplainCommand {
   }
 
   String server, model, dtype = "float32", outDir, format = "png", json, tensor, shape;
-  final List<String> methods = new ArrayList<>(), targets = new ArrayList<>(), images = new ArrayList<>();
+  final List<String> methods = new ArrayList<>(), targets = new ArrayList<>(), specs = new ArrayList<>(), images = new ArrayList<>();
   boolean listModels, info;
   final CamserveClient.Options options = new CamserveClient.Options();
 
@@ -96,6 +100,7 @@ public final class ExplainCommand {
         case "shape": shape = value; break;
         case "method": methods.add(value); break;
         case "target": targets.add(value); break;
+        case "target-spec": specs.add(value); break;
         case "ca-file": options.caFile = value; break;
         case "client-cert": options.certFile = value; break;
         case "client-key": options.keyFile = value; break;
@@ -111,6 +116,7 @@ public final class ExplainCommand {
     if ((tensor == null) != (shape == null)) throw new UsageError("--tensor and --shape go together");
     if (tensor != null && !images.isEmpty()) throw new UsageError("give image files or --tensor, not both");
     if (!listModels && !info && tensor == null && images.isEmpty()) throw new UsageError("no image given");
+    if (!targets.isEmpty() && !specs.isEmpty()) throw new UsageError("give --target or --target-spec, not both");
     if (methods.isEmpty()) methods.add("gradcam");
     double seconds;
     try {
@@ -131,6 +137,21 @@ public final class ExplainCommand {
       } catch (NumberFormatException error) {
         throw new UsageError("--" + flag + " " + values.get(i) + ": expected an integer");
       }
+    }
+    return out;
+  }
+
+  /** Each --target-spec: a camserve.v1.Target in the protobuf JSON mapping. */
+  static List<Target> parseSpecs(List<String> values) {
+    List<Target> out = new ArrayList<>();
+    for (String value : values) {
+      Target.Builder target = Target.newBuilder();
+      try {
+        JsonFormat.parser().merge(value, target);
+      } catch (InvalidProtocolBufferException | RuntimeException error) {
+        throw new UsageError("--target-spec " + value + ": " + error.getMessage());
+      }
+      out.add(target.build());
     }
     return out;
   }
@@ -213,6 +234,7 @@ public final class ExplainCommand {
 
   int run() throws Exception {
     long[] targetIds = parseLongs(targets, "target");
+    List<Target> targetSpecs = parseSpecs(specs);
     List<Image> inputs = new ArrayList<>();
     List<String> names = new ArrayList<>();
     if (tensor != null) {
@@ -221,11 +243,12 @@ public final class ExplainCommand {
       // Sent as read: the server checks the byte count against the shape and names a mismatch.
       Image.Builder image = Image.newBuilder().setTensor(raw.setDtype(DataType.DATA_TYPE_FLOAT32));
       for (long t : targetIds) image.addTargets(t);
-      inputs.add(image.build());
+      inputs.add(image.addAllTargetSpecs(targetSpecs).build());
       names.add(stem(tensor));
     }
     for (String path : images) {
-      inputs.add(CamserveClient.encodedImage(Files.readAllBytes(Paths.get(path)), targetIds));
+      Image image = CamserveClient.encodedImage(Files.readAllBytes(Paths.get(path)), targetIds);
+      inputs.add(image.toBuilder().addAllTargetSpecs(targetSpecs).build());
       names.add(stem(path));
     }
     try (CamserveClient client = new CamserveClient(server, options)) {
@@ -301,8 +324,16 @@ public final class ExplainCommand {
               .append(",\"name\":").append(jsonString(p.getName()))
               .append(",\"probability\":").append(jsonNumber(p.getProbability())).append('}');
         }
+        // "TARGET_KIND_PROBABILITY" -> "probability", as the Go client writes it
+        List<String> kinds = new ArrayList<>();
+        for (TargetKind kind : image.getTargetKindsList()) {
+          kinds.add(jsonString(kind.name().substring("TARGET_KIND_".length()).toLowerCase(Locale.ROOT)));
+        }
+        float[] scores = new float[image.getTargetScoresCount()];
+        for (int s = 0; s < scores.length; s++) scores[s] = image.getTargetScores(s);
         results.add("{\"image\":" + jsonString(names.get(i)) + ",\"model\":" + jsonString(replies[i].getModel())
             + ",\"predictions\":[" + predictions + "],\"target_ids\":" + jsonLongs(image.getTargetIdsList())
+            + ",\"target_kinds\":[" + String.join(",", kinds) + "],\"target_scores\":" + jsonFloats(scores)
             + ",\"logits\":" + jsonFloats(CamserveClient.decodeTensor(image.getLogits()).data)
             + ",\"maps\":[" + mapsJson + "]}");
         Prediction best = image.getPredictions(0);
