@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +38,7 @@ def save_example_grid(path: str | Path, seed: int = 3, columns: int = 8) -> Path
                 axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="red", lw=1))
             axis.set_title(f"class {ds.class_names[int(label)]}", fontsize=9)
             axis.axis("off")
-    figure.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=80)
-    plt.close(figure)
-    return out
+    return _save_figure(figure, path, dpi=80)
 
 
 def save_dense_example(
@@ -100,12 +96,7 @@ def save_dense_example(
                 row[2 + k].set_title(f"{method}, region: copy {k + 1}", fontsize=8)
             for axis in row:
                 axis.axis("off")
-    figure.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=64)
-    plt.close(figure)
-    return out
+    return _save_figure(figure, path, dpi=64)
 
 
 class DigitBoxHead(nn.Module):
@@ -263,10 +254,17 @@ def draw_kinds_example(path: str | Path, image: torch.Tensor, panels: list[KindP
         axis.set_title(f"{kind}\n{title}", fontsize=8)
     for axis in axes:
         axis.axis("off")
+    return _save_figure(figure, path, dpi=64)
+
+
+def _save_figure(figure: Any, path: str | Path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=64)
+    figure.savefig(out, dpi=dpi)
     plt.close(figure)
     return out
 
